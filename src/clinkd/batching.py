@@ -1,0 +1,116 @@
+"""From samples to model batches: chat messages, training labels and generation prompts.
+
+Both the tiny model and real Qwen2-VL checkpoints go through here, with the checkpoint's own
+chat template. Labels cover the assistant turns only (their text and closing ``<|im_end|>``),
+which is LLaMA-Factory's ``train_on_prompt: false``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from clinkd.boxes import convert_markup
+from clinkd.data.records import Sample, Turn
+from clinkd.model.processor import load_image
+
+IGNORE_INDEX = -100
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+TURN_END = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    """One model input: an image and the QA turns asked about it (one turn for test samples)."""
+
+    image: Path
+    turns: tuple[Turn, ...]
+
+
+def training_examples(samples: Sequence[Sample], mode: str = "split") -> list[ChatExample]:
+    """``split``: one example per QA turn, like the one-turn test files; ``multi``: one per image."""
+    if mode == "split":
+        return [ChatExample(s.image, (turn,)) for s in samples for turn in s.turns]
+    if mode == "multi":
+        return [ChatExample(s.image, tuple(s.turns)) for s in samples]
+    raise ValueError(f"data.train_turns: unknown mode {mode!r}; expected split or multi")
+
+
+def build_messages(turns: Sequence[Turn], box_style: str, with_answers: bool) -> list[dict]:
+    """Chat messages with the image in the first user turn; box markup in ``box_style``."""
+    messages: list[dict] = []
+    for index, turn in enumerate(turns):
+        content = [{"type": "text", "text": convert_markup(turn.question, box_style)}]
+        if index == 0:
+            content.insert(0, {"type": "image"})
+        messages.append({"role": "user", "content": content})
+        if with_answers:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": convert_markup(turn.answer, box_style)}]})
+    return messages
+
+
+class TrainCollator:
+    """Collates :class:`ChatExample` into right-padded processor outputs with assistant-only labels."""
+
+    def __init__(self, processor, box_style: str = "qwen2-vl", square_size: int | None = None):
+        self.processor = processor
+        self.box_style = box_style
+        self.square_size = square_size
+        tokenizer = processor.tokenizer
+        self.header_ids = tokenizer(ASSISTANT_HEADER, add_special_tokens=False)["input_ids"]
+        self.end_id = tokenizer.convert_tokens_to_ids(TURN_END)
+
+    def __call__(self, examples: Sequence[ChatExample]) -> dict[str, torch.Tensor]:
+        texts = [
+            self.processor.apply_chat_template(build_messages(ex.turns, self.box_style, True), tokenize=False)
+            for ex in examples
+        ]
+        images = [load_image(ex.image, self.square_size) for ex in examples]
+        batch = self.processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
+        batch["labels"] = assistant_labels(batch["input_ids"], batch["attention_mask"], self.header_ids, self.end_id)
+        return dict(batch)
+
+
+def assistant_labels(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, header_ids: Sequence[int], end_id: int
+) -> torch.Tensor:
+    """Copy of ``input_ids`` with everything but assistant spans set to ``IGNORE_INDEX``.
+
+    A span starts right after each ``<|im_start|>assistant\\n`` header and ends with (and
+    includes) the next ``<|im_end|>``, so the model learns to stop.
+    """
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    header = torch.tensor(header_ids)
+    width = len(header_ids)
+    for row in range(input_ids.shape[0]):
+        ids = input_ids[row]
+        windows = ids.unfold(0, width, 1)
+        starts = ((windows == header).all(dim=1).nonzero().flatten() + width).tolist()
+        ends = (ids == end_id).nonzero().flatten().tolist()
+        for start in starts:
+            stop = next((end for end in ends if end >= start), ids.shape[0] - 1)
+            labels[row, start : stop + 1] = ids[start : stop + 1]
+    labels[attention_mask == 0] = IGNORE_INDEX
+    return labels
+
+
+class PromptCollator:
+    """Left-padded generation prompts (the question turn and the assistant header)."""
+
+    def __init__(self, processor, box_style: str = "qwen2-vl", square_size: int | None = None):
+        self.processor = processor
+        self.box_style = box_style
+        self.square_size = square_size
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        texts = [
+            self.processor.apply_chat_template(
+                build_messages(sample.turns[:1], self.box_style, False), tokenize=False, add_generation_prompt=True
+            )
+            for sample in samples
+        ]
+        images = [load_image(sample.image, self.square_size) for sample in samples]
+        return dict(self.processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"))

@@ -1,0 +1,172 @@
+"""One canonical bounding-box type and its text/pixel conventions.
+
+Canonical form: ``Box(x1, y1, x2, y2)`` with the top-left and bottom-right corners on the
+**0–1000 relative scale** of the original image (Qwen-VL and Qwen2-VL's convention, and the
+scale Med-GRIT and every metric here use). Coordinates are floats so that a pixel box converts
+in and out without loss; the text forms write integers.
+
+Text conventions (``BoxStyle``):
+
+* ``qwen-vl``   — ``<ref>X</ref><box>(x1,y1),(x2,y2)</box>`` (BiRD / Med-GRIT files)
+* ``qwen2-vl``  — ``<|object_ref_start|>X<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``
+* ``plain``     — ``(x1,y1),(x2,y2)``
+
+Qwen2.5-VL uses absolute pixels of the resized image instead: see :meth:`Box.to_pixels` and
+:meth:`Box.from_pixels`. Converting to integer pixels is lossy whenever a side is under 1000 px;
+the float conversion is exact up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+SCALE = 1000
+
+
+class BoxError(ValueError):
+    """A box that cannot be parsed or violates the 0–1000 corner convention."""
+
+
+class BoxStyle(str, Enum):
+    QWEN_VL = "qwen-vl"
+    QWEN2_VL = "qwen2-vl"
+    PLAIN = "plain"
+
+
+_NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_PAIR = rf"\({_NUM},{_NUM}\)\s*,\s*\({_NUM},{_NUM}\)"
+_BOX_PATTERNS = {
+    BoxStyle.QWEN_VL: re.compile(rf"<box>\s*{_PAIR}\s*</box>"),
+    BoxStyle.QWEN2_VL: re.compile(rf"<\|box_start\|>\s*{_PAIR}\s*<\|box_end\|>"),
+    BoxStyle.PLAIN: re.compile(_PAIR),
+}
+_BOX_OPEN = {BoxStyle.QWEN_VL: "<box>", BoxStyle.QWEN2_VL: "<|box_start|>", BoxStyle.PLAIN: ""}
+_BOX_CLOSE = {BoxStyle.QWEN_VL: "</box>", BoxStyle.QWEN2_VL: "<|box_end|>", BoxStyle.PLAIN: ""}
+_REF_OPEN = {BoxStyle.QWEN_VL: "<ref>", BoxStyle.QWEN2_VL: "<|object_ref_start|>", BoxStyle.PLAIN: ""}
+_REF_CLOSE = {BoxStyle.QWEN_VL: "</ref>", BoxStyle.QWEN2_VL: "<|object_ref_end|>", BoxStyle.PLAIN: ""}
+# Any tagged box, in either tag style, with whatever is inside (validated separately).
+_ANY_TAGGED_BOX = re.compile(r"<box>(.*?)</box>|<\|box_start\|>(.*?)<\|box_end\|>", re.DOTALL)
+_ANY_REF = re.compile(r"<ref>(.*?)</ref>|<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Box:
+    """Corners on the 0–1000 relative scale; ``x1 <= x2`` and ``y1 <= y2``."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    def __post_init__(self) -> None:
+        for name in ("x1", "y1", "x2", "y2"):
+            value = getattr(self, name)
+            if not 0 <= value <= SCALE:
+                raise BoxError(f"{name}={value:g} is outside the 0–{SCALE} scale in {self._raw()}")
+        if self.x2 < self.x1:
+            raise BoxError(f"x2 < x1 in {self._raw()}")
+        if self.y2 < self.y1:
+            raise BoxError(f"y2 < y1 in {self._raw()}")
+
+    def _raw(self) -> str:
+        return f"({self.x1:g},{self.y1:g}),({self.x2:g},{self.y2:g})"
+
+    # ---- text -------------------------------------------------------------------------------
+    def to_text(self, style: BoxStyle | str = BoxStyle.QWEN2_VL) -> str:
+        """Render with integer coordinates, e.g. ``<|box_start|>(1,2),(3,4)<|box_end|>``."""
+        style = BoxStyle(style)
+        coords = f"({round(self.x1)},{round(self.y1)}),({round(self.x2)},{round(self.y2)})"
+        return f"{_BOX_OPEN[style]}{coords}{_BOX_CLOSE[style]}"
+
+    @classmethod
+    def from_text(cls, text: str) -> "Box":
+        """Parse exactly one box in any style; raises :class:`BoxError` otherwise."""
+        boxes = parse_boxes(text)
+        if len(boxes) != 1:
+            raise BoxError(f"expected exactly one box, found {len(boxes)} in {text!r}")
+        return boxes[0]
+
+    # ---- pixels (Qwen2.5-VL) ------------------------------------------------------------------
+    def to_pixels(self, width: float, height: float) -> tuple[float, float, float, float]:
+        """Absolute pixel corners for an image of ``width`` × ``height``."""
+        return (
+            self.x1 * width / SCALE,
+            self.y1 * height / SCALE,
+            self.x2 * width / SCALE,
+            self.y2 * height / SCALE,
+        )
+
+    @classmethod
+    def from_pixels(cls, x1: float, y1: float, x2: float, y2: float, width: float, height: float) -> "Box":
+        """Inverse of :meth:`to_pixels`."""
+        if width <= 0 or height <= 0:
+            raise BoxError(f"image size must be positive, got {width}×{height}")
+        return cls(x1 * SCALE / width, y1 * SCALE / height, x2 * SCALE / width, y2 * SCALE / height)
+
+    def rounded(self) -> "Box":
+        """The integer box that the text forms write."""
+        return Box(round(self.x1), round(self.y1), round(self.x2), round(self.y2))
+
+    # ---- geometry ---------------------------------------------------------------------------
+    @property
+    def area(self) -> float:
+        return (self.x2 - self.x1) * (self.y2 - self.y1)
+
+    def iou(self, other: "Box") -> float:
+        """Intersection over union, no +1 and no clipping (BiRD's rule)."""
+        ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
+        iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))
+        inter = ix * iy
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+
+def parse_boxes(text: str, style: BoxStyle | str | None = None) -> list[Box]:
+    """Every box in ``text``, in order.
+
+    With ``style=None`` tagged boxes of either style are read; bare ``(x1,y1),(x2,y2)`` pairs are
+    read only when the text has no tagged box. Raises :class:`BoxError` for a tagged box whose
+    content does not parse or breaks the 0–1000 corner convention.
+    """
+    if style is not None:
+        return [_box_from_match(m) for m in _BOX_PATTERNS[BoxStyle(style)].finditer(text)]
+    tagged = list(_ANY_TAGGED_BOX.finditer(text))
+    if not tagged:
+        return [_box_from_match(m) for m in _BOX_PATTERNS[BoxStyle.PLAIN].finditer(text)]
+    boxes = []
+    for match in tagged:
+        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        plain = _BOX_PATTERNS[BoxStyle.PLAIN].fullmatch(inner.strip())
+        if plain is None:
+            raise BoxError(f"unparseable box {match.group(0)!r}")
+        boxes.append(_box_from_match(plain))
+    return boxes
+
+
+def _box_from_match(match: re.Match) -> Box:
+    return Box(*(float(v) for v in match.groups()))
+
+
+def convert_markup(text: str, style: BoxStyle | str) -> str:
+    """Rewrite every ``<ref>``/box markup in ``text`` to ``style``; coordinates are unchanged.
+
+    Boxes are validated on the way (a bad box raises :class:`BoxError`), so a converted file never
+    carries a box that the loaders would refuse.
+    """
+    style = BoxStyle(style)
+
+    def box(match: re.Match) -> str:
+        return Box.from_text(match.group(0)).to_text(style)
+
+    def ref(match: re.Match) -> str:
+        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        return f"{_REF_OPEN[style]}{inner}{_REF_CLOSE[style]}"
+
+    return _ANY_REF.sub(ref, _ANY_TAGGED_BOX.sub(box, text))
+
+
+def format_ref(phrase: str, style: BoxStyle | str = BoxStyle.QWEN_VL) -> str:
+    style = BoxStyle(style)
+    return f"{_REF_OPEN[style]}{phrase}{_REF_CLOSE[style]}"

@@ -1,0 +1,82 @@
+"""One entry point for models: a tiny one built from a config, or a local checkpoint from disk.
+
+Both return the same pair (model, processor), so every stage runs the same code on the
+embedded default and on a real Qwen2-VL/Qwen2.5-VL checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from clinkd.config import ModelConfig
+from clinkd.model.processor import build_processor, load_processor
+from clinkd.model.tiny import tiny_config
+from clinkd.model.tokenizer import train_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CHECKPOINT_FILES = ("config.json",)
+
+
+class CheckpointError(ValueError):
+    """A model directory that is not a clinkd or Qwen2-VL checkpoint."""
+
+
+def model_class_for(config):
+    """The transformers class for a Qwen2-VL or Qwen2.5-VL config."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    classes = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+    if config.model_type not in classes:
+        raise CheckpointError(f"model_type {config.model_type!r} is not Qwen2-VL or Qwen2.5-VL")
+    return classes[config.model_type]
+
+
+def build_tiny(model_cfg: ModelConfig, texts: Iterable[str], seed: int):
+    """Train a tokenizer on ``texts`` and build a freshly initialised tiny model (seeded)."""
+    tokenizer = train_tokenizer(texts, vocab_size=model_cfg.tokenizer_vocab)
+    processor = build_processor(tokenizer, model_cfg.min_pixels, model_cfg.max_pixels)
+    config = tiny_config(tokenizer, model_cfg.size)
+    torch.manual_seed(seed)
+    model = model_class_for(config)(config)
+    return model, processor
+
+
+def load_checkpoint(path: str | Path, dtype: str = "float32", min_pixels: int | None = None, max_pixels: int | None = None):
+    """Load a model and its processor from a local directory (no hub access)."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"model directory {path} does not exist")
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{path} is not a clinkd or Qwen2-VL checkpoint: no {', '.join(missing)}")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    model = model_class_for(config).from_pretrained(str(path), dtype=DTYPES[dtype], local_files_only=True)
+    processor = load_processor(path)
+    if min_pixels is not None and max_pixels is not None:
+        set_pixel_budget(processor, min_pixels, max_pixels)
+    return model, processor
+
+
+def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:
+    """Use the same resize budget at train and test time (written into the saved processor)."""
+    image_processor = processor.image_processor
+    image_processor.min_pixels = min_pixels
+    image_processor.max_pixels = max_pixels
+    image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+
+
+def save_checkpoint(model, processor, path: str | Path) -> None:
+    """Save into a temporary sibling, then rename: a crash never leaves a half-written model."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging))
+    processor.save_pretrained(str(staging))
+    shutil.rmtree(path, ignore_errors=True)
+    staging.rename(path)

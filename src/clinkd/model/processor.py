@@ -1,0 +1,82 @@
+"""The Qwen2-VL processor without torchvision, and the image preparation both paths share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
+from transformers.processing_utils import ProcessorMixin
+
+PATCH_SIZE = 14
+MERGE_SIZE = 2
+
+
+class ClinKDProcessor(Qwen2VLProcessor):
+    """``Qwen2VLProcessor`` minus the video processor.
+
+    The stock class always builds a video processor, which needs torchvision; images are all
+    Med-GRIT has. ``ProcessorMixin`` reads the attributes from this ``__init__`` signature.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token = "<|image_pad|>"
+        self.video_token = "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+
+# Without this, AutoProcessor.from_pretrained silently returns only the tokenizer for our checkpoints.
+AutoProcessor.register(Qwen2VLConfig, ClinKDProcessor, exist_ok=True)
+
+
+def build_image_processor(min_pixels: int, max_pixels: int):
+    """Qwen2-VL's PIL image processor (the torchvision one is unusable on a CPU-only torch)."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        patch_size=PATCH_SIZE,
+        temporal_patch_size=2,
+        merge_size=MERGE_SIZE,
+    )
+
+
+def build_processor(tokenizer, min_pixels: int, max_pixels: int) -> ClinKDProcessor:
+    return ClinKDProcessor(
+        image_processor=build_image_processor(min_pixels, max_pixels),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def load_processor(path: str | Path) -> ClinKDProcessor:
+    """Load a saved clinkd processor or a real Qwen2-VL/Qwen2.5-VL checkpoint's, without torchvision."""
+    return ClinKDProcessor.from_pretrained(str(path))
+
+
+def load_image(path: str | Path, square_size: int | None = None) -> Image.Image:
+    """Open an image as RGB (grayscale and 16-bit inputs are converted).
+
+    ``square_size`` resamples to ``square_size``×``square_size`` (MCG-RoPE's w = h option); boxes
+    are relative 0–1000 coordinates, so they stay correct.
+    """
+    with Image.open(path) as opened:
+        image = _to_rgb(opened)
+    if square_size:
+        image = image.resize((square_size, square_size), Image.Resampling.BICUBIC)
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit medical PNGs: stretch the used range to 8 bits rather than clipping it.
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        image = Image.fromarray(scaled.astype("uint8"), "L")
+    return image.convert("RGB")

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from clinkd.config import ConfigError, RecipeConfig, apply_overrides, dump_config, load_config, parse_override, preset_names
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.name))
+def test_every_shipped_config_and_preset_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RecipeConfig)
+    for preset in preset_names(path):
+        assert isinstance(load_config(path, preset=preset), RecipeConfig)
+
+
+def test_default_config_is_shipped():
+    assert any(p.name == "default.yaml" for p in CONFIGS)
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_override("train.lr=1e-3") == (["train", "lr"], 1e-3)
+    assert parse_override("model.path=null") == (["model", "path"], None)
+    tree = apply_overrides({}, ["predict.max_new_tokens.VG=12", "name=x"])
+    assert tree == {"predict": {"max_new_tokens": {"VG": 12}}, "name": "x"}
+
+
+def test_override_wins_over_preset_and_file():
+    path = Path(__file__).resolve().parents[1] / "configs/default.yaml"
+    cfg = load_config(path, ["train.batch_size=3"], preset="quick")
+    assert cfg.train.batch_size == 3
+    assert cfg.model.size == "xs"  # from the preset
+    assert cfg.name == "quick"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("train.lr=abc", "train.lr"), ("train.bogus=1", "train.bogus"), ("model.size=xxl", "model.size"), ("predict.max_new_tokens.XX=3", "predict.max_new_tokens")],
+)
+def test_errors_name_the_offending_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_override_into_a_value_is_refused(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: run\n")
+    with pytest.raises(ConfigError, match="name is a value"):
+        load_config(path, ["name.x=1"])
+    with pytest.raises(ConfigError, match="name: Input should be a valid string"):
+        load_config(None, ["name.x=1"])
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "configs/default.yaml"
+    with pytest.raises(ConfigError, match="preset 'nope'"):
+        load_config(path, preset="nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.lr=0.01", "model.size=xs"])
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(dump_config(cfg))
+    assert load_config(saved) == cfg
