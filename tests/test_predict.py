@@ -1,0 +1,63 @@
+import json
+
+import pytest
+from PIL import Image
+
+from clinkd.config import PredictConfig
+from clinkd.data.records import PREDICTION_FIELDS, Sample, Turn
+from clinkd.recipes import predict as predict_module
+from clinkd.recipes.predict import clean_generation, run_predict
+
+
+def _tests(tmp_path, n=5):
+    samples = []
+    for i in range(n):
+        path = tmp_path / f"ct_{i}.png"
+        Image.new("RGB", (112, 112), (20 * i, 40, 60)).save(path)
+        samples.append(Sample(f"ct_synth--test--{i:06d}", path, "ct", [Turn("Where is the liver?", "<ref>liver</ref><box>(1,2),(3,4)</box>")], task="VG"))
+    return {"VG": samples}
+
+
+def test_clean_generation_cuts_at_the_first_stop_marker():
+    assert clean_generation("<|box_start|>(1,2),(3,4)<|box_end|><|im_end|><|endoftext|>") == "<|box_start|>(1,2),(3,4)<|box_end|>"
+    assert clean_generation(" liver <|endoftext|><|endoftext|>") == "liver"
+
+
+def test_rows_have_the_fixed_schema(tmp_path, tiny_model, tiny_processor):
+    paths = run_predict(tiny_model, tiny_processor, _tests(tmp_path), tmp_path / "out", PredictConfig(batch_size=2, max_new_tokens={"VG": 4}))
+    rows = [json.loads(line) for line in paths["VG"].read_text().splitlines()]
+    assert [row["index"] for row in rows] == list(range(5))
+    assert all(list(row)[: len(PREDICTION_FIELDS)] == list(PREDICTION_FIELDS) for row in rows)
+    assert rows[0]["image"] == "ct_0.png" and rows[0]["modality"] == "ct" and rows[0]["task"] == "VG"
+
+
+def test_batched_greedy_equals_one_at_a_time(tmp_path, tiny_model, tiny_processor):
+    tests = _tests(tmp_path, 4)
+    batched = run_predict(tiny_model, tiny_processor, tests, tmp_path / "a", PredictConfig(batch_size=4, max_new_tokens={"VG": 6}))
+    single = run_predict(tiny_model, tiny_processor, tests, tmp_path / "b", PredictConfig(batch_size=1, max_new_tokens={"VG": 6}))
+    responses = lambda path: [json.loads(line)["response"] for line in path.read_text().splitlines()]
+    assert responses(batched["VG"]) == responses(single["VG"])
+
+
+def test_predict_resumes_after_a_crash_without_redoing_rows(tmp_path, tiny_model, tiny_processor, monkeypatch):
+    tests = _tests(tmp_path, 5)
+    out = tmp_path / "out"
+    real = predict_module.generate_responses
+    calls = []
+
+    def crash_on_second_batch(model, processor, collator, samples, *args):
+        calls.append([s.id for s in samples])
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(model, processor, collator, samples, *args)
+
+    monkeypatch.setattr(predict_module, "generate_responses", crash_on_second_batch)
+    with pytest.raises(RuntimeError):
+        run_predict(tiny_model, tiny_processor, tests, out, PredictConfig(batch_size=2, max_new_tokens={"VG": 3}))
+    assert len((out / "VG.jsonl").read_text().splitlines()) == 2
+    calls.clear()
+    monkeypatch.setattr(predict_module, "generate_responses", lambda *a: calls.append(len(a[3])) or real(*a))
+    run_predict(tiny_model, tiny_processor, tests, out, PredictConfig(batch_size=2, max_new_tokens={"VG": 3}))
+    rows = [json.loads(line) for line in (out / "VG.jsonl").read_text().splitlines()]
+    assert sorted(row["index"] for row in rows) == list(range(5))
+    assert calls == [2, 1]  # only the 3 unfinished rows were generated
