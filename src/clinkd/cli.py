@@ -94,9 +94,9 @@ def predict(
     from clinkd.recipes.run import load_dataset
 
     cfg = _load(config, overrides, preset)
+    loaded, processor = load_checkpoint(model, cfg.model.dtype)
     dataset = load_dataset(cfg, with_train=False)
     console.print(dataset.issues.summary())
-    loaded, processor = load_checkpoint(model, cfg.model.dtype)
     paths = run_predict(loaded, processor, dataset.tests, out, cfg.predict, cfg.data.box_style, cfg.model.square_size)
     for task, path in paths.items():
         console.print(f"{task}: {path}")
