@@ -1,15 +1,22 @@
-"""Recipe: score prediction JSONL files with the BiRD/ClinKD protocol and write the report."""
+"""Recipe: score prediction JSONL files with the BiRD/ClinKD protocol and write the report.
+
+``out_dir`` gets ``metrics.json``, ``report.md`` (which embeds the figures and names every backend),
+``tables/summary.csv`` (Table 1: model and baselines) and ``tables/per_modality.csv`` (Tables 3/4), and
+``figures/modalities.png`` (Figure 3) and ``figures/loss.png`` (when ``run_dir`` holds training logs).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from clinkd.data.records import Prediction, Sample
 from clinkd.io import atomic_write_json, atomic_write_text, read_jsonl
 from clinkd.metrics.baselines import baseline_predictions
+from clinkd.metrics.captions import CaptionScorer
 from clinkd.metrics.protocol import score_predictions
 from clinkd.metrics.report import render_comparison, render_markdown
+from clinkd.metrics.tables import write_tables
 
 
 def read_predictions(paths: Iterable[Path]) -> list[Prediction]:
@@ -23,10 +30,15 @@ def read_predictions(paths: Iterable[Path]) -> list[Prediction]:
     return predictions
 
 
-def score_baselines(tests: dict[str, list[Sample]]) -> dict[str, dict]:
-    """Metrics of every trivial baseline on the same test set."""
+def score_baselines(
+    tests: dict[str, list[Sample]], *, scorers: Sequence[CaptionScorer] | None = None, bird_exact: bool = False
+) -> dict[str, dict]:
+    """Metrics of every trivial baseline on the same test set, with the model's backends."""
     samples = [sample for task_samples in tests.values() for sample in task_samples]
-    return {name: score_predictions(rows) for name, rows in baseline_predictions(samples).items()}
+    return {
+        name: score_predictions(rows, scorers=scorers, bird_exact=bird_exact)
+        for name, rows in baseline_predictions(samples).items()
+    }
 
 
 def run_evaluate(
@@ -36,20 +48,51 @@ def run_evaluate(
     title: str = "clinkd evaluation",
     tests: dict[str, list[Sample]] | None = None,
     label: str = "model",
+    others: dict[str, Iterable[Path]] | None = None,
     extra_sections: Iterable[str] = (),
+    scorers: Sequence[CaptionScorer] | None = None,
+    bird_exact: bool = False,
+    figures: bool = True,
+    run_dir: Path | None = None,
 ) -> dict:
-    """Write ``metrics.json`` and ``report.md`` into ``out_dir``; returns the metrics.
+    """Write the files of the module docstring into ``out_dir``; returns the ``metrics.json`` document.
 
-    With ``tests``, the trivial baselines are scored on the same test set and shown beside the model.
+    With ``tests``, the trivial baselines are scored on the same test set and shown beside the model;
+    ``others`` maps more labels (teacher, plain SFT, ...) to their prediction files, scored the same way.
+    ``scorers`` are the caption backends (default: the registered ones, see
+    :func:`clinkd.metrics.backends.caption_scorers` for METEOR and SPICE); ``run_dir`` (default
+    ``out_dir``) is searched for ``train_log.json`` files for the loss figure.
     """
-    metrics = score_predictions(read_predictions(prediction_paths))
+    metrics = score_predictions(read_predictions(prediction_paths), scorers=scorers, bird_exact=bird_exact)
     document = {"model": metrics}
+    named = {label: metrics}
+    for other, paths in (others or {}).items():
+        named[other] = score_predictions(read_predictions(paths), scorers=scorers, bird_exact=bird_exact)
+    document["others"] = {other: named[other] for other in others or {}}
     sections = [render_markdown(metrics, title)]
     if tests is not None:
-        baselines = score_baselines(tests)
+        baselines = score_baselines(tests, scorers=scorers, bird_exact=bird_exact)
         document["baselines"] = baselines
-        sections.append("## Model vs trivial baselines\n\n" + render_comparison({label: metrics, **baselines}))
+        named.update(baselines)
+    if len(named) > 1:
+        sections.append("## Model vs comparisons and trivial baselines\n\n" + render_comparison(named))
+    if figures:
+        sections.append(_figure_section(named, out_dir, run_dir or out_dir))
     sections.extend(extra_sections)
+    write_tables(named, out_dir / "tables")
     atomic_write_json(out_dir / "metrics.json", document)
     atomic_write_text(out_dir / "report.md", "\n\n".join(sections) + "\n")
     return document
+
+
+def _figure_section(named: dict[str, dict], out_dir: Path, run_dir: Path) -> str:
+    """Write the figures; their Markdown section with paths relative to ``out_dir``."""
+    from clinkd.metrics.figures import loss_figure, modality_figure  # matplotlib loads only when drawing
+
+    lines = ["## Figures", ""]
+    modality_figure(named, out_dir / "figures" / "modalities.png")
+    lines.append("![Scores per modality (task headlines, ×100)](figures/modalities.png)")
+    if loss_figure(run_dir, out_dir / "figures" / "loss.png") is not None:
+        lines += ["", "![Training loss](figures/loss.png)"]
+    lines += ["", "Tables as CSV: `tables/summary.csv` (Table 1), `tables/per_modality.csv` (Tables 3/4)."]
+    return "\n".join(lines)
