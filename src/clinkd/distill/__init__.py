@@ -1,0 +1,45 @@
+"""Pseudo-Augmented Medical Distillation components (the stage itself is ``clinkd.recipes.distill``).
+
+See docs/distill.md.
+"""
+
+from clinkd.distill.batches import EXAMPLE_INDEX, IndexedCollator, IndexedExample, batch_position_ids, indexed
+from clinkd.distill.pseudo import aligned_pseudo_labels, distillation_examples, generate_pseudo_labels, read_pseudo_labels, turn_samples
+from clinkd.distill.settings import kd_loss_config
+from clinkd.distill.subset import PSEUDO_SEED_OFFSET, seeded_subset
+from clinkd.distill.teacher_cache import (
+    CacheMismatchError,
+    CacheSpec,
+    TeacherCache,
+    dataset_fingerprint,
+    teacher_fingerprint,
+    tokenizer_fingerprint,
+    write_teacher_cache,
+)
+from clinkd.distill.trainer import KDTrainer, check_teacher_vocab, train_student
+
+__all__ = [
+    "EXAMPLE_INDEX",
+    "PSEUDO_SEED_OFFSET",
+    "CacheMismatchError",
+    "CacheSpec",
+    "IndexedCollator",
+    "IndexedExample",
+    "KDTrainer",
+    "TeacherCache",
+    "aligned_pseudo_labels",
+    "batch_position_ids",
+    "check_teacher_vocab",
+    "dataset_fingerprint",
+    "distillation_examples",
+    "generate_pseudo_labels",
+    "indexed",
+    "kd_loss_config",
+    "read_pseudo_labels",
+    "seeded_subset",
+    "teacher_fingerprint",
+    "tokenizer_fingerprint",
+    "train_student",
+    "turn_samples",
+    "write_teacher_cache",
+]

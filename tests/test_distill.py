@@ -1,0 +1,432 @@
+"""Distillation stage: teacher subset, pseudo labels (resume), the teacher cache (exactness, refusal, resume),
+the KDTrainer's loss against a direct computation, shared position ids, vocabulary slicing, and the whole stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import pytest
+import torch
+
+from clinkd.batching import TrainCollator, training_examples
+from clinkd.boxes import convert_markup
+from clinkd.config import ConfigError, DistillConfig, RecipeConfig
+from clinkd.data.medgrit import load_medgrit
+from clinkd.data.records import Turn
+from clinkd.distill import (
+    CacheMismatchError,
+    CacheSpec,
+    IndexedCollator,
+    IndexedExample,
+    KDTrainer,
+    TeacherCache,
+    check_teacher_vocab,
+    dataset_fingerprint,
+    distillation_examples,
+    generate_pseudo_labels,
+    kd_loss_config,
+    read_pseudo_labels,
+    aligned_pseudo_labels,
+    seeded_subset,
+    teacher_fingerprint,
+    tokenizer_fingerprint,
+    write_teacher_cache,
+)
+from clinkd.distill.batches import model_inputs
+from clinkd.distill.teacher_cache import MANIFEST
+from clinkd.losses import KDLossConfig, distillation_loss
+from clinkd.model.box_convention import RelativeBoxes
+from clinkd.model.loading import CheckpointError, build_tiny, model_class_for, save_checkpoint
+from clinkd.model.positions import PAPER, STOCK
+from clinkd.model.processor import build_processor
+from clinkd.model.rope import set_rope_strategy
+from clinkd.model.tiny import tiny_config
+from clinkd.model.tokenizer import train_tokenizer
+from clinkd.recipes import predict as predict_module
+from clinkd.recipes.distill import run_distill, teacher_recipe
+from clinkd.recipes.train import training_arguments
+from clinkd.synth import generate
+
+BOX_STYLE = "qwen2-vl"
+
+
+@pytest.fixture(scope="module")
+def train_records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, images=16, test_per_cell=1)
+    return load_medgrit(root / "train.json", root / "images")
+
+
+@pytest.fixture(scope="module")
+def corpus(train_records):
+    return [convert_markup(text, BOX_STYLE) for s in train_records for turn in s.turns for text in (turn.question, turn.answer)]
+
+
+@pytest.fixture(scope="module")
+def processor(corpus):
+    return build_processor(train_tokenizer(corpus, vocab_size=400), 112 * 112, 112 * 112)
+
+
+@pytest.fixture(scope="module")
+def examples(train_records):
+    return training_examples(train_records, "split")
+
+
+def tiny_model(processor, size: str, seed: int = 0, vocab_size: int | None = None, rope=PAPER):
+    config = tiny_config(processor.tokenizer, size)
+    if vocab_size is not None:
+        config.text_config.vocab_size = vocab_size
+    set_rope_strategy(config, rope)
+    torch.manual_seed(seed)
+    return model_class_for(config)(config).eval()
+
+
+def vocab(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def kd_trainer(tmp_path, model, processor, kd_config, **teacher_source) -> KDTrainer:
+    cfg = RecipeConfig(output_dir=tmp_path, train={"batch_size": 3})
+    return KDTrainer(
+        model=model,
+        args=training_arguments(cfg, tmp_path / "checkpoints"),
+        data_collator=IndexedCollator(processor),
+        kd_config=kd_config,
+        **teacher_source,
+    )
+
+
+def indexed_batch(processor, examples, indices):
+    return IndexedCollator(processor)([IndexedExample(i, examples[i]) for i in indices])
+
+
+def make_spec(examples, processor, student, k: int, kd_config: KDLossConfig, teacher_id: str = "teacher-a") -> CacheSpec:
+    return CacheSpec(
+        dataset_sha256=dataset_fingerprint(examples, BOX_STYLE, None, processor.image_processor.size, RelativeBoxes()),
+        n_examples=len(examples),
+        tokenizer_sha256=tokenizer_fingerprint(processor.tokenizer),
+        teacher_sha256=teacher_id,
+        vocab_size=vocab(student),
+        top_k=k,
+        temperature=kd_config.temperature,
+        shift_labels=kd_config.shift_labels,
+        ignore_index=kd_config.ignore_index,
+        positions=PAPER.model_dump(mode="json"),
+    )
+
+
+# --- teacher subset and loss configuration -------------------------------------------------------
+
+
+def test_seeded_subset_is_of_the_right_size_and_deterministic():
+    subset = seeded_subset(1600, 0.111, seed=0)
+    assert len(subset) == 178 and subset == sorted(set(subset)) and 0 <= subset[0] and subset[-1] < 1600
+    assert seeded_subset(1600, 0.111, seed=0) == subset
+    assert seeded_subset(1600, 0.111, seed=1) != subset
+    assert seeded_subset(10, 1.0, seed=3) == list(range(10))
+    assert len(seeded_subset(3, 0.01, seed=0)) == 1  # never empty
+    with pytest.raises(ValueError, match="distill.pseudo_fraction must be in"):
+        seeded_subset(10, 0.0, seed=0, key="distill.pseudo_fraction")
+
+
+def test_kd_loss_config_takes_the_preset_and_applies_set_fields():
+    assert kd_loss_config(DistillConfig()) == KDLossConfig.paper()
+    assert kd_loss_config(DistillConfig(preset="clinkd-official")) == KDLossConfig.clinkd_official()
+    official_ce = kd_loss_config(DistillConfig(preset="clinkd-official", use_ce=True, chunk_size=64))
+    assert official_ce == KDLossConfig.clinkd_official(use_ce=True, chunk_size=64)
+    assert (official_ce.temperature, official_ce.t_squared, official_ce.reduction, official_ce.shift_labels) == (0.5, False, "sum", False)
+    jsd = kd_loss_config(DistillConfig(divergence="jsd", jsd_beta=0.3, temperature=1.0))
+    assert (jsd.divergence, jsd.jsd_beta, jsd.temperature, jsd.t_squared) == ("jsd", 0.3, 1.0, True)
+
+
+def test_teacher_recipe_changes_only_the_teacher_size_and_epochs(tmp_path):
+    cfg = RecipeConfig(model={"size": "xs"}, train={"epochs": 3, "lr": 5e-4}, distill={"teacher_size": "s", "teacher_epochs": 6})
+    tuned = teacher_recipe(cfg)
+    assert (tuned.model.size, tuned.train.epochs, tuned.train.lr) == ("s", 6, 5e-4)
+    assert teacher_recipe(RecipeConfig(train={"epochs": 2})).train.epochs == 2 and cfg.model.size == "xs"
+    with pytest.raises(ConfigError, match="teacher_size only applies to tiny models"):
+        teacher_recipe(RecipeConfig(model={"path": str(tmp_path), "size": "xs"}, distill={"teacher_size": "s"}))
+
+
+# --- KDTrainer ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kd_config", [KDLossConfig.paper(), KDLossConfig.clinkd_official(use_ce=True)], ids=["paper", "official"])
+def test_kdtrainer_loss_equals_a_direct_computation(tmp_path, processor, examples, kd_config):
+    student, teacher = tiny_model(processor, "xs"), tiny_model(processor, "xs", seed=1)
+    trainer = kd_trainer(tmp_path, student, processor, kd_config, teacher=teacher)
+    batch = indexed_batch(processor, examples, [5, 0, 9])
+    loss = trainer.compute_loss(student, batch)
+    # Direct: each model computes its own positions from the same input ids (same strategy).
+    with torch.no_grad():
+        outputs = student(**model_inputs(batch), labels=batch["labels"])
+        teacher_logits = teacher(**model_inputs(batch)).logits
+    expected = distillation_loss(outputs.logits, batch["labels"], outputs.loss, kd_config, teacher_logits=teacher_logits)
+    torch.testing.assert_close(loss, expected["loss"], rtol=0, atol=1e-6)
+    assert teacher.training is False and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_kdtrainer_mean_is_over_the_tokens_of_the_whole_accumulated_step(tmp_path, processor, examples):
+    student, teacher = tiny_model(processor, "xs"), tiny_model(processor, "xs", seed=1)
+    trainer = kd_trainer(tmp_path, student, processor, KDLossConfig.paper(), teacher=teacher)
+    batch = indexed_batch(processor, examples, [1, 2])
+    tokens = int((batch["labels"][:, 1:] != -100).sum())
+    per_call = trainer.compute_loss(student, batch)
+    one_step = trainer.compute_loss(student, batch, num_items_in_batch=torch.tensor(tokens))
+    half_of_a_step = trainer.compute_loss(student, batch, num_items_in_batch=torch.tensor(2 * tokens))
+    torch.testing.assert_close(one_step, per_call, rtol=1e-6, atol=0)
+    torch.testing.assert_close(half_of_a_step, per_call / 2, rtol=1e-6, atol=0)
+    assert trainer.loss_is_scaled_for_ga is True  # Trainer must not divide by the accumulation steps again
+
+
+def test_teacher_sees_exactly_the_students_position_ids(tmp_path, processor, examples):
+    # A teacher recorded with another strategy still gets the student's positions, not its own.
+    student, teacher = tiny_model(processor, "xs"), tiny_model(processor, "xs", seed=1, rope=STOCK)
+    seen = {}
+    student.register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("student", kw["position_ids"]), with_kwargs=True)
+    teacher.register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("teacher", kw["position_ids"]), with_kwargs=True)
+    batch = indexed_batch(processor, examples, [3, 4])
+    kd_trainer(tmp_path, student, processor, KDLossConfig.paper(), teacher=teacher).compute_loss(student, batch)
+    own, _ = student.model.get_rope_index(
+        batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"], attention_mask=batch["attention_mask"]
+    )
+    assert torch.equal(seen["student"], seen["teacher"]) and torch.equal(seen["student"], own)
+    assert seen["student"].dtype == torch.float32  # mcg positions are fractional: the strategy really applied
+
+
+def test_wider_teacher_vocabulary_is_sliced_with_a_logged_check(tmp_path, processor, examples, caplog):
+    student = tiny_model(processor, "xs")
+    teacher = tiny_model(processor, "xs", seed=1, vocab_size=vocab(student) + 8)
+    with caplog.at_level(logging.WARNING, logger="clinkd.distill.trainer"):
+        assert check_teacher_vocab(vocab(teacher), vocab(student), len(processor.tokenizer)) is True
+    assert f"teacher vocabulary {vocab(teacher)} > student's {vocab(student)}" in caplog.text
+    assert check_teacher_vocab(vocab(student), vocab(student), len(processor.tokenizer)) is False
+    with pytest.raises(ValueError, match="drop real tokens"):
+        check_teacher_vocab(vocab(student) + 8, vocab(student) - 1, vocab(student))
+    with pytest.raises(ValueError, match="narrower"):
+        check_teacher_vocab(vocab(student) - 1, vocab(student), vocab(student) - 1)
+
+    cfg = KDLossConfig.paper()
+    batch = indexed_batch(processor, examples, [2, 7])
+    loss = kd_trainer(tmp_path, student, processor, cfg, teacher=teacher).compute_loss(student, batch)
+    with torch.no_grad():
+        outputs = student(**model_inputs(batch), labels=batch["labels"])
+        sliced = teacher(**model_inputs(batch)).logits[..., : vocab(student)]
+    expected = distillation_loss(outputs.logits, batch["labels"], outputs.loss, cfg, teacher_logits=sliced)["loss"]
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
+
+
+# --- teacher cache -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wider_teacher", [False, True], ids=["same-vocab", "wider-teacher"])
+@pytest.mark.parametrize("kd_config", [KDLossConfig.paper(), KDLossConfig.clinkd_official(use_ce=True)], ids=["paper", "official"])
+def test_cached_topk_with_k_equal_to_the_vocabulary_equals_the_online_loss(tmp_path, processor, examples, kd_config, wider_teacher):
+    student = tiny_model(processor, "xs")
+    teacher = tiny_model(processor, "xs", seed=1, vocab_size=vocab(student) + 8 if wider_teacher else None)
+    subset = examples[:7]
+    spec = make_spec(subset, processor, student, k=vocab(student), kd_config=kd_config)
+    # Cache batches (4, 3) differ from the training batch: rows must still line up per example.
+    write_teacher_cache(teacher, TrainCollator(processor), subset, spec, tmp_path / "cache", kd_config, batch_size=4, shard_examples=3)
+    cache = TeacherCache(tmp_path / "cache", spec)
+    batch = indexed_batch(processor, subset, [6, 0, 4])
+    cached = kd_trainer(tmp_path, student, processor, kd_config, teacher_cache=cache).compute_loss(student, batch)
+    online = kd_trainer(tmp_path, student, processor, kd_config, teacher=teacher).compute_loss(student, batch)
+    torch.testing.assert_close(cached, online, rtol=0, atol=1e-5)
+
+
+@pytest.fixture()
+def written_cache(tmp_path, processor, examples):
+    """A small complete cache (k = 8) and its spec, examples and models."""
+    student, teacher = tiny_model(processor, "xs"), tiny_model(processor, "xs", seed=1)
+    cfg = KDLossConfig.paper()
+    subset = examples[:5]
+    spec = make_spec(subset, processor, student, k=8, kd_config=cfg)
+    write_teacher_cache(teacher, TrainCollator(processor), subset, spec, tmp_path / "cache", cfg, batch_size=2, shard_examples=2)
+    return tmp_path / "cache", spec, subset, student, teacher
+
+
+def test_a_cache_for_other_data_tokenizer_or_k_is_refused(written_cache, processor):
+    cache_dir, spec, subset, student, _ = written_cache
+    changed = [replace(subset[0], turns=(Turn(subset[0].turns[0].question, "something else"),)), *subset[1:]]
+    other_tokenizer = train_tokenizer(["a completely different corpus of words"] * 20, vocab_size=300)
+    variants = {
+        "dataset_sha256": replace(spec, dataset_sha256=dataset_fingerprint(changed, BOX_STYLE, None, processor.image_processor.size, RelativeBoxes())),
+        "tokenizer_sha256": replace(spec, tokenizer_sha256=tokenizer_fingerprint(other_tokenizer)),
+        "top_k": replace(spec, top_k=16),
+        "temperature": replace(spec, temperature=0.5),
+    }
+    for key, other in variants.items():
+        assert getattr(other, key) != getattr(spec, key)
+        with pytest.raises(CacheMismatchError, match=f"{key}: cache") as error:
+            TeacherCache(cache_dir, other)
+        assert str(cache_dir / MANIFEST) in str(error.value) and "distill.cache_dir" in str(error.value)
+    TeacherCache(cache_dir, spec)  # the matching spec still reads
+
+
+def test_fingerprints_follow_the_weights_and_ignore_padding_state(tmp_path, processor):
+    model_a, model_b = tiny_model(processor, "xs"), tiny_model(processor, "xs", seed=1)
+    save_checkpoint(model_a, processor, tmp_path / "a")
+    save_checkpoint(model_b, processor, tmp_path / "b")
+    assert teacher_fingerprint(tmp_path / "a") != teacher_fingerprint(tmp_path / "b")
+    assert teacher_fingerprint(tmp_path / "a") == teacher_fingerprint(tmp_path / "a")
+    before = tokenizer_fingerprint(processor.tokenizer)
+    processor.tokenizer(["a", "a b c"], padding=True)  # sets the backend's padding state
+    assert tokenizer_fingerprint(processor.tokenizer) == before
+
+
+def test_an_interrupted_cache_resumes_at_the_first_missing_shard(written_cache, processor):
+    cache_dir, spec, subset, student, teacher = written_cache
+    complete = TeacherCache(cache_dir, spec).rows(range(5))
+    manifest = json.loads((cache_dir / MANIFEST).read_text())
+    manifest["complete"], manifest["shards"] = False, manifest["shards"][:1]  # killed after shard 0
+    (cache_dir / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CacheMismatchError, match="incomplete"):
+        TeacherCache(cache_dir, spec)
+    seen = []
+    teacher.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    write_teacher_cache(teacher, TrainCollator(processor), subset, spec, cache_dir, KDLossConfig.paper(), batch_size=2, shard_examples=4)
+    assert sum(seen) == 3  # examples 2..4 only; the manifest's shard size (2) wins over the new argument
+    resumed = TeacherCache(cache_dir, spec).rows(range(5))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, complete))
+
+
+def test_cached_row_counts_are_checked_per_example(tmp_path, written_cache, processor, examples):
+    cache_dir, spec, subset, student, _ = written_cache
+    trainer = kd_trainer(tmp_path, student, processor, KDLossConfig.paper(), teacher_cache=TeacherCache(cache_dir, spec))
+    mismatched = examples[10]  # another example under index 0
+    assert mismatched.turns[0].answer != subset[0].turns[0].answer
+    batch = IndexedCollator(processor)([IndexedExample(0, mismatched)])
+    if int((batch["labels"][:, 1:] != -100).sum()) == TeacherCache(cache_dir, spec).row_count(0):
+        pytest.skip("the two answers happen to have the same length")
+    with pytest.raises(ValueError, match="example 0 has .* cached answer rows"):
+        trainer.compute_loss(student, batch)
+
+
+# --- pseudo labels -----------------------------------------------------------------------------
+
+
+def test_pseudo_label_generation_resumes_after_an_interruption(tmp_path, processor, train_records, monkeypatch):
+    teacher = tiny_model(processor, "xs", seed=2)
+    records = train_records[:3]
+    cfg = RecipeConfig(predict={"batch_size": 4}, distill={"pseudo_max_new_tokens": 3})
+    reference = generate_pseudo_labels(teacher, processor, records, tmp_path / "full", cfg)
+    expected = read_pseudo_labels(tmp_path / "full", records)
+    assert len(expected) == sum(len(s.turns) for s in records)
+
+    out = tmp_path / "resumed"
+    out.mkdir()
+    lines = reference.read_text().splitlines(keepends=True)
+    (out / reference.name).write_text("".join(lines[:5]))  # interrupted after 5 rows
+    prompts = []
+    real = predict_module.generate_responses
+    monkeypatch.setattr(predict_module, "generate_responses", lambda *a: prompts.append(len(a[3])) or real(*a))
+    generate_pseudo_labels(teacher, processor, records, out, cfg)
+    assert sum(prompts) == len(expected) - 5
+    assert read_pseudo_labels(out, records) == expected
+
+
+def test_pseudo_labels_for_other_data_are_refused(tmp_path, processor, train_records):
+    teacher = tiny_model(processor, "xs", seed=2)
+    cfg = RecipeConfig(predict={"batch_size": 8}, distill={"pseudo_max_new_tokens": 2})
+    generate_pseudo_labels(teacher, processor, train_records[:2], tmp_path, cfg)
+    with pytest.raises(ValueError, match="row 0 is for record"):
+        read_pseudo_labels(tmp_path, train_records[2:4])
+
+
+def test_distillation_examples_for_each_target_kind(train_records):
+    records = train_records[:3]
+    assert [len(s.turns) for s in records] == [4, 4, 4]
+    gt = [turn.answer for s in records for turn in s.turns]
+    # Records 0 and 2 were pseudo-labelled (turns 0-3 and 8-11); record 1 was not.
+    answers = ["teacher says liver", "", "<|box_start|>(1,2<|box_end|>", convert_markup(gt[3], BOX_STYLE)]
+    answers += ["teacher answer 8", gt[9], "teacher answer 10", "teacher answer 11"]
+    pseudo = aligned_pseudo_labels(records, [0, 2], answers)
+    assert pseudo == answers[:4] + [None] * 4 + answers[4:]
+    answers_of = lambda exs: [ex.turns[0].answer for ex in exs]
+
+    ground, counts = distillation_examples(records, None, "ground_truth", "split", BOX_STYLE)
+    assert answers_of(ground) == gt and counts["pseudo_labelled"] == 0
+
+    relabelled, counts = distillation_examples(records, pseudo, "pseudo", "split", BOX_STYLE)
+    # Empty and unparseable answers fall back to the GT; an answer equal up to markup keeps the GT text.
+    teacher_answers = ["teacher says liver", "teacher answer 8", "teacher answer 10", "teacher answer 11"]
+    expected = ["teacher says liver", *gt[1:8], "teacher answer 8", gt[9], "teacher answer 10", "teacher answer 11"]
+    assert answers_of(relabelled) == expected
+    assert counts == {"examples": 12, "pseudo_labelled": 8, "pseudo_fallback": 2, "pseudo_equal_gt": 2, "pseudo_used": 4}
+
+    both, counts = distillation_examples(records, pseudo, "both", "split", BOX_STYLE)
+    assert answers_of(both) == gt + teacher_answers and counts["examples"] == 16
+
+    multi, _ = distillation_examples(records, pseudo, "pseudo", "multi", BOX_STYLE)
+    ground_multi, _ = distillation_examples(records, None, "ground_truth", "multi", BOX_STYLE)
+    assert [t.answer for t in multi[0].turns] == expected[:4] and multi[1] == ground_multi[1]
+    with pytest.raises(ValueError, match="one pseudo-label entry per training turn"):
+        distillation_examples(records, pseudo[:-1], "both", "split", BOX_STYLE)
+
+
+# --- the whole stage ---------------------------------------------------------------------------
+
+
+def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, train_records, corpus):
+    cfg = RecipeConfig.model_validate(
+        {
+            "name": "distil",
+            "output_dir": str(tmp_path),
+            "model": {"size": "xs", "tokenizer_vocab": 400},
+            "train": {"epochs": 1, "batch_size": 8, "logging_steps": 2, "save_steps": 1000, "threads": 1},
+            "predict": {"batch_size": 16},
+            "distill": {
+                "teacher_fraction": 0.25, "pseudo_fraction": 0.5, "pseudo_max_new_tokens": 4,
+                "targets": "both", "mode": "cached", "top_k": 16,
+            },
+        }
+    )
+    built = []
+
+    def build_model(recipe):
+        built.append(recipe.model.size)
+        return build_tiny(recipe.model, corpus, recipe.seed, recipe.rope)
+
+    class Dataset:
+        train = train_records[:8]
+
+    student, _, info = run_distill(cfg, Dataset, cfg.run_dir, build_model)
+    root = cfg.run_dir / "distill"
+    subset = json.loads((root / "teacher" / "subset.json").read_text())["indices"]
+    assert subset == seeded_subset(8, 0.25, cfg.seed) and len(subset) == 2
+    assert info["teacher"]["examples"] == sum(len(Dataset.train[i].turns) for i in subset)
+    labelled = seeded_subset(8, 0.5, cfg.seed + 1)
+    n_turns = sum(len(Dataset.train[i].turns) for i in labelled)
+    assert len((root / "pseudo" / "train.jsonl").read_text().splitlines()) == n_turns == info["pseudo"]["turns"]
+    assert info["targets"]["pseudo_labelled"] == n_turns
+    assert info["student"]["examples"] == info["targets"]["examples"] == 32 + info["targets"]["pseudo_used"]
+    manifest = json.loads((root / "cache" / MANIFEST).read_text())
+    assert manifest["complete"] and manifest["spec"]["n_examples"] == info["student"]["examples"]
+    assert (root / "student" / "model" / "config.json").is_file() and info["student"]["steps"] > 0
+    history = json.loads((root / "student" / "train_log.json").read_text())["log_history"]
+    assert any("kd" in entry and "ce" in entry for entry in history)
+    assert built == ["xs", "xs"]
+
+    built.clear()
+    _, _, again = run_distill(cfg, Dataset, cfg.run_dir, build_model)
+    assert built == []  # nothing rebuilt or retrained
+    assert again["student"]["reused"] and again["student"]["steps"] == info["student"]["steps"]
+    assert again["teacher"]["examples"] == info["teacher"]["examples"]
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, train_records, corpus):
+    other = build_processor(train_tokenizer(["a completely different corpus of words"] * 20, vocab_size=300), 112 * 112, 112 * 112)
+    save_checkpoint(tiny_model(other, "xs"), other, tmp_path / "teacher")
+    cfg = RecipeConfig(
+        output_dir=tmp_path, model={"size": "xs", "tokenizer_vocab": 400},
+        distill={"teacher": str(tmp_path / "teacher"), "targets": "ground_truth", "mode": "online"},
+    )
+
+    class Dataset:
+        train = train_records[:2]
+
+    with pytest.raises(CheckpointError, match="tokenizer .* differs from the student's"):
+        run_distill(cfg, Dataset, cfg.run_dir, lambda recipe: build_tiny(recipe.model, corpus, recipe.seed, recipe.rope))
