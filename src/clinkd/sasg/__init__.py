@@ -1,0 +1,49 @@
+"""Semantic-Aware Selective Generation (SASG, the paper's Algorithm 1) and its Med-CLIP scorers (docs/sasg.md)."""
+
+from clinkd.sasg.candidates import Candidate, generate_candidates, sequence_logprobs
+from clinkd.sasg.clip_train import ClipPair, matching_rate, sample_pairs, train_clip
+from clinkd.sasg.pipeline import (
+    BeamSelector,
+    SasgSelector,
+    build_selector,
+    ensure_embedded_clip,
+    run_clip_train,
+    scorer_dir,
+    selector_for,
+)
+from clinkd.sasg.scorer import HFClipScorer, ImagePrep, MedClipScorer, OpenClipScorer, ScorerError, load_scorer
+from clinkd.sasg.select import ScoredCandidate, Selection, calibrate, choose, score_candidates, select
+from clinkd.sasg.views import ClipView, answer_views, clip_text, crop
+
+__all__ = [
+    "BeamSelector",
+    "Candidate",
+    "ClipPair",
+    "ClipView",
+    "HFClipScorer",
+    "ImagePrep",
+    "MedClipScorer",
+    "OpenClipScorer",
+    "SasgSelector",
+    "ScoredCandidate",
+    "ScorerError",
+    "Selection",
+    "answer_views",
+    "build_selector",
+    "calibrate",
+    "choose",
+    "clip_text",
+    "crop",
+    "ensure_embedded_clip",
+    "generate_candidates",
+    "load_scorer",
+    "matching_rate",
+    "sample_pairs",
+    "run_clip_train",
+    "score_candidates",
+    "scorer_dir",
+    "select",
+    "selector_for",
+    "sequence_logprobs",
+    "train_clip",
+]
