@@ -1,0 +1,99 @@
+"""Qwen2.5-VL pixel boxes: the resize matches the processor, rewriting round-trips, the hooks apply it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from PIL import Image
+from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+from clinkd.batching import ChatExample, PromptCollator, TrainCollator
+from clinkd.data.records import Sample, Turn
+from clinkd.model.box_convention import PixelBoxes, RelativeBoxes, box_coordinates, image_size
+from clinkd.model.loading import save_checkpoint, set_pixel_budget
+from clinkd.model.processor import build_image_processor, load_processor
+
+BUDGET = PixelBoxes(factor=28, min_pixels=56 * 56, max_pixels=1280 * 28 * 28)
+
+
+@pytest.mark.parametrize("size", [(112, 112), (300, 100), (1000, 1000), (1920, 1080), (45, 700)])
+def test_resized_size_is_what_the_processor_feeds_the_model(size):
+    processor = build_image_processor(BUDGET.min_pixels, BUDGET.max_pixels)
+    grid = processor(images=[Image.new("RGB", size)], return_tensors="pt")["image_grid_thw"][0].tolist()
+    assert BUDGET.resized(size) == (grid[2] * 14, grid[1] * 14)
+
+
+def test_pixel_boxes_read_the_processor_budget(tiny_processor):
+    assert PixelBoxes.from_processor(tiny_processor) == PixelBoxes(28, 112 * 112, 112 * 112)
+
+
+def test_to_model_scales_every_box_and_keeps_the_rest():
+    text = "<ref>liver</ref><box>(100,250),(500,1000)</box> and <|box_start|>(0,0),(1000,1000)<|box_end|>?"
+    # 1000×500 → smart_resize → 1008×504 pixels
+    assert BUDGET.resized((1000, 500)) == (1008, 504)
+    assert BUDGET.to_model(text, (1000, 500)) == (
+        "<ref>liver</ref><box>(101,126),(504,504)</box> and <|box_start|>(0,0),(1008,504)<|box_end|>?"
+    )
+
+
+def test_bare_pairs_are_rewritten_only_when_no_box_is_tagged():
+    assert BUDGET.from_model("(504,252),(1008,504)", (1000, 500)) == "(500,500),(1000,1000)"
+    assert BUDGET.from_model("<box>(504,252),(1008,504)</box> not (1,1),(2,2)", (1000, 500)) == "<box>(500,500),(1000,1000)</box> not (1,1),(2,2)"
+
+
+def test_from_model_clamps_boxes_past_the_border():
+    assert BUDGET.from_model("<|box_start|>(1100,600),(2000,700)<|box_end|>", (1000, 500)) == "<|box_start|>(1000,1000),(1000,1000)<|box_end|>"
+
+
+def test_round_trip_is_exact_at_1000_pixels_and_within_half_a_pixel_below():
+    rng = random.Random(0)
+    for _ in range(300):
+        size = (rng.randint(28, 2500), rng.randint(28, 2500))
+        width, height = BUDGET.resized(size)
+        x1, x2 = sorted(rng.randint(0, 1000) for _ in range(2))
+        y1, y2 = sorted(rng.randint(0, 1000) for _ in range(2))
+        back = BUDGET.from_model(BUDGET.to_model(f"<box>({x1},{y1}),({x2},{y2})</box>", size), size)
+        got = [int(v) for v in back[6:-7].replace("(", "").replace(")", "").split(",")]
+        bound_x, bound_y = int(500 / width + 0.5), int(500 / height + 0.5)
+        for value, original, bound in zip(got, (x1, y1, x2, y2), (bound_x, bound_y, bound_x, bound_y)):
+            assert abs(value - original) <= bound, (size, (x1, y1, x2, y2), back)
+        if width >= 1000 and height >= 1000:
+            assert got == [x1, y1, x2, y2]
+
+
+def test_qwen2_vl_keeps_relative_boxes_and_qwen2_5_vl_uses_pixels(tiny_processor):
+    assert box_coordinates(Qwen2VLConfig(), tiny_processor) == RelativeBoxes()
+    assert isinstance(box_coordinates(Qwen2_5_VLConfig(), tiny_processor), PixelBoxes)
+    assert RelativeBoxes().to_model("<box>(1,2),(3,4)</box>", (5, 5)) == "<box>(1,2),(3,4)</box>"
+
+
+def test_image_size_is_the_size_given_to_the_processor(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (300, 120)).save(path)
+    assert image_size(path) == (300, 120)
+    assert image_size(path, square_size=224) == (224, 224)
+
+
+def test_collators_write_pixel_boxes_for_a_pixel_model(tmp_path, tiny_processor):
+    path = tmp_path / "ct_0.png"
+    Image.new("RGB", (200, 140)).save(path)
+    boxes = PixelBoxes.from_processor(tiny_processor)
+    assert boxes.resized((200, 140)) == (112, 84)  # the 112×112 pixel budget
+    turn = Turn("Where is <ref>it</ref><box>(0,0),(500,500)</box>?", "<ref>it</ref><box>(500,500),(1000,1000)</box>")
+    decode = tiny_processor.tokenizer.decode
+    train = TrainCollator(tiny_processor, boxes=boxes)([ChatExample(path, (turn,))])
+    assert "(0,0),(56,42)" in decode(train["input_ids"][0]) and "(56,42),(112,84)" in decode(train["input_ids"][0])
+    prompt = PromptCollator(tiny_processor, boxes=boxes)([Sample("ct_0", path, "ct", [turn])])
+    assert "(0,0),(56,42)" in decode(prompt["input_ids"][0])
+    relative = TrainCollator(tiny_processor)([ChatExample(path, (turn,))])
+    assert "(500,500),(1000,1000)" in decode(relative["input_ids"][0])
+
+
+def test_pixel_budget_is_saved_with_the_processor(tmp_path, tiny_model, tiny_processor):
+    set_pixel_budget(tiny_processor, 56 * 56, 224 * 224)
+    try:
+        save_checkpoint(tiny_model, tiny_processor, tmp_path / "model")
+        assert PixelBoxes.from_processor(load_processor(tmp_path / "model")) == PixelBoxes(28, 56 * 56, 224 * 224)
+    finally:
+        set_pixel_budget(tiny_processor, 112 * 112, 112 * 112)
