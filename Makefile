@@ -6,10 +6,28 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.clinkd-installed
 PYTEST_ARGS ?=
+# Debian packages the metrics and the browser test use: Java (METEOR 1.5, PTB tokenizer; Rhino for real SPICE), WordNet (meteor-nltk,
+# SPICE-approx synonyms), chromium + chromedriver (the demo's browser test). Without them those paths skip or fall back.
+SYSTEM_PACKAGES ?= default-jre-headless librhino-java wordnet-base wordnet-sense-index chromium chromium-driver
+SYSTEM_STAMP := $(VENV)/.system-packages
 
-.PHONY: setup run quick test test-all clean
+.PHONY: setup system run quick test test-all clean
 
-$(STAMP): pyproject.toml
+$(SYSTEM_STAMP):
+	@mkdir -p $(VENV)
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+		if [ -n "$$missing" ]; then \
+			echo "apt-get install $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+				|| echo "warning: could not install $$missing; the Java/WordNet/browser paths will skip or fall back"; \
+		fi; \
+	else echo "note: not root or no apt-get; install $(SYSTEM_PACKAGES) yourself for METEOR (Java) and the browser test"; fi
+	@touch $@
+
+system: $(SYSTEM_STAMP)
+
+$(STAMP): pyproject.toml $(SYSTEM_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"

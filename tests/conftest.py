@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from PIL import Image
 
 # Two cores: keep torch from oversubscribing when several tests build models.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,3 +42,60 @@ def tiny_model(tiny_processor):
     torch.manual_seed(0)
     config = tiny_config(tiny_processor.tokenizer, "xs")
     return model_class_for(config)(config).eval()
+
+
+# ---- a tiny model overfitted to one VG question, and a tiny SASG selector (infer and demo tests) ----
+VG_QUESTION = "Where is the <ref>liver</ref> in this image?"
+VG_ANSWER = "<ref>liver</ref><box>(112,305),(498,702)</box>"
+
+
+@pytest.fixture(scope="session")
+def overfit_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("overfit") / "ct_overfit.png"
+    Image.new("RGB", (112, 112), (30, 30, 30)).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory, tiny_processor, overfit_image):
+    """A tiny xs model overfitted (~4 s) to answer VG_QUESTION on ``overfit_image`` with VG_ANSWER, saved to disk."""
+    import torch
+
+    from clinkd.batching import ChatExample, TrainCollator
+    from clinkd.data.records import Turn
+    from clinkd.model.loading import model_class_for, save_checkpoint
+    from clinkd.model.tiny import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config(tiny_processor.tokenizer, "xs")
+    model = model_class_for(config)(config).train()
+    batch = TrainCollator(tiny_processor)([ChatExample(overfit_image, (Turn(VG_QUESTION, VG_ANSWER),))])
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster, and much faster on a busy machine
+    try:
+        for _ in range(50):
+            model(**batch).loss.backward()
+            optimiser.step()
+            optimiser.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-vg"
+    save_checkpoint(model.eval(), tiny_processor, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sasg(tmp_path_factory, tiny_processor):
+    """clinkd.sasg's selector (3 beams, 3 candidates) with a CLIP trained for 5 steps on an 8-image synthetic set."""
+    from clinkd.config import ClipTrainConfig, RecipeConfig
+    from clinkd.data.medgrit import load_medgrit
+    from clinkd.interactive.infer import build_selector
+    from clinkd.sasg import sample_pairs, train_clip
+    from clinkd.synth import generate
+
+    root = tmp_path_factory.mktemp("sasg")
+    generate(root / "data", seed=0, images=8, test_per_cell=1, image_size=48)
+    clip_cfg = ClipTrainConfig(hidden=32, layers=1, heads=2, steps=5, batch_size=8, image_size=32)
+    train_clip(sample_pairs(load_medgrit(root / "data" / "train.json", root / "data" / "images")), tiny_processor.tokenizer, clip_cfg, root / "clip")
+    return build_selector("sasg", RecipeConfig(clip=clip_cfg, select={"method": "sasg", "scorer_path": root / "clip"}))

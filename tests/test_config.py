@@ -4,7 +4,9 @@ import pytest
 
 from clinkd.config import ConfigError, RecipeConfig, apply_overrides, dump_config, load_config, parse_override, preset_names
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE_FOLDERS = ("accelerate", "deepspeed")  # launcher configs, not recipes
+CONFIGS = sorted(p for p in ROOT.glob("configs/**/*.yaml") if p.parent.name not in ENGINE_FOLDERS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.name))
@@ -13,6 +15,17 @@ def test_every_shipped_config_and_preset_loads(path):
     assert isinstance(cfg, RecipeConfig)
     for preset in preset_names(path):
         assert isinstance(load_config(path, preset=preset), RecipeConfig)
+
+
+def test_launcher_configs_parse():
+    import json
+
+    import yaml
+
+    for path in ROOT.glob("configs/accelerate/*.yaml"):
+        assert yaml.safe_load(path.read_text())["distributed_type"], path
+    stages = {path.name: json.loads(path.read_text())["zero_optimization"]["stage"] for path in ROOT.glob("configs/deepspeed/*.json")}
+    assert stages == {"zero2.json": 2, "zero3.json": 3, "zero3_offload.json": 3}
 
 
 def test_default_config_is_shipped():

@@ -61,3 +61,15 @@ def test_predict_resumes_after_a_crash_without_redoing_rows(tmp_path, tiny_model
     rows = [json.loads(line) for line in (out / "VG.jsonl").read_text().splitlines()]
     assert sorted(row["index"] for row in rows) == list(range(5))
     assert calls == [2, 1]  # only the 3 unfinished rows were generated
+
+
+def test_append_after_a_torn_line_keeps_every_row(tmp_path):
+    from clinkd.io import append_jsonl, read_jsonl
+
+    path = tmp_path / "VG.jsonl"
+    append_jsonl(path, [{"index": 0}])
+    with path.open("a") as handle:
+        handle.write('{"index": 1, "resp')  # a crash mid-write
+    assert [row["index"] for row in read_jsonl(path)] == [0]
+    append_jsonl(path, [{"index": 1}, {"index": 2}])
+    assert [row["index"] for row in read_jsonl(path)] == [0, 1, 2]

@@ -7,14 +7,16 @@ which is LLaMA-Factory's ``train_on_prompt: false``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from clinkd.boxes import convert_markup
 from clinkd.data.records import Sample, Turn
+from clinkd.model.box_convention import BoxCoordinates, RelativeBoxes
 from clinkd.model.processor import load_image
 
 IGNORE_INDEX = -100
@@ -39,36 +41,47 @@ def training_examples(samples: Sequence[Sample], mode: str = "split") -> list[Ch
     raise ValueError(f"data.train_turns: unknown mode {mode!r}; expected split or multi")
 
 
-def build_messages(turns: Sequence[Turn], box_style: str, with_answers: bool) -> list[dict]:
-    """Chat messages with the image in the first user turn; box markup in ``box_style``."""
+def build_messages(
+    turns: Sequence[Turn], box_style: str, with_answers: bool, to_model: Callable[[str], str] | None = None
+) -> list[dict]:
+    """Chat messages with the image in the first user turn; box markup in ``box_style``, then ``to_model``
+    (the model's coordinate convention, e.g. Qwen2.5-VL pixels) applied to every text."""
+
+    def text(raw: str) -> str:
+        converted = convert_markup(raw, box_style)
+        return to_model(converted) if to_model is not None else converted
+
     messages: list[dict] = []
     for index, turn in enumerate(turns):
-        content = [{"type": "text", "text": convert_markup(turn.question, box_style)}]
+        content = [{"type": "text", "text": text(turn.question)}]
         if index == 0:
             content.insert(0, {"type": "image"})
         messages.append({"role": "user", "content": content})
         if with_answers:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": convert_markup(turn.answer, box_style)}]})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": text(turn.answer)}]})
     return messages
 
 
 class TrainCollator:
     """Collates :class:`ChatExample` into right-padded processor outputs with assistant-only labels."""
 
-    def __init__(self, processor, box_style: str = "qwen2-vl", square_size: int | None = None):
+    def __init__(self, processor, box_style: str = "qwen2-vl", square_size: int | None = None, boxes: BoxCoordinates = RelativeBoxes()):
         self.processor = processor
         self.box_style = box_style
         self.square_size = square_size
+        self.boxes = boxes
         tokenizer = processor.tokenizer
         self.header_ids = tokenizer(ASSISTANT_HEADER, add_special_tokens=False)["input_ids"]
         self.end_id = tokenizer.convert_tokens_to_ids(TURN_END)
 
     def __call__(self, examples: Sequence[ChatExample]) -> dict[str, torch.Tensor]:
-        texts = [
-            self.processor.apply_chat_template(build_messages(ex.turns, self.box_style, True), tokenize=False)
-            for ex in examples
-        ]
         images = [load_image(ex.image, self.square_size) for ex in examples]
+        texts = [
+            self.processor.apply_chat_template(
+                build_messages(ex.turns, self.box_style, True, partial(self.boxes.to_model, image_size=image.size)), tokenize=False
+            )
+            for ex, image in zip(examples, images)
+        ]
         batch = self.processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
         batch["labels"] = assistant_labels(batch["input_ids"], batch["attention_mask"], self.header_ids, self.end_id)
         return dict(batch)
@@ -100,17 +113,20 @@ def assistant_labels(
 class PromptCollator:
     """Left-padded generation prompts (the question turn and the assistant header)."""
 
-    def __init__(self, processor, box_style: str = "qwen2-vl", square_size: int | None = None):
+    def __init__(self, processor, box_style: str = "qwen2-vl", square_size: int | None = None, boxes: BoxCoordinates = RelativeBoxes()):
         self.processor = processor
         self.box_style = box_style
         self.square_size = square_size
+        self.boxes = boxes
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        images = [load_image(sample.image, self.square_size) for sample in samples]
         texts = [
             self.processor.apply_chat_template(
-                build_messages(sample.turns[:1], self.box_style, False), tokenize=False, add_generation_prompt=True
+                build_messages(sample.turns[:1], self.box_style, False, partial(self.boxes.to_model, image_size=image.size)),
+                tokenize=False,
+                add_generation_prompt=True,
             )
-            for sample in samples
+            for sample, image in zip(samples, images)
         ]
-        images = [load_image(sample.image, self.square_size) for sample in samples]
         return dict(self.processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"))

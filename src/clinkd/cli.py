@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from clinkd.progress import console
 
@@ -26,12 +27,13 @@ def _fail_cleanly(command):
         from clinkd.boxes import BoxError
         from clinkd.config import ConfigError
         from clinkd.data.validation import DataError
+        from clinkd.interactive.infer import InferInputError
         from clinkd.model.loading import CheckpointError
 
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError) as error:
-            console.print(f"[red]error:[/red] {error}")
+        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError) as error:
+            console.print(f"[red]error:[/red] {escape(str(error))}")  # escaped: `clinkd[demo]` is not markup
             raise typer.Exit(2) from None
 
     return wrapper
@@ -53,13 +55,13 @@ def _load(config: Optional[Path], overrides: Optional[list[str]], preset: Option
 @app.command()
 @_fail_cleanly
 def run(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
-    """The main job: synthesise (if needed) → train → predict → evaluate."""
+    """The main job: synthesise (if needed) → distil → reflect → clip-train → predict (SASG) → evaluate."""
     from clinkd.recipes.run import run as run_recipe
 
     cfg = _load(config, overrides, preset)
-    run_recipe(cfg)
-    console.print((cfg.run_dir / "report.md").read_text(encoding="utf-8"))
-    console.print(f"[green]done:[/green] {cfg.run_dir}")
+    if run_recipe(cfg) is not None:  # rank 0 wrote the report
+        console.print((cfg.run_dir / "report.md").read_text(encoding="utf-8"), markup=False)
+        console.print(f"[green]done:[/green] {cfg.run_dir}")
 
 
 @app.command()
@@ -81,9 +83,61 @@ def train(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = O
 
 @app.command()
 @_fail_cleanly
+def reflect(
+    model: Path = typer.Option(..., "--model", help="the checkpoint to start from, e.g. <run>/sft/model"),
+    config: Optional[Path] = ConfigArg,
+    overrides: Optional[list[str]] = OverridesArg,
+    preset: Optional[str] = PresetOpt,
+):
+    """Reflective correction training (reflect.*): generate on the training set, correct the weak outputs, retrain.
+
+    Writes <run>/reflect/ (resumable: a rerun picks up where it stopped); the final model is the last round's model/.
+    """
+    from clinkd.model.loading import load_checkpoint
+    from clinkd.recipes.reflect import run_reflect
+    from clinkd.recipes.run import ensure_synth, load_dataset
+
+    cfg = _load(config, overrides, preset)
+    loaded, processor = load_checkpoint(model, cfg.model.dtype)
+    ensure_synth(cfg)
+    dataset = load_dataset(cfg)
+    console.print(dataset.issues.summary())
+    result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
+    console.print(result.markdown(), markup=False)
+    console.print(f"[green]done:[/green] {result.model_dir or 'no round ran (reflect.rounds=0)'}")
+
+
+@app.command()
+@_fail_cleanly
+def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
+    """Pseudo-Augmented Medical Distillation (distill.*): teacher on a subset → pseudo labels → KD student.
+
+    Writes <run>/distill/ (resumable: finished sub-stages are skipped); the student goes to <run>/distill/student/model.
+    """
+    from clinkd.distill.teacher_cache import CacheMismatchError
+    from clinkd.recipes.distill import run_distill
+    from clinkd.recipes.run import ensure_synth, initial_model, load_dataset
+
+    cfg = _load(config, overrides, preset)
+    ensure_synth(cfg)
+    dataset = load_dataset(cfg)
+    console.print(dataset.issues.summary())
+    try:
+        _, _, info = run_distill(cfg, dataset, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
+    except CacheMismatchError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(2) from None
+    console.print(f"[green]distilled student → {info['student']['dir']}")
+
+
+@app.command()
+@_fail_cleanly
 def predict(
     model: Path = typer.Option(..., "--model", help="a trained clinkd or Qwen2-VL checkpoint directory"),
     out: Path = typer.Option(..., "--out", help="folder for <TASK>.jsonl (existing rows are kept: resumable)"),
+    select: Optional[str] = typer.Option(
+        None, "--select", help="greedy|beam|sasg (default: select.method); sasg scores with select.scorer_path or <run>/clip"
+    ),
     config: Optional[Path] = ConfigArg,
     overrides: Optional[list[str]] = OverridesArg,
     preset: Optional[str] = PresetOpt,
@@ -92,14 +146,53 @@ def predict(
     from clinkd.model.loading import load_checkpoint
     from clinkd.recipes.predict import run_predict
     from clinkd.recipes.run import load_dataset
+    from clinkd.sasg import selector_for
 
+    overrides = [*(overrides or []), *([f"select.method={select}"] if select else [])]
     cfg = _load(config, overrides, preset)
     loaded, processor = load_checkpoint(model, cfg.model.dtype)
+    selector = selector_for(cfg, loaded.device)
     dataset = load_dataset(cfg, with_train=False)
     console.print(dataset.issues.summary())
-    paths = run_predict(loaded, processor, dataset.tests, out, cfg.predict, cfg.data.box_style, cfg.model.square_size)
+    paths = run_predict(loaded, processor, dataset.tests, out, cfg.predict, cfg.data.box_style, cfg.model.square_size, selector)
     for task, path in paths.items():
         console.print(f"{task}: {path}")
+
+
+@app.command("clip-train")
+@_fail_cleanly
+def clip_train(
+    tokenizer: Optional[Path] = typer.Option(
+        None, "--tokenizer", help="checkpoint dir whose tokenizer the CLIP reuses (default: <run>/sft/model if present, else a BPE trained on the data)"
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="output dir (default: select.scorer_path or <run>/clip)"),
+    config: Optional[Path] = ConfigArg,
+    overrides: Optional[list[str]] = OverridesArg,
+    preset: Optional[str] = PresetOpt,
+):
+    """Train SASG's embedded Med-CLIP (clip.*) on the train split's image–text pairs; report its held-out matching rate."""
+    from transformers import AutoTokenizer
+
+    from clinkd.model.tokenizer import train_tokenizer
+    from clinkd.recipes.run import ensure_synth, load_dataset, tokenizer_corpus
+    from clinkd.sasg import run_clip_train, scorer_dir
+
+    cfg = _load(config, overrides, preset)
+    ensure_synth(cfg)
+    dataset = load_dataset(cfg)
+    console.print(dataset.issues.summary())
+    source = tokenizer or (cfg.run_dir / "sft" / "model")
+    if (source / "tokenizer_config.json").is_file():
+        text_tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    elif tokenizer is not None:
+        raise FileNotFoundError(f"--tokenizer {tokenizer}: no tokenizer_config.json there")
+    else:
+        text_tokenizer = train_tokenizer(tokenizer_corpus(dataset.train, cfg.data.box_style), cfg.model.tokenizer_vocab)
+    tests = [sample for samples in dataset.tests.values() for sample in samples]
+    result, rates = run_clip_train(cfg, dataset.train, text_tokenizer, out or scorer_dir(cfg), tests)
+    console.print(f"[green]clip: {result.steps} steps on {result.pairs} pairs in {result.seconds:.0f} s → {result.model_dir}")
+    if rates:
+        console.print("held-out matching rate (true text above a mismatched one): " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
 
 
 @app.command()
@@ -109,10 +202,18 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="folder for metrics.json and report.md"),
     data: Optional[Path] = typer.Option(None, "--data", help="data dir with test_*.json: adds the trivial baselines"),
     on_error: str = typer.Option("skip", "--on-error", help="skip|stop for bad test records"),
+    meteor: str = typer.Option("auto", "--meteor", help="auto|java|nltk|off (auto: METEOR 1.5 jar, else meteor-nltk)"),
+    spice: str = typer.Option("auto", "--spice", help="auto|official|approx|off (auto: real SPICE if its jars are found, else SPICE-approx)"),
+    spice_jars: Optional[Path] = typer.Option(None, "--spice-jars", help="folder with stanford-corenlp-3.6.0{,-models}.jar for real SPICE"),
+    bird_exact: bool = typer.Option(False, "--bird-exact", help="score exactly as BiRD's scripts"),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="write the PNG figures"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run folder with train_log.json files for the loss figure (default: --out)"),
 ):
-    """Score predictions per modality and task (BiRD semantics) and write the report."""
+    """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures."""
     from clinkd.data.medgrit import load_test_split
     from clinkd.data.validation import DataIssues
+    from clinkd.metrics.backends import BackendChoice, caption_scorers
+    from clinkd.metrics.meteor import BackendUnavailable
     from clinkd.recipes.evaluate import run_evaluate
 
     tests = None
@@ -120,8 +221,41 @@ def evaluate(
         issues = DataIssues()
         tests = load_test_split(data, data / "images", on_error=on_error, issues=issues)
         console.print(issues.summary())
-    run_evaluate(pred, out, tests=tests)
-    console.print((out / "report.md").read_text(encoding="utf-8"))
+    try:
+        scorers = caption_scorers(BackendChoice(meteor=meteor, spice=spice, corenlp_dir=spice_jars))
+    except (ValueError, BackendUnavailable) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))} (clinkd env lists what is available)")
+        raise typer.Exit(2) from None
+    run_evaluate(pred, out, tests=tests, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir)
+    console.print((out / "report.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+
+
+@app.command()
+@_fail_cleanly
+def compare(
+    runs: list[Path] = typer.Argument(..., help="run folders (or metrics.json files); the first is the reference row"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write comparison.md and CSV tables here"),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="a row name per run, in order (default: folder names)"),
+):
+    """Side-by-side tables of evaluated runs, laid out like the paper's Table 2 (ablations)."""
+    from clinkd.recipes.compare import run_compare
+
+    try:
+        text = run_compare(runs, out, label)
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(2) from None
+    console.print(text, markup=False, highlight=False, soft_wrap=True)  # unwrapped: Markdown tables stay intact
+
+
+@app.command("env")
+def show_env(
+    spice_jars: Optional[Path] = typer.Option(None, "--spice-jars", help="folder to check for the CoreNLP 3.6.0 jars"),
+):
+    """Versions of torch, transformers and Java, and which metric backends can run here (and what is missing)."""
+    from clinkd.doctor import environment_report, render_environment
+
+    console.print(render_environment(environment_report(spice_jars)), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -164,6 +298,96 @@ def convert(
     summary = convert_file(input, images, out, name=name, box_style=box_style, on_error=on_error, issues=issues)
     console.print(issues.summary())
     console.print(summary)
+
+
+@app.command()
+@_fail_cleanly
+def infer(
+    model: Path = typer.Option(..., "--model", help="a trained clinkd or Qwen2-VL checkpoint directory"),
+    image: Path = typer.Option(..., "--image", help="PNG/JPEG/… (grayscale and 16-bit are converted) or DICOM (needs pydicom)"),
+    question: str = typer.Option("", "--question", help="a question, or only its target: a name (VG) or a box (x1,y1),(x2,y2) (ROC/RC)"),
+    task: Optional[str] = typer.Option(None, "--task", help="vg|roc|rc|mia (default: guessed from the question)"),
+    select: Optional[str] = typer.Option(None, "--select", help="sasg: answer with the best-scored candidate (the recipe's select: block)"),
+    gt: Optional[str] = typer.Option(None, "--gt", help='ground-truth box "(x1,y1),(x2,y2)" on the 0–1000 scale, drawn in green'),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG with the boxes drawn (default: ./<image stem>.clinkd.png)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of text"),
+    config: Optional[Path] = ConfigArg,
+    overrides: Optional[list[str]] = OverridesArg,
+    preset: Optional[str] = PresetOpt,
+):
+    """Answer one question about one image; write the image with the answer's boxes drawn on it."""
+    import json
+
+    from clinkd.interactive.infer import build_selector, load_model, parse_ground_truth, prepare_request, readable, render_overlay, run_request
+
+    cfg = _load(config, overrides, preset)
+    request = prepare_request(image, question, task)  # every input check before the (slow) model load
+    truth = parse_ground_truth(gt)
+    selector = build_selector(select, cfg)
+    loaded, processor = load_model(model, cfg.model.dtype)
+    result = run_request(
+        loaded, processor, request, selector,
+        box_style=cfg.data.box_style, square_size=cfg.model.square_size,
+        max_new_tokens=cfg.predict.max_new_tokens[request.task], num_beams=cfg.predict.num_beams,
+    )
+    out = out or Path(f"{request.image.stem}.clinkd.png")
+    render_overlay(result, truth).save(out)
+    if as_json:
+        typer.echo(json.dumps({**result.to_json(), "ground_truth": truth and [truth.x1, truth.y1, truth.x2, truth.y2], "overlay": str(out)}))
+        return
+    console.print(f"[bold]{result.task}[/bold] {escape(result.question)}")
+    console.print(escape(result.answer_text) or "[dim](empty answer)[/dim]")
+    for item in result.boxes:
+        console.print(f"  box {escape(item.label)}: {item.box.to_text('plain')}")
+    for rank, candidate in enumerate(result.candidates, 1):
+        console.print(f"  {result.selector} candidate {rank}, score {candidate.score:.4g}: {escape(readable(candidate.text))}")
+    if result.box_error:
+        console.print(f"[yellow]the answer's box markup does not parse:[/yellow] {escape(result.box_error)}")
+    console.print(f"[green]boxes drawn:[/green] {out}")
+
+
+@app.command()
+@_fail_cleanly
+def demo(
+    model: Path = typer.Option(..., "--model", help="a trained clinkd or Qwen2-VL checkpoint directory"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a dataset folder (test_*.json + images/) to pick examples from (default: the recipe's data.dir when it exists)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (127.0.0.1: this machine only)"),
+    port: int = typer.Option(7860, "--port"),
+    select: Optional[str] = typer.Option(None, "--select", help="sasg: offer SASG selection, with its candidates and scores"),
+    config: Optional[Path] = ConfigArg,
+    overrides: Optional[list[str]] = OverridesArg,
+    preset: Optional[str] = PresetOpt,
+):
+    """A Gradio web demo: upload or pick an image, choose a task, ask; see the answer and its boxes."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        console.print("[red]error:[/red] clinkd demo needs gradio: pip install 'clinkd\\[demo]'")
+        raise typer.Exit(2)
+    from clinkd.interactive.demo import DemoSettings, build_demo, launch_demo
+    from clinkd.interactive.infer import build_selector, load_model
+
+    cfg = _load(config, overrides, preset)
+    data = data if data is not None else (cfg.data.dir if (cfg.data.dir / "images").is_dir() else None)
+    selector = build_selector(select, cfg)
+    loaded, processor = load_model(model, cfg.model.dtype)
+    app_ = build_demo(loaded, processor, data_dir=data, selector=selector, settings=DemoSettings.from_config(cfg))
+    console.print(f"[green]clinkd demo[/green] on http://{host}:{port} (Ctrl+C stops it)")
+    launch_demo(app_, host=host, port=port, data_dir=data, block=True)
+
+
+@app.command("merge-lora")
+@_fail_cleanly
+def merge_lora(
+    base: Path = typer.Option(..., "--base", help="the 16-bit base checkpoint the adapter was trained on"),
+    adapter: Path = typer.Option(..., "--adapter", help="a <stage>/adapter directory (peft)"),
+    out: Path = typer.Option(..., "--out", help="folder for the merged checkpoint"),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="float32 | bfloat16 | float16"),
+):
+    """Merge a LoRA/QLoRA adapter into its base and write a plain checkpoint (docs/scaling.md)."""
+    from clinkd.model.lora import merge_adapter_checkpoint
+
+    console.print(f"[green]merged → {merge_adapter_checkpoint(base, adapter, out, dtype)}")
 
 
 @app.command("config")

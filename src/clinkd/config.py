@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from clinkd.data.records import TASKS
+from clinkd.model.positions import PAPER, RopeStrategy
 
 
 _EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
@@ -69,6 +70,21 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
+class LoraConfig(_Section):
+    """LoRA/QLoRA through peft (``clinkd.model.lora``): adapters on the named linear layers of the unfrozen parts."""
+
+    r: int = Field(16, gt=0, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="scale alpha/r on the adapter output")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="linear-layer names (last path component); only layers inside parts whose train.freeze_* is false",
+    )
+    quantize: Literal["none", "4bit", "8bit"] = Field("none", description="QLoRA: load the base in 4/8 bit (bitsandbytes, CUDA)")
+    merge: bool = Field(True, description="<stage>/model = base with the adapters merged in (the adapter is kept in <stage>/adapter)")
+
+
 class TrainConfig(_Section):
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")
@@ -87,6 +103,9 @@ class TrainConfig(_Section):
     save_total_limit: int = Field(2, gt=0)
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default = all cores")
+    lora: LoraConfig | None = Field(None, description="null = full fine-tuning of the unfrozen parts")
+    deepspeed: Path | None = Field(None, description="DeepSpeed JSON (configs/deepspeed/zero{2,3}.json); launch with torchrun/accelerate")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
 
 
 class PredictConfig(_Section):
@@ -103,14 +122,178 @@ class PredictConfig(_Section):
         return value
 
 
+class EvaluateConfig(_Section):
+    """Scoring backends (``clinkd.metrics.backends``) and report options; ``clinkd env`` shows what runs here."""
+
+    meteor: Literal["auto", "java", "nltk", "off"] = Field(
+        "auto", description="auto: METEOR 1.5 jar (Java) if available, else meteor-nltk, else none"
+    )
+    spice: Literal["auto", "official", "approx", "off"] = Field(
+        "auto", description="auto: real SPICE 1.0 when the CoreNLP 3.6.0 jars are found, else SPICE-approx"
+    )
+    corenlp_dir: Path | None = Field(None, description="folder with stanford-corenlp-3.6.0{,-models}.jar for real SPICE")
+    bird_exact: bool = Field(False, description="score exactly as BiRD's scripts (no end-of-turn pre-step, <box> only)")
+    figures: bool = Field(True, description="write the PNG figures (per-modality bars, training loss curves)")
+
+
+class SimilarityConfig(_Section):
+    """How a generated answer is compared with its ground truth (docs/reflect.md)."""
+
+    kind: Literal["lexical", "embedding"] = Field(
+        "lexical", description="lexical: content-word F1, no weights; embedding: sentence-transformers cosine"
+    )
+    path: Path | None = Field(None, description="local sentence-transformers checkpoint dir (kind: embedding)")
+
+
+class OpenAICorrectorConfig(_Section):
+    """Any OpenAI-compatible chat-completions endpoint (GPT-4o, vLLM, llama.cpp server)."""
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o"
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="env variable holding the key; null for a keyless local server")
+    concurrency: int = Field(4, gt=0, description="requests in flight at once")
+    timeout: float = Field(60.0, gt=0, description="seconds per request")
+    retries: int = Field(4, ge=0, description="extra attempts after a failed request")
+    backoff: float = Field(1.0, ge=0, description="seconds before the first retry; doubles at each retry")
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(256, gt=0)
+    cache_dir: Path | None = Field(None, description="reply cache shared by runs; default <output_dir>/cache/corrector")
+
+
+class ReflectConfig(_Section):
+    """Reflective correction training (docs/reflect.md): generate, score, correct the weak outputs, retrain."""
+
+    enabled: bool = True
+    rounds: int = Field(2, ge=0)
+    threshold: float = Field(0.8, ge=0, le=1, description="outputs whose similarity is below this are corrected")
+    iou_threshold: float = Field(0.5, ge=0, lt=1, description="a grounding answer also needs every box's IoU above this")
+    accept_threshold: float = Field(0.8, ge=0, le=1, description="a corrector reply must score at least this against the ground truth")
+    generate_samples: int | None = Field(512, gt=0, description="training turns generated on per round (fixed seeded subset); null = all")
+    budget: int | None = Field(256, gt=0, description="most corrections requested per round, worst first; null = no limit")
+    train_samples: int | None = Field(None, gt=0, description="original training examples per round's epoch (seeded subset); null = all")
+    epochs: float = Field(1.0, gt=0, description="epochs over the training mix per round")
+    lr: float | None = Field(None, gt=0, description="learning rate of the rounds; null = train.lr")
+    score_after: bool = Field(True, description="generate once more after the last round to score the final model")
+    similarity: SimilarityConfig = SimilarityConfig()
+    corrector: Literal["template", "openai", "none"] = Field(
+        "template", description="template: offline rephrasing of the ground truth; none: rounds without corrections"
+    )
+    openai: OpenAICorrectorConfig = OpenAICorrectorConfig()
+
+
+class DistillConfig(_Section):
+    """Pseudo-Augmented Medical Distillation (``clinkd distill``, docs/distill.md): teacher → pseudo labels → student.
+
+    The loss fields left ``null`` take the value of ``preset`` (``paper`` or ``clinkd-official``, see
+    ``clinkd.losses.KDLossConfig``); a set field overrides the preset.
+    """
+
+    enabled: bool = Field(False, description="clinkd run: distil a student and evaluate it next to plain SFT")
+    teacher: Path | None = Field(None, description="an existing teacher checkpoint; null = fine-tune one on the subset")
+    teacher_fraction: float = Field(0.111, gt=0, le=1, description="share of the train records the teacher is tuned on")
+    teacher_size: Literal["xs", "s", "m"] | None = Field(None, description="tiny teacher size; null = model.size")
+    teacher_epochs: float | None = Field(None, gt=0, description="teacher fine-tuning epochs; null = train.epochs")
+    targets: Literal["ground_truth", "pseudo", "both"] = Field(
+        "both", description="the student's CE targets: the GT answers, the teacher's answers, or both sets"
+    )
+    pseudo_fraction: float = Field(
+        0.111, gt=0, le=1, description="share of the train records the teacher answers (seeded; paper: 30K of 270K)"
+    )
+    pseudo_max_new_tokens: int | None = Field(None, gt=0, description="null = the largest predict.max_new_tokens")
+    mode: Literal["online", "cached"] = Field(
+        "cached", description="online: teacher forward every step; cached: one pass to top-k log-probs on disk"
+    )
+    top_k: int = Field(64, gt=0, description="teacher log-probs kept per answer token in cached mode")
+    cache_dir: Path | None = Field(None, description="cached-mode folder; null = <run>/distill/cache")
+    cache_shard_examples: int = Field(1024, gt=0, description="examples per safetensors shard of the cache")
+    preset: Literal["paper", "clinkd-official"] = "paper"
+    alpha: float | None = Field(None, ge=0)
+    temperature: float | None = Field(None, gt=0)
+    t_squared: bool | None = None
+    divergence: Literal["forward", "reverse", "jsd"] | None = None
+    jsd_beta: float | None = Field(None, ge=0, le=1)
+    reduction: Literal["mean", "sum"] | None = None
+    shift_labels: bool | None = None
+    use_ce: bool | None = None
+    sparse_tail: Literal["renormalize", "residual"] | None = None
+    chunk_size: int | None = Field(None, gt=0, description="answer tokens per fp32 chunk of the KD loss")
+
+
+class ClipTrainConfig(_Section):
+    """The embedded Med-CLIP (``clinkd clip-train``, docs/sasg.md): a small HF CLIPModel trained from scratch
+    on the train split's image–text pairs (whole images ↔ findings, box crops ↔ region texts)."""
+
+    hidden: int = Field(128, gt=0, description="width of both towers")
+    layers: int = Field(2, gt=0, description="transformer layers per tower")
+    heads: int = Field(4, gt=0)
+    projection: int = Field(64, gt=0, description="joint embedding size")
+    image_size: int = Field(64, ge=8, description="CLIP input side; crops and whole images are resized to it")
+    patch_size: int = Field(16, gt=0, description="64 px / 16 = a 4×4 patch grid")
+    context_length: int = Field(64, ge=8, description="text tokens, end token included")
+    steps: int = Field(600, gt=0)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    crop_margin: float = Field(0.1, ge=0, description="context kept around a box, as a fraction of its side (train and select)")
+    jitter: float = Field(0.1, ge=0, description="random shift of each crop edge while training, as a fraction of the box side")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; default = all cores")
+
+
+class SelectConfig(_Section):
+    """How the final answer is chosen (docs/sasg.md). ``sasg``: N candidates in one generate call per batch,
+    each scored by a Med-CLIP against the image (or the referred crop), highest calibrated score wins."""
+
+    method: Literal["greedy", "beam", "sasg"] = Field(
+        "greedy", description="greedy: predict.num_beams top-1; beam: num_beams top-1; sasg: CLIP-selected candidate"
+    )
+    candidates: Literal["beam", "sample"] = Field("beam", description="sasg candidates: beam search or sampling")
+    num_beams: int = Field(3, gt=0)
+    num_return_sequences: int = Field(3, gt=0, description="N candidates per input")
+    temperature: float = Field(0.7, gt=0, description="candidates: sample")
+    top_p: float = Field(0.9, gt=0, le=1, description="candidates: sample")
+    scorer: Literal["embedded", "hf", "open_clip"] = Field(
+        "embedded", description="embedded: the CLIP clinkd clip-train writes; hf: a CLIPModel dir; open_clip: e.g. BiomedCLIP"
+    )
+    scorer_path: Path | None = Field(None, description="scorer directory; null = <run>/clip (embedded only)")
+    tie_break: Literal["logprob", "none"] = Field(
+        "logprob", description="among candidates within tie_margin of the best CLIP probability: highest log-prob, or beam order"
+    )
+    tie_margin: float = Field(0.0, ge=0, le=1, description="in calibrated (softmax) probability; 0 = exact ties only")
+
+    @field_validator("num_return_sequences")
+    @classmethod
+    def _at_most_num_beams(cls, value: int, info) -> int:
+        if info.data.get("candidates") == "beam" and value > info.data.get("num_beams", value):
+            raise ValueError(f"{value} exceeds num_beams={info.data['num_beams']}: beam search returns at most num_beams sequences")
+        return value
+
+
+class ReportConfig(_Section):
+    """Extra rows of the run report, each predicted greedily on the same test set (``clinkd run``)."""
+
+    teacher: bool = Field(True, description="the distillation teacher (when distill.enabled)")
+    student: bool = Field(True, description="the distilled student before reflective correction and selection")
+    sft_baseline: bool = Field(
+        True, description="a plain-SFT model trained from the same initialisation for the student's epochs (costs one training)"
+    )
+
+
 class RecipeConfig(_Section):
     name: str = "default"
     seed: int = 0
     output_dir: Path = Path("runs")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    rope: RopeStrategy = Field(PAPER, description="M-RoPE position strategy recorded in the trained model's config")
     train: TrainConfig = TrainConfig()
     predict: PredictConfig = PredictConfig()
+    reflect: ReflectConfig = ReflectConfig()
+    distill: DistillConfig = DistillConfig()
+    clip: ClipTrainConfig = ClipTrainConfig()
+    select: SelectConfig = SelectConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -30,10 +30,21 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line left without its newline by a crash mid-write, so the next append starts a fresh line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    """Append rows and fsync, so each finished batch survives a crash."""
+    """Append rows and fsync, so each finished batch survives a crash (a torn last line is dropped first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_tail(path)
     with path.open("a", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from clinkd.config import ModelConfig
+from clinkd.model.positions import STOCK, RopeStrategy
 from clinkd.model.processor import build_processor, load_processor
+from clinkd.model.rope import load_model_class, set_rope_strategy
 from clinkd.model.tiny import tiny_config
 from clinkd.model.tokenizer import train_tokenizer
 
@@ -26,27 +28,36 @@ class CheckpointError(ValueError):
 
 
 def model_class_for(config):
-    """The transformers class for a Qwen2-VL or Qwen2.5-VL config."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
-
-    classes = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
-    if config.model_type not in classes:
-        raise CheckpointError(f"model_type {config.model_type!r} is not Qwen2-VL or Qwen2.5-VL")
-    return classes[config.model_type]
+    """The clinkd class (stock positions unless the config records a strategy) for a Qwen2-VL or Qwen2.5-VL config."""
+    try:
+        return load_model_class(config)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
 
 
-def build_tiny(model_cfg: ModelConfig, texts: Iterable[str], seed: int):
-    """Train a tokenizer on ``texts`` and build a freshly initialised tiny model (seeded)."""
+def build_tiny(model_cfg: ModelConfig, texts: Iterable[str], seed: int, rope: RopeStrategy = STOCK):
+    """Train a tokenizer on ``texts`` and build a freshly initialised tiny model (seeded) using ``rope``."""
     tokenizer = train_tokenizer(texts, vocab_size=model_cfg.tokenizer_vocab)
     processor = build_processor(tokenizer, model_cfg.min_pixels, model_cfg.max_pixels)
     config = tiny_config(tokenizer, model_cfg.size)
+    set_rope_strategy(config, rope)
     torch.manual_seed(seed)
     model = model_class_for(config)(config)
     return model, processor
 
 
-def load_checkpoint(path: str | Path, dtype: str = "float32", min_pixels: int | None = None, max_pixels: int | None = None):
-    """Load a model and its processor from a local directory (no hub access)."""
+def load_checkpoint(
+    path: str | Path,
+    dtype: str = "float32",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    rope: RopeStrategy | None = None,
+):
+    """Load a model and its processor from a local directory (no hub access).
+
+    ``rope=None`` keeps the strategy the checkpoint records (stock for a plain Qwen2-VL one);
+    a strategy replaces it, e.g. to fine-tune a stock checkpoint with MCG-RoPE.
+    """
     from transformers import AutoConfig
 
     path = Path(path)
@@ -56,7 +67,9 @@ def load_checkpoint(path: str | Path, dtype: str = "float32", min_pixels: int | 
     if missing:
         raise CheckpointError(f"{path} is not a clinkd or Qwen2-VL checkpoint: no {', '.join(missing)}")
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    model = model_class_for(config).from_pretrained(str(path), dtype=DTYPES[dtype], local_files_only=True)
+    if rope is not None:
+        set_rope_strategy(config, rope)
+    model = model_class_for(config).from_pretrained(str(path), config=config, dtype=DTYPES[dtype], local_files_only=True)
     processor = load_processor(path)
     if min_pixels is not None and max_pixels is not None:
         set_pixel_budget(processor, min_pixels, max_pixels)

@@ -3,12 +3,15 @@
 Each task writes ``<out>/<TASK>.jsonl``, one line per test record with the fixed schema of
 :data:`clinkd.data.records.PREDICTION_FIELDS` plus ``index`` (the record's row in its test file).
 Rows are appended and fsynced batch by batch; a rerun skips the rows already written.
+A :class:`Selector` (e.g. SASG, ``clinkd.sasg``) may replace plain decoding; the keys it returns per
+sample (SASG: every candidate with its scores) are added to that sample's row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -16,6 +19,7 @@ from clinkd.batching import PromptCollator
 from clinkd.config import PredictConfig
 from clinkd.data.records import Prediction, Sample
 from clinkd.io import append_jsonl, read_jsonl
+from clinkd.model.box_convention import box_coordinates, image_size
 from clinkd.progress import make_progress
 
 # Chat scaffolding that ends an answer; box and ref tokens are kept in the response.
@@ -50,6 +54,14 @@ def generate_responses(model, processor, collator: PromptCollator, samples: Sequ
     return [clean_generation(text) for text in tokenizer.batch_decode(continuations, skip_special_tokens=False)]
 
 
+class Selector(Protocol):
+    """Chooses each sample's response for one batch; each dict's keys are added to that sample's JSONL row."""
+
+    def __call__(
+        self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int
+    ) -> list[tuple[str, dict]]: ...
+
+
 def run_predict(
     model,
     processor,
@@ -58,10 +70,12 @@ def run_predict(
     predict_cfg: PredictConfig,
     box_style: str = "qwen2-vl",
     square_size: int | None = None,
+    selector: Selector | None = None,
 ) -> dict[str, Path]:
-    """Predict every task's test samples; returns the JSONL path per task."""
+    """Predict every task's test samples (plain decoding, or through ``selector``); returns the JSONL path per task."""
     model.eval()
-    collator = PromptCollator(processor, box_style, square_size)
+    boxes = box_coordinates(model.config, processor)  # Qwen2.5-VL: pixel boxes in, 0–1000 boxes out
+    collator = PromptCollator(processor, box_style, square_size, boxes)
     paths = {}
     with make_progress() as progress:
         for task, samples in tests.items():
@@ -72,15 +86,21 @@ def run_predict(
             bar = progress.add_task(f"predict {task}", total=len(samples), completed=len(done), info="")
             for start in range(0, len(todo), predict_cfg.batch_size):
                 chunk = todo[start : start + predict_cfg.batch_size]
-                responses = generate_responses(
-                    model, processor, collator, [s for _, s in chunk], predict_cfg.max_new_tokens[task], predict_cfg.num_beams
-                )
-                append_jsonl(path, (_row(task, index, sample, response) for (index, sample), response in zip(chunk, responses)))
+                chunk_samples = [s for _, s in chunk]
+                if selector is None:
+                    responses = generate_responses(
+                        model, processor, collator, chunk_samples, predict_cfg.max_new_tokens[task], predict_cfg.num_beams
+                    )
+                    outputs = [(response, {}) for response in responses]
+                else:
+                    outputs = selector(model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task])
+                outputs = [(boxes.from_model(response, image_size(sample.image, square_size)), extra) for sample, (response, extra) in zip(chunk_samples, outputs)]
+                append_jsonl(path, (_row(task, index, sample, *output) for (index, sample), output in zip(chunk, outputs)))
                 progress.advance(bar, len(chunk))
     return paths
 
 
-def _row(task: str, index: int, sample: Sample, response: str) -> dict:
+def _row(task: str, index: int, sample: Sample, response: str, extra: dict) -> dict:
     turn = sample.turns[0]
     prediction = Prediction(
         id=sample.id,
@@ -90,6 +110,6 @@ def _row(task: str, index: int, sample: Sample, response: str) -> dict:
         question=turn.question,
         annotation=turn.answer,
         response=response,
-        extra={"index": index},
+        extra={"index": index, **extra},
     )
     return prediction.to_json()

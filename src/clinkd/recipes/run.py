@@ -1,14 +1,21 @@
-"""Recipe: the main job. Synthesise (if needed) → train → predict → evaluate, from one YAML recipe.
+"""Recipe: the main job, the whole ClinKD pipeline from one YAML recipe.
 
-Everything lands in ``<output_dir>/<name>/``::
+    synthesise (if needed) → distil (teacher → pseudo labels → student) or plain SFT
+    → reflective correction rounds → Med-CLIP training → SASG prediction → evaluation
+
+Each stage is a recipe of its own (``clinkd distill``, ``clinkd reflect``, ``clinkd clip-train``, ...);
+this module only wires them, with the loop in plain sight. Everything lands in ``<output_dir>/<name>/``::
 
     config.resolved.yaml   the exact recipe that ran (reload it with ``clinkd run`` to reproduce)
     data_issues.txt        every skipped record, by kind
-    sft/checkpoints/       Trainer checkpoints (a rerun resumes from the newest)
-    sft/model/             the trained model + processor (a rerun with it present skips training)
+    distill/               teacher/, pseudo/, cache/, student/ (distill.enabled)
+    sft/                   checkpoints/ and model/ (plain SFT: the model, or the baseline row)
+    reflect/               one folder per round, and the final model (reflect.enabled)
+    clip/                  the embedded Med-CLIP (select.method: sasg)
     logs/                  TensorBoard event files
-    predictions/<TASK>.jsonl
-    metrics.json, report.md
+    predictions/<TASK>.jsonl               the final model (with SASG candidates and scores)
+    comparisons/<row>/<TASK>.jsonl         teacher, student, plain SFT (report.*)
+    metrics.json, report.md, tables/, figures/
 
 Each stage is skipped when its output is already complete, so a killed run picks up where it stopped.
 """
@@ -16,6 +23,7 @@ Each stage is skipped when its output is already complete, so a killed run picks
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +35,10 @@ from clinkd.config import RecipeConfig, dump_config
 from clinkd.data.medgrit import load_medgrit, load_test_split
 from clinkd.data.records import Sample
 from clinkd.data.validation import DataIssues
+from clinkd.distributed import is_main_process, main_process_first, predict_sharded
 from clinkd.io import atomic_write_text
 from clinkd.model.loading import build_tiny, load_checkpoint
 from clinkd.progress import console, make_progress
-from clinkd.recipes.evaluate import run_evaluate
-from clinkd.recipes.predict import run_predict
-from clinkd.recipes.train import run_sft
 
 
 @dataclass
@@ -82,51 +88,134 @@ def tokenizer_corpus(samples: list[Sample], box_style: str) -> list[str]:
 
 
 def initial_model(cfg: RecipeConfig, train: list[Sample]):
+    """A fresh ``(model, processor)``: the local checkpoint of ``model.path``, or a tiny model built from a config."""
     if cfg.model.path is not None:
-        return load_checkpoint(cfg.model.path, cfg.model.dtype, cfg.model.min_pixels, cfg.model.max_pixels)
-    return build_tiny(cfg.model, tokenizer_corpus(train, cfg.data.box_style), cfg.seed)
+        return load_checkpoint(cfg.model.path, cfg.model.dtype, cfg.model.min_pixels, cfg.model.max_pixels, cfg.rope)
+    return build_tiny(cfg.model, tokenizer_corpus(train, cfg.data.box_style), cfg.seed, cfg.rope)
 
 
-def run(cfg: RecipeConfig) -> dict:
-    """Run the whole recipe and return the evaluation document."""
+def sft_model(cfg: RecipeConfig, train: list[Sample], stage_dir: Path):
+    """Plain SFT from the initial model into ``stage_dir/model``; reused when it is already there."""
+    from clinkd.recipes.train import run_sft
+
+    model_dir = stage_dir / "model"
+    if (model_dir / "config.json").is_file():
+        console.print(f"[green]sft: reusing {model_dir}")
+        return load_checkpoint(model_dir, cfg.model.dtype)
+    model, processor = initial_model(cfg, train)
+    result = run_sft(cfg, model, processor, training_examples(train, cfg.data.train_turns), stage_dir)
+    if cfg.train.lora is not None:  # the object in memory carries unmerged adapters: use what was saved
+        return load_checkpoint(result.model_dir, cfg.model.dtype)
+    return model, processor
+
+
+class StageClock:
+    """Seconds per stage, for the report."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def time(self, stage: str, work: Callable):
+        started = time.perf_counter()
+        result = work()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+        return result
+
+    def markdown(self) -> str:
+        rows = "\n".join(f"| {stage} | {seconds:.1f} |" for stage, seconds in self.seconds.items())
+        total = sum(self.seconds.values())
+        return f"## Stage times\n\n| stage | seconds |\n|---|---:|\n{rows}\n| **total** | **{total:.1f}** |"
+
+
+def recipe_section(cfg: RecipeConfig) -> str:
+    """What produced the final predictions, in one table (the full recipe is in config.resolved.yaml)."""
+    rope = cfg.rope
+    rope_text = f"`{rope.name}`" + (f" (α = {rope.alpha}, rounding {rope.rounding})" if rope.name == "mcg" else "")
+    rows = [
+        ("model", f"`{cfg.model.path}`" if cfg.model.path else f"tiny `{cfg.model.size}` (built from a config)"),
+        ("RoPE strategy", f"{rope_text}, frequencies `{rope.frequency}`"),
+        ("training", "distillation (teacher → pseudo labels → student)" if cfg.distill.enabled else "plain SFT"),
+        ("reflective correction", f"{cfg.reflect.rounds} rounds, corrector `{cfg.reflect.corrector}`" if cfg.reflect.enabled and cfg.reflect.rounds else "off"),
+        ("selection", f"`{cfg.select.method}`" + (f" (N = {cfg.select.num_return_sequences}, {cfg.select.candidates}, scorer `{cfg.select.scorer}`)" if cfg.select.method == "sasg" else "")),
+    ]
+    return "## Recipe\n\n| part | setting |\n|---|---|\n" + "\n".join(f"| {part} | {value} |" for part, value in rows)
+
+
+def run(cfg: RecipeConfig) -> dict | None:
+    """Run the whole recipe; returns the evaluation document (``None`` on ranks other than 0)."""
+    from clinkd.metrics.backends import BackendChoice, caption_scorers
+    from clinkd.recipes.evaluate import run_evaluate
+    from clinkd.sasg.pipeline import ensure_embedded_clip, selector_for
+
     transformers.set_seed(cfg.seed)
     transformers.utils.logging.disable_progress_bar()
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
-    timings: dict[str, float] = {}
+    clock = StageClock()
 
-    started = time.perf_counter()
-    ensure_synth(cfg)
-    dataset = load_dataset(cfg)
+    with main_process_first():
+        clock.time("data", lambda: ensure_synth(cfg))
+    dataset = clock.time("data", lambda: load_dataset(cfg))
     atomic_write_text(run_dir / "data_issues.txt", dataset.issues.summary() + "\n")
     if dataset.issues.counts:
         console.print(dataset.issues.summary())
-    timings["data"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    model_dir = run_dir / "sft" / "model"
-    if (model_dir / "config.json").is_file():
-        console.print(f"[green]sft: reusing {model_dir}")
-        model, processor = load_checkpoint(model_dir, cfg.model.dtype)
+    sections: list[str] = [recipe_section(cfg)]
+    comparisons: dict[str, Callable[[], tuple]] = {}
+    if cfg.distill.enabled:
+        from clinkd.recipes.distill import run_distill
+
+        build = lambda recipe: initial_model(recipe, dataset.train)  # noqa: E731 (the student and teacher start here)
+        model, processor, info = clock.time("distill", lambda: run_distill(cfg, dataset, run_dir, build))
+        if cfg.report.teacher:
+            comparisons["teacher"] = lambda: load_checkpoint(info["teacher"]["dir"], cfg.model.dtype)
+        if cfg.report.student and cfg.reflect.enabled and cfg.reflect.rounds:
+            comparisons["student (distilled)"] = lambda: load_checkpoint(info["student"]["dir"], cfg.model.dtype)
+        if cfg.report.sft_baseline:
+            comparisons["plain SFT"] = lambda: clock.time("sft baseline", lambda: sft_model(cfg, dataset.train, run_dir / "sft"))
     else:
-        model, processor = initial_model(cfg, dataset.train)
-        examples = training_examples(dataset.train, cfg.data.train_turns)
-        run_sft(cfg, model, processor, examples, run_dir / "sft")
-    timings["train"] = time.perf_counter() - started
+        model, processor = clock.time("sft", lambda: sft_model(cfg, dataset.train, run_dir / "sft"))
 
-    started = time.perf_counter()
-    paths = run_predict(model, processor, dataset.tests, run_dir / "predictions", cfg.predict, cfg.data.box_style, cfg.model.square_size)
-    timings["predict"] = time.perf_counter() - started
+    if cfg.reflect.enabled and cfg.reflect.rounds:
+        from clinkd.recipes.reflect import run_reflect
 
-    timing_table = "## Stage times\n\n| stage | seconds |\n|---|---:|\n" + "\n".join(
-        f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()
-    )
+        reflected = clock.time("reflect", lambda: run_reflect(cfg, model, processor, dataset.train, run_dir / "reflect"))
+        model, processor = reflected.model, reflected.processor
+        sections.append(reflected.markdown())
+
+    clock.time("clip", lambda: ensure_embedded_clip(cfg, dataset.train, processor.tokenizer, _all_tests(dataset)))
+    selector = selector_for(cfg, model.device)
+    paths = clock.time("predict", lambda: predict_sharded(
+        model, processor, dataset.tests, run_dir / "predictions", cfg.predict, cfg.data.box_style, cfg.model.square_size, selector
+    ))
+
+    others = {}
+    for label, load in comparisons.items():
+        other, other_processor = load()
+        out_dir = run_dir / "comparisons" / label.split(" ")[0].lower()
+        others[label] = clock.time("predict", lambda: predict_sharded(
+            other, other_processor, dataset.tests, out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size
+        )).values()
+
+    if not is_main_process():
+        return None
+    sections.append(clock.markdown())
+    evaluation = cfg.evaluate
     return run_evaluate(
         paths.values(),
         run_dir,
         title=f"clinkd run `{cfg.name}`",
         tests=dataset.tests,
-        label=f"model ({cfg.model.path or 'tiny-' + cfg.model.size})",
-        extra_sections=[timing_table],
+        label=f"ClinKD ({cfg.model.path or 'tiny-' + cfg.model.size})",
+        others=others,
+        extra_sections=sections,
+        scorers=caption_scorers(BackendChoice(evaluation.meteor, evaluation.spice, evaluation.corenlp_dir)),
+        bird_exact=evaluation.bird_exact,
+        figures=evaluation.figures,
+        run_dir=run_dir,
     )
+
+
+def _all_tests(dataset: Dataset) -> list[Sample]:
+    return [sample for samples in dataset.tests.values() for sample in samples]

@@ -18,8 +18,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from clinkd.batching import ChatExample, TrainCollator
 from clinkd.config import RecipeConfig, TrainConfig
+from clinkd.distributed import deepspeed_cpu_state, save_trained
 from clinkd.io import atomic_write_json
-from clinkd.model.loading import save_checkpoint
+from clinkd.model.box_convention import box_coordinates
+from clinkd.model.lora import ADAPTER_DIR, apply_lora, trainable_parameters
 from clinkd.progress import RichProgressCallback
 
 
@@ -49,6 +51,12 @@ def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
 def training_arguments(cfg: RecipeConfig, output_dir: Path) -> TrainingArguments:
     train = cfg.train
     on_gpu = torch.cuda.is_available()
+    # DeepSpeed runs on its own accelerator (CUDA or CPU); use_cpu would bypass it.
+    use_cpu = not on_gpu and train.deepspeed is None
+    deepspeed_on_cpu = not on_gpu and train.deepspeed is not None
+    if deepspeed_on_cpu:
+        deepspeed_cpu_state()
+    checkpointing = {"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": False}}
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=train.batch_size,
@@ -70,35 +78,66 @@ def training_arguments(cfg: RecipeConfig, output_dir: Path) -> TrainingArguments
         report_to=[],
         disable_tqdm=True,
         log_level="warning",
-        use_cpu=not on_gpu,
+        use_cpu=use_cpu,
         bf16=on_gpu and cfg.model.dtype == "bfloat16",
         fp16=on_gpu and cfg.model.dtype == "float16",
+        deepspeed=str(train.deepspeed) if train.deepspeed is not None else None,
+        accelerator_config={"use_configured_state": True} if deepspeed_on_cpu else None,
+        # Non-reentrant checkpointing works when the inputs need no grad (frozen embeddings, LoRA).
+        **(checkpointing if train.gradient_checkpointing else {}),
     )
 
 
-def run_sft(cfg: RecipeConfig, model, processor, examples: list[ChatExample], stage_dir: Path) -> TrainResult:
-    """Train ``model`` on ``examples``; the final model goes to ``stage_dir/model``."""
+def run_sft(
+    cfg: RecipeConfig,
+    model,
+    processor,
+    examples: list[ChatExample],
+    stage_dir: Path,
+    *,
+    trainer_class: type[Trainer] = Trainer,
+    trainer_kwargs: dict | None = None,
+    collator=None,
+    train_dataset=None,
+) -> TrainResult:
+    """Train ``model`` on ``examples``; the final model goes to ``stage_dir/model``.
+
+    Stages with their own loss (distillation) pass ``trainer_class``/``trainer_kwargs``, and their own
+    ``collator`` and ``train_dataset`` (default: ``TrainCollator`` over ``examples``); everything else
+    (arguments, LoRA or freezing, resume, saving, logs) is shared.
+    """
     import time
 
     started = time.perf_counter()
     stage_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    trainable = apply_freeze(model, cfg.train)
+    lora = cfg.train.lora
+    if lora is not None:
+        model = apply_lora(model, lora, cfg.train)
+        trainable = {"lora": trainable_parameters(model)}
+    else:
+        trainable = apply_freeze(model, cfg.train)
     if not any(trainable.values()):
         raise ValueError("train.freeze_*: every part of the model is frozen; nothing would train")
     checkpoints = stage_dir / "checkpoints"
-    trainer = Trainer(
+    if collator is None:
+        collator = TrainCollator(processor, cfg.data.box_style, cfg.model.square_size, box_coordinates(model.config, processor))
+    trainer = trainer_class(
         model=model,
         args=training_arguments(cfg, checkpoints),
-        train_dataset=examples,
-        data_collator=TrainCollator(processor, cfg.data.box_style, cfg.model.square_size),
-        callbacks=[RichProgressCallback("train"), TensorBoardCallback(SummaryWriter(str(cfg.run_dir / "logs" / stage_dir.name)))],
+        train_dataset=examples if train_dataset is None else train_dataset,
+        data_collator=collator,
+        callbacks=[RichProgressCallback(stage_dir.name), TensorBoardCallback(SummaryWriter(str(cfg.run_dir / "logs" / stage_dir.name)))],
+        **(trainer_kwargs or {}),
     )
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     output = trainer.train(resume_from_checkpoint=resume)
-    model_dir = stage_dir / "model"
-    save_checkpoint(trainer.model, processor, model_dir)
+    # QLoRA adapters are merged offline into the 16-bit base (clinkd.model.lora.merge_adapter_checkpoint).
+    merge = lora is None or (lora.merge and lora.quantize == "none")
+    model_dir = stage_dir / "model" if merge else stage_dir / ADAPTER_DIR
+    save_trained(trainer, processor, stage_dir / "model", merge_lora=merge, adapter_path=stage_dir / ADAPTER_DIR if lora else None)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    atomic_write_json(stage_dir / "train_log.json", {"trainable_parameters": trainable, "log_history": trainer.state.log_history})
+    if trainer.is_world_process_zero():
+        atomic_write_json(stage_dir / "train_log.json", {"trainable_parameters": trainable, "log_history": trainer.state.log_history})
     return TrainResult(model_dir, output.global_step, losses[-1] if losses else None, time.perf_counter() - started)
