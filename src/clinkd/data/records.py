@@ -96,6 +96,21 @@ class Prediction:
     response: str
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def for_sample(cls, task: str, sample: Sample, response: str, extra: dict | None = None) -> "Prediction":
+        """The prediction row of a one-turn test sample: its first QA turn, answered with ``response``."""
+        turn = sample.turns[0]
+        return cls(
+            id=sample.id,
+            image=sample.image.name,
+            task=task,
+            modality=sample.modality,
+            question=turn.question,
+            annotation=turn.answer,
+            response=response,
+            extra=dict(extra or {}),
+        )
+
     def to_json(self) -> dict:
         row = asdict(self)
         extra = row.pop("extra")

@@ -61,14 +61,4 @@ def most_frequent_per_modality(samples: Sequence[Sample]) -> list[str]:
 
 
 def _prediction(task: str, sample: Sample, response: str) -> Prediction:
-    turn = sample.turns[0]
-    return Prediction(
-        id=sample.id,
-        image=sample.image.name,
-        task=task,
-        modality=sample.modality,
-        question=turn.question,
-        annotation=turn.answer,
-        response=response,
-        extra={"baseline": True},
-    )
+    return Prediction.for_sample(task, sample, response, {"baseline": True})

@@ -101,15 +101,4 @@ def run_predict(
 
 
 def _row(task: str, index: int, sample: Sample, response: str, extra: dict) -> dict:
-    turn = sample.turns[0]
-    prediction = Prediction(
-        id=sample.id,
-        image=sample.image.name,
-        task=task,
-        modality=sample.modality,
-        question=turn.question,
-        annotation=turn.answer,
-        response=response,
-        extra={"index": index, **extra},
-    )
-    return prediction.to_json()
+    return Prediction.for_sample(task, sample, response, {"index": index, **extra}).to_json()
