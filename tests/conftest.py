@@ -1,8 +1,9 @@
-"""Shared fixtures: a tiny tokenizer/processor/model built in code (no downloads)."""
+"""Shared fixtures: a tiny tokenizer/processor/model built in code (no downloads), and test corpora."""
 
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 from PIL import Image
@@ -99,3 +100,23 @@ def tiny_sasg(tmp_path_factory, tiny_processor):
     clip_cfg = ClipTrainConfig(hidden=32, layers=1, heads=2, steps=5, batch_size=8, image_size=32)
     train_clip(sample_pairs(load_medgrit(root / "data" / "train.json", root / "data" / "images")), tiny_processor.tokenizer, clip_cfg, root / "clip")
     return build_selector("sasg", RecipeConfig(clip=clip_cfg, select={"method": "sasg", "scorer_path": root / "clip"}))
+
+
+def caption_corpus(seed: int, size: int, empty_references: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Seeded candidate/reference captions with the edge cases the caption metrics must survive: every 7th candidate
+    empty, single words, very long texts, 1–3 references (with ``empty_references``, some empty ones too)."""
+    rng = random.Random(seed)
+    vocab = "the a lesion liver kidney small large bright dark round in of left right region shows tumor cyst".split()
+
+    def sentence(low, high):
+        return " ".join(rng.choice(vocab) for _ in range(rng.randint(low, high)))
+
+    candidates, references = [], []
+    for i in range(size):
+        kind = i % 7
+        candidates.append({0: "", 1: sentence(1, 1), 2: sentence(40, 90)}.get(kind, sentence(2, 15)))
+        refs = [sentence(1, 25) for _ in range(rng.choice([1, 1, 1, 2, 3]))]
+        if empty_references and kind == 3 and i % 2:
+            refs[0] = ""
+        references.append(refs)
+    return candidates, references

@@ -1,11 +1,11 @@
 import json
 import math
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import caption_corpus
 
 from clinkd.data.records import MODALITIES, MODALITY_NAMES, TASKS, Prediction, Sample, Turn
 from clinkd.io import append_jsonl
@@ -248,21 +248,7 @@ def test_cider_d_hand_computed():
 
 
 def random_corpus(seed: int, size: int) -> tuple[list[str], list[list[str]]]:
-    rng = random.Random(seed)
-    vocab = "the a lesion liver kidney small large bright dark round in of left right region shows tumor cyst".split()
-
-    def sentence(low, high):
-        return " ".join(rng.choice(vocab) for _ in range(rng.randint(low, high)))
-
-    candidates, references = [], []
-    for i in range(size):
-        kind = i % 7
-        candidates.append({0: "", 1: sentence(1, 1), 2: sentence(40, 90)}.get(kind, sentence(2, 15)))
-        refs = [sentence(1, 25) for _ in range(rng.choice([1, 1, 1, 2, 3]))]
-        if kind == 3 and i % 2:
-            refs[0] = ""
-        references.append(refs)
-    return candidates, references
+    return caption_corpus(seed, size, empty_references=True)
 
 
 def test_caption_metrics_equal_pycocoevalcap_on_random_corpora():

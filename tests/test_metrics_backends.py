@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import caption_corpus
 
 from clinkd.data.records import MODALITIES, Prediction
 from clinkd.metrics import meteor as meteor_module
@@ -46,18 +47,7 @@ def _nltk_wordnet_ready() -> bool:
 needs_wordnet = pytest.mark.skipif(not _nltk_wordnet_ready(), reason="no nltk or Debian WordNet (wordnet-base, wordnet-sense-index)")
 
 
-def corpus(seed: int, size: int) -> tuple[list[str], list[list[str]]]:
-    rng = random.Random(seed)
-    vocab = "the a lesion liver kidney small large bright dark round in of left right region shows tumor cyst".split()
-
-    def sentence(low, high):
-        return " ".join(rng.choice(vocab) for _ in range(rng.randint(low, high)))
-
-    candidates, references = [], []
-    for i in range(size):
-        candidates.append({0: "", 1: sentence(1, 1), 2: sentence(40, 90)}.get(i % 7, sentence(2, 15)))
-        references.append([sentence(1, 25) for _ in range(rng.choice([1, 1, 1, 2, 3]))])
-    return candidates, references
+corpus = caption_corpus  # the shared seeded corpus (tests/conftest.py)
 
 
 # pycocoevalcap 1.2's Meteor().compute_score on corpus(0, 60) and corpus(1, 25) (test_meteor_jar_equals_pycocoevalcap).
