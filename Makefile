@@ -19,7 +19,7 @@ $(SYSTEM_STAMP):
 		missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 		if [ -n "$$missing" ]; then \
 			echo "apt-get install $$missing"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
 				|| echo "warning: could not install $$missing; the Java/WordNet/browser paths will skip or fall back"; \
 		fi; \
 	else echo "note: not root or no apt-get; install $(SYSTEM_PACKAGES) yourself for METEOR (Java) and the browser test"; fi
