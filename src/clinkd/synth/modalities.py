@@ -209,15 +209,24 @@ def _pet_background(rng: np.random.Generator, size: int) -> Canvas:
     return Canvas(image, region, body)
 
 
-def _endoscopy_background(rng: np.random.Generator, size: int) -> Canvas:
-    """Pink-red mucosa in a circular field with a dark vignette and faint red vessels."""
-    s = size / 112
+def _round_field(
+    rng: np.random.Generator, size: int, colour: tuple[float, float, float], falloff: float, noise: float, noise_scale: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A tinted disc of radius 0.46–0.48 × size on black, darker by ``falloff``·r² towards its rim, with smooth
+    noise (the endoscope's and the fundus camera's field); returns the image, the relative radius map and the radius."""
     radius = size * rng.uniform(0.46, 0.48)
     r = radial_distance(size, size / 2, size / 2, radius)
     image = _filled(size)
+    gain = (1 - falloff * r**2) * (1 + noise * smooth_noise(rng, size, noise_scale))
+    blend(image, r <= 1, _tinted(colour, gain))
+    return image, r, radius
+
+
+def _endoscopy_background(rng: np.random.Generator, size: int) -> Canvas:
+    """Pink-red mucosa in a circular field with a dark vignette and faint red vessels."""
+    s = size / 112
+    image, r, radius = _round_field(rng, size, (0.82, 0.42, 0.40), falloff=0.35, noise=0.06, noise_scale=20)
     fieldmask = r <= 1
-    gain = (1 - 0.35 * r**2) * (1 + 0.06 * smooth_noise(rng, size, 20))
-    blend(image, fieldmask, _tinted((0.82, 0.42, 0.40), gain))
     vessels = [
         _wander(rng, rng.uniform(0.2, 0.8, 2) * size, rng.uniform(0, 2 * math.pi), steps=10, step=4 * s, turn=0.5)
         for _ in range(int(rng.integers(3, 6)))
@@ -254,13 +263,8 @@ def _dermoscopy_hairs(canvas: Canvas, rng: np.random.Generator) -> None:
 def _fundus_background(rng: np.random.Generator, size: int) -> Canvas:
     """Orange-red retina in a black circle, darker towards its rim."""
     s = size / 112
-    radius = size * rng.uniform(0.46, 0.48)
-    r = radial_distance(size, size / 2, size / 2, radius)
-    image = _filled(size)
-    fieldmask = r <= 1
-    gain = (1 - 0.45 * r**2) * (1 + 0.05 * smooth_noise(rng, size, 12))
-    blend(image, fieldmask, _tinted((0.86, 0.40, 0.14), gain))
-    return Canvas(image, r <= 1 - 6 * s / radius, fieldmask)
+    image, r, radius = _round_field(rng, size, (0.86, 0.40, 0.14), falloff=0.45, noise=0.05, noise_scale=12)
+    return Canvas(image, r <= 1 - 6 * s / radius, r <= 1)
 
 
 def _fundus_vessels(canvas: Canvas, centres: Mapping[str, tuple[float, float]], rng: np.random.Generator) -> None:
