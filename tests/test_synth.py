@@ -239,6 +239,43 @@ def test_rerun_removes_stale_images_and_reports_progress(tmp_path: Path) -> None
     assert summary.train_images == 8 and summary.train_turns == 32 and summary.test_images == 0
 
 
+def test_turn_mix_asks_each_object_once_per_task(tmp_path: Path) -> None:
+    mix = {"VG": 3, "ROC": 2, "RC": 1, "MIA": 1}
+    summary = generate(tmp_path, seed=0, images=16, test_per_cell=1, turns_per_task=mix)
+    rows = {row["id"]: row for row in map(json.loads, (tmp_path / "objects.jsonl").read_text().splitlines())}
+    assert json.loads((tmp_path / "meta.json").read_text())["train_turns_per_task"] == mix
+    total = 0
+    for record in read(tmp_path / "train.json"):
+        drawn = {tuple(obj["box"]): obj["name"] for obj in rows[record["id"]]["objects"]}
+        asked: dict[str, list[tuple]] = defaultdict(list)
+        for question, answer in record["conversations"]:
+            task, _ = template_of(strip_tag(question, record["id"]))
+            box = next(iter(parse_boxes(answer if task == "VG" else question, BoxStyle.QWEN_VL)), None)
+            corners = None if box is None else (box.x1, box.y1, box.x2, box.y2)
+            asked[task].append(corners)
+            if task == "ROC":
+                assert answer == drawn[corners]
+        for task, count in mix.items():
+            assert len(asked[task]) == (count if task == "MIA" else min(count, len(drawn)))
+            if task != "MIA":
+                assert len(set(asked[task])) == len(asked[task]), "a task repeats on different objects"
+        total += len(record["conversations"])
+    assert summary.train_turns == total and summary.test_records == {task: 8 for task in TASKS}
+
+
+def test_default_turn_mix_is_one_turn_per_task(tmp_path: Path) -> None:
+    explicit = generate(tmp_path / "explicit", **SMALL, turns_per_task={task: 1 for task in TASKS})
+    generate(tmp_path / "default", **SMALL)
+    assert (tmp_path / "explicit" / "train.json").read_bytes() == (tmp_path / "default" / "train.json").read_bytes()
+    assert explicit.train_turns == 4 * explicit.train_images
+
+
+@pytest.mark.parametrize("mix", [{"VQA": 1}, {"VG": -1}, {"VG": 0, "ROC": 0, "RC": 0, "MIA": 0}])
+def test_invalid_turn_mix_is_refused(tmp_path: Path, mix: dict) -> None:
+    with pytest.raises(ValueError, match="synth turns"):
+        generate(tmp_path, **SMALL, turns_per_task=mix)
+
+
 @pytest.mark.parametrize("kwargs", [dict(seed=-1), dict(images=0), dict(test_per_cell=-1), dict(image_size=16)])
 def test_invalid_arguments_are_refused(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -351,3 +388,24 @@ def test_render_montage(dataset: Path, tmp_path: Path) -> None:
         assert image.size[0] == 4 * (2 * 224 + 4) and image.size[1] > 2 * 224
     with pytest.raises(ValueError, match="no validation image"):
         render_montage(dataset, tmp_path / "none.png", split="validation")
+
+
+def test_run_regenerates_a_synth_folder_made_with_other_settings_and_leaves_real_data_alone(tmp_path: Path) -> None:
+    from clinkd.config import load_config
+    from clinkd.recipes.run import ensure_synth
+
+    def config(folder: Path, mix: str):
+        return load_config(None, [f"data.dir={folder}", "data.synth.images=8", "data.synth.test_per_cell=1", f"data.synth.turns={mix}"])
+
+    ensure_synth(config(tmp_path / "synth", "{VG: 1, ROC: 1, RC: 1, MIA: 1}"))
+    assert len(read(tmp_path / "synth" / "train.json")[0]["conversations"]) == 4
+    stamp = (tmp_path / "synth" / "train.json").stat().st_mtime_ns
+    ensure_synth(config(tmp_path / "synth", "{VG: 1, ROC: 1, RC: 1, MIA: 1}"))
+    assert (tmp_path / "synth" / "train.json").stat().st_mtime_ns == stamp, "same settings: reused"
+    ensure_synth(config(tmp_path / "synth", "{VG: 2, ROC: 1, RC: 1, MIA: 1}"))
+    assert json.loads((tmp_path / "synth" / "meta.json").read_text())["train_turns_per_task"]["VG"] == 2
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "train.json").write_text("[]")
+    ensure_synth(config(real, "{VG: 2, ROC: 1, RC: 1, MIA: 1}"))
+    assert (real / "train.json").read_text() == "[]" and not (real / "meta.json").exists()

@@ -258,6 +258,22 @@ def show_env(
     console.print(render_environment(environment_report(spice_jars)), markup=False, highlight=False, soft_wrap=True)
 
 
+def _turn_mix(text: str) -> dict[str, int]:
+    """``VG=2,ROC=2,RC=1,MIA=1`` → ``{"VG": 2, ...}``, validated (a typer usage error otherwise)."""
+    from clinkd.synth.generate import validate_turn_mix
+
+    mix = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        task, _, count = item.partition("=")
+        if not count.strip().isdigit():
+            raise typer.BadParameter(f"expected TASK=COUNT, got {item!r}", param_hint="--turns")
+        mix[task.strip()] = int(count)
+    try:
+        return validate_turn_mix(mix)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--turns") from None
+
+
 @app.command()
 @_fail_cleanly
 def synth(
@@ -266,6 +282,7 @@ def synth(
     images: int = typer.Option(1600, "--images", help="training images (spread over the 8 modalities)"),
     test_per_cell: int = typer.Option(25, "--test-per-cell", help="test records per task and modality"),
     image_size: int = typer.Option(112, "--image-size"),
+    turns: str = typer.Option("VG=1,ROC=1,RC=1,MIA=1", "--turns", help="training turns per image and task, e.g. VG=2,ROC=2,RC=1,MIA=1"),
 ):
     """Generate the Med-GRIT-style synthetic benchmark (deterministic per seed)."""
     from clinkd.progress import make_progress
@@ -276,6 +293,7 @@ def synth(
         summary = generate(
             out, seed=seed, images=images, test_per_cell=test_per_cell, image_size=image_size,
             progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            turns_per_task=_turn_mix(turns),
         )
     console.print(summary)
 

@@ -38,6 +38,17 @@ class SynthConfig(_Section):
     images: int = Field(1600, gt=0, description="training images, spread over the 8 modalities")
     test_per_cell: int = Field(25, gt=0, description="test records per (task, modality)")
     image_size: int = Field(112, ge=28)
+    turns: dict[str, int] = Field(
+        default_factory=lambda: {task: 1 for task in TASKS},
+        description="training turns per image and task (a referring task asks at most one per object)",
+    )
+
+    @field_validator("turns")
+    @classmethod
+    def _valid_turn_mix(cls, value: dict[str, int]) -> dict[str, int]:
+        from clinkd.synth.generate import validate_turn_mix
+
+        return validate_turn_mix(value)
 
 
 class DataConfig(_Section):

@@ -22,6 +22,7 @@ Each stage is skipped when its output is already complete, so a killed run picks
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,13 +32,13 @@ import transformers
 
 from clinkd.batching import training_examples
 from clinkd.boxes import convert_markup
-from clinkd.config import RecipeConfig, dump_config
+from clinkd.config import ConfigError, RecipeConfig, dump_config
 from clinkd.data.medgrit import load_medgrit, load_test_split
 from clinkd.data.records import Sample
 from clinkd.data.validation import DataIssues
 from clinkd.distributed import is_main_process, main_process_first, predict_sharded
 from clinkd.io import atomic_write_text
-from clinkd.model.loading import build_tiny, load_checkpoint
+from clinkd.model.loading import DTYPES, build_tiny, load_checkpoint
 from clinkd.progress import console, make_progress
 
 
@@ -49,12 +50,23 @@ class Dataset:
 
 
 def ensure_synth(cfg: RecipeConfig) -> None:
-    """Generate the synthetic benchmark into ``data.dir`` unless it is already there."""
+    """Generate the synthetic benchmark into ``data.dir`` unless the same one is already there.
+
+    A folder generated with other ``data.synth`` settings (its ``meta.json`` says so) is regenerated;
+    a folder without a clinkd ``meta.json`` (real data) is never touched.
+    """
     from clinkd.synth import generate
+    from clinkd.synth.generate import synth_parameters
 
     synth = cfg.data.synth
-    if not synth.enabled or (cfg.data.dir / cfg.data.train_file).is_file():
+    if not synth.enabled:
         return
+    wanted = synth_parameters(synth.seed, synth.images, synth.test_per_cell, synth.image_size, synth.turns)
+    if (cfg.data.dir / cfg.data.train_file).is_file():
+        found = _synth_meta(cfg.data.dir)
+        if found is None or all(found.get(key) == value for key, value in wanted.items()):
+            return
+        console.print(f"[yellow]synth: {cfg.data.dir} was generated with other data.synth settings; regenerating")
     with make_progress() as progress:
         bar = progress.add_task("synth", total=None, info=str(cfg.data.dir))
         generate(
@@ -64,7 +76,20 @@ def ensure_synth(cfg: RecipeConfig) -> None:
             test_per_cell=synth.test_per_cell,
             image_size=synth.image_size,
             progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            turns_per_task=synth.turns,
         )
+
+
+def _synth_meta(data_dir: Path) -> dict | None:
+    """``meta.json`` of a clinkd-generated folder, or None (no such file, or not written by clinkd.synth)."""
+    path = data_dir / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return meta if isinstance(meta, dict) and meta.get("generator") == "clinkd.synth" else None
 
 
 def load_dataset(cfg: RecipeConfig, with_train: bool = True) -> Dataset:
@@ -88,9 +113,17 @@ def tokenizer_corpus(samples: list[Sample], box_style: str) -> list[str]:
 
 
 def initial_model(cfg: RecipeConfig, train: list[Sample]):
-    """A fresh ``(model, processor)``: the local checkpoint of ``model.path``, or a tiny model built from a config."""
+    """A fresh ``(model, processor)``: the local checkpoint of ``model.path`` (quantised for QLoRA), or a tiny
+    model built from a config."""
+    from clinkd.model.lora import quantization_config
+
+    lora = cfg.train.lora
+    quantization = None if lora is None else quantization_config(lora, DTYPES[cfg.model.dtype])
     if cfg.model.path is not None:
-        return load_checkpoint(cfg.model.path, cfg.model.dtype, cfg.model.min_pixels, cfg.model.max_pixels, cfg.rope)
+        model = cfg.model
+        return load_checkpoint(model.path, model.dtype, model.min_pixels, model.max_pixels, cfg.rope, quantization)
+    if quantization is not None:
+        raise ConfigError("train.lora.quantize: QLoRA quantises a checkpoint; set model.path (the tiny model is built in memory)")
     return build_tiny(cfg.model, tokenizer_corpus(train, cfg.data.box_style), cfg.seed, cfg.rope)
 
 

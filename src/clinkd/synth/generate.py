@@ -26,7 +26,7 @@ from clinkd.data.records import MODALITIES, TASKS, Sample, Turn
 from clinkd.io import atomic_write_json, atomic_write_text
 from clinkd.synth.modalities import MODALITY_SPECS
 from clinkd.synth.scene import LESION_RATE, Scene, render_scene
-from clinkd.synth.tasks import TEMPLATES, single_turn, train_turns
+from clinkd.synth.tasks import DEFAULT_TURNS, TEMPLATES, single_turn, train_turns
 
 SYNTH_VERSION = 1
 SPLIT_STREAMS: dict[str, int] = {"train": 1, "test": 2}
@@ -97,11 +97,11 @@ def plan(images: int, test_per_cell: int) -> list[ImageJob]:
     return train + test
 
 
-def draw(job: ImageJob, seed: int, image_size: int) -> tuple[Scene, list[Turn]]:
-    """The scene of ``job`` and its turns (all four tasks for train, the job's task for test)."""
+def draw(job: ImageJob, seed: int, image_size: int, turns_per_task: dict[str, int] | None = None) -> tuple[Scene, list[Turn]]:
+    """The scene of ``job`` and its turns (``turns_per_task`` for train, the job's task for test)."""
     rng = image_rng(seed, job.split, job.index)
     scene = render_scene(job.modality, rng, image_size)
-    turns = train_turns(scene, rng) if job.task is None else [single_turn(job.task, scene, rng)]
+    turns = train_turns(scene, rng, turns_per_task) if job.task is None else [single_turn(job.task, scene, rng)]
     return scene, turns
 
 
@@ -112,12 +112,15 @@ def generate(
     test_per_cell: int = 25,
     image_size: int = 112,
     progress: Callable[[int, int], None] | None = None,
+    turns_per_task: dict[str, int] | None = None,
 ) -> SynthSummary:
     """Generate the benchmark into ``out_dir`` (see the module docstring); ``train.json`` is written last.
 
     ``images`` training images are spread round-robin over the 8 modalities; ``test_per_cell`` test
     images are drawn per (task, modality). ``progress(done, total)`` is called after every image, with
-    ``total = images + 32·test_per_cell``.
+    ``total = images + 32·test_per_cell``. ``turns_per_task`` sets the training turn mix per image
+    (default one turn per task; a referring task asks at most one turn per object). Test files are
+    always one turn per record.
     Stale ``*_synth--*.png`` files from an earlier, larger run in ``out_dir/images`` are removed.
     """
     if seed < 0:
@@ -126,6 +129,7 @@ def generate(
         raise ValueError(f"synth needs images >= 1 and test_per_cell >= 0, got {images} and {test_per_cell}")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"synth image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
+    turns_per_task = validate_turn_mix(turns_per_task)
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +140,7 @@ def generate(
     tests: dict[str, list[Sample]] = {task: [] for task in TASKS}
     object_rows: list[dict] = []
     for done, job in enumerate(jobs, start=1):
-        scene, turns = draw(job, seed, image_size)
+        scene, turns = draw(job, seed, image_size, turns_per_task)
         path = image_dir / f"{job.id}.png"
         Image.fromarray(scene.pixels).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         sample = Sample(job.id, path, job.modality, turns, task=job.task)
@@ -146,7 +150,7 @@ def generate(
             progress(done, len(jobs))
     _remove_stale_images(image_dir, {f"{job.id}.png" for job in jobs})
     atomic_write_text(out_dir / "objects.jsonl", "".join(json.dumps(row) + "\n" for row in object_rows))
-    atomic_write_json(out_dir / "meta.json", _meta(seed, images, test_per_cell, image_size, jobs))
+    atomic_write_json(out_dir / "meta.json", _meta(seed, images, test_per_cell, image_size, turns_per_task, jobs))
     for task, samples in tests.items():
         write_medgrit(samples, out_dir / f"test_{task}.json")
     write_medgrit(train, out_dir / "train.json")
@@ -158,6 +162,29 @@ def generate(
         train_turns=sum(len(sample.turns) for sample in train),
         test_records={task: len(samples) for task, samples in tests.items()},
     )
+
+
+def validate_turn_mix(turns_per_task: dict[str, int] | None) -> dict[str, int]:
+    """The full per-task turn counts (missing tasks: 0); refuses unknown tasks, negatives and an empty mix."""
+    counts = dict(DEFAULT_TURNS if turns_per_task is None else turns_per_task)
+    unknown = sorted(set(counts) - set(TASKS))
+    if unknown:
+        raise ValueError(f"synth turns: unknown task(s) {', '.join(unknown)}; expected {', '.join(TASKS)}")
+    if any(count < 0 for count in counts.values()) or not any(counts.values()):
+        raise ValueError(f"synth turns: counts must be >= 0 and not all 0, got {counts}")
+    return {task: counts.get(task, 0) for task in TASKS}
+
+
+def synth_parameters(seed: int, images: int, test_per_cell: int, image_size: int, turns_per_task: dict[str, int] | None) -> dict:
+    """What determines the generated files (kept in ``meta.json``, compared before reusing a folder)."""
+    return {
+        "version": SYNTH_VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "train_images": images,
+        "test_per_cell": test_per_cell,
+        "train_turns_per_task": validate_turn_mix(turns_per_task),
+    }
 
 
 def _object_row(job: ImageJob, scene: Scene) -> dict:
@@ -172,15 +199,11 @@ def _remove_stale_images(image_dir: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def _meta(seed: int, images: int, test_per_cell: int, image_size: int, jobs: list[ImageJob]) -> dict:
+def _meta(seed: int, images: int, test_per_cell: int, image_size: int, turns_per_task: dict[str, int], jobs: list[ImageJob]) -> dict:
     train_counts = Counter(job.modality for job in jobs if job.split == "train")
     return {
         "generator": "clinkd.synth",
-        "version": SYNTH_VERSION,
-        "seed": seed,
-        "image_size": image_size,
-        "train_images": images,
-        "test_per_cell": test_per_cell,
+        **synth_parameters(seed, images, test_per_cell, image_size, turns_per_task),
         "test_images": len(jobs) - images,
         "lesion_rate": LESION_RATE,
         "counts": {

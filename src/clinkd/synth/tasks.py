@@ -95,14 +95,31 @@ def make_turn(task: str, scene: Scene, target: SceneObject, rng: np.random.Gener
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TEMPLATES)}")
 
 
-def train_turns(scene: Scene, rng: np.random.Generator) -> list[Turn]:
-    """One turn per task in a shuffled order; VG, ROC and RC refer to different objects while they last."""
-    order = [list(TEMPLATES)[i] for i in rng.permutation(len(TEMPLATES))]
-    targets = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
+DEFAULT_TURNS: dict[str, int] = {task: 1 for task in TEMPLATES}
+
+
+def train_turns(scene: Scene, rng: np.random.Generator, turns_per_task: dict[str, int] | None = None) -> list[Turn]:
+    """``turns_per_task`` turns of each task (default one each) in a shuffled order.
+
+    The referring tasks walk one shuffled cycle of the objects: each task starts where the previous
+    one stopped, so VG, ROC and RC refer to different objects while they last, and the repeats of a
+    task refer to different objects (a task asks at most one turn per object).
+    """
+    counts = DEFAULT_TURNS if turns_per_task is None else turns_per_task
+    objects = len(scene.objects)
+    capped = {task: counts.get(task, 0) if task == "MIA" else min(counts.get(task, 0), objects) for task in TEMPLATES}
+    tasks = [task for task in TEMPLATES for _ in range(capped[task])]
+    order = [tasks[i] for i in rng.permutation(len(tasks))]
+    targets = [scene.objects[i] for i in rng.permutation(objects)]
+    start: dict[str, int] = {}
+    asked: dict[str, int] = {}
     turns = []
     referring = 0
     for task in order:
-        turns.append(make_turn(task, scene, targets[referring % len(targets)], rng))
+        first = start.setdefault(task, referring)
+        repeat = asked.get(task, 0)
+        asked[task] = repeat + 1
+        turns.append(make_turn(task, scene, targets[(first + repeat) % objects], rng))
         referring += task != "MIA"
     return turns
 
