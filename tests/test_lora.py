@@ -124,6 +124,30 @@ def test_qlora_needs_cuda_and_plain_lora_needs_no_quantisation():
             quantization_config(LoraConfig(quantize="4bit"))
 
 
+def test_qlora_quantises_the_checkpoint_at_load(tiny_model, tiny_processor, tmp_path, monkeypatch):
+    """QLoRA's BitsAndBytesConfig reaches from_pretrained (bitsandbytes itself needs CUDA: stubbed here)."""
+    from clinkd.model import lora
+    from clinkd.model.loading import model_class_for
+    from clinkd.recipes.run import initial_model
+
+    save_checkpoint(tiny_model, tiny_processor, tmp_path / "base")
+    seen = {}
+    monkeypatch.setattr(lora, "quantization_config", lambda lora_cfg, dtype: seen.setdefault("config", ("nf4", lora_cfg.quantize, dtype)))
+    model_class = model_class_for(tiny_model.config)
+    original = model_class.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, **kwargs):
+        seen["kwargs"] = kwargs.pop("quantization_config", None)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(model_class, "from_pretrained", classmethod(from_pretrained))
+    cfg = load_config(None, [f"model.path={tmp_path / 'base'}", "model.dtype=bfloat16", "train.lora.quantize=4bit"])
+    initial_model(cfg, [])
+    assert seen["config"] == ("nf4", "4bit", torch.bfloat16) and seen["kwargs"] == seen["config"]
+    with pytest.raises(ConfigError, match="set model.path"):
+        initial_model(load_config(None, ["train.lora.quantize=4bit"]), [])
+
+
 def test_gathered_weights_rebuild_a_peft_model_that_merges_like_the_original(tiny_model, tiny_processor, synth_data):
     """The ZeRO-3/FSDP save path: a peft model rebuilt on the meta device from its (gathered) state dict."""
     from clinkd.distributed import with_full_weights

@@ -52,11 +52,13 @@ def load_checkpoint(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     rope: RopeStrategy | None = None,
+    quantization=None,
 ):
     """Load a model and its processor from a local directory (no hub access).
 
     ``rope=None`` keeps the strategy the checkpoint records (stock for a plain Qwen2-VL one);
-    a strategy replaces it, e.g. to fine-tune a stock checkpoint with MCG-RoPE.
+    a strategy replaces it, e.g. to fine-tune a stock checkpoint with MCG-RoPE. ``quantization`` is a
+    transformers quantisation config (QLoRA: :func:`clinkd.model.lora.quantization_config`).
     """
     from transformers import AutoConfig
 
@@ -69,7 +71,10 @@ def load_checkpoint(
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     if rope is not None:
         set_rope_strategy(config, rope)
-    model = model_class_for(config).from_pretrained(str(path), config=config, dtype=DTYPES[dtype], local_files_only=True)
+    quantized = {} if quantization is None else {"quantization_config": quantization}
+    model = model_class_for(config).from_pretrained(
+        str(path), config=config, dtype=DTYPES[dtype], local_files_only=True, **quantized
+    )
     processor = load_processor(path)
     if min_pixels is not None and max_pixels is not None:
         set_pixel_budget(processor, min_pixels, max_pixels)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clinkd.config import LoraConfig, TrainConfig
+from clinkd.config import ConfigError, LoraConfig, TrainConfig
 
 ADAPTER_DIR = "adapter"
 
@@ -104,7 +104,7 @@ def quantization_config(lora_cfg: LoraConfig, compute_dtype: torch.dtype = torch
     if lora_cfg.quantize == "none":
         return None
     if not torch.cuda.is_available():
-        raise ValueError(f"train.lora.quantize={lora_cfg.quantize}: bitsandbytes quantisation needs a CUDA GPU")
+        raise ConfigError(f"train.lora.quantize={lora_cfg.quantize}: bitsandbytes quantisation needs a CUDA GPU")
     from transformers import BitsAndBytesConfig
 
     skip = ["visual", "lm_head"]
