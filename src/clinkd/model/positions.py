@@ -117,22 +117,24 @@ class ImageLayout:
         self.patch = torch.stack([local // (height * width), (local // width) % height, local % width])
 
 
-def _image_offsets(strategy: RopeStrategy, layout: ImageLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(offsets[3, K], after[N])``: each image token's position relative to its image's start cursor
-    ``s``, and how far each image moves the cursor beyond the ``size`` sequence slots it occupies."""
+def _image_placement(strategy: RopeStrategy, layout: ImageLayout) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(origin[3, J], step[3, 1] | None, after[J])``: image token ``k`` of image ``j`` sits at
+    ``s_j + origin[:, j] + step · patch[:, k]`` (``step=None``: 1), and ``after[j]`` is how far image ``j``
+    moves the cursor beyond the ``size[j]`` sequence slots it occupies.
+
+    Per-image terms are computed once per image, so the per-token work is one gather and one
+    multiply-add (mcg is float32: exact for the half-integer positions of integer steps below 2²⁴).
+    """
     height_width_max = layout.grid[:, 1:].max(dim=1).values
     if strategy.name == "qwen2vl":
-        return layout.patch, height_width_max - layout.size
+        return torch.zeros_like(layout.grid.T), None, height_width_max - layout.size
     if strategy.name == "clinkd-official":
         boundary = (layout.start_index > 0).long()  # no text↔image boundary before an image that opens the sequence
-        return layout.patch + boundary[layout.image], boundary + height_width_max + 1 - layout.size
-    steps = torch.tensor((1.0, *strategy.alpha), device=layout.grid.device, dtype=torch.float64)[:, None]
-    grid = layout.grid[layout.image].T.double()
-    centre = (layout.size[layout.image].double() - 1) / 2  # ℓ + (n+1)/2 relative to s = ℓ + 1
-    offsets = centre + steps * (layout.patch.double() - (grid - 1) / 2)
-    if strategy.rounding == "floor":
-        offsets = offsets.floor().long()
-    return offsets, torch.zeros_like(layout.size)
+        return boundary.expand(3, -1), None, boundary + height_width_max + 1 - layout.size
+    steps = torch.tensor((1.0, *strategy.alpha), device=layout.grid.device, dtype=torch.float32)[:, None]
+    centre = (layout.size.float() - 1) / 2  # ℓ + (n+1)/2 relative to s = ℓ + 1
+    origin = centre - steps * (layout.grid.T.float() - 1) / 2
+    return origin, steps, torch.zeros_like(layout.size)
 
 
 def build_position_ids(
@@ -151,15 +153,15 @@ def build_position_ids(
     are int64, or float32 when ``strategy.float_positions``; deltas have the same dtype.
 
     Every sample's positions are ``sequence index + shift``, where the shift is an exclusive cumsum of
-    the per-image cursor moves placed at each image's last token; image tokens then add their
-    strategy-specific offset to their image's start cursor (see the module docstring).
+    the per-image cursor moves placed at each image's last token; image tokens are placed from their
+    image's start cursor by the strategy's rule (see the module docstring).
     """
     valid = torch.ones_like(mm_token_type_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     if ((mm_token_type_ids == VIDEO_TOKEN) & valid).any():
         raise ValueError("mm_token_type_ids: video tokens (2) are not supported, only text (0) and images (1)")
     index = valid.long().cumsum(dim=1) - 1
     layout = ImageLayout((mm_token_type_ids == IMAGE_TOKEN) & valid, index, image_grid_thw, spatial_merge_size)
-    offsets, after = _image_offsets(strategy, layout)
+    origin, step, after = _image_placement(strategy, layout)
 
     moves = torch.zeros_like(index)
     moves.index_put_((layout.row, layout.last_col), after, accumulate=True)
@@ -167,7 +169,11 @@ def build_position_ids(
 
     dtype = torch.float32 if strategy.float_positions else torch.long
     position_ids = (index + shift).to(dtype).unsqueeze(0).repeat(3, 1, 1)
-    image_start = layout.start_index[layout.image] + shift[layout.rows, layout.cols]
-    position_ids[:, layout.rows, layout.cols] = (image_start + offsets).to(dtype)
+    image_start = layout.start_index + shift[layout.row, layout.first_col]  # shift is constant inside an image
+    placed = (image_start + origin)[:, layout.image]
+    placed = placed + layout.patch if step is None else torch.addcmul(placed, step, layout.patch.float())
+    if strategy.rounding == "floor":
+        placed = placed.floor()
+    position_ids[:, layout.rows, layout.cols] = placed.to(dtype)
     position_ids.masked_fill_(~valid, 0)
     return position_ids, moves.sum(dim=1, keepdim=True).to(dtype)
