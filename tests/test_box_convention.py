@@ -97,3 +97,51 @@ def test_pixel_budget_is_saved_with_the_processor(tmp_path, tiny_model, tiny_pro
         assert PixelBoxes.from_processor(load_processor(tmp_path / "model")) == PixelBoxes(28, 56 * 56, 224 * 224)
     finally:
         set_pixel_budget(tiny_processor, 112 * 112, 112 * 112)
+
+
+class _ScriptedModel:
+    """Stands in for a Qwen2.5-VL model whose every continuation is ``answer`` (pixel boxes)."""
+
+    device = "cpu"
+
+    def __init__(self, tokenizer, answer: str):
+        import torch
+
+        self.answer = torch.tensor(tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
+        self.vocab = len(tokenizer)
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, num_return_sequences=1, return_dict_in_generate=False, **_):
+        from types import SimpleNamespace
+
+        import torch
+
+        rows = input_ids.shape[0] * num_return_sequences
+        sequences = torch.cat([input_ids.repeat_interleave(num_return_sequences, 0), self.answer.expand(rows, -1)], dim=1)
+        if not return_dict_in_generate:
+            return sequences
+        logits = tuple(torch.zeros(rows, self.vocab) for _ in range(len(self.answer)))
+        return SimpleNamespace(sequences=sequences, logits=logits, beam_indices=None)
+
+
+def test_every_decoder_returns_relative_boxes_for_a_pixel_model(tmp_path, tiny_processor):
+    """Plain decoding, SASG candidates and `clinkd infer` all map Qwen2.5-VL pixel boxes back to 0–1000."""
+    from clinkd.config import SelectConfig
+    from clinkd.interactive.infer import InferRequest, run_request
+    from clinkd.recipes.predict import generate_responses
+    from clinkd.sasg.candidates import generate_candidates
+
+    path = tmp_path / "ct_0.png"
+    Image.new("RGB", (200, 140)).save(path)  # resized to 112 × 84 by the 112² budget
+    model = _ScriptedModel(tiny_processor.tokenizer, "<|box_start|>(56,42),(112,84)<|box_end|>")
+    collator = PromptCollator(tiny_processor, boxes=PixelBoxes.from_processor(tiny_processor))
+    sample = Sample("ct_0", path, "ct", [Turn("Where is <ref>it</ref>?", "")], task="VG")
+    relative = "<|box_start|>(500,500),(1000,1000)<|box_end|>"
+    assert generate_responses(model, tiny_processor, collator, [sample], 20) == [relative]
+    candidates = generate_candidates(model, tiny_processor, collator, [sample], 20, SelectConfig(candidates="sample", num_return_sequences=2))
+    assert [candidate.text for candidate in candidates[0]] == [relative, relative]
+    model.config = Qwen2_5_VLConfig()
+    result = run_request(model, tiny_processor, InferRequest(path, "VG", "Where is <ref>it</ref>?"))
+    assert result.answer == relative

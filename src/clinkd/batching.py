@@ -16,7 +16,7 @@ import torch
 
 from clinkd.boxes import convert_markup
 from clinkd.data.records import Sample, Turn
-from clinkd.model.box_convention import BoxCoordinates, RelativeBoxes
+from clinkd.model.box_convention import BoxCoordinates, RelativeBoxes, image_size
 from clinkd.model.processor import load_image
 
 IGNORE_INDEX = -100
@@ -111,7 +111,8 @@ def assistant_labels(
 
 
 class PromptCollator:
-    """Left-padded generation prompts (the question turn and the assistant header)."""
+    """Left-padded generation prompts (the question turn and the assistant header); :meth:`relative` maps
+    a generated answer back from the model's box convention to the 0–1000 scale."""
 
     def __init__(self, processor, box_style: str = "qwen2-vl", square_size: int | None = None, boxes: BoxCoordinates = RelativeBoxes()):
         self.processor = processor
@@ -130,3 +131,7 @@ class PromptCollator:
             for sample, image in zip(samples, images)
         ]
         return dict(self.processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"))
+
+    def relative(self, answer: str, sample: Sample) -> str:
+        """``answer`` with its boxes on the 0–1000 scale (Qwen2.5-VL: from pixels of the resized image)."""
+        return self.boxes.from_model(answer, image_size(sample.image, self.square_size))

@@ -345,10 +345,11 @@ def run_request(
 ) -> InferResult:
     """Generate the answer to a checked request (greedy/beam, or the selector's best candidate)."""
     from clinkd.batching import PromptCollator
+    from clinkd.model.box_convention import box_coordinates
     from clinkd.recipes.predict import generate_responses
 
     model.eval()
-    collator = PromptCollator(processor, box_style, square_size)
+    collator = PromptCollator(processor, box_style, square_size, box_coordinates(model.config, processor))
     tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[request.task]
     image = request.image
     with tempfile.TemporaryDirectory(prefix="clinkd-infer-") as scratch:

@@ -19,7 +19,7 @@ from clinkd.batching import PromptCollator
 from clinkd.config import PredictConfig
 from clinkd.data.records import Prediction, Sample
 from clinkd.io import append_jsonl, read_jsonl
-from clinkd.model.box_convention import box_coordinates, image_size
+from clinkd.model.box_convention import box_coordinates
 from clinkd.progress import make_progress
 
 # Chat scaffolding that ends an answer; box and ref tokens are kept in the response.
@@ -39,7 +39,7 @@ def clean_generation(text: str) -> str:
 
 @torch.inference_mode()
 def generate_responses(model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int, num_beams: int = 1) -> list[str]:
-    """Greedy (or beam) answers for one batch of one-turn samples."""
+    """Greedy (or beam) answers for one batch of one-turn samples, boxes on the 0–1000 scale."""
     batch = {key: value.to(model.device) for key, value in collator(samples).items()}
     tokenizer = processor.tokenizer
     output = model.generate(
@@ -51,7 +51,8 @@ def generate_responses(model, processor, collator: PromptCollator, samples: Sequ
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
     )
     continuations = output[:, batch["input_ids"].shape[1] :]
-    return [clean_generation(text) for text in tokenizer.batch_decode(continuations, skip_special_tokens=False)]
+    texts = tokenizer.batch_decode(continuations, skip_special_tokens=False)
+    return [collator.relative(clean_generation(text), sample) for text, sample in zip(texts, samples)]
 
 
 class Selector(Protocol):
@@ -74,8 +75,8 @@ def run_predict(
 ) -> dict[str, Path]:
     """Predict every task's test samples (plain decoding, or through ``selector``); returns the JSONL path per task."""
     model.eval()
-    boxes = box_coordinates(model.config, processor)  # Qwen2.5-VL: pixel boxes in, 0–1000 boxes out
-    collator = PromptCollator(processor, box_style, square_size, boxes)
+    # Qwen2.5-VL: pixel boxes in; every decoder returns 0–1000 boxes (PromptCollator.relative).
+    collator = PromptCollator(processor, box_style, square_size, box_coordinates(model.config, processor))
     paths = {}
     with make_progress() as progress:
         for task, samples in tests.items():
@@ -94,7 +95,6 @@ def run_predict(
                     outputs = [(response, {}) for response in responses]
                 else:
                     outputs = selector(model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task])
-                outputs = [(boxes.from_model(response, image_size(sample.image, square_size)), extra) for sample, (response, extra) in zip(chunk_samples, outputs)]
                 append_jsonl(path, (_row(task, index, sample, *output) for (index, sample), output in zip(chunk, outputs)))
                 progress.advance(bar, len(chunk))
     return paths

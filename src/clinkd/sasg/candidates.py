@@ -91,7 +91,8 @@ def generate_candidates(
     select_cfg: SelectConfig,
     seed: int = 0,
 ) -> list[list[Candidate]]:
-    """``num_return_sequences`` candidates for each sample, from one ``generate`` call for the whole batch."""
+    """``num_return_sequences`` candidates for each sample (boxes on the 0–1000 scale), from one ``generate``
+    call for the whole batch."""
     batch = {key: value.to(model.device) for key, value in collator(samples).items()}
     tokenizer = processor.tokenizer
     end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
@@ -110,8 +111,10 @@ def generate_candidates(
     continuations = output.sequences[:, batch["input_ids"].shape[1] :]
     beam_indices = output.beam_indices if kwargs["num_beams"] > 1 else None
     logprobs = sequence_logprobs(output.logits, continuations, beam_indices, end_id).tolist()
-    texts = [clean_generation(text) for text in tokenizer.batch_decode(continuations, skip_special_tokens=False)]
     per_input = select_cfg.num_return_sequences
+    decoded = tokenizer.batch_decode(continuations, skip_special_tokens=False)
+    # Boxes back on the 0–1000 scale (Qwen2.5-VL pixels), so crops and the selected answer are relative.
+    texts = [collator.relative(clean_generation(text), samples[row // per_input]) for row, text in enumerate(decoded)]
     return [
         [Candidate(texts[row], logprobs[row], rank) for rank, row in enumerate(range(i * per_input, (i + 1) * per_input))]
         for i in range(len(samples))
