@@ -1,0 +1,56 @@
+"""benchmarks/grounding_probe.py writes Med-GRIT folders whose boxes are the painted objects' extents."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clinkd.boxes import parse_boxes
+from clinkd.data.medgrit import load_medgrit, load_test_split
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grounding_probe.py"
+# Pixels only the named look has: ≥ 5 σ from either background (N(30, 12) single, N(100, 12) named), and
+# not the stripes' exact grey levels, which also occur as isolated background pixels (no
+# neighbour sharing a side).
+LOOK_PIXELS = {
+    "lesion": lambda grey: (grey > 170) & (grey != 200),
+    "cyst": lambda grey: grey < 25,
+    "mass": lambda grey: without_isolated_pixels((grey == 200) | (grey == 60)),
+}
+
+
+def without_isolated_pixels(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1)
+    side_neighbour = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+    return mask & side_neighbour
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("grounding_probe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("task", ["single", "named"])
+def test_answer_box_is_the_named_objects_extent(probe, task, tmp_path):
+    probe.write_probe(tmp_path, task, train=6, test=2, seed=3)
+    train = load_medgrit(tmp_path / "train.json", tmp_path / "images")
+    tests = load_test_split(tmp_path, tmp_path / "images")
+    assert len(train) == 6 and len(tests["VG"]) == 2
+    for sample in train + tests["VG"]:
+        (turn,) = sample.turns
+        name = turn.question.split("<ref>")[1].split("</ref>")[0]
+        grey = np.asarray(Image.open(sample.image))[..., 0].astype(int)
+        assert parse_boxes(turn.answer) == [probe.mask_box(LOOK_PIXELS[name](grey))], sample.id
+
+
+def test_same_seed_same_files(probe, tmp_path):
+    probe.write_probe(tmp_path / "a", "named", train=3, test=1, seed=0)
+    probe.write_probe(tmp_path / "b", "named", train=3, test=1, seed=0)
+    assert (tmp_path / "a" / "train.json").read_text() == (tmp_path / "b" / "train.json").read_text()
