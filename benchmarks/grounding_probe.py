@@ -29,16 +29,16 @@ from PIL import Image
 from clinkd.boxes import Box, format_ref
 from clinkd.data.medgrit import write_medgrit
 from clinkd.data.records import Sample, Turn
+from clinkd.synth.draw import ellipse_mask
 
 SIZE = 112
 NAMED_LOOKS = {"cyst": "dark", "lesion": "bright", "mass": "striped"}
 
 
-def ellipse_mask(rng: np.random.Generator, radius_range: tuple[float, float]) -> np.ndarray:
+def random_ellipse(rng: np.random.Generator, radius_range: tuple[float, float]) -> np.ndarray:
     rx, ry = rng.uniform(*radius_range, 2) * SIZE
     cx, cy = rng.uniform(rx, SIZE - rx), rng.uniform(ry, SIZE - ry)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    return ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1
+    return ellipse_mask(SIZE, cx, cy, rx, ry)
 
 
 def mask_box(mask: np.ndarray) -> Box:
@@ -56,7 +56,7 @@ def paint(image: np.ndarray, mask: np.ndarray, look: str, rng: np.random.Generat
 
 def single_scene(rng: np.random.Generator) -> tuple[np.ndarray, str, Box]:
     image = rng.normal(30, 12, (SIZE, SIZE))
-    mask = ellipse_mask(rng, (0.06, 0.175))
+    mask = random_ellipse(rng, (0.06, 0.175))
     image[mask] = rng.normal(200, 15, mask.sum())
     return image, "lesion", mask_box(mask)
 
@@ -67,7 +67,7 @@ def named_scene(rng: np.random.Generator) -> tuple[np.ndarray, str, Box]:
     boxes = {}
     for name, look in NAMED_LOOKS.items():
         for _ in range(50):  # a few redraws keep the three boxes (plus a 2 px margin) apart
-            mask = ellipse_mask(rng, (0.08, 0.16))
+            mask = random_ellipse(rng, (0.08, 0.16))
             ys, xs = np.nonzero(mask)
             margin = np.s_[max(0, ys.min() - 2) : ys.max() + 3, max(0, xs.min() - 2) : xs.max() + 3]
             if not taken[margin].any():
