@@ -22,7 +22,6 @@ Each stage is skipped when its output is already complete, so a killed run picks
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,14 +55,14 @@ def ensure_synth(cfg: RecipeConfig) -> None:
     a folder without a clinkd ``meta.json`` (real data) is never touched.
     """
     from clinkd.synth import generate
-    from clinkd.synth.generate import synth_parameters
+    from clinkd.synth.generate import read_meta, synth_parameters
 
     synth = cfg.data.synth
     if not synth.enabled:
         return
     wanted = synth_parameters(synth.seed, synth.images, synth.test_per_cell, synth.image_size, synth.turns)
     if (cfg.data.dir / cfg.data.train_file).is_file():
-        found = _synth_meta(cfg.data.dir)
+        found = read_meta(cfg.data.dir)
         if found is None or all(found.get(key) == value for key, value in wanted.items()):
             return
         console.print(f"[yellow]synth: {cfg.data.dir} was generated with other data.synth settings; regenerating")
@@ -78,18 +77,6 @@ def ensure_synth(cfg: RecipeConfig) -> None:
             progress=lambda done, total: progress.update(bar, completed=done, total=total),
             turns_per_task=synth.turns,
         )
-
-
-def _synth_meta(data_dir: Path) -> dict | None:
-    """``meta.json`` of a clinkd-generated folder, or None (no such file, or not written by clinkd.synth)."""
-    path = data_dir / "meta.json"
-    if not path.is_file():
-        return None
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return meta if isinstance(meta, dict) and meta.get("generator") == "clinkd.synth" else None
 
 
 def load_dataset(cfg: RecipeConfig, with_train: bool = True) -> Dataset:

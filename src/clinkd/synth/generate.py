@@ -29,6 +29,7 @@ from clinkd.synth.scene import LESION_RATE, Scene, render_scene
 from clinkd.synth.tasks import DEFAULT_TURNS, TEMPLATES, single_turn, train_turns
 
 SYNTH_VERSION = 1
+GENERATOR = "clinkd.synth"  # meta.json's mark of a generated folder (real data is never regenerated)
 SPLIT_STREAMS: dict[str, int] = {"train": 1, "test": 2}
 _SYNTH_PNG = re.compile(r"[a-z]+_synth--(?:train|test)--\d{6}\.png")
 MIN_IMAGE_SIZE = 32
@@ -187,6 +188,18 @@ def synth_parameters(seed: int, images: int, test_per_cell: int, image_size: int
     }
 
 
+def read_meta(out_dir: str | Path) -> dict | None:
+    """``meta.json`` of a folder this module generated, or None (no such file, or not written by it)."""
+    path = Path(out_dir) / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return meta if isinstance(meta, dict) and meta.get("generator") == GENERATOR else None
+
+
 def _object_row(job: ImageJob, scene: Scene) -> dict:
     row = {"id": job.id, "split": job.split, "modality": job.modality, "task": job.task}
     row["objects"] = [obj.to_json() for obj in scene.objects]
@@ -202,7 +215,7 @@ def _remove_stale_images(image_dir: Path, keep: set[str]) -> None:
 def _meta(seed: int, images: int, test_per_cell: int, image_size: int, turns_per_task: dict[str, int], jobs: list[ImageJob]) -> dict:
     train_counts = Counter(job.modality for job in jobs if job.split == "train")
     return {
-        "generator": "clinkd.synth",
+        "generator": GENERATOR,
         **synth_parameters(seed, images, test_per_cell, image_size, turns_per_task),
         "test_images": len(jobs) - images,
         "lesion_rate": LESION_RATE,
