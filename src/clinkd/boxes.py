@@ -167,6 +167,15 @@ def convert_markup(text: str, style: BoxStyle | str) -> str:
     return _ANY_REF.sub(ref, _ANY_TAGGED_BOX.sub(box, text))
 
 
+def referred_phrase(text: str) -> str | None:
+    """The content of the first ``<ref>`` (either tag style), stripped; ``None`` without one."""
+    match = _ANY_REF.search(text)
+    if match is None:
+        return None
+    phrase = (match.group(1) if match.group(1) is not None else match.group(2)).strip()
+    return phrase or None
+
+
 def format_ref(phrase: str, style: BoxStyle | str = BoxStyle.QWEN_VL) -> str:
     style = BoxStyle(style)
     return f"{_REF_OPEN[style]}{phrase}{_REF_CLOSE[style]}"

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from clinkd.boxes import Box, BoxError, parse_boxes
+from clinkd.boxes import _ANY_REF, Box, BoxError, parse_boxes, referred_phrase
 from clinkd.data.records import Turn
 
 TASK_KINDS: dict[str, str] = {"MIA": "image", "ROC": "region", "RC": "region", "VG": "grounding"}
 
 _ANY_BOX = re.compile(r"<box>.*?</box>|<\|box_start\|>.*?<\|box_end\|>", re.DOTALL)
-_ANY_REF = re.compile(r"<ref>(.*?)</ref>|<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
 _SPACES = re.compile(r"\s+")
 
 
@@ -45,15 +44,6 @@ def clip_text(text: str) -> str:
     """``text`` with boxes removed, ``<ref>`` tags unwrapped and whitespace collapsed."""
     unwrapped = _ANY_REF.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), _ANY_BOX.sub(" ", text))
     return _SPACES.sub(" ", unwrapped).strip()
-
-
-def referred_phrase(text: str) -> str | None:
-    """The content of the first ``<ref>`` (either tag style), stripped; ``None`` without one."""
-    match = _ANY_REF.search(text)
-    if match is None:
-        return None
-    phrase = (match.group(1) if match.group(1) is not None else match.group(2)).strip()
-    return phrase or None
 
 
 def question_box(question: str) -> Box | None:
