@@ -367,10 +367,12 @@ def test_baselines_answer_only_their_own_tasks():
     baselines = baseline_predictions(make_samples())
     assert {name: sorted({row.task for row in rows}) for name, rows in baselines.items()} == {
         "centre box": ["VG"],
+        "name prior box": ["VG"],
         "majority class": ["ROC"],
         "most frequent answer": ["MIA", "RC"],
     }
     assert {row.response for row in baselines["centre box"]} == {"<box>(250,250),(750,750)</box>"}
+    assert {row.response for row in baselines["name prior box"]} == {"<box>(300,300),(700,700)</box>"}
     assert {row.response for row in baselines["majority class"]} == {"kidney"}
     scores = {name: score_predictions(rows) for name, rows in baselines.items()}
     # (250,250)-(750,750) vs (300,300)-(700,700): IoU = 400² / 500² = 0.64
@@ -379,6 +381,32 @@ def test_baselines_answer_only_their_own_tasks():
     assert scores["majority class"]["tasks"]["ROC"]["macro"]["Recall"] == pytest.approx(2 / 3)
     assert set(scores["most frequent answer"]["tasks"]) == {"RC", "MIA"}
     assert CENTRE_BOX.area == 250_000
+
+
+def test_name_prior_box_is_the_median_gt_box_per_modality_and_phrase():
+    def vg(index, modality, phrase, box):
+        answer = f"<ref>{phrase}</ref><box>{box}</box>" if box else "no box here"
+        return Sample(f"{modality}_{index}", Path("x.png"), modality, [Turn(f"Where is <ref>{phrase}</ref>?", answer)], task="VG")
+
+    samples = [
+        vg(0, "ct", "liver", "(100,200),(300,600)"),
+        vg(1, "ct", "liver", "(120,100),(500,500)"),
+        vg(2, "ct", "liver", "(900,0),(1000,400)"),
+        vg(3, "ct", "cyst", "(10,10),(20,21)"),
+        vg(4, "ct", "cyst", "(30,30),(40,40)"),  # even count: the mean of the two middle values, rounded
+        vg(5, "mr", "liver", "(0,0),(10,10)"),  # another modality: its own prior
+        vg(6, "mr", "tumor", None),  # no GT box in its group: the centre box
+    ]
+    answers = [row.response for row in baseline_predictions(samples)["name prior box"]]
+    assert answers == [
+        "<box>(120,100),(500,500)</box>",
+        "<box>(120,100),(500,500)</box>",
+        "<box>(120,100),(500,500)</box>",
+        "<box>(20,20),(30,30)</box>",  # medians 20, 20, 30, 30.5 → 30 (round half to even)
+        "<box>(20,20),(30,30)</box>",
+        "<box>(0,0),(10,10)</box>",
+        "<box>(250,250),(750,750)</box>",
+    ]
 
 
 def test_majority_ties_go_to_the_first_answer_and_a_sample_without_task_is_refused():
@@ -437,6 +465,6 @@ def test_run_evaluate_writes_metrics_and_report(tmp_path):
     document = run_evaluate([path], tmp_path / "out", tests=tests, label="model")
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written == json.loads(json.dumps(document))
-    assert set(written["baselines"]) == {"centre box", "majority class", "most frequent answer"}
+    assert set(written["baselines"]) == {"centre box", "name prior box", "majority class", "most frequent answer"}
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Model vs comparisons and trivial baselines" in report and "| majority class |" in report
