@@ -13,6 +13,8 @@ image and fresh images throughout (16,000 train by default, so 1,000 steps at ba
   Localising needs no choice: the model only has to read *where* the salient object is.
 * ``named``: a dark "cyst", a bright "lesion" and a striped "mass" (16–32 % of the side, apart) on a grey
   background; the question names one of them. Localising now needs the name → look binding as well.
+* ``mixed``: ``named`` scenes with 1–3 of the objects in training (the asked one always there), tested
+  on the three-object ``named`` scenes.
 
 The gap between the two (docs/benchmarks.md, "Grounding probes") separates a pipeline fault from a
 capability limit: the training path learns ``single`` and, at the same budget, not ``named``.
@@ -61,25 +63,51 @@ def single_scene(rng: np.random.Generator) -> tuple[np.ndarray, str, Box]:
     return image, "lesion", mask_box(mask)
 
 
-def named_scene(rng: np.random.Generator) -> tuple[np.ndarray, str, Box]:
+def place_object(rng: np.random.Generator, taken: np.ndarray) -> np.ndarray:
+    """An ellipse mask apart from the ``taken`` pixels (a few redraws keep boxes plus a 2 px margin apart)."""
+    for _ in range(50):
+        mask = random_ellipse(rng, (0.08, 0.16))
+        ys, xs = np.nonzero(mask)
+        margin = np.s_[max(0, ys.min() - 2) : ys.max() + 3, max(0, xs.min() - 2) : xs.max() + 3]
+        if not taken[margin].any():
+            break
+    taken[margin] = True
+    return mask
+
+
+def draw_named(rng: np.random.Generator, names: list[str]) -> tuple[np.ndarray, dict[str, Box]]:
+    """A grey scene with the named objects drawn in ``names`` order; their boxes by name."""
     image = rng.normal(100, 12, (SIZE, SIZE))
     taken = np.zeros((SIZE, SIZE), bool)
     boxes = {}
-    for name, look in NAMED_LOOKS.items():
-        for _ in range(50):  # a few redraws keep the three boxes (plus a 2 px margin) apart
-            mask = random_ellipse(rng, (0.08, 0.16))
-            ys, xs = np.nonzero(mask)
-            margin = np.s_[max(0, ys.min() - 2) : ys.max() + 3, max(0, xs.min() - 2) : xs.max() + 3]
-            if not taken[margin].any():
-                break
-        taken[margin] = True
-        paint(image, mask, look, rng)
+    for name in names:
+        mask = place_object(rng, taken)
+        paint(image, mask, NAMED_LOOKS[name], rng)
         boxes[name] = mask_box(mask)
+    return image, boxes
+
+
+def named_scene(rng: np.random.Generator) -> tuple[np.ndarray, str, Box]:
+    image, boxes = draw_named(rng, list(NAMED_LOOKS))
     name = list(NAMED_LOOKS)[rng.integers(len(NAMED_LOOKS))]
     return image, name, boxes[name]
 
 
-SCENES = {"single": single_scene, "named": named_scene}
+def mixed_scene(rng: np.random.Generator) -> tuple[np.ndarray, str, Box]:
+    """Like ``named`` with 1, 2 or 3 objects (uniform), the asked one always drawn: a third of the
+    scenes need no choice, so the "where" readout can form while the "which" binding has none."""
+    names = list(NAMED_LOOKS)
+    target = names[rng.integers(len(names))]
+    count = rng.integers(1, len(names) + 1)
+    others = [name for name in names if name != target]
+    rng.shuffle(others)
+    image, boxes = draw_named(rng, [target] + others[: count - 1])
+    return image, target, boxes[target]
+
+
+SCENES = {"single": single_scene, "named": named_scene, "mixed": mixed_scene}
+# ``mixed`` trains on 1–3 objects but is tested on the three-object scenes of ``named``: the choice it must learn.
+TEST_SCENES = {"mixed": named_scene}
 
 
 def write_probe(out: Path, task: str, train: int, test: int, seed: int) -> None:
@@ -88,7 +116,8 @@ def write_probe(out: Path, task: str, train: int, test: int, seed: int) -> None:
     for split, count in (("train", train), ("test", test)):
         samples = []
         for index in range(count):
-            image, name, box = SCENES[task](rng)
+            scene = TEST_SCENES.get(task, SCENES[task]) if split == "test" else SCENES[task]
+            image, name, box = scene(rng)
             image_id = f"ct_probe--{split}--{index:06d}"
             path = out / "images" / f"{image_id}.png"
             Image.fromarray(np.repeat(image.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)).save(path)

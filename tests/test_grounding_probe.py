@@ -37,7 +37,7 @@ def probe():
     return module
 
 
-@pytest.mark.parametrize("task", ["single", "named"])
+@pytest.mark.parametrize("task", ["single", "named", "mixed"])
 def test_answer_box_is_the_named_objects_extent(probe, task, tmp_path):
     probe.write_probe(tmp_path, task, train=6, test=2, seed=3)
     train = load_medgrit(tmp_path / "train.json", tmp_path / "images")
@@ -54,3 +54,15 @@ def test_same_seed_same_files(probe, tmp_path):
     probe.write_probe(tmp_path / "a", "named", train=3, test=1, seed=0)
     probe.write_probe(tmp_path / "b", "named", train=3, test=1, seed=0)
     assert (tmp_path / "a" / "train.json").read_text() == (tmp_path / "b" / "train.json").read_text()
+
+
+def test_mixed_trains_on_one_to_three_objects_and_tests_on_three(probe, tmp_path):
+    probe.write_probe(tmp_path, "mixed", train=30, test=3, seed=0)
+
+    def looks_present(sample):
+        grey = np.asarray(Image.open(sample.image))[..., 0].astype(int)
+        return sum(bool(has(grey).any()) for has in LOOK_PIXELS.values())
+
+    train_counts = {looks_present(s) for s in load_medgrit(tmp_path / "train.json", tmp_path / "images")}
+    assert train_counts == {1, 2, 3}
+    assert {looks_present(s) for s in load_test_split(tmp_path, tmp_path / "images")["VG"]} == {3}
