@@ -18,7 +18,7 @@ def test_quick_run_writes_a_complete_report(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "quick"
-    for name in ("config.resolved.yaml", "data_issues.txt", "metrics.json", "report.md"):
+    for name in ("config.resolved.yaml", "data_issues.txt", "metrics.json", "report.md", "stage_times.json"):
         assert (run_dir / name).is_file(), name
     for task in TASKS:
         assert sum(1 for _ in (run_dir / "predictions" / f"{task}.jsonl").open()) > 0

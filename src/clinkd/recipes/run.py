@@ -22,6 +22,7 @@ Each stage is skipped when its output is already complete, so a killed run picks
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,9 +37,11 @@ from clinkd.data.medgrit import load_medgrit, load_test_split
 from clinkd.data.records import Sample
 from clinkd.data.validation import DataIssues
 from clinkd.distributed import is_main_process, main_process_first, predict_sharded
-from clinkd.io import atomic_write_text
+from clinkd.io import atomic_write_json, atomic_write_text
 from clinkd.model.loading import DTYPES, build_tiny, load_checkpoint
 from clinkd.progress import console, make_progress
+
+STAGE_TIMES_FILE = "stage_times.json"
 
 
 @dataclass
@@ -130,21 +133,40 @@ def sft_model(cfg: RecipeConfig, train: list[Sample], stage_dir: Path):
 
 
 class StageClock:
-    """Seconds per stage, for the report."""
+    """Seconds per stage for the report, summed over every invocation on one run folder.
 
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
+    With ``path`` (``<run>/stage_times.json``) the sums are saved after each stage and read back by the
+    next invocation, so a resumed run reports what its outputs cost in all, not the seconds of the last
+    restart; a stage whose outputs are reused adds almost nothing.
+    """
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self.seconds: dict[str, float] = self._recorded(path) if path is not None else {}
+
+    @staticmethod
+    def _recorded(path: Path) -> dict[str, float]:
+        if not path.is_file():
+            return {}
+        try:
+            return {str(stage): float(seconds) for stage, seconds in json.loads(path.read_text()).items()}
+        except (ValueError, AttributeError, TypeError):
+            console.print(f"[yellow]{path}: unreadable stage times, counting from zero[/]")
+            return {}
 
     def time(self, stage: str, work: Callable):
         started = time.perf_counter()
         result = work()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+        if self.path is not None and is_main_process():
+            atomic_write_json(self.path, self.seconds)
         return result
 
     def markdown(self) -> str:
         rows = "\n".join(f"| {stage} | {seconds:.1f} |" for stage, seconds in self.seconds.items())
         total = sum(self.seconds.values())
-        return f"## Stage times\n\n| stage | seconds |\n|---|---:|\n{rows}\n| **total** | **{total:.1f}** |"
+        note = "Summed over every invocation on this run folder (`stage_times.json`); a reused stage adds almost nothing."
+        return f"## Stage times\n\n{note}\n\n| stage | seconds |\n|---|---:|\n{rows}\n| **total** | **{total:.1f}** |"
 
 
 def recipe_section(cfg: RecipeConfig) -> str:
@@ -172,7 +194,7 @@ def run(cfg: RecipeConfig) -> dict | None:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
-    clock = StageClock()
+    clock = StageClock(run_dir / STAGE_TIMES_FILE)
 
     with main_process_first():
         clock.time("data", lambda: ensure_synth(cfg))
