@@ -115,8 +115,8 @@ def write_probe(out: Path, task: str, train: int, test: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("test", test)):
         samples = []
+        scene = TEST_SCENES.get(task, SCENES[task]) if split == "test" else SCENES[task]
         for index in range(count):
-            scene = TEST_SCENES.get(task, SCENES[task]) if split == "test" else SCENES[task]
             image, name, box = scene(rng)
             image_id = f"ct_probe--{split}--{index:06d}"
             path = out / "images" / f"{image_id}.png"
