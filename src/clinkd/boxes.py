@@ -51,6 +51,11 @@ _ANY_TAGGED_BOX = re.compile(r"<box>(.*?)</box>|<\|box_start\|>(.*?)<\|box_end\|
 _ANY_REF = re.compile(r"<ref>(.*?)</ref>|<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
 
 
+def _either_group(match: re.Match) -> str:
+    """What the ref/box pattern matched inside whichever tag style it found (group 1 or group 2)."""
+    return match.group(1) if match.group(1) is not None else match.group(2)
+
+
 @dataclass(frozen=True)
 class Box:
     """Corners on the 0–1000 relative scale; ``x1 <= x2`` and ``y1 <= y2``."""
@@ -137,7 +142,7 @@ def parse_boxes(text: str, style: BoxStyle | str | None = None) -> list[Box]:
         return [_box_from_match(m) for m in _BOX_PATTERNS[BoxStyle.PLAIN].finditer(text)]
     boxes = []
     for match in tagged:
-        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        inner = _either_group(match)
         plain = _BOX_PATTERNS[BoxStyle.PLAIN].fullmatch(inner.strip())
         if plain is None:
             raise BoxError(f"unparseable box {match.group(0)!r}")
@@ -161,7 +166,7 @@ def convert_markup(text: str, style: BoxStyle | str) -> str:
         return Box.from_text(match.group(0)).to_text(style)
 
     def ref(match: re.Match) -> str:
-        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        inner = _either_group(match)
         return f"{_REF_OPEN[style]}{inner}{_REF_CLOSE[style]}"
 
     return _ANY_REF.sub(ref, _ANY_TAGGED_BOX.sub(box, text))
@@ -172,7 +177,7 @@ def referred_phrase(text: str) -> str | None:
     match = _ANY_REF.search(text)
     if match is None:
         return None
-    phrase = (match.group(1) if match.group(1) is not None else match.group(2)).strip()
+    phrase = _either_group(match).strip()
     return phrase or None
 
 

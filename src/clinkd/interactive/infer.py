@@ -32,7 +32,7 @@ from typing import Protocol
 from PIL import Image, UnidentifiedImageError
 
 # The box patterns stay private to clinkd.boxes; tagging bare pairs and pairing refs with boxes need them as they are.
-from clinkd.boxes import _ANY_REF, _BOX_PATTERNS, Box, BoxError, BoxStyle, convert_markup, format_ref, parse_boxes
+from clinkd.boxes import _ANY_REF, _BOX_PATTERNS, Box, BoxError, BoxStyle, _either_group, convert_markup, format_ref, parse_boxes
 from clinkd.data.records import MODALITY_NAMES, Sample, Turn, UnknownTaskError, canonical_task
 from clinkd.interactive.overlay import BoxRole, LabelledBox, draw_boxes
 from clinkd.model.loading import CheckpointError, load_checkpoint
@@ -321,7 +321,7 @@ def labelled_answer_boxes(answer: str) -> tuple[tuple[LabelledBox, ...], str | N
         boxes = parse_boxes(answer)
     except BoxError as error:
         return (), str(error)
-    refs = [(m.group(1) if m.group(1) is not None else m.group(2)).strip() for m in _ANY_REF.finditer(answer)]
+    refs = [_either_group(m).strip() for m in _ANY_REF.finditer(answer)]
     labels = refs if len(refs) == len(boxes) else [f"box {index + 1}" for index in range(len(boxes))]
     return tuple(LabelledBox(box, label) for box, label in zip(boxes, labels)), None
 
