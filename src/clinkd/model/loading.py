@@ -6,8 +6,10 @@ embedded default and on a real Qwen2-VL/Qwen2.5-VL checkpoint.
 
 from __future__ import annotations
 
+import re
 import shutil
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -53,12 +55,15 @@ def load_checkpoint(
     max_pixels: int | None = None,
     rope: RopeStrategy | None = None,
     quantization=None,
+    allow_partial: Sequence[str] = (),
 ):
     """Load a model and its processor from a local directory (no hub access).
 
     ``rope=None`` keeps the strategy the checkpoint records (stock for a plain Qwen2-VL one);
     a strategy replaces it, e.g. to fine-tune a stock checkpoint with MCG-RoPE. ``quantization`` is a
     transformers quantisation config (QLoRA: :func:`clinkd.model.lora.quantization_config`).
+    Every weight must load exactly (:func:`checked_from_pretrained`); ``allow_partial`` lists regexes
+    of weight names that may be missing or unexpected (a deliberate partial load, e.g. a new head).
     """
     from transformers import AutoConfig
 
@@ -72,8 +77,8 @@ def load_checkpoint(
     if rope is not None:
         set_rope_strategy(config, rope)
     quantized = {} if quantization is None else {"quantization_config": quantization}
-    model = model_class_for(config).from_pretrained(
-        str(path), config=config, dtype=DTYPES[dtype], local_files_only=True, **quantized
+    model = checked_from_pretrained(
+        model_class_for(config), path, allow_partial, config=config, dtype=DTYPES[dtype], **quantized
     )
     processor = load_processor(path)
     if min_pixels is not None and max_pixels is not None:
@@ -81,12 +86,44 @@ def load_checkpoint(
     return model, processor
 
 
+def checked_from_pretrained(model_class, path: str | Path, allow_partial: Sequence[str] = (), **kwargs):
+    """``model_class.from_pretrained(path)`` that fails instead of printing a load report: a missing,
+    unexpected or mis-shaped weight (whose name matches none of the ``allow_partial`` regexes) raises
+    :class:`CheckpointError` naming the folder and the weights. transformers would initialise a missing
+    weight at random and carry on."""
+    model, info = model_class.from_pretrained(str(path), output_loading_info=True, local_files_only=True, **kwargs)
+    problems = weight_problems(info, allow_partial)
+    if problems:
+        raise CheckpointError(
+            f"{path}: the weights do not match {model_class.__name__}: {'; '.join(problems)} "
+            "(a partial load on purpose: model.allow_partial, regexes of weight names)"
+        )
+    return model
+
+
+def weight_problems(loading_info: dict, allow_partial: Sequence[str] = ()) -> list[str]:
+    """One line per kind of problem in transformers' ``output_loading_info``, weight names grouped by layer."""
+    allowed = [re.compile(pattern) for pattern in allow_partial]
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        names = [key[0] if isinstance(key, tuple) else key for key in loading_info.get(kind, ())]
+        names = [name for name in names if not any(pattern.search(name) for pattern in allowed)]
+        if names:
+            problems.append(f"{kind.replace('_keys', '')} {len(names)}: {_grouped_names(names)}")
+    problems += [f"error: {message}" for message in loading_info.get("error_msgs", ())]
+    return problems
+
+
+def _grouped_names(names: Iterable[str]) -> str:
+    """``model.layers.*.mlp.up_proj.weight ×2, lm_head.weight``: layer numbers folded, so the line stays readable."""
+    counts = Counter(re.sub(r"\.\d+\.", ".*.", name) for name in names)
+    return ", ".join(f"{name} ×{count}" if count > 1 else name for name, count in sorted(counts.items()))
+
+
 def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:
     """Use the same resize budget at train and test time (written into the saved processor)."""
-    image_processor = processor.image_processor
-    image_processor.min_pixels = min_pixels
-    image_processor.max_pixels = max_pixels
-    image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    # transformers 5 reads only ``size``; a min_pixels attribute would be passed on as a deprecated call argument.
+    processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
 
 
 def save_checkpoint(model, processor, path: str | Path) -> None:

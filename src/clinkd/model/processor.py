@@ -36,8 +36,7 @@ def build_image_processor(min_pixels: int, max_pixels: int):
     from transformers import Qwen2VLImageProcessorPil
 
     return Qwen2VLImageProcessorPil(
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
         patch_size=PATCH_SIZE,
         temporal_patch_size=2,
         merge_size=MERGE_SIZE,

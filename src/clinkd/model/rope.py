@@ -29,6 +29,7 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen2VLModel,
 )
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding
 
@@ -161,6 +162,21 @@ def load_model_class(config) -> type:
         raise ValueError(f"config.model_type {config.model_type!r} is neither qwen2_vl nor qwen2_5_vl")
     return MODEL_CLASSES[config.model_type]
 
+
+def _share_stock_weight_names(ours: type, stock: type) -> None:
+    """Load published checkpoints (``visual.*``, ``model.*``) into ``ours`` as transformers loads them into
+    ``stock``: its key renaming is registered per class name and skips classes defined outside transformers."""
+    if get_checkpoint_conversion_mapping(ours.__name__) is None:
+        register_checkpoint_conversion_mapping(ours.__name__, get_checkpoint_conversion_mapping(stock.__name__))
+
+
+for _ours, _stock in (
+    (ClinKDQwen2VLForConditionalGeneration, Qwen2VLForConditionalGeneration),
+    (ClinKDQwen2_5_VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration),
+    (ClinKDQwen2VLModel, Qwen2VLModel),
+    (ClinKDQwen2_5_VLModel, Qwen2_5_VLModel),
+):
+    _share_stock_weight_names(_ours, _stock)
 
 AutoModelForImageTextToText.register(Qwen2VLConfig, ClinKDQwen2VLForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(Qwen2_5_VLConfig, ClinKDQwen2_5_VLForConditionalGeneration, exist_ok=True)
