@@ -141,13 +141,16 @@ def test_kd_loss_config_takes_the_preset_and_applies_set_fields():
     assert (jsd.divergence, jsd.jsd_beta, jsd.temperature, jsd.t_squared) == ("jsd", 0.3, 1.0, True)
 
 
-def test_teacher_recipe_changes_only_the_teacher_size_and_epochs(tmp_path):
+def test_teacher_recipe_changes_only_the_teacher_init_and_epochs(tmp_path):
     cfg = RecipeConfig(model={"size": "xs"}, train={"epochs": 3, "lr": 5e-4}, distill={"teacher_size": "s", "teacher_epochs": 6})
     tuned = teacher_recipe(cfg)
     assert (tuned.model.size, tuned.train.epochs, tuned.train.lr) == ("s", 6, 5e-4)
     assert teacher_recipe(RecipeConfig(train={"epochs": 2})).train.epochs == 2 and cfg.model.size == "xs"
-    with pytest.raises(ConfigError, match="teacher_size only applies to tiny models"):
-        teacher_recipe(RecipeConfig(model={"path": str(tmp_path), "size": "xs"}, distill={"teacher_size": "s"}))
+    from_checkpoint = teacher_recipe(RecipeConfig(model={"path": str(tmp_path), "size": "xs"}, distill={"teacher_size": "s"}))
+    assert (from_checkpoint.model.path, from_checkpoint.model.size) == (tmp_path, "xs")
+    larger = tmp_path / "teacher-7b"
+    from_larger = teacher_recipe(RecipeConfig(model={"path": str(tmp_path)}, distill={"teacher_init": str(larger)}))
+    assert (from_larger.model.path, from_larger.model.size) == (larger, "s")
 
 
 # --- KDTrainer ---------------------------------------------------------------------------------

@@ -202,7 +202,12 @@ class DistillConfig(_Section):
     enabled: bool = Field(False, description="clinkd run: distil a student and evaluate it next to plain SFT")
     teacher: Path | None = Field(None, description="an existing teacher checkpoint; null = fine-tune one on the subset")
     teacher_fraction: float = Field(0.111, gt=0, le=1, description="share of the train records the teacher is tuned on")
-    teacher_size: Literal["xs", "s", "m"] | None = Field(None, description="tiny teacher size; null = model.size")
+    teacher_init: Path | None = Field(
+        None, description="checkpoint the teacher is fine-tuned from (paper: Qwen2-VL-7B for a 2B student); null = model.path"
+    )
+    teacher_size: Literal["xs", "s", "m"] | None = Field(
+        None, description="tiny teacher size (model.path and teacher_init null); null = model.size"
+    )
     teacher_epochs: float | None = Field(None, gt=0, description="teacher fine-tuning epochs; null = train.epochs")
     targets: Literal["ground_truth", "pseudo", "both"] = Field(
         "both", description="the student's CE targets: the GT answers, the teacher's answers, or both sets"

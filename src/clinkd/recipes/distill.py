@@ -66,15 +66,17 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def teacher_recipe(cfg: RecipeConfig) -> RecipeConfig:
-    """The recipe the teacher is built and tuned with: ``model.size = distill.teacher_size`` and
-    ``train.epochs = distill.teacher_epochs`` (each when set); everything else is the student's."""
+    """The recipe the teacher is built and tuned with: ``train.epochs = distill.teacher_epochs`` (when set), and
+    ``model.path = distill.teacher_init`` (a larger checkpoint, as 7B → 2B in the paper) or, for a tiny model,
+    ``model.size = distill.teacher_size``; everything else is the student's."""
     distill = cfg.distill
-    if cfg.model.path is not None and distill.teacher_size not in (None, cfg.model.size):
-        raise ConfigError(
-            "distill.teacher_size only applies to tiny models (model.path: null); to distil from a larger "
-            "checkpoint, fine-tune it and pass it as distill.teacher"
-        )
-    model = cfg.model.model_copy(update={"size": distill.teacher_size or cfg.model.size})
+    init = distill.teacher_init or cfg.model.path
+    if init is not None:
+        if distill.teacher_size not in (None, cfg.model.size):
+            console.print(f"[yellow]distill: the teacher is fine-tuned from {init}; distill.teacher_size applies to tiny models only")
+        model = cfg.model.model_copy(update={"path": init})
+    else:
+        model = cfg.model.model_copy(update={"size": distill.teacher_size or cfg.model.size})
     train = cfg.train.model_copy(update={"epochs": distill.teacher_epochs or cfg.train.epochs})
     return cfg.model_copy(update={"model": model, "train": train})
 
@@ -94,11 +96,11 @@ def ensure_teacher(cfg: RecipeConfig, train: Sequence[Sample], stage_dir: Path, 
         return Path(distill.teacher), {"source": str(distill.teacher)}
     subset = seeded_subset(len(train), distill.teacher_fraction, cfg.seed)
     model_dir = stage_dir / "model"
-    info = {"source": "fine-tuned", "fraction": distill.teacher_fraction, "records": len(subset), "of_records": len(train)}
+    tuned = teacher_recipe(cfg)
+    info = {"source": "fine-tuned", "init": str(tuned.model.path or f"tiny {tuned.model.size}"), "fraction": distill.teacher_fraction, "records": len(subset), "of_records": len(train)}
     if is_checkpoint(model_dir):
         return model_dir, info | {"reused": True}
     atomic_write_json(stage_dir / "subset.json", {"fraction": distill.teacher_fraction, "seed": cfg.seed, "indices": subset})
-    tuned = teacher_recipe(cfg)
     teacher, processor = build_model(tuned)
     examples = training_examples([train[index] for index in subset], cfg.data.train_turns)
     result = run_sft(tuned, teacher, processor, examples, stage_dir)
