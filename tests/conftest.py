@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -120,3 +121,24 @@ def caption_corpus(seed: int, size: int, empty_references: bool = False) -> tupl
             refs[0] = ""
         references.append(refs)
     return candidates, references
+
+
+# ---- checkpoints in the exact published format (clinkd.testing.real_format), built once per session ----
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
+QWEN2_VL, QWEN2_5_VL = REFERENCE / "qwen2-vl-2b-instruct", REFERENCE / "qwen2.5-vl-3b-instruct"
+
+
+@pytest.fixture(scope="session")
+def hub_checkpoints(tmp_path_factory):
+    """``{name: folder}``: Qwen2-VL in one file and sharded, Qwen2.5-VL, and a larger Qwen2-VL teacher (3 layers,
+    width 96) sharing the vocabulary, as the paper's 7B teacher shares the 2B student's. Random bf16 weights."""
+    from clinkd.testing.real_format import build_hub_checkpoint
+
+    root = tmp_path_factory.mktemp("hub")
+    teacher_text = {"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 6}
+    return {
+        "qwen2_vl": build_hub_checkpoint(QWEN2_VL, root / "qwen2-vl"),
+        "qwen2_vl_sharded": build_hub_checkpoint(QWEN2_VL, root / "qwen2-vl-sharded", shards=2),
+        "qwen2_5_vl": build_hub_checkpoint(QWEN2_5_VL, root / "qwen2.5-vl"),
+        "qwen2_vl_teacher": build_hub_checkpoint(QWEN2_VL, root / "qwen2-vl-teacher", seed=1, text=teacher_text),
+    }

@@ -113,7 +113,7 @@ def make_spec(examples, processor, student, k: int, kd_config: KDLossConfig, tea
         temperature=kd_config.temperature,
         shift_labels=kd_config.shift_labels,
         ignore_index=kd_config.ignore_index,
-        positions=PAPER.model_dump(mode="json"),
+        positions=PAPER.to_dict(),
     )
 
 

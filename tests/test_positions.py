@@ -255,4 +255,6 @@ def test_strategy_validation_and_round_trip():
     with pytest.raises(ValueError):
         RopeStrategy(name="mrope")
     strategy = RopeStrategy(name="mcg", alpha=(1.5, 3.0), frequency="paper", rounding="floor")
-    assert RopeStrategy.model_validate(strategy.model_dump(mode="json")) == strategy
+    assert RopeStrategy.from_dict(strategy.to_dict()) == strategy
+    with pytest.raises(ValueError, match="unknown key"):
+        RopeStrategy.from_dict({**strategy.to_dict(), "alhpa": [1, 1]})

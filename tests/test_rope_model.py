@@ -16,6 +16,7 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
+import clinkd.model.loading  # noqa: F401 (registers the clinkd classes with AutoModelForImageTextToText)
 from clinkd.model.positions import OFFICIAL, PAPER, STOCK, RopeStrategy
 from clinkd.model.rope import (
     ClinKDQwen2_5_VLForConditionalGeneration,
@@ -152,7 +153,7 @@ def test_save_and_reload_keeps_the_strategy_without_flags(tmp_path, config_name)
     strategy = RopeStrategy(name="mcg", alpha=(1.5, 2.0), frequency="paper")
     model, inputs = build(config_name, strategy), model_inputs()
     model.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["clinkd_rope"] == strategy.model_dump(mode="json")
+    assert json.loads((tmp_path / "config.json").read_text())["clinkd_rope"] == strategy.to_dict()
     expected_ids = model.model.get_rope_index(**inputs)
     expected_logits = logits(model, inputs)
     clinkd_class = load_model_class(AutoConfig.from_pretrained(tmp_path))

@@ -408,6 +408,21 @@ def merge_lora(
     console.print(f"[green]merged → {merge_adapter_checkpoint(base, adapter, out, dtype)}")
 
 
+@app.command()
+@_fail_cleanly
+def export(
+    run_or_model: Path = typer.Argument(..., help="a clinkd run folder (its final model) or a checkpoint directory"),
+    out: Path = typer.Option(..., "--out", help="folder for the exported model (replaced atomically)"),
+):
+    """Write a model that loads without clinkd: a stock Qwen2-VL checkpoint, or (MCG-RoPE and other non-stock
+    positions) the same weights with clinkd's modeling file as remote code (trust_remote_code=True)."""
+    from clinkd.model.export import export_model
+
+    exported = export_model(run_or_model, out)
+    how = "AutoModelForImageTextToText.from_pretrained(DIR, trust_remote_code=True)" if exported.remote_code else "stock transformers (plain Qwen2-VL checkpoint)"
+    console.print(f"[green]exported[/green] {exported.source} → {exported.out}: positions {exported.strategy['name']}; load with {how}")
+
+
 @app.command("config")
 @_fail_cleanly
 def show_config(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):

@@ -79,6 +79,10 @@ class ModelConfig(_Section):
     max_pixels: int = Field(112 * 112, gt=0)
     square_size: int | None = Field(None, ge=28, description="resample every image to N×N (MCG-RoPE's w = h)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    allow_partial: list[str] = Field(
+        default_factory=list,
+        description="regexes of weight names that may be missing or unexpected when model.path loads (a new head); default: none",
+    )
 
 
 class LoraConfig(_Section):

@@ -208,7 +208,7 @@ def write_teacher_cache(
     }
     if manifest["complete"]:
         return manifest
-    strategy = RopeStrategy.model_validate(spec.positions)
+    strategy = RopeStrategy.from_dict(spec.positions)
     shard_examples = manifest["shard_examples"]  # a resumed pass keeps the layout it started with
     done = {shard["first_example"] for shard in manifest["shards"]}
     for number, first in enumerate(range(0, len(examples), shard_examples)):

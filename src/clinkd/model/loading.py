@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig
 
 from clinkd.config import ModelConfig
 from clinkd.model.positions import STOCK, RopeStrategy
 from clinkd.model.processor import build_processor, load_processor
-from clinkd.model.rope import load_model_class, set_rope_strategy
+from clinkd.model.rope import MODEL_CLASSES, load_model_class, set_rope_strategy
 from clinkd.model.tiny import tiny_config
 from clinkd.model.tokenizer import train_tokenizer
+
+# AutoModelForImageTextToText.from_pretrained(a clinkd checkpoint) returns the clinkd class (not done in
+# rope.py: as an export's remote code it must not take over stock Qwen2-VL loads in the user's process).
+AutoModelForImageTextToText.register(Qwen2VLConfig, MODEL_CLASSES["qwen2_vl"], exist_ok=True)
+AutoModelForImageTextToText.register(Qwen2_5_VLConfig, MODEL_CLASSES["qwen2_5_vl"], exist_ok=True)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECKPOINT_FILES = ("config.json",)
@@ -91,7 +96,10 @@ def checked_from_pretrained(model_class, path: str | Path, allow_partial: Sequen
     unexpected or mis-shaped weight (whose name matches none of the ``allow_partial`` regexes) raises
     :class:`CheckpointError` naming the folder and the weights. transformers would initialise a missing
     weight at random and carry on."""
-    model, info = model_class.from_pretrained(str(path), output_loading_info=True, local_files_only=True, **kwargs)
+    # ignore_mismatched_sizes: report mis-shaped weights in the loading info, so they are named (and opt-out-able) here.
+    model, info = model_class.from_pretrained(
+        str(path), output_loading_info=True, local_files_only=True, ignore_mismatched_sizes=True, **kwargs
+    )
     problems = weight_problems(info, allow_partial)
     if problems:
         raise CheckpointError(
@@ -115,9 +123,12 @@ def weight_problems(loading_info: dict, allow_partial: Sequence[str] = ()) -> li
 
 
 def _grouped_names(names: Iterable[str]) -> str:
-    """``model.layers.*.mlp.up_proj.weight ×2, lm_head.weight``: layer numbers folded, so the line stays readable."""
-    counts = Counter(re.sub(r"\.\d+\.", ".*.", name) for name in names)
-    return ", ".join(f"{name} ×{count}" if count > 1 else name for name, count in sorted(counts.items()))
+    """``model.layers.*.mlp.up_proj.weight ×2, lm_head.weight``: layer numbers folded where several layers share a
+    name, so the line stays readable."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(re.sub(r"\.\d+\.", ".*.", name), []).append(name)
+    return ", ".join(f"{pattern} ×{len(members)}" if len(members) > 1 else members[0] for pattern, members in sorted(groups.items()))
 
 
 def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:
@@ -126,12 +137,15 @@ def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:
     processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
 
 
-def save_checkpoint(model, processor, path: str | Path) -> None:
-    """Save into a temporary sibling, then rename: a crash never leaves a half-written model."""
+def save_checkpoint(model, processor, path: str | Path, before_publish: Callable[[Path], None] | None = None) -> None:
+    """Save into a temporary sibling, then rename: a crash never leaves a half-written model.
+    ``before_publish(staging_dir)`` may rewrite the saved files before the rename (``clinkd export``)."""
     path = Path(path)
     staging = path.with_name(f".{path.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging))
     processor.save_pretrained(str(staging))
+    if before_publish is not None:
+        before_publish(staging)
     shutil.rmtree(path, ignore_errors=True)
     staging.rename(path)

@@ -35,37 +35,60 @@ For ``mcg`` an image consumes exactly ``n`` positions, so its deltas are all zer
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 IMAGE_TOKEN, VIDEO_TOKEN = 1, 2  # mm_token_type_ids values; text is 0
 PAPER_ALPHA = (2.0, 2.0)
 
 
-class RopeStrategy(BaseModel):
+NAMES = ("qwen2vl", "mcg", "clinkd-official")
+FREQUENCIES = ("mrope", "paper")
+ROUNDINGS = ("none", "floor")
+
+
+@dataclass(frozen=True)
+class RopeStrategy:
     """How the LLM positions of a multimodal sequence are built, and which rotary frequencies rotate them.
 
-    ``alpha = (α₁, α₂)`` (height, width step inside an image) and ``rounding`` only apply to ``mcg``;
-    ``frequency`` applies to every strategy: ``mrope`` keeps Qwen2-VL's frequencies, ``paper`` restarts
-    the frequency ladder inside each of the t/h/w sections (see :mod:`clinkd.model.rope`).
+    ``alpha = (α₁, α₂)`` (height, width step inside an image) and ``rounding`` only apply to ``mcg``
+    (``none``: float32 ids, ``floor``: integer ids); ``frequency`` applies to every strategy: ``mrope`` keeps
+    Qwen2-VL's frequencies, ``paper`` restarts the frequency ladder inside each of the t/h/w sections (see
+    :mod:`clinkd.model.rope`). A plain dataclass, so this module needs only torch: it ships beside an
+    exported model's remote code. pydantic validates it as a config section (``extra`` keys are errors).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    __pydantic_config__ = {"extra": "forbid"}
 
     name: Literal["qwen2vl", "mcg", "clinkd-official"] = "qwen2vl"
-    alpha: tuple[float, float] = Field(PAPER_ALPHA, description="(α₁, α₂): mcg's height/width step in an image")
+    alpha: tuple[float, float] = PAPER_ALPHA
     frequency: Literal["mrope", "paper"] = "mrope"
-    rounding: Literal["none", "floor"] = Field("none", description="mcg: none = float32 ids, floor = integer ids")
+    rounding: Literal["none", "floor"] = "none"
 
-    @model_validator(mode="after")
-    def _mcg_parameters_only_on_mcg(self) -> RopeStrategy:
-        if any(a <= 0 for a in self.alpha):
-            raise ValueError(f"alpha: steps must be positive, got {self.alpha}")
-        if self.name != "mcg" and (self.alpha != PAPER_ALPHA or self.rounding != "none"):
+    def __post_init__(self):
+        for field, value, allowed in (("name", self.name, NAMES), ("frequency", self.frequency, FREQUENCIES), ("rounding", self.rounding, ROUNDINGS)):
+            if value not in allowed:
+                raise ValueError(f"{field}: {value!r} is not one of {', '.join(allowed)}")
+        alpha = tuple(float(a) for a in self.alpha)
+        if len(alpha) != 2 or any(a <= 0 for a in alpha):
+            raise ValueError(f"alpha: steps must be positive, two of them (α₁, α₂), got {self.alpha}")
+        object.__setattr__(self, "alpha", alpha)
+        if self.name != "mcg" and (alpha != PAPER_ALPHA or self.rounding != "none"):
             raise ValueError(f"alpha/rounding only apply to name='mcg', not {self.name!r}")
-        return self
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> RopeStrategy:
+        """The strategy a config recorded with :meth:`to_dict`; an unknown key is an error."""
+        unknown = sorted(set(recorded) - {field.name for field in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)}")
+        return cls(**recorded)
+
+    def to_dict(self) -> dict:
+        """JSON-ready (alpha as a list), as stored in a model's ``config.json``."""
+        return {"name": self.name, "alpha": list(self.alpha), "frequency": self.frequency, "rounding": self.rounding}
 
     @property
     def float_positions(self) -> bool:

@@ -12,8 +12,13 @@ Only two things change relative to transformers:
 * with ``frequency="paper"`` the LLM's rotary embedding restarts the frequency ladder inside each
   t/h/w section (:class:`PaperFrequencyRotaryEmbedding`).
 
-Importing this module registers the clinkd classes with ``AutoModelForImageTextToText`` for Qwen2-VL
-and Qwen2.5-VL configs; for a config without ``clinkd_rope`` they behave exactly like the stock ones.
+For a config without ``clinkd_rope`` the classes behave exactly like the stock ones. This module imports
+nothing from clinkd but :mod:`clinkd.model.positions`, so an exported model carries both files as its
+remote code (``clinkd export``); :mod:`clinkd.model.loading` registers the classes with transformers' auto classes.
+
+An exported model whose positions are not stock records :data:`GUARDED_ROPE_TYPE` as its text
+``rope_type``: stock transformers then fails to build it (a ``KeyError`` naming that type) instead of
+silently running stock positions; the classes here build their rotary embedding as ``default``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import (
-    AutoModelForImageTextToText,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLModel,
@@ -33,9 +37,11 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding
 
-from clinkd.model.positions import STOCK, RopeStrategy, build_position_ids
+# Relative on purpose: ``clinkd export`` ships this file (as modeling_clinkd.py) and positions.py as remote code.
+from .positions import STOCK, RopeStrategy, build_position_ids
 
 ROPE_CONFIG_KEY = "clinkd_rope"
+GUARDED_ROPE_TYPE = "clinkd_positions__load_with_trust_remote_code"
 # transformers' Qwen2VLRotaryEmbedding falls back to this split when the config has no mrope_section.
 DEFAULT_MROPE_SECTION = (16, 24, 24)
 
@@ -46,15 +52,15 @@ def rope_strategy_of(config) -> RopeStrategy:
     if recorded is None:
         return STOCK
     try:
-        return RopeStrategy.model_validate(recorded)
-    except ValueError as error:
+        return RopeStrategy.from_dict(recorded)
+    except (TypeError, ValueError) as error:
         raise ValueError(f"config.{ROPE_CONFIG_KEY}: {error}") from error
 
 
 def set_rope_strategy(config, strategy: RopeStrategy) -> None:
     """Record ``strategy`` in ``config`` (saved with it). Do it before building or loading the model:
     a model reads its strategy once, when it is constructed."""
-    setattr(config, ROPE_CONFIG_KEY, strategy.model_dump(mode="json"))
+    setattr(config, ROPE_CONFIG_KEY, strategy.to_dict())
 
 
 class PaperFrequencyRotaryEmbedding(Qwen2VLRotaryEmbedding):
@@ -131,13 +137,27 @@ class ClinKDQwen2_5_VLModel(_RopeStrategyModel, Qwen2_5_VLModel):
         self._use_rope_strategy(config)
 
 
+def guard_rope_type(config) -> None:
+    """Make stock transformers refuse ``config`` (used by ``clinkd export`` for non-stock positions)."""
+    config.text_config.rope_parameters["rope_type"] = GUARDED_ROPE_TYPE
+
+
 def _build_generation_model(self: PreTrainedModel, config, model_class: type) -> None:
     """The body of the stock ``__init__`` with ``model_class`` as the inner model, so no stock inner
-    model is built and thrown away and, under a fixed seed, the weights equal the stock class's."""
-    PreTrainedModel.__init__(self, config)
-    self.model = model_class(config)
-    self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-    self.post_init()
+    model is built and thrown away and, under a fixed seed, the weights equal the stock class's.
+    A guarded rope type is built as ``default`` and recorded again afterwards."""
+    rope_parameters = config.text_config.rope_parameters
+    guarded = rope_parameters.get("rope_type") == GUARDED_ROPE_TYPE
+    if guarded:
+        rope_parameters["rope_type"] = "default"
+    try:
+        PreTrainedModel.__init__(self, config)
+        self.model = model_class(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+    finally:
+        if guarded:
+            rope_parameters["rope_type"] = GUARDED_ROPE_TYPE
 
 
 class ClinKDQwen2VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
@@ -177,6 +197,3 @@ for _ours, _stock in (
     (ClinKDQwen2_5_VLModel, Qwen2_5_VLModel),
 ):
     _share_stock_weight_names(_ours, _stock)
-
-AutoModelForImageTextToText.register(Qwen2VLConfig, ClinKDQwen2VLForConditionalGeneration, exist_ok=True)
-AutoModelForImageTextToText.register(Qwen2_5_VLConfig, ClinKDQwen2_5_VLForConditionalGeneration, exist_ok=True)

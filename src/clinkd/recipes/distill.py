@@ -138,7 +138,7 @@ def cache_spec(cfg: RecipeConfig, examples: Sequence[ChatExample], student, proc
         temperature=kd.temperature,
         shift_labels=kd.shift_labels,
         ignore_index=kd.ignore_index,
-        positions=rope_strategy_of(student.config).model_dump(mode="json"),
+        positions=rope_strategy_of(student.config).to_dict(),
     )
 
 

@@ -24,6 +24,14 @@ from clinkd.progress import make_progress
 
 # Chat scaffolding that ends an answer; box and ref tokens are kept in the response.
 STOP_MARKERS = ("<|im_end|>", "<|endoftext|>")
+# generate() fills every setting it is not given from the checkpoint's generation_config.json (Qwen2.5-VL-Instruct:
+# repetition_penalty 1.05; Qwen2-VL: top_k 1, top_p 0.001): the scored decoding must not depend on it.
+NEUTRAL_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "length_penalty": 1.0, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
+
+
+def decoding(**settings) -> dict:
+    """``generate`` keyword arguments: ``settings`` over :data:`NEUTRAL_DECODING`."""
+    return {**NEUTRAL_DECODING, **settings}
 
 
 def finished_indices(path: Path) -> set[int]:
@@ -44,9 +52,8 @@ def generate_responses(model, processor, collator: PromptCollator, samples: Sequ
     tokenizer = processor.tokenizer
     output = model.generate(
         **batch,
+        **decoding(do_sample=False, num_beams=num_beams),
         max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=num_beams,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
     )

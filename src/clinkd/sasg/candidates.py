@@ -23,7 +23,7 @@ import torch
 from clinkd.batching import PromptCollator
 from clinkd.config import SelectConfig
 from clinkd.data.records import Sample
-from clinkd.recipes.predict import clean_generation
+from clinkd.recipes.predict import clean_generation, decoding
 
 END_TOKEN = "<|im_end|>"
 
@@ -38,10 +38,10 @@ class Candidate:
 
 
 def decoding_kwargs(select_cfg: SelectConfig) -> dict:
-    """``generate`` arguments for ``select.candidates`` (beam or sample)."""
+    """``generate`` arguments for ``select.candidates`` (beam or sample), none left to the checkpoint's defaults."""
     if select_cfg.candidates == "beam":
-        return dict(do_sample=False, num_beams=select_cfg.num_beams, num_return_sequences=select_cfg.num_return_sequences)
-    return dict(
+        return decoding(do_sample=False, num_beams=select_cfg.num_beams, num_return_sequences=select_cfg.num_return_sequences)
+    return decoding(
         do_sample=True,
         num_beams=1,
         temperature=select_cfg.temperature,

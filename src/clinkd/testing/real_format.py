@@ -169,10 +169,14 @@ def write_qwen2_vocabulary(reference_dir: str | Path, out_dir: str | Path, tikto
     build_tokenizer_json(vocab, merges, specials).save(str(out_dir / "tokenizer.json"))
 
 
-def reduced_config(reference_dir: str | Path) -> dict:
-    """The published ``config.json`` with the dimensions of :data:`REDUCED_TEXT` / :data:`REDUCED_VISION`."""
+def reduced_config(reference_dir: str | Path, text: dict | None = None) -> dict:
+    """The published ``config.json`` with the dimensions of :data:`REDUCED_TEXT` (updated with ``text``) and
+    :data:`REDUCED_VISION`; head_dim must stay 16 (``hidden_size / num_attention_heads``) for the mrope split."""
     config = json.loads((Path(reference_dir) / "config.json").read_text())
-    config.update(REDUCED_TEXT)
+    config.update({**REDUCED_TEXT, **(text or {})})
+    if config["hidden_size"] // config["num_attention_heads"] != 2 * sum(REDUCED_MROPE_SECTION):
+        raise ValueError(f"head_dim {config['hidden_size'] // config['num_attention_heads']} does not fit mrope_section {REDUCED_MROPE_SECTION}")
+    config["max_window_layers"] = config["num_hidden_layers"]
     config["rope_scaling"] = {**config["rope_scaling"], "mrope_section": REDUCED_MROPE_SECTION}
     vision = {**config["vision_config"], **REDUCED_VISION[config["model_type"]]}
     vision["out_hidden_size" if config["model_type"] == "qwen2_5_vl" else "hidden_size"] = config["hidden_size"]
@@ -227,13 +231,14 @@ def save_hub_weights(state: dict[str, torch.Tensor], out_dir: Path, shards: int)
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
 
 
-def build_hub_checkpoint(reference_dir: str | Path, out_dir: str | Path, shards: int = 1, seed: int = 0) -> Path:
-    """A reduced-size checkpoint folder in the published layout of the checkpoint in ``reference_dir``."""
+def build_hub_checkpoint(reference_dir: str | Path, out_dir: str | Path, shards: int = 1, seed: int = 0, text: dict | None = None) -> Path:
+    """A reduced-size checkpoint folder in the published layout of the checkpoint in ``reference_dir``
+    (``text``: other text-model dimensions, see :func:`reduced_config`)."""
     reference_dir, out_dir = Path(reference_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in SMALL_FILES:
         shutil.copyfile(reference_dir / name, out_dir / name)
-    (out_dir / "config.json").write_text(json.dumps(reduced_config(reference_dir), indent=2))
+    (out_dir / "config.json").write_text(json.dumps(reduced_config(reference_dir, text), indent=2))
     write_qwen2_vocabulary(reference_dir, out_dir)
     save_hub_weights(random_hub_state_dict(out_dir, seed), out_dir, shards)
     return out_dir

@@ -1,0 +1,94 @@
+"""``clinkd export``: a trained model as a folder that loads without clinkd installed.
+
+* Stock positions (``rope.name: qwen2vl``, no paper frequencies): a plain ``Qwen2VLForConditionalGeneration``
+  (or ``Qwen2_5_VL…``) checkpoint: ``architectures`` and ``processor_class`` name the stock classes and
+  no clinkd key is left in ``config.json``.
+* Any other strategy (MCG-RoPE, the released patch, paper frequencies): the same weights plus clinkd's
+  own modeling file and position maths as remote code (``modeling_clinkd.py`` = :mod:`clinkd.model.rope`,
+  ``positions.py`` = :mod:`clinkd.model.positions`, copied as they are) and an ``auto_map``, so
+  ``AutoModelForImageTextToText.from_pretrained(dir, trust_remote_code=True)`` rebuilds the same positions.
+  The text ``rope_type`` is guarded (:data:`clinkd.model.rope.GUARDED_ROPE_TYPE`): stock transformers
+  refuses the folder instead of silently running stock positions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from clinkd.model import positions, rope
+from clinkd.model.loading import CheckpointError, load_checkpoint, save_checkpoint
+from clinkd.model.positions import STOCK
+
+REMOTE_MODELING = "modeling_clinkd"
+STOCK_NAMES = {
+    "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+}
+
+
+@dataclass(frozen=True)
+class Export:
+    source: Path
+    out: Path
+    remote_code: bool  # False: a plain stock checkpoint
+    strategy: dict
+
+
+def final_model_dir(run_or_model: Path) -> Path:
+    """A checkpoint folder as given, or the final model of a ``clinkd run`` folder: the last reflective
+    round's, else the distilled student, else plain SFT's."""
+    run_or_model = Path(run_or_model)
+    if (run_or_model / "config.json").is_file():
+        return run_or_model
+    summary = run_or_model / "reflect" / "summary.json"
+    reflected = json.loads(summary.read_text(encoding="utf-8")).get("model_dir") if summary.is_file() else None
+    candidates = [Path(reflected)] if reflected else []
+    candidates += [run_or_model / "distill" / "student" / "model", run_or_model / "sft" / "model"]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise CheckpointError(f"{run_or_model}: neither a checkpoint (no config.json) nor a clinkd run folder with a final model")
+
+
+def export_model(run_or_model: str | Path, out: str | Path) -> Export:
+    """Write the final model of ``run_or_model`` to ``out`` (atomically) in the form stock tools load."""
+    source = final_model_dir(Path(run_or_model))
+    model, processor = load_checkpoint(source)
+    strategy = rope.rope_strategy_of(model.config)
+    remote_code = strategy != STOCK
+    stock_model, stock_processor = STOCK_NAMES[model.config.model_type]
+
+    def rewrite(staging: Path) -> None:
+        config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
+        if remote_code:
+            _as_remote_code(config, type(model).__name__, type(model.model).__name__, staging)
+        else:
+            config.pop(rope.ROPE_CONFIG_KEY, None)
+            config["architectures"] = [stock_model]
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _set_processor_class(staging / "processor_config.json", stock_processor)
+
+    save_checkpoint(model, processor, out, before_publish=rewrite)
+    return Export(source, Path(out), remote_code, strategy.to_dict())
+
+
+def _as_remote_code(config: dict, class_name: str, base_class_name: str, staging: Path) -> None:
+    """``auto_map`` to clinkd's class in the copied modeling file, and the guarded rope type."""
+    shutil.copyfile(rope.__file__, staging / f"{REMOTE_MODELING}.py")
+    shutil.copyfile(positions.__file__, staging / "positions.py")
+    config["architectures"] = [class_name]
+    config["auto_map"] = {
+        "AutoModel": f"{REMOTE_MODELING}.{base_class_name}",
+        "AutoModelForImageTextToText": f"{REMOTE_MODELING}.{class_name}",
+    }
+    config["text_config"]["rope_parameters"]["rope_type"] = rope.GUARDED_ROPE_TYPE
+
+
+def _set_processor_class(path: Path, name: str) -> None:
+    """clinkd's processor only drops the video half (torchvision); a served model names the stock one."""
+    processor_config = json.loads(path.read_text(encoding="utf-8"))
+    processor_config["processor_class"] = name
+    path.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
