@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ KNOWN_IDS = {
     "你好": [108386],
 }
 FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def hub_state(folder) -> dict[str, torch.Tensor]:
@@ -149,3 +151,134 @@ def test_greedy_answers_ignore_the_checkpoints_sampling_defaults(hub_checkpoints
     plain = generate_responses(model, processor, collator, two_prompts, max_new_tokens=12)
     model.generation_config.repetition_penalty = 50.0
     assert generate_responses(model, processor, collator, two_prompts, max_new_tokens=12) == plain
+
+
+# ---- clinkd export: the model leaves clinkd ----
+OUTSIDE_CLINKD = """
+import json, sys
+sys.modules["clinkd"] = None  # clinkd cannot be imported here
+import torch
+from transformers import AutoModelForImageTextToText, Qwen2VLForConditionalGeneration
+
+export, inputs = sys.argv[1], torch.load(sys.argv[2])
+remote = json.load(open(export + "/config.json")).get("auto_map") is not None
+model = AutoModelForImageTextToText.from_pretrained(export, trust_remote_code=remote).eval()
+with torch.no_grad():
+    logits = model(**inputs).logits
+    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+try:
+    Qwen2VLForConditionalGeneration.from_pretrained(export)
+    stock = "loaded"
+except KeyError as error:
+    stock = str(error)
+torch.save({"class": type(model).__name__, "logits": logits, "generated": generated, "stock": stock}, sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("strategy_name", ["mcg", "qwen2vl"])
+def test_an_export_reproduces_clinkds_logits_without_clinkd(hub_checkpoints, tmp_path, two_prompts, strategy_name):
+    import os
+    import subprocess
+    import sys
+
+    from clinkd.model.export import export_model
+    from clinkd.model.positions import RopeStrategy
+    from clinkd.model.rope import GUARDED_ROPE_TYPE
+
+    model, processor = load_checkpoint(hub_checkpoints["qwen2_vl"], rope=RopeStrategy(name=strategy_name))
+    save_checkpoint(model, processor, tmp_path / "trained")
+    exported = export_model(tmp_path / "trained", tmp_path / "export")
+    assert exported.remote_code == (strategy_name == "mcg")
+    inputs = dict(PromptCollator(processor)(two_prompts))
+    torch.save(inputs, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-c", OUTSIDE_CLINKD, str(tmp_path / "export"), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outside = torch.load(tmp_path / "out.pt")
+    assert torch.allclose(outside["logits"], expected, atol=1e-5, rtol=0)
+    assert outside["generated"].shape == (2, inputs["input_ids"].shape[1] + 4)
+    if strategy_name == "mcg":
+        assert outside["class"] == "ClinKDQwen2VLForConditionalGeneration" and GUARDED_ROPE_TYPE in outside["stock"]
+        assert {"modeling_clinkd.py", "positions.py"} <= {p.name for p in (tmp_path / "export").iterdir()}
+    else:
+        config = json.loads((tmp_path / "export" / "config.json").read_text())
+        assert (outside["class"], outside["stock"]) == ("Qwen2VLForConditionalGeneration", "loaded")
+        assert config["architectures"] == ["Qwen2VLForConditionalGeneration"] and "clinkd_rope" not in config
+    reloaded, _ = load_checkpoint(tmp_path / "export")  # clinkd reads its own export back
+    with torch.no_grad():
+        assert torch.allclose(reloaded.eval()(**inputs).logits, expected, atol=1e-5, rtol=0)
+
+
+# ---- every ClinKD stage on the published format ----
+# The quick preset, cut further: the real 151,936-token vocabulary makes every step cost more than the tiny model's.
+SMALL_RUN = [
+    "data.synth.images=16", "data.synth.test_per_cell=1", "data.max_test_per_task=4",
+    "train.max_steps=2", "train.batch_size=4", "distill.teacher_epochs=1", "distill.teacher_fraction=0.3",
+    "distill.pseudo_fraction=0.2", "reflect.generate_samples=4", "reflect.budget=2", "reflect.train_samples=4",
+    "select.num_beams=2", "select.num_return_sequences=2", "clip.steps=3", "clip.batch_size=8",
+    "predict.max_new_tokens={VG: 12, ROC: 6, RC: 10, MIA: 10}",
+]
+
+
+@pytest.mark.parametrize("family, distill_args", [
+    ("qwen2_vl", ["distill.mode=online", "distill.teacher_init={qwen2_vl_teacher}"]),  # a larger teacher, as 7B → 2B
+    ("qwen2_5_vl", ["distill.mode=cached"]),
+])
+def test_clinkd_run_on_a_published_format_checkpoint(hub_checkpoints, tmp_path, family, distill_args):
+    from typer.testing import CliRunner
+
+    from clinkd.cli import app
+
+    args = ["run", str(ROOT / "configs/default.yaml"), "--preset", "quick", f"model.path={hub_checkpoints[family]}",
+            f"output_dir={tmp_path / 'runs'}", f"data.dir={tmp_path / 'synth'}", *SMALL_RUN,
+            *(arg.format(**hub_checkpoints) for arg in distill_args)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "quick"
+    info = json.loads((run_dir / "distill" / "info.json").read_text())
+    teacher_init = hub_checkpoints["qwen2_vl_teacher" if family == "qwen2_vl" else family]
+    assert info["teacher"]["init"] == str(teacher_init) and info["pseudo"]["turns"] > 0
+    assert info["student"]["mode"] == distill_args[0].split("=")[1]
+    assert json.loads((run_dir / "reflect" / "summary.json").read_text())["rounds"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["model"]["tasks"]) == {"VG", "ROC", "RC", "MIA"}
+    first = json.loads((run_dir / "predictions" / "VG.jsonl").read_text().splitlines()[0])
+    assert len(first["candidates"]) == 2  # SASG chose among the candidates
+    student, _ = load_checkpoint(run_dir / "distill" / "student" / "model")
+    assert student.config.model_type == family and student.config.text_config.vocab_size == 151936
+
+
+def test_lora_resume_merge_and_infer_on_a_published_format_checkpoint(hub_checkpoints, tmp_path):
+    from typer.testing import CliRunner
+
+    from clinkd.cli import app
+
+    runner, base = CliRunner(), hub_checkpoints["qwen2_5_vl"]
+    train = ["train", str(ROOT / "configs/default.yaml"), "--preset", "quick", f"model.path={base}", f"output_dir={tmp_path / 'runs'}",
+             f"data.dir={tmp_path / 'synth'}", "data.synth.images=16", "train.lora={r: 4, alpha: 8}", "train.batch_size=4", "train.save_steps=2"]
+    assert runner.invoke(app, [*train, "train.max_steps=2"]).exit_code == 0
+    resumed = runner.invoke(app, [*train, "train.max_steps=3"])  # picks up checkpoint-2 and trains one more step
+    assert resumed.exit_code == 0, resumed.output
+    stage = tmp_path / "runs" / "quick" / "sft"
+    log = json.loads((stage / "train_log.json").read_text())["log_history"]
+    assert log[-1]["step"] == 3 and sorted(p.name for p in (stage / "checkpoints").iterdir())[-1] == "checkpoint-3"
+
+    merged = tmp_path / "merged"
+    result = runner.invoke(app, ["merge-lora", "--base", str(base), "--adapter", str(stage / "adapter"), "--out", str(merged), "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    in_run, _ = load_checkpoint(stage / "model")
+    offline, _ = load_checkpoint(merged)
+    assert offline.config.clinkd_rope == in_run.config.clinkd_rope  # the positions the adapter was trained with
+    in_run_state = in_run.state_dict()
+    assert all(torch.allclose(value, in_run_state[key], atol=1e-6) for key, value in offline.state_dict().items())
+
+    image = tmp_path / "scan.png"
+    Image.new("RGB", (112, 112), (50, 50, 50)).save(image)
+    result = runner.invoke(app, ["infer", "--model", str(merged), "--image", str(image), "--question", "liver", "--json",
+                                 "--out", str(tmp_path / "overlay.png"), str(ROOT / "configs/default.yaml")])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output[result.output.rindex('{"image"'):])  # the runner mixes in stderr's progress bars
+    assert answer["task"] == "VG" and (tmp_path / "overlay.png").is_file()

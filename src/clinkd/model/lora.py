@@ -17,6 +17,8 @@ QLoRA (``lora.quantize: 4bit|8bit``) loads the base through bitsandbytes (CUDA o
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import torch
@@ -25,6 +27,8 @@ from torch import nn
 from clinkd.config import ConfigError, LoraConfig, TrainConfig
 
 ADAPTER_DIR = "adapter"
+# The positions an adapter was trained with: a hub base has none recorded, and merging must not fall back to stock.
+ADAPTER_POSITIONS_FILE = "clinkd_rope.json"
 
 
 def is_lora(model) -> bool:
@@ -132,9 +136,13 @@ def export_lora(model, processor, path: Path, adapter_path: Path | None = None, 
     """
     from clinkd.model.loading import save_checkpoint
 
+    from clinkd.io import atomic_write_json
+    from clinkd.model.rope import rope_strategy_of
+
     if adapter_path is not None:
         model.save_pretrained(str(adapter_path))
         processor.save_pretrained(str(adapter_path))
+        atomic_write_json(Path(adapter_path) / ADAPTER_POSITIONS_FILE, rope_strategy_of(model.config).to_dict())
     if merge:
         save_checkpoint(merge_lora(model), processor, path)
 
@@ -149,13 +157,17 @@ def merge_adapter_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_
     """Offline export: load the 16-bit base checkpoint, attach the adapter, merge, save to ``out_dir``.
 
     The route for QLoRA adapters and for adapters trained under ZeRO-3/FSDP when only the adapter was kept.
-    The processor is the adapter's when saved with it, else the base's.
+    The processor is the adapter's when saved with it, else the base's; the positions are the ones the
+    adapter was trained with (:data:`ADAPTER_POSITIONS_FILE`), else the base's.
     """
     from clinkd.model.loading import load_checkpoint, save_checkpoint
+    from clinkd.model.positions import RopeStrategy
     from clinkd.model.processor import load_processor
 
-    base, processor = load_checkpoint(base_dir, dtype)
     adapter_dir = Path(adapter_dir)
+    positions = adapter_dir / ADAPTER_POSITIONS_FILE
+    rope = RopeStrategy.from_dict(json.loads(positions.read_text(encoding="utf-8"))) if positions.is_file() else None
+    base, processor = load_checkpoint(base_dir, dtype, rope=rope)
     if any((adapter_dir / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
         processor = load_processor(adapter_dir)
     save_checkpoint(merge_lora(load_lora(base, adapter_dir)), processor, Path(out_dir))

@@ -25,8 +25,12 @@ from clinkd.progress import make_progress
 # Chat scaffolding that ends an answer; box and ref tokens are kept in the response.
 STOP_MARKERS = ("<|im_end|>", "<|endoftext|>")
 # generate() fills every setting it is not given from the checkpoint's generation_config.json (Qwen2.5-VL-Instruct:
-# repetition_penalty 1.05; Qwen2-VL: top_k 1, top_p 0.001): the scored decoding must not depend on it.
-NEUTRAL_DECODING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "length_penalty": 1.0, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
+# repetition_penalty 1.05; Qwen2-VL: top_k 1, top_p 0.001): the scored decoding must not depend on it. These are
+# transformers' own defaults, so greedy decoding raises no "flag is not valid" warning either.
+NEUTRAL_DECODING = {
+    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "length_penalty": 1.0, "typical_p": 1.0,
+    "temperature": 1.0, "top_p": 1.0, "top_k": 50,
+}
 
 
 def decoding(**settings) -> dict:
