@@ -37,7 +37,7 @@ class BoxStyle(str, Enum):
 
 _NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _PAIR = rf"\({_NUM},{_NUM}\)\s*,\s*\({_NUM},{_NUM}\)"
-_BOX_PATTERNS = {
+BOX_PATTERNS = {
     BoxStyle.QWEN_VL: re.compile(rf"<box>\s*{_PAIR}\s*</box>"),
     BoxStyle.QWEN2_VL: re.compile(rf"<\|box_start\|>\s*{_PAIR}\s*<\|box_end\|>"),
     BoxStyle.PLAIN: re.compile(_PAIR),
@@ -136,14 +136,14 @@ def parse_boxes(text: str, style: BoxStyle | str | None = None) -> list[Box]:
     content does not parse or breaks the 0–1000 corner convention.
     """
     if style is not None:
-        return [_box_from_match(m) for m in _BOX_PATTERNS[BoxStyle(style)].finditer(text)]
+        return [_box_from_match(m) for m in BOX_PATTERNS[BoxStyle(style)].finditer(text)]
     tagged = list(_ANY_TAGGED_BOX.finditer(text))
     if not tagged:
-        return [_box_from_match(m) for m in _BOX_PATTERNS[BoxStyle.PLAIN].finditer(text)]
+        return [_box_from_match(m) for m in BOX_PATTERNS[BoxStyle.PLAIN].finditer(text)]
     boxes = []
     for match in tagged:
         inner = _either_group(match)
-        plain = _BOX_PATTERNS[BoxStyle.PLAIN].fullmatch(inner.strip())
+        plain = BOX_PATTERNS[BoxStyle.PLAIN].fullmatch(inner.strip())
         if plain is None:
             raise BoxError(f"unparseable box {match.group(0)!r}")
         boxes.append(_box_from_match(plain))

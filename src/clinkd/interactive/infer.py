@@ -32,7 +32,7 @@ from typing import Protocol
 from PIL import Image, UnidentifiedImageError
 
 # The box patterns stay private to clinkd.boxes; tagging bare pairs and pairing refs with boxes need them as they are.
-from clinkd.boxes import _ANY_REF, _BOX_PATTERNS, Box, BoxError, BoxStyle, _either_group, convert_markup, format_ref, parse_boxes
+from clinkd.boxes import _ANY_REF, BOX_PATTERNS, Box, BoxError, BoxStyle, _either_group, convert_markup, format_ref, parse_boxes
 from clinkd.data.records import MODALITY_NAMES, Sample, Turn, UnknownTaskError, canonical_task
 from clinkd.interactive.overlay import BoxRole, LabelledBox, draw_boxes
 from clinkd.model.loading import CheckpointError, load_checkpoint
@@ -215,7 +215,7 @@ def tag_bare_boxes(question: str) -> str:
     """Write bare ``(x1,y1),(x2,y2)`` pairs as ``<box>(x1,y1),(x2,y2)</box>`` (already tagged text is kept)."""
     if "<box>" in question or "<|box_start|>" in question:
         return question
-    plain = _BOX_PATTERNS[BoxStyle.PLAIN]
+    plain = BOX_PATTERNS[BoxStyle.PLAIN]
     return plain.sub(lambda match: Box.from_text(match.group(0)).to_text(BoxStyle.QWEN_VL), question)
 
 
@@ -231,7 +231,7 @@ def is_target_only(question: str) -> bool:
 
 def is_box_only(question: str) -> bool:
     """Nothing but one box (and punctuation/space)."""
-    rest = _BOX_PATTERNS[BoxStyle.PLAIN].sub("", convert_markup(question, BoxStyle.PLAIN))
+    rest = BOX_PATTERNS[BoxStyle.PLAIN].sub("", convert_markup(question, BoxStyle.PLAIN))
     return not re.sub(r"[\s.,;:?!]", "", rest)
 
 
