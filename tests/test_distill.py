@@ -12,7 +12,7 @@ import torch
 
 from clinkd.batching import TrainCollator, training_examples
 from clinkd.boxes import convert_markup
-from clinkd.config import ConfigError, DistillConfig, RecipeConfig
+from clinkd.config import DistillConfig, RecipeConfig
 from clinkd.data.medgrit import load_medgrit
 from clinkd.data.records import Turn
 from clinkd.distill import (

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from clinkd.batching import ChatExample, TrainCollator, training_examples
-from clinkd.config import ConfigError, RecipeConfig
+from clinkd.config import RecipeConfig
 from clinkd.data.records import Sample
 from clinkd.distill.pseudo import (
     aligned_pseudo_labels,
