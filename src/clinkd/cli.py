@@ -69,13 +69,13 @@ def run(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = Ove
 def train(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
     """Supervised fine-tuning only; the model goes to <run>/sft/model."""
     from clinkd.batching import training_examples
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import ensure_synth, initial_model, load_dataset
     from clinkd.recipes.train import run_sft
 
     cfg = _load(config, overrides, preset)
     ensure_synth(cfg)
-    dataset = load_dataset(cfg)
-    console.print(dataset.issues.summary())
+    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
     model, processor = initial_model(cfg, dataset.train)
     result = run_sft(cfg, model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
     console.print(f"[green]trained {result.steps} steps in {result.seconds:.0f} s → {result.model_dir}")
@@ -95,13 +95,13 @@ def reflect(
     """
     from clinkd.model.loading import load_checkpoint
     from clinkd.recipes.reflect import run_reflect
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import ensure_synth, load_dataset
 
     cfg = _load(config, overrides, preset)
     loaded, processor = load_checkpoint(model, cfg.model.dtype)
     ensure_synth(cfg)
-    dataset = load_dataset(cfg)
-    console.print(dataset.issues.summary())
+    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
     result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
     console.print(result.markdown(), markup=False)
     console.print(f"[green]done:[/green] {result.model_dir or 'no round ran (reflect.rounds=0)'}")
@@ -116,12 +116,12 @@ def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] =
     """
     from clinkd.distill.teacher_cache import CacheMismatchError
     from clinkd.recipes.distill import run_distill
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import ensure_synth, initial_model, load_dataset
 
     cfg = _load(config, overrides, preset)
     ensure_synth(cfg)
-    dataset = load_dataset(cfg)
-    console.print(dataset.issues.summary())
+    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
     try:
         _, _, info = run_distill(cfg, dataset, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
     except CacheMismatchError as error:
@@ -145,6 +145,7 @@ def predict(
     """Batched generation on the test files of data.dir, to resumable JSONL."""
     from clinkd.model.loading import load_checkpoint
     from clinkd.recipes.predict import run_predict
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import load_dataset
     from clinkd.sasg import selector_for
 
@@ -152,8 +153,7 @@ def predict(
     cfg = _load(config, overrides, preset)
     loaded, processor = load_checkpoint(model, cfg.model.dtype)
     selector = selector_for(cfg, loaded.device)
-    dataset = load_dataset(cfg, with_train=False)
-    console.print(dataset.issues.summary())
+    dataset = load_dataset(cfg, with_train=False, issues_file=out / ISSUES_FILE)
     paths = run_predict(loaded, processor, dataset.tests, out, cfg.predict, cfg.data.box_style, cfg.model.square_size, selector)
     for task, path in paths.items():
         console.print(f"{task}: {path}")
@@ -174,13 +174,13 @@ def clip_train(
     from transformers import AutoTokenizer
 
     from clinkd.model.tokenizer import train_tokenizer
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import ensure_synth, load_dataset, tokenizer_corpus
     from clinkd.sasg import run_clip_train, scorer_dir
 
     cfg = _load(config, overrides, preset)
     ensure_synth(cfg)
-    dataset = load_dataset(cfg)
-    console.print(dataset.issues.summary())
+    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
     source = tokenizer or (cfg.run_dir / "sft" / "model")
     if (source / "tokenizer_config.json").is_file():
         text_tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
@@ -211,7 +211,7 @@ def evaluate(
 ):
     """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures."""
     from clinkd.data.medgrit import load_test_split
-    from clinkd.data.validation import DataIssues
+    from clinkd.data.validation import ISSUES_FILE, DataIssues
     from clinkd.metrics.backends import BackendChoice, caption_scorers
     from clinkd.metrics.meteor import BackendUnavailable
     from clinkd.recipes.evaluate import run_evaluate
@@ -220,7 +220,7 @@ def evaluate(
     if data is not None:
         issues = DataIssues()
         tests = load_test_split(data, data / "images", on_error=on_error, issues=issues)
-        console.print(issues.summary())
+        console.print(issues.record(out / ISSUES_FILE))
     try:
         scorers = caption_scorers(BackendChoice(meteor=meteor, spice=spice, corenlp_dir=spice_jars))
     except (ValueError, BackendUnavailable) as error:
@@ -310,11 +310,11 @@ def convert(
 ):
     """Convert to LLaMA-Factory ShareGPT (messages + images) with a dataset_info.json entry."""
     from clinkd.data.sharegpt import convert as convert_file
-    from clinkd.data.validation import DataIssues
+    from clinkd.data.validation import ISSUES_FILE, DataIssues
 
     issues = DataIssues()
     summary = convert_file(input, images, out, name=name, box_style=box_style, on_error=on_error, issues=issues)
-    console.print(issues.summary())
+    console.print(issues.record(out / ISSUES_FILE))
     console.print(summary)
 
 

@@ -26,10 +26,13 @@ from PIL import Image
 
 from clinkd.boxes import BoxError, BoxStyle, parse_boxes
 from clinkd.data.records import Sample, Turn, UnknownModalityError, modality_of
+from clinkd.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 OnError = Literal["skip", "stop"]
+ISSUES_FILE = "data_issues.txt"  # every problem, next to the output of the command that read the data
+CONSOLE_EXAMPLES = 5  # issues a console summary shows; ISSUES_FILE has them all
 ON_ERROR_CHOICES: tuple[str, ...] = get_args(OnError)
 
 
@@ -127,8 +130,8 @@ class DataIssues:
         by_kind = Counter(issue.kind for issue in self.issues)
         return {kind.value: by_kind[kind] for kind in IssueKind if by_kind[kind]}
 
-    def summary(self, examples: int = 5) -> str:
-        """A short table: record tallies, issue counts by kind, and the first ``examples`` issues."""
+    def summary(self, examples: int | None = CONSOLE_EXAMPLES) -> str:
+        """A short table: record tallies, issue counts by kind, and the first ``examples`` issues (``None``: all)."""
         read = sum(tally.records_read for tally in self.files.values())
         kept = sum(tally.records_kept for tally in self.files.values())
         lines = [f"{len(self.files)} file(s), {read} record(s) read, {kept} kept, {read - kept} skipped"]
@@ -137,9 +140,16 @@ class DataIssues:
         width = max(len(kind) for kind in self.counts)
         lines.append(f"{'problem':<{width}}  count")
         lines += [f"{kind:<{width}}  {count:>5}" for kind, count in self.counts.items()]
-        lines.append(f"first {min(examples, self.total)} of {self.total}:")
-        lines += [f"  [{issue.kind.value}] {issue}" for issue in self.issues[:examples]]
+        shown = self.issues if examples is None else self.issues[:examples]
+        lines.append(f"all {self.total}:" if len(shown) == self.total else f"first {len(shown)} of {self.total}:")
+        lines += [f"  [{issue.kind.value}] {issue}" for issue in shown]
         return "\n".join(lines)
+
+    def record(self, path: Path) -> str:
+        """Write every issue to ``path`` (``data_issues.txt``); returns the console summary, pointing there when cut short."""
+        atomic_write_text(path, self.summary(examples=None) + "\n")
+        summary = self.summary()
+        return summary + f"\n(every problem: {path})" if self.total > CONSOLE_EXAMPLES else summary
 
 
 def read_json_records(path: Path, on_error: OnError, issues: DataIssues) -> list | None:

@@ -7,7 +7,7 @@ Each stage is a recipe of its own (``clinkd distill``, ``clinkd reflect``, ``cli
 this module only wires them, with the loop in plain sight. Everything lands in ``<output_dir>/<name>/``::
 
     config.resolved.yaml   the exact recipe that ran (reload it with ``clinkd run`` to reproduce)
-    data_issues.txt        every skipped record, by kind
+    data_issues.txt        every problem found in the data files (the console shows the first few)
     distill/               teacher/, pseudo/, cache/, student/ (distill.enabled)
     sft/                   checkpoints/ and model/ (plain SFT: the model, or the baseline row)
     reflect/               one folder per round, and the final model (reflect.enabled)
@@ -35,7 +35,7 @@ from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig, dump_config
 from clinkd.data.medgrit import load_medgrit, load_test_split
 from clinkd.data.records import Sample
-from clinkd.data.validation import DataIssues
+from clinkd.data.validation import ISSUES_FILE, DataIssues
 from clinkd.distributed import is_main_process, main_process_first, predict_sharded
 from clinkd.io import atomic_write_json, atomic_write_text
 from clinkd.model.loading import DTYPES, build_tiny, load_checkpoint
@@ -82,8 +82,11 @@ def ensure_synth(cfg: RecipeConfig) -> None:
         )
 
 
-def load_dataset(cfg: RecipeConfig, with_train: bool = True) -> Dataset:
-    """Train samples and the per-task test splits, validated under ``data.on_error``."""
+def load_dataset(cfg: RecipeConfig, with_train: bool = True, issues_file: Path | None = None) -> Dataset:
+    """Train samples and the per-task test splits, validated under ``data.on_error``.
+
+    With ``issues_file`` (``data_issues.txt``) every problem is written there and summed up on the console.
+    """
     issues = DataIssues()
     data = cfg.data
     train = []
@@ -94,6 +97,8 @@ def load_dataset(cfg: RecipeConfig, with_train: bool = True) -> Dataset:
     tests = load_test_split(data.dir, data.images_dir, on_error=data.on_error, issues=issues)
     if data.max_test_per_task:
         tests = {task: samples[: data.max_test_per_task] for task, samples in tests.items()}
+    if issues_file is not None:
+        console.print(issues.record(issues_file))
     return Dataset(train, tests, issues)
 
 
@@ -198,10 +203,7 @@ def run(cfg: RecipeConfig) -> dict | None:
 
     with main_process_first():
         clock.time("data", lambda: ensure_synth(cfg))
-    dataset = clock.time("data", lambda: load_dataset(cfg))
-    atomic_write_text(run_dir / "data_issues.txt", dataset.issues.summary() + "\n")
-    if dataset.issues.counts:
-        console.print(dataset.issues.summary())
+    dataset = clock.time("data", lambda: load_dataset(cfg, issues_file=run_dir / ISSUES_FILE))
 
     sections: list[str] = [recipe_section(cfg)]
     comparisons: dict[str, Callable[[], tuple]] = {}
