@@ -1,3 +1,5 @@
+import pytest
+
 from typer.testing import CliRunner
 
 from clinkd.cli import app
@@ -28,3 +30,45 @@ def test_missing_model_dir_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["predict", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o"), f"data.dir={tmp_path}", "data.synth.enabled=false"])
     assert result.exit_code == 2
     assert "error" in result.output
+
+
+def _copy_with(small_data, tmp_path, name, text):
+    """A copy of ``small_data`` (images linked) whose file ``name`` holds ``text``."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in small_data.iterdir():
+        (data / path.name).symlink_to(path)
+    (data / name).unlink()
+    (data / name).write_text(text, encoding="utf-8")
+    return data
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [("test_MIA.json", '[{"id": ', "malformed JSON"), ("train.json", "[]", "the file holds an empty list")],
+)
+@pytest.mark.parametrize("command", ["train", "distill", "clip-train"])
+def test_a_split_without_usable_records_stops_before_training(small_data, tmp_path, name, text, reason, command):
+    data = _copy_with(small_data, tmp_path, name, text)
+    result = runner.invoke(app, [command, f"data.dir={data}", "data.synth.enabled=false", f"output_dir={tmp_path / 'runs'}"])
+    assert result.exit_code == 2, result.output
+    assert f"error: {data / name}: no usable record ({reason}" in result.output.splitlines()[-1]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs" / "default" / "sft").exists()
+    assert (tmp_path / "runs" / "default" / "data_issues.txt").is_file()
+
+
+def test_predict_reflect_and_evaluate_stop_on_a_test_file_without_usable_records(small_data, tmp_path):
+    data = _copy_with(small_data, tmp_path, "test_RC.json", "{}")
+    settings = [f"data.dir={data}", "data.synth.enabled=false", f"output_dir={tmp_path / 'runs'}"]
+    not_a_model = str(tmp_path / "none")  # the data is checked before the model is loaded
+    rows = tmp_path / "p.jsonl"
+    rows.write_text("{}\n")
+    for args in (
+        ["predict", "--model", not_a_model, "--out", str(tmp_path / "p"), *settings],
+        ["reflect", "--model", not_a_model, *settings],
+        ["evaluate", "--pred", str(rows), "--out", str(tmp_path / "e"), "--data", str(data)],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"error: {data / 'test_RC.json'}: no usable record (top level is a JSON dict" in result.output.splitlines()[-1]

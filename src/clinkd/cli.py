@@ -33,7 +33,7 @@ def _fail_cleanly(command):
         try:
             return command(*args, **kwargs)
         except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError) as error:
-            console.print(f"[red]error:[/red] {escape(str(error))}")  # escaped: `clinkd[demo]` is not markup
+            console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # one line; escaped: `clinkd[demo]` is not markup
             raise typer.Exit(2) from None
 
     return wrapper
@@ -99,9 +99,9 @@ def reflect(
     from clinkd.recipes.run import ensure_synth, load_dataset
 
     cfg = _load(config, overrides, preset)
-    loaded, processor = load_checkpoint(model, cfg.model.dtype)
     ensure_synth(cfg)
-    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)  # data problems before the slow load
+    loaded, processor = load_checkpoint(model, cfg.model.dtype)
     result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
     console.print(result.markdown(), markup=False)
     console.print(f"[green]done:[/green] {result.model_dir or 'no round ran (reflect.rounds=0)'}")
@@ -151,9 +151,9 @@ def predict(
 
     overrides = [*(overrides or []), *([f"select.method={select}"] if select else [])]
     cfg = _load(config, overrides, preset)
+    dataset = load_dataset(cfg, with_train=False, issues_file=out / ISSUES_FILE)  # data problems before the slow load
     loaded, processor = load_checkpoint(model, cfg.model.dtype)
     selector = selector_for(cfg, loaded.device)
-    dataset = load_dataset(cfg, with_train=False, issues_file=out / ISSUES_FILE)
     paths = run_predict(loaded, processor, dataset.tests, out, cfg.predict, cfg.data.box_style, cfg.model.square_size, selector)
     for task, path in paths.items():
         console.print(f"{task}: {path}")
@@ -221,6 +221,7 @@ def evaluate(
         issues = DataIssues()
         tests = load_test_split(data, data / "images", on_error=on_error, issues=issues)
         console.print(issues.record(out / ISSUES_FILE))
+        issues.raise_for_unusable_files()
     try:
         scorers = caption_scorers(BackendChoice(meteor=meteor, spice=spice, corenlp_dir=spice_jars))
     except (ValueError, BackendUnavailable) as error:

@@ -145,6 +145,22 @@ class DataIssues:
         lines += [f"  [{issue.kind.value}] {issue}" for issue in shown]
         return "\n".join(lines)
 
+    def raise_for_unusable_files(self) -> None:
+        """Stop (:class:`DataError` naming the file) when a file gave no usable record: a hole in a split must not
+        surface as a torch error, or as an empty task, after hours of training."""
+        for file, tally in self.files.items():
+            if tally.records_kept == 0:
+                raise DataError(f"{file}: no usable record ({self._why_empty(file, tally)}); nothing was trained or predicted")
+
+    def _why_empty(self, file: str, tally: FileTally) -> str:
+        problems = [issue for issue in self.issues if issue.file == file]
+        if not problems:
+            return "the file holds an empty list"
+        first = problems[0]
+        if first.index is None:
+            return first.message
+        return f"{len(problems)} of {tally.records_read} records skipped, e.g. record {first.index}: {first.message}"
+
     def record(self, path: Path) -> str:
         """Write every issue to ``path`` (``data_issues.txt``); returns the console summary, pointing there when cut short."""
         atomic_write_text(path, self.summary(examples=None) + "\n")

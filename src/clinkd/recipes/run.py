@@ -86,6 +86,7 @@ def load_dataset(cfg: RecipeConfig, with_train: bool = True, issues_file: Path |
     """Train samples and the per-task test splits, validated under ``data.on_error``.
 
     With ``issues_file`` (``data_issues.txt``) every problem is written there and summed up on the console.
+    A file that gave no usable record raises :class:`~clinkd.data.validation.DataError` naming it, before any training.
     """
     issues = DataIssues()
     data = cfg.data
@@ -99,6 +100,7 @@ def load_dataset(cfg: RecipeConfig, with_train: bool = True, issues_file: Path |
         tests = {task: samples[: data.max_test_per_task] for task, samples in tests.items()}
     if issues_file is not None:
         console.print(issues.record(issues_file))
+    issues.raise_for_unusable_files()
     return Dataset(train, tests, issues)
 
 
