@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from typer.testing import CliRunner
@@ -72,3 +74,44 @@ def test_predict_reflect_and_evaluate_stop_on_a_test_file_without_usable_records
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert f"error: {data / 'test_RC.json'}: no usable record (top level is a JSON dict" in result.output.splitlines()[-1]
+
+
+ROW = {"id": "ct_1", "image": "ct_1.png", "task": "ROC", "modality": "ct", "question": "q", "annotation": "liver", "response": "liver"}
+
+
+def _jsonl(*rows) -> str:
+    return "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (_jsonl(ROW) + '{"id": "ct_2", "resp', ":2: malformed JSONL line"),  # torn: evaluate does not resume
+        ("", ": no prediction rows"),
+        ("\n\n", ": no prediction rows"),
+        (None, ": is a directory, expected a JSONL file"),
+        (_jsonl(ROW, {**ROW, "task": "XX"}), ":2: prediction 'ct_1' (image 'ct_1.png'): unknown task 'XX'"),
+        (_jsonl({**ROW, "modality": "zz"}), ":1: prediction 'ct_1' (image 'ct_1.png'): unknown modality 'zz'"),
+        (_jsonl({k: v for k, v in ROW.items() if k != "response"}), ":1: prediction row lacks response"),
+        (_jsonl({**ROW, "response": None}), ":1: prediction row field(s) response must be strings"),
+        (_jsonl("[1, 2]"), ":1: a prediction row must be a JSON object, got list"),
+        (_jsonl(ROW, "{oops", ROW), ":2: malformed JSONL line"),
+    ],
+)
+def test_evaluate_names_the_bad_prediction_file_and_line(tmp_path, content, message):
+    path = tmp_path / "P.jsonl"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content, encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "--pred", str(path), "--out", str(tmp_path / "out"), "--meteor", "off", "--spice", "off"])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1].startswith(f"error: {path}{message}")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_evaluate_refuses_an_unknown_on_error_policy(tmp_path):
+    result = runner.invoke(app, ["evaluate", "--pred", "P.jsonl", "--out", str(tmp_path), "--on-error", "ignore"])
+    assert result.exit_code == 2 and "Invalid value for '--on-error'" in result.output
+    assert "Traceback" not in result.output

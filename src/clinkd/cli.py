@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from clinkd.data.validation import OnError
+
 from clinkd.progress import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="ClinKD: train, distil, run and score Qwen2-VL on refer-and-ground medical VQA.")
@@ -28,11 +30,12 @@ def _fail_cleanly(command):
         from clinkd.config import ConfigError
         from clinkd.data.validation import DataError
         from clinkd.interactive.infer import InferInputError
+        from clinkd.io import JsonlError
         from clinkd.model.loading import CheckpointError
 
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError) as error:
+        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError) as error:
             console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # one line; escaped: `clinkd[demo]` is not markup
             raise typer.Exit(2) from None
 
@@ -201,7 +204,7 @@ def evaluate(
     pred: list[Path] = typer.Option(..., "--pred", help="prediction JSONL file(s)"),
     out: Path = typer.Option(..., "--out", help="folder for metrics.json and report.md"),
     data: Optional[Path] = typer.Option(None, "--data", help="data dir with test_*.json: adds the trivial baselines"),
-    on_error: str = typer.Option("skip", "--on-error", help="skip|stop for bad test records"),
+    on_error: OnError = typer.Option("skip", "--on-error", help="for bad test records"),
     meteor: str = typer.Option("auto", "--meteor", help="auto|java|nltk|off (auto: METEOR 1.5 jar, else meteor-nltk)"),
     spice: str = typer.Option("auto", "--spice", help="auto|official|approx|off (auto: real SPICE if its jars are found, else SPICE-approx)"),
     spice_jars: Optional[Path] = typer.Option(None, "--spice-jars", help="folder with stanford-corenlp-3.6.0{,-models}.jar for real SPICE"),
@@ -307,7 +310,7 @@ def convert(
     out: Path = typer.Option(..., "--out", help="output folder for <name>.json and dataset_info.json"),
     name: str = typer.Option("clinkd_medgrit", "--name", help="dataset name in dataset_info.json"),
     box_style: str = typer.Option("qwen2-vl", "--box-style", help="qwen2-vl | qwen-vl"),
-    on_error: str = typer.Option("skip", "--on-error", help="skip: skip and count bad records; stop: fail on the first"),
+    on_error: OnError = typer.Option("skip", "--on-error", help="skip: skip and count bad records; stop: fail on the first"),
 ):
     """Convert to LLaMA-Factory ShareGPT (messages + images) with a dataset_info.json entry."""
     from clinkd.data.sharegpt import convert as convert_file

@@ -52,16 +52,31 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
         os.fsync(handle.fileno())
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    """Rows of a JSONL file. A torn last line (from a crash mid-write) is ignored; any other bad line raises."""
+class JsonlError(ValueError):
+    """A JSONL file that does not read; the message starts with ``file:line`` (or the file)."""
+
+
+def numbered_jsonl(path: str | Path, allow_torn_tail: bool = True) -> Iterator[tuple[int, Any]]:
+    """``(line number, row)`` of a JSONL file, blank lines skipped. A bad last line is taken for one torn by a crash
+    mid-write and ignored when ``allow_torn_tail`` (resuming); any other bad line raises :class:`JsonlError`."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.is_dir():
+        raise JsonlError(f"{path}: is a directory, expected a JSONL file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise JsonlError(f"{path}: not UTF-8 text ({error})") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as error:
-            if number == len(lines):
+            if number == len(lines) and allow_torn_tail:
                 return
-            raise ValueError(f"{path}:{number}: malformed JSONL line: {error}") from error
+            raise JsonlError(f"{path}:{number}: malformed JSONL line: {error}") from None
+
+
+def read_jsonl(path: str | Path, allow_torn_tail: bool = True) -> Iterator[dict]:
+    """Rows of a JSONL file (see :func:`numbered_jsonl`)."""
+    return (row for _, row in numbered_jsonl(path, allow_torn_tail))
