@@ -263,6 +263,16 @@ def test_issue_file_lists_every_problem_and_the_console_the_first_few(tmp_path: 
     assert "first 5 of 8:" in console and console.endswith(f"(every problem: {issues_file})")
 
 
+def test_a_duplicate_id_is_reported_and_kept_once(tmp_path: Path, images: Path) -> None:
+    path = write_json(tmp_path / "test_VG.json", GOOD + [GOOD[1]])
+    issues = DataIssues()
+    assert [s.id for s in load_medgrit(path, images, issues=issues)] == list(IDS)
+    assert issues.counts == {"duplicate_id": 1}
+    assert str(issues.issues[0]) == f"{path} record 3 (id '{MR}'): id '{MR}' is already record 1's; only the first is kept"
+    summary = convert(path, images, tmp_path / "out", issues=DataIssues())
+    assert (summary.records_read, summary.samples_written) == (4, 3)
+
+
 def test_image_check_levels(tmp_path: Path, images: Path) -> None:
     (images / f"{MR}.png").write_bytes(b"garbage")
     (images / f"{XRAY}.png").unlink()

@@ -8,7 +8,7 @@ a :class:`DataIssues` collector, then handled by the ``on_error`` policy:
 * ``"stop"`` — the first problem raises :class:`DataError`, whose message names the file and record.
 
 A record is checked in this order and the first failing check is its one reported issue:
-shape → modality prefix → non-empty texts → box/ref markup → image (the costly check last).
+shape → modality prefix → non-empty texts → box/ref markup → image (the costly check last) → id not seen before in the file.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class IssueKind(str, Enum):
     BAD_BOX = "bad_box"  # a box does not parse, leaves 0–1000, has x2<x1 or y2<y1, or tags are unbalanced
     MISSING_IMAGE = "missing_image"  # the image file does not exist
     CORRUPT_IMAGE = "corrupt_image"  # PIL cannot identify or verify the image
+    DUPLICATE_ID = "duplicate_id"  # a usable record whose id an earlier record of the file already has
 
 
 @dataclass(frozen=True)
@@ -194,15 +195,29 @@ def collect_samples(
     on_error: OnError,
     issues: DataIssues,
 ) -> list[Sample]:
-    """``to_sample(index, record)`` for every record; a :class:`RecordProblem` becomes an issue."""
+    """``to_sample(index, record)`` for every record; a :class:`RecordProblem` becomes an issue.
+
+    Ids are unique per file: a usable record whose id an earlier usable one has is a ``DUPLICATE_ID`` issue (an id
+    names one image, one prediction row and one score).
+    """
     samples = []
+    first_with: dict[str, int] = {}
     for index, record in enumerate(records):
         try:
-            samples.append(to_sample(index, record))
+            sample = to_sample(index, record)
+            check_first_with_id(sample.id, index, first_with)
+            samples.append(sample)
         except RecordProblem as problem:
             issues.report(DataIssue(str(path), index, id_of(record), problem.kind, problem.message), on_error)
     issues.tally(str(path), len(records), len(samples))
     return samples
+
+
+def check_first_with_id(record_id: str, index: int, first_with: dict[str, int]) -> None:
+    """Raise ``DUPLICATE_ID`` when ``first_with`` (id → record index, filled here) already has ``record_id``."""
+    if record_id in first_with:
+        raise RecordProblem(IssueKind.DUPLICATE_ID, f"id {record_id!r} is already record {first_with[record_id]}'s; only the first is kept")
+    first_with[record_id] = index
 
 
 def warn_if_unobserved(issues: DataIssues, caller_issues: DataIssues | None) -> None:
