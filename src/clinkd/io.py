@@ -10,11 +10,27 @@ from pathlib import Path
 from typing import Any
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process umask (0644 under umask 022)."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def match_umask(root: Path) -> None:
+    """Give every file under ``root`` (or ``root`` itself, a file) the umask's mode: safetensors writes 0600 files."""
+    mode = new_file_mode()
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if path.is_file():
+            path.chmod(mode)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, new_file_mode())  # mkstemp's 0600 would survive the rename
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from clinkd.batching import ChatExample, TrainCollator
 from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.distributed import deepspeed_cpu_state, save_trained
-from clinkd.io import atomic_write_json
+from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.box_convention import box_coordinates
 from clinkd.model.lora import ADAPTER_DIR, apply_lora, trainable_parameters
 from clinkd.progress import RichProgressCallback
@@ -46,6 +46,13 @@ def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
             param.requires_grad_(not frozen[part])
     # lm_head is tied to the embeddings: count each tensor once.
     return {part: sum(p.numel() for p in {id(p): p for p in params}.values() if p.requires_grad) for part, params in parts.items()}
+
+
+class UmaskCheckpoints(TrainerCallback):
+    """Give each Trainer checkpoint's files the umask's mode (safetensors writes them 0600)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        match_umask(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 def training_arguments(cfg: RecipeConfig, output_dir: Path) -> TrainingArguments:
@@ -128,7 +135,11 @@ def run_sft(
         args=training_arguments(cfg, checkpoints),
         train_dataset=examples if train_dataset is None else train_dataset,
         data_collator=collator,
-        callbacks=[RichProgressCallback(stage_dir.name), TensorBoardCallback(SummaryWriter(str(cfg.run_dir / "logs" / stage_dir.name)))],
+        callbacks=[
+            RichProgressCallback(stage_dir.name),
+            TensorBoardCallback(SummaryWriter(str(cfg.run_dir / "logs" / stage_dir.name))),
+            UmaskCheckpoints(),
+        ],
         **(trainer_kwargs or {}),
     )
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
