@@ -115,3 +115,30 @@ def test_evaluate_refuses_an_unknown_on_error_policy(tmp_path):
     result = runner.invoke(app, ["evaluate", "--pred", "P.jsonl", "--out", str(tmp_path), "--on-error", "ignore"])
     assert result.exit_code == 2 and "Invalid value for '--on-error'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_config_writes_the_resolved_yaml_to_stdout_only():
+    import yaml
+
+    from clinkd.config import dump_config, load_config
+
+    result = runner.invoke(app, ["config", "configs/default.yaml", "--preset", "quick"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == dump_config(load_config("configs/default.yaml", preset="quick"))
+    assert yaml.safe_load(result.stdout)["name"] == "quick"
+    assert result.stderr == ""
+
+
+def test_evaluate_and_compare_write_their_data_to_stdout(tmp_path):
+    rows = tmp_path / "P.jsonl"
+    rows.write_text(_jsonl(ROW, {**ROW, "id": "mr_1", "modality": "mr", "response": "kidney"}), encoding="utf-8")
+    args = ["evaluate", "--pred", str(rows), "--meteor", "off", "--spice", "off", "--no-figures", "--out"]
+    as_json = runner.invoke(app, [*args, str(tmp_path / "a"), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == json.loads((tmp_path / "a" / "metrics.json").read_text(encoding="utf-8"))
+    as_text = runner.invoke(app, [*args, str(tmp_path / "b")])
+    assert as_text.stdout.rstrip("\n") == (tmp_path / "b" / "report.md").read_text(encoding="utf-8").rstrip("\n")
+    compared = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--label", "a", "--label", "b"])
+    assert compared.exit_code == 0, compared.output
+    assert compared.stdout.startswith("# Comparison") and "| a |" in compared.stdout
+    assert compared.stderr == ""

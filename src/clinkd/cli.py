@@ -211,8 +211,13 @@ def evaluate(
     bird_exact: bool = typer.Option(False, "--bird-exact", help="score exactly as BiRD's scripts"),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="write the PNG figures"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run folder with train_log.json files for the loss figure (default: --out)"),
+    as_json: bool = typer.Option(False, "--json", help="print metrics.json instead of report.md (both are written to --out)"),
 ):
-    """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures."""
+    """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures.
+
+    The report (or with --json the metrics) goes to stdout; progress and messages to stderr.
+    """
+    import json
     from clinkd.data.medgrit import load_test_split
     from clinkd.data.validation import ISSUES_FILE, DataIssues
     from clinkd.metrics.backends import BackendChoice, caption_scorers
@@ -230,8 +235,8 @@ def evaluate(
     except (ValueError, BackendUnavailable) as error:
         console.print(f"[red]error:[/red] {escape(str(error))} (clinkd env lists what is available)")
         raise typer.Exit(2) from None
-    run_evaluate(pred, out, tests=tests, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir)
-    console.print((out / "report.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+    document = run_evaluate(pred, out, tests=tests, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir)
+    typer.echo(json.dumps(document, indent=2, ensure_ascii=False) if as_json else (out / "report.md").read_text(encoding="utf-8"))
 
 
 @app.command()
@@ -249,7 +254,7 @@ def compare(
     except ValueError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
-    console.print(text, markup=False, highlight=False, soft_wrap=True)  # unwrapped: Markdown tables stay intact
+    typer.echo(text, nl=False)  # stdout, unwrapped: the Markdown tables can be piped
 
 
 @app.command("env")
@@ -259,7 +264,7 @@ def show_env(
     """Versions of torch, transformers and Java, and which metric backends can run here (and what is missing)."""
     from clinkd.doctor import environment_report, render_environment
 
-    console.print(render_environment(environment_report(spice_jars)), markup=False, highlight=False, soft_wrap=True)
+    typer.echo(render_environment(environment_report(spice_jars)))
 
 
 def _turn_mix(text: str) -> dict[str, int]:
@@ -418,7 +423,7 @@ def show_config(config: Optional[Path] = ConfigArg, overrides: Optional[list[str
     """Validate a recipe and print it fully resolved."""
     from clinkd.config import dump_config
 
-    console.print(dump_config(_load(config, overrides, preset)), markup=False)
+    typer.echo(dump_config(_load(config, overrides, preset)), nl=False)  # stdout: clinkd config > resolved.yaml
 
 
 if __name__ == "__main__":
