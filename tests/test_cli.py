@@ -142,3 +142,35 @@ def test_evaluate_and_compare_write_their_data_to_stdout(tmp_path):
     assert compared.exit_code == 0, compared.output
     assert compared.stdout.startswith("# Comparison") and "| a |" in compared.stdout
     assert compared.stderr == ""
+
+
+def test_convert_writes_16_bit_images_as_clinkd_reads_them(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from clinkd.model.processor import load_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 3 + 1000)).save(images / "ct_wide.png")
+    Image.new("L", (8, 8), 90).save(images / "mr_narrow.png")
+    question = "Picture 1: <img>{}.png</img>\nWhat can you diagnose from the overall findings in this image?"
+    records = [{"id": name, "conversations": [[question.format(name), "A small cyst."]]} for name in ("ct_wide", "mr_narrow")]
+    (tmp_path / "in.json").write_text(json.dumps(records), encoding="utf-8")
+    out = tmp_path / "lf"
+    args = ["convert", "--input", str(tmp_path / "in.json"), "--images", str(images), "--out", str(out), "--image-paths", "relative"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "clinkd_medgrit.json").read_text(encoding="utf-8"))
+    assert [record["images"][0] for record in written] == ["images/ct_wide.png", "../images/mr_narrow.png"]
+    converted = np.asarray(Image.open(out / "images" / "ct_wide.png"))
+    assert converted.dtype == np.uint8 and converted.shape == (64, 64, 3)
+    assert np.array_equal(converted, np.asarray(load_image(images / "ct_wide.png")))
+    assert (converted.min(), converted.max()) == (0, 255)  # the used range stretched, not clipped to white
+    assert "ConvertSummary(" not in result.output
+    assert f"1 16-bit images written as 8-bit PNGs to {out / 'images'}" in result.output
+
+
+def test_convert_help_lists_the_box_styles_and_image_path_choices():
+    result = runner.invoke(app, ["convert", "--help"])
+    assert "qwen2-vl|qwen-vl" in result.output and "absolute|relative" in result.output

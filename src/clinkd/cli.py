@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from clinkd.boxes import ModelBoxStyle
+from clinkd.data.sharegpt import ImagePaths
 from clinkd.data.validation import OnError
 
 from clinkd.progress import console
@@ -314,17 +316,21 @@ def convert(
     images: Path = typer.Option(..., "--images", help="image folder"),
     out: Path = typer.Option(..., "--out", help="output folder for <name>.json and dataset_info.json"),
     name: str = typer.Option("clinkd_medgrit", "--name", help="dataset name in dataset_info.json"),
-    box_style: str = typer.Option("qwen2-vl", "--box-style", help="qwen2-vl | qwen-vl"),
+    box_style: ModelBoxStyle = typer.Option("qwen2-vl", "--box-style", help="markup written: qwen2-vl <|box_start|> tokens or Qwen-VL <box> tags"),
+    image_paths: ImagePaths = typer.Option("absolute", "--image-paths", help="relative: to --out (LLaMA-Factory's default media_dir), so the folder can move"),
     on_error: OnError = typer.Option("skip", "--on-error", help="skip: skip and count bad records; stop: fail on the first"),
 ):
-    """Convert to LLaMA-Factory ShareGPT (messages + images) with a dataset_info.json entry."""
+    """Convert to LLaMA-Factory ShareGPT (messages + images) with a dataset_info.json entry.
+
+    16-bit images (LLaMA-Factory would clip them to white) are written to <out>/images as the 8-bit PNGs clinkd reads.
+    """
     from clinkd.data.sharegpt import convert as convert_file
     from clinkd.data.validation import ISSUES_FILE, DataIssues
 
     issues = DataIssues()
-    summary = convert_file(input, images, out, name=name, box_style=box_style, on_error=on_error, issues=issues)
+    summary = convert_file(input, images, out, name=name, box_style=box_style, on_error=on_error, issues=issues, image_paths=image_paths)
     console.print(issues.record(out / ISSUES_FILE))
-    console.print(summary)
+    console.print(str(summary), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

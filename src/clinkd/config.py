@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from clinkd.boxes import ModelBoxStyle
 from clinkd.data.records import TASKS
 from clinkd.model.positions import PAPER, RopeStrategy
 
@@ -57,7 +58,7 @@ class DataConfig(_Section):
     train_file: str = "train.json"
     synth: SynthConfig = SynthConfig()
     on_error: Literal["skip", "stop"] = "skip"
-    box_style: Literal["qwen2-vl", "qwen-vl"] = Field(
+    box_style: ModelBoxStyle = Field(
         "qwen2-vl", description="box/ref markup the model is trained to read and write"
     )
     train_turns: Literal["split", "multi"] = Field(
