@@ -22,7 +22,7 @@ from clinkd.distributed import deepspeed_cpu_state, save_trained
 from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.box_convention import box_coordinates
 from clinkd.model.lora import ADAPTER_DIR, apply_lora, trainable_parameters
-from clinkd.progress import RichProgressCallback
+from clinkd.progress import RichProgressCallback, console
 
 
 @dataclass
@@ -95,6 +95,15 @@ def training_arguments(cfg: RecipeConfig, output_dir: Path) -> TrainingArguments
     )
 
 
+def resume_point(checkpoints: Path, stage: str) -> str | None:
+    """The newest Trainer checkpoint under ``checkpoints`` (None: start afresh), announced on the console."""
+    newest = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if newest is not None:
+        step = Path(newest).name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        console.print(f"{stage}: resuming from checkpoint {step} ({newest})", markup=False, highlight=False)
+    return newest
+
+
 def run_sft(
     cfg: RecipeConfig,
     model,
@@ -142,8 +151,7 @@ def run_sft(
         ],
         **(trainer_kwargs or {}),
     )
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    output = trainer.train(resume_from_checkpoint=resume)
+    output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))
     # QLoRA adapters are merged offline into the 16-bit base (clinkd.model.lora.merge_adapter_checkpoint).
     merge = lora is None or (lora.merge and lora.quantize == "none")
     model_dir = stage_dir / "model" if merge else stage_dir / ADAPTER_DIR
