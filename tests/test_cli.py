@@ -174,3 +174,13 @@ def test_convert_writes_16_bit_images_as_clinkd_reads_them(tmp_path):
 def test_convert_help_lists_the_box_styles_and_image_path_choices():
     result = runner.invoke(app, ["convert", "--help"])
     assert "qwen2-vl|qwen-vl" in result.output and "absolute|relative" in result.output
+
+
+def test_config_from_an_empty_folder_is_the_clinkd_recipe_with_its_built_in_presets(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)  # no configs/default.yaml here
+    result = runner.invoke(app, ["config", "--preset", "quick"])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.stdout)
+    assert (resolved["name"], resolved["distill"]["enabled"], resolved["select"]["method"]) == ("quick", True, "sasg")

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from clinkd.boxes import ModelBoxStyle
+from clinkd.config import SynthConfig
 from clinkd.data.sharegpt import ImagePaths
 from clinkd.data.validation import OnError
 
@@ -17,10 +18,10 @@ from clinkd.progress import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="ClinKD: train, distil, run and score Qwen2-VL on refer-and-ground medical VQA.")
 
-DEFAULT_CONFIG = Path("configs/default.yaml")
-ConfigArg = typer.Argument(None, help="recipe YAML (default: configs/default.yaml when present)")
+SYNTH_DEFAULTS = SynthConfig()  # clinkd synth makes what a run's data.synth makes by default
+ConfigArg = typer.Argument(None, help="recipe YAML (default: the built-in ClinKD recipe, which configs/default.yaml spells out)")
 OverridesArg = typer.Argument(None, help="dotted overrides, e.g. train.lr=1e-3 model.size=xs")
-PresetOpt = typer.Option(None, "--preset", help="a named override set from the recipe's presets: block")
+PresetOpt = typer.Option(None, "--preset", help="a named override set: built in (quick) or from the recipe's presets: block")
 
 
 def _fail_cleanly(command):
@@ -52,8 +53,6 @@ def _load(config: Optional[Path], overrides: Optional[list[str]], preset: Option
         # `clinkd run train.lr=1e-3`: the first positional is an override, not a file.
         overrides.insert(0, str(config))
         config = None
-    if config is None and DEFAULT_CONFIG.is_file():
-        config = DEFAULT_CONFIG
     return load_config(config, overrides, preset)
 
 
@@ -289,11 +288,13 @@ def _turn_mix(text: str) -> dict[str, int]:
 @_fail_cleanly
 def synth(
     out: Path = typer.Option(..., "--out", help="output dataset folder"),
-    seed: int = typer.Option(0, "--seed"),
-    images: int = typer.Option(1600, "--images", help="training images (spread over the 8 modalities)"),
-    test_per_cell: int = typer.Option(25, "--test-per-cell", help="test records per task and modality"),
-    image_size: int = typer.Option(112, "--image-size"),
-    turns: str = typer.Option("VG=1,ROC=1,RC=1,MIA=1", "--turns", help="training turns per image and task, e.g. VG=2,ROC=2,RC=1,MIA=1"),
+    seed: int = typer.Option(SYNTH_DEFAULTS.seed, "--seed"),
+    images: int = typer.Option(SYNTH_DEFAULTS.images, "--images", help="training images (spread over the 8 modalities)"),
+    test_per_cell: int = typer.Option(SYNTH_DEFAULTS.test_per_cell, "--test-per-cell", help="test records per task and modality"),
+    image_size: int = typer.Option(SYNTH_DEFAULTS.image_size, "--image-size"),
+    turns: str = typer.Option(
+        ",".join(f"{task}={count}" for task, count in SYNTH_DEFAULTS.turns.items()), "--turns", help="training turns per image and task"
+    ),
 ):
     """Generate the Med-GRIT-style synthetic benchmark (deterministic per seed)."""
     from clinkd.progress import make_progress
