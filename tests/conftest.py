@@ -103,6 +103,16 @@ def tiny_sasg(tmp_path_factory, tiny_processor):
     return build_selector("sasg", RecipeConfig(clip=clip_cfg, select={"method": "sasg", "scorer_path": root / "clip"}))
 
 
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """A synthetic Med-GRIT folder: 8 training images, one test record per task and modality, 48 px."""
+    from clinkd.synth import generate
+
+    root = tmp_path_factory.mktemp("small") / "data"
+    generate(root, seed=0, images=8, test_per_cell=1, image_size=48)
+    return root
+
+
 def caption_corpus(seed: int, size: int, empty_references: bool = False) -> tuple[list[str], list[list[str]]]:
     """Seeded candidate/reference captions with the edge cases the caption metrics must survive: every 7th candidate
     empty, single words, very long texts, 1–3 references (with ``empty_references``, some empty ones too)."""

@@ -1,3 +1,7 @@
+import json
+
+import pytest
+
 from typer.testing import CliRunner
 
 from clinkd.cli import app
@@ -28,3 +32,155 @@ def test_missing_model_dir_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["predict", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o"), f"data.dir={tmp_path}", "data.synth.enabled=false"])
     assert result.exit_code == 2
     assert "error" in result.output
+
+
+def _copy_with(small_data, tmp_path, name, text):
+    """A copy of ``small_data`` (images linked) whose file ``name`` holds ``text``."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in small_data.iterdir():
+        (data / path.name).symlink_to(path)
+    (data / name).unlink()
+    (data / name).write_text(text, encoding="utf-8")
+    return data
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [("test_MIA.json", '[{"id": ', "malformed JSON"), ("train.json", "[]", "the file holds an empty list")],
+)
+@pytest.mark.parametrize("command", ["train", "distill", "clip-train"])
+def test_a_split_without_usable_records_stops_before_training(small_data, tmp_path, name, text, reason, command):
+    data = _copy_with(small_data, tmp_path, name, text)
+    result = runner.invoke(app, [command, f"data.dir={data}", "data.synth.enabled=false", f"output_dir={tmp_path / 'runs'}"])
+    assert result.exit_code == 2, result.output
+    assert f"error: {data / name}: no usable record ({reason}" in result.output.splitlines()[-1]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs" / "default" / "sft").exists()
+    assert (tmp_path / "runs" / "default" / "data_issues.txt").is_file()
+
+
+def test_predict_reflect_and_evaluate_stop_on_a_test_file_without_usable_records(small_data, tmp_path):
+    data = _copy_with(small_data, tmp_path, "test_RC.json", "{}")
+    settings = [f"data.dir={data}", "data.synth.enabled=false", f"output_dir={tmp_path / 'runs'}"]
+    not_a_model = str(tmp_path / "none")  # the data is checked before the model is loaded
+    rows = tmp_path / "p.jsonl"
+    rows.write_text("{}\n")
+    for args in (
+        ["predict", "--model", not_a_model, "--out", str(tmp_path / "p"), *settings],
+        ["reflect", "--model", not_a_model, *settings],
+        ["evaluate", "--pred", str(rows), "--out", str(tmp_path / "e"), "--data", str(data)],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"error: {data / 'test_RC.json'}: no usable record (top level is a JSON dict" in result.output.splitlines()[-1]
+
+
+ROW = {"id": "ct_1", "image": "ct_1.png", "task": "ROC", "modality": "ct", "question": "q", "annotation": "liver", "response": "liver"}
+
+
+def _jsonl(*rows) -> str:
+    return "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (_jsonl(ROW) + '{"id": "ct_2", "resp', ":2: malformed JSONL line"),  # torn: evaluate does not resume
+        ("", ": no prediction rows"),
+        ("\n\n", ": no prediction rows"),
+        (None, ": is a directory, expected a JSONL file"),
+        (_jsonl(ROW, {**ROW, "task": "XX"}), ":2: prediction 'ct_1' (image 'ct_1.png'): unknown task 'XX'"),
+        (_jsonl({**ROW, "modality": "zz"}), ":1: prediction 'ct_1' (image 'ct_1.png'): unknown modality 'zz'"),
+        (_jsonl({k: v for k, v in ROW.items() if k != "response"}), ":1: prediction row lacks response"),
+        (_jsonl({**ROW, "response": None}), ":1: prediction row field(s) response must be strings"),
+        (_jsonl("[1, 2]"), ":1: a prediction row must be a JSON object, got list"),
+        (_jsonl(ROW, "{oops", ROW), ":2: malformed JSONL line"),
+    ],
+)
+def test_evaluate_names_the_bad_prediction_file_and_line(tmp_path, content, message):
+    path = tmp_path / "P.jsonl"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content, encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", "--pred", str(path), "--out", str(tmp_path / "out"), "--meteor", "off", "--spice", "off"])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1].startswith(f"error: {path}{message}")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_evaluate_refuses_an_unknown_on_error_policy(tmp_path):
+    result = runner.invoke(app, ["evaluate", "--pred", "P.jsonl", "--out", str(tmp_path), "--on-error", "ignore"])
+    assert result.exit_code == 2 and "Invalid value for '--on-error'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_config_writes_the_resolved_yaml_to_stdout_only():
+    import yaml
+
+    from clinkd.config import dump_config, load_config
+
+    result = runner.invoke(app, ["config", "configs/default.yaml", "--preset", "quick"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == dump_config(load_config("configs/default.yaml", preset="quick"))
+    assert yaml.safe_load(result.stdout)["name"] == "quick"
+    assert result.stderr == ""
+
+
+def test_evaluate_and_compare_write_their_data_to_stdout(tmp_path):
+    rows = tmp_path / "P.jsonl"
+    rows.write_text(_jsonl(ROW, {**ROW, "id": "mr_1", "modality": "mr", "response": "kidney"}), encoding="utf-8")
+    args = ["evaluate", "--pred", str(rows), "--meteor", "off", "--spice", "off", "--no-figures", "--out"]
+    as_json = runner.invoke(app, [*args, str(tmp_path / "a"), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == json.loads((tmp_path / "a" / "metrics.json").read_text(encoding="utf-8"))
+    as_text = runner.invoke(app, [*args, str(tmp_path / "b")])
+    assert as_text.stdout.rstrip("\n") == (tmp_path / "b" / "report.md").read_text(encoding="utf-8").rstrip("\n")
+    compared = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--label", "a", "--label", "b"])
+    assert compared.exit_code == 0, compared.output
+    assert compared.stdout.startswith("# Comparison") and "| a |" in compared.stdout
+    assert compared.stderr == ""
+
+
+def test_convert_writes_16_bit_images_as_clinkd_reads_them(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from clinkd.model.processor import load_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 3 + 1000)).save(images / "ct_wide.png")
+    Image.new("L", (8, 8), 90).save(images / "mr_narrow.png")
+    question = "Picture 1: <img>{}.png</img>\nWhat can you diagnose from the overall findings in this image?"
+    records = [{"id": name, "conversations": [[question.format(name), "A small cyst."]]} for name in ("ct_wide", "mr_narrow")]
+    (tmp_path / "in.json").write_text(json.dumps(records), encoding="utf-8")
+    out = tmp_path / "lf"
+    args = ["convert", "--input", str(tmp_path / "in.json"), "--images", str(images), "--out", str(out), "--image-paths", "relative"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "clinkd_medgrit.json").read_text(encoding="utf-8"))
+    assert [record["images"][0] for record in written] == ["images/ct_wide.png", "../images/mr_narrow.png"]
+    converted = np.asarray(Image.open(out / "images" / "ct_wide.png"))
+    assert converted.dtype == np.uint8 and converted.shape == (64, 64, 3)
+    assert np.array_equal(converted, np.asarray(load_image(images / "ct_wide.png")))
+    assert (converted.min(), converted.max()) == (0, 255)  # the used range stretched, not clipped to white
+    assert "ConvertSummary(" not in result.output
+    assert f"1 16-bit images written as 8-bit PNGs to {out / 'images'}" in result.output
+
+
+def test_convert_help_lists_the_box_styles_and_image_path_choices():
+    result = runner.invoke(app, ["convert", "--help"])
+    assert "qwen2-vl|qwen-vl" in result.output and "absolute|relative" in result.output
+
+
+def test_config_from_an_empty_folder_is_the_clinkd_recipe_with_its_built_in_presets(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)  # no configs/default.yaml here
+    result = runner.invoke(app, ["config", "--preset", "quick"])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.stdout)
+    assert (resolved["name"], resolved["distill"]["enabled"], resolved["select"]["method"]) == ("quick", True, "sasg")

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,53 @@ def test_resolved_config_round_trips(tmp_path):
     saved = tmp_path / "resolved.yaml"
     saved.write_text(dump_config(cfg))
     assert load_config(saved) == cfg
+
+
+def test_the_code_defaults_are_the_default_recipe():
+    assert RecipeConfig() == load_config(ROOT / "configs/default.yaml")
+    cfg = RecipeConfig()
+    assert (cfg.distill.enabled, cfg.reflect.enabled, cfg.select.method, cfg.rope.name) == (True, True, "sasg", "mcg")
+
+
+def test_presets_are_built_in_and_a_recipe_can_add_its_own(tmp_path):
+    import yaml
+
+    assert "presets" not in yaml.safe_load((ROOT / "configs/default.yaml").read_text(encoding="utf-8"))
+    quick = load_config(None, preset="quick")
+    assert (quick.name, quick.model.size, quick.distill.enabled, quick.select.method) == ("quick", "xs", True, "sasg")
+    assert quick == load_config(ROOT / "configs/default.yaml", preset="quick")
+    path = tmp_path / "r.yaml"
+    path.write_text("presets:\n  tiny: {model: {size: xs}}\n", encoding="utf-8")
+    assert load_config(path, preset="tiny").model.size == "xs"
+    assert preset_names(path) == ["quick", "tiny"]
+
+
+def _readme_rows() -> list[tuple[list[str], list[str]]]:
+    """(keys, defaults) of every row of the README's configuration table, brace groups expanded."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            keys_cell, defaults_cell = line.split(" | ")[:2]
+            keys = [key for text in re.findall(r"`([^`]+)`", keys_cell) for key in _expand(text)]
+            rows.append((keys, re.findall(r"`([^`]+)`", defaults_cell)))
+    return rows
+
+
+def _expand(key: str) -> list[str]:
+    """``a.{b,c}`` → ``["a.b", "a.c"]``."""
+    match = re.fullmatch(r"(.*)\{(.*)\}", key)
+    return [match.group(1) + name for name in match.group(2).split(",")] if match else [key]
+
+
+def test_the_readme_configuration_table_matches_the_code_defaults():
+    defaults = RecipeConfig().model_dump(mode="json")
+    rows = _readme_rows()
+    for keys, values in rows:
+        assert len(keys) == len(values), f"README row {keys}: {len(values)} defaults for {len(keys)} keys"
+        for key, text in zip(keys, values):
+            node = defaults
+            for part in key.split("."):
+                node = node[part]
+            assert parse_override(f"{key}={text}")[1] == node, f"README says {key} = {text}, the code says {node!r}"
+    assert {key.split(".")[0] for keys, _ in rows for key in keys} == set(RecipeConfig.model_fields)

@@ -249,6 +249,30 @@ def test_issues_span_several_files(tmp_path: Path, images: Path) -> None:
     assert str(tmp_path / "c.json") not in summary  # beyond the first example
 
 
+def test_issue_file_lists_every_problem_and_the_console_the_first_few(tmp_path: Path, images: Path) -> None:
+    unknown = [record(f"zz_{number}", ("Where?", "Here.")) for number in range(8)]
+    issues = DataIssues()
+    load_medgrit(write_json(tmp_path / "train.json", GOOD + unknown), images, issues=issues)
+    issues_file = tmp_path / "run" / "data_issues.txt"
+    console = issues.record(issues_file)
+    written = issues_file.read_text(encoding="utf-8")
+    assert all(f"record {3 + number} (id 'zz_{number}')" in written for number in range(8))
+    assert "all 8:" in written
+    assert [line.split() for line in console.splitlines()[1:3]] == [["problem", "count"], ["unknown_modality", "8"]]
+    assert sum("[unknown_modality]" in line for line in console.splitlines()) == 5
+    assert "first 5 of 8:" in console and console.endswith(f"(every problem: {issues_file})")
+
+
+def test_a_duplicate_id_is_reported_and_kept_once(tmp_path: Path, images: Path) -> None:
+    path = write_json(tmp_path / "test_VG.json", GOOD + [GOOD[1]])
+    issues = DataIssues()
+    assert [s.id for s in load_medgrit(path, images, issues=issues)] == list(IDS)
+    assert issues.counts == {"duplicate_id": 1}
+    assert str(issues.issues[0]) == f"{path} record 3 (id '{MR}'): id '{MR}' is already record 1's; only the first is kept"
+    summary = convert(path, images, tmp_path / "out", issues=DataIssues())
+    assert (summary.records_read, summary.samples_written) == (4, 3)
+
+
 def test_image_check_levels(tmp_path: Path, images: Path) -> None:
     (images / f"{MR}.png").write_bytes(b"garbage")
     (images / f"{XRAY}.png").unlink()

@@ -145,7 +145,7 @@ def test_teacher_recipe_changes_only_the_teacher_init_and_epochs(tmp_path):
     cfg = RecipeConfig(model={"size": "xs"}, train={"epochs": 3, "lr": 5e-4}, distill={"teacher_size": "s", "teacher_epochs": 6})
     tuned = teacher_recipe(cfg)
     assert (tuned.model.size, tuned.train.epochs, tuned.train.lr) == ("s", 6, 5e-4)
-    assert teacher_recipe(RecipeConfig(train={"epochs": 2})).train.epochs == 2 and cfg.model.size == "xs"
+    assert teacher_recipe(RecipeConfig(train={"epochs": 2}, distill={"teacher_epochs": None})).train.epochs == 2 and cfg.model.size == "xs"
     from_checkpoint = teacher_recipe(RecipeConfig(model={"path": str(tmp_path), "size": "xs"}, distill={"teacher_size": "s"}))
     assert (from_checkpoint.model.path, from_checkpoint.model.size) == (tmp_path, "xs")
     larger = tmp_path / "teacher-7b"
@@ -383,7 +383,7 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
             "predict": {"batch_size": 16},
             "distill": {
                 "teacher_fraction": 0.25, "pseudo_fraction": 0.5, "pseudo_max_new_tokens": 4,
-                "targets": "both", "mode": "cached", "top_k": 16,
+                "targets": "both", "mode": "cached", "top_k": 16, "teacher_size": "xs", "teacher_epochs": 1,
             },
         }
     )

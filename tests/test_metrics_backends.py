@@ -457,3 +457,29 @@ def test_compare_renders_table_2_and_flags_backend_differences(tmp_path):
     assert "Backends differ" in result.output and "**ROUGE_L**" in result.output
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no metrics.json" in " ".join(result.output.split())
+
+
+def test_evaluate_runs_without_nltk_and_says_once_that_meteor_is_missing(tmp_path, monkeypatch):
+    """A plain install (no extras) scores RC and MIA: METEOR falls back to none, SPICE-approx to no WordNet."""
+    import json
+    import sys
+
+    from typer.testing import CliRunner
+
+    from clinkd.cli import app
+    from clinkd.metrics import backends, meteor
+
+    monkeypatch.setitem(sys.modules, "nltk", None)  # import nltk raises ImportError
+    monkeypatch.setattr(backends, "meteor_java_missing", lambda: ["java"])
+    monkeypatch.setattr(backends, "spice_missing", lambda corenlp_dir=None: ["CoreNLP jars"])
+    meteor.wordnet_reader.cache_clear()
+    row = {"id": "ct_1", "image": "ct_1.png", "modality": "ct", "question": "q", "annotation": "A small dark cyst.", "response": "A dark cyst."}
+    rows = tmp_path / "P.jsonl"
+    rows.write_text("".join(json.dumps({**row, "task": task}) + "\n" for task in ("RC", "MIA")), encoding="utf-8")
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(rows), "--out", str(tmp_path / "out"), "--no-figures", "--json"])
+    meteor.wordnet_reader.cache_clear()
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["model"]["tasks"]["MIA"]["headline"]["metric"] == "mBR"
+    assert "no WordNet" in document["model"]["backends"]["SPICE-approx"]
+    assert result.stderr.count("METEOR not run here") == 1 and "clinkd[nltk]" in result.stderr

@@ -1,10 +1,12 @@
 import json
+from dataclasses import replace
 
 import pytest
 from PIL import Image
 
 from clinkd.config import PredictConfig
 from clinkd.data.records import PREDICTION_FIELDS, Sample, Turn
+from clinkd.data.validation import DataError
 from clinkd.recipes import predict as predict_module
 from clinkd.recipes.predict import clean_generation, run_predict
 
@@ -73,3 +75,34 @@ def test_append_after_a_torn_line_keeps_every_row(tmp_path):
     assert [row["index"] for row in read_jsonl(path)] == [0]
     append_jsonl(path, [{"index": 1}, {"index": 2}])
     assert [row["index"] for row in read_jsonl(path)] == [0, 1, 2]
+
+
+CONFIG = PredictConfig(batch_size=2, max_new_tokens={"VG": 3})
+
+
+def test_a_record_fixed_between_runs_is_predicted_once_and_none_twice(tmp_path, tiny_model, tiny_processor, monkeypatch):
+    samples = _tests(tmp_path, 5)["VG"]
+    out = tmp_path / "out"
+    run_predict(tiny_model, tiny_processor, {"VG": samples[:2] + samples[3:]}, out, CONFIG)  # record 2 was skipped
+    generated = []
+    real = predict_module.generate_responses
+    monkeypatch.setattr(predict_module, "generate_responses", lambda *a: generated.extend(s.id for s in a[3]) or real(*a))
+    run_predict(tiny_model, tiny_processor, {"VG": samples}, out, CONFIG)  # record 2 fixed
+    assert generated == [samples[2].id]
+    rows = [json.loads(line) for line in (out / "VG.jsonl").read_text().splitlines()]
+    assert [(row["index"], row["id"]) for row in rows] == [(index, sample.id) for index, sample in enumerate(samples)]
+
+
+@pytest.mark.parametrize("change", ["question changed", "answer changed", "record removed"])
+def test_a_row_that_answers_no_input_record_stops_the_rerun(tmp_path, tiny_model, tiny_processor, change):
+    samples = _tests(tmp_path, 3)["VG"]
+    out = tmp_path / "out"
+    run_predict(tiny_model, tiny_processor, {"VG": samples}, out, CONFIG)
+    turn = samples[1].turns[0]
+    edited = {
+        "question changed": [replace(samples[1], turns=[Turn("Where is the spleen?", turn.answer)])],
+        "answer changed": [replace(samples[1], turns=[Turn(turn.question, "<ref>liver</ref><box>(5,6),(7,8)</box>")])],
+        "record removed": [],
+    }[change]
+    with pytest.raises(DataError, match=rf"VG\.jsonl:2: this row \(id '{samples[1].id}'\) answers no record of the input"):
+        run_predict(tiny_model, tiny_processor, {"VG": [samples[0], *edited, samples[2]]}, out, CONFIG)

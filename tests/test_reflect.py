@@ -652,12 +652,12 @@ def test_reflect_config_defaults_and_errors():
         load_config(overrides=["reflect.corrector=gpt"])
 
 
-def test_cli_reflect_needs_an_existing_model(tmp_path):
+def test_cli_reflect_needs_an_existing_model(tmp_path, small_data):
     from typer.testing import CliRunner
 
     from clinkd.cli import app
 
-    result = CliRunner().invoke(app, ["reflect", "--model", str(tmp_path / "none"), f"data.dir={tmp_path}", "data.synth.enabled=false"])
+    result = CliRunner().invoke(app, ["reflect", "--model", str(tmp_path / "none"), f"data.dir={small_data}", "data.synth.enabled=false", f"output_dir={tmp_path}"])
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
 
 

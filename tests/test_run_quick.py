@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from typer.testing import CliRunner
 
 from clinkd.cli import app
 from clinkd.data.records import MODALITIES, MODALITY_NAMES, TASKS
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_quick_run_writes_a_complete_report(tmp_path):
-    args = ["run", str(ROOT / "configs/default.yaml"), "--preset", "quick", f"output_dir={tmp_path / 'runs'}", f"data.dir={tmp_path / 'synth'}"]
-    result = CliRunner().invoke(app, args)
+def test_quick_run_from_an_empty_folder_writes_a_complete_clinkd_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the recipe and its quick preset come from the code
+    result = CliRunner().invoke(app, ["run", "--preset", "quick"])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "quick"
     for name in ("config.resolved.yaml", "data_issues.txt", "metrics.json", "report.md", "stage_times.json"):
@@ -30,3 +27,6 @@ def test_quick_run_writes_a_complete_report(tmp_path):
     for name in MODALITY_NAMES.values():
         assert f"| {name} " in report
     assert "mcg" in report  # the report names the RoPE strategy
+    assert "| training | distillation (teacher → pseudo labels → student) |" in report
+    assert "## Reflective correction" in report and "`sasg` (N = 3" in report
+    assert "| teacher |" in report and "| student (distilled) |" in report

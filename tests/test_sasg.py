@@ -434,7 +434,7 @@ def test_clip_train_command_writes_a_loadable_scorer(tmp_path, one_thread):
     assert scorer.score_pairs([Image.new("RGB", (40, 40))], ["liver"]).shape == (1,)
 
 
-def test_predict_select_sasg_without_a_clip_is_one_clear_error(tmp_path, tiny_model, tiny_processor):
+def test_predict_select_sasg_without_a_clip_is_one_clear_error(tmp_path, tiny_model, tiny_processor, small_data):
     from typer.testing import CliRunner
 
     from clinkd.cli import app
@@ -442,7 +442,7 @@ def test_predict_select_sasg_without_a_clip_is_one_clear_error(tmp_path, tiny_mo
 
     save_checkpoint(tiny_model, tiny_processor, tmp_path / "model")
     result = CliRunner().invoke(
-        app, ["predict", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "o"), "--select", "sasg", f"output_dir={tmp_path}", f"data.dir={tmp_path}"]
+        app, ["predict", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "o"), "--select", "sasg", f"output_dir={tmp_path}", f"data.dir={small_data}", "data.synth.enabled=false"]
     )
     assert result.exit_code == 2, result.output
     assert "clip-train" in result.output and "Traceback" not in result.output

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
+
+import pytest
 
 from clinkd.recipes.run import StageClock
 
@@ -37,3 +42,42 @@ def test_unreadable_record_starts_from_zero_and_no_path_keeps_nothing(tmp_path):
     in_memory.time("data", lambda: None)
     assert set(in_memory.seconds) == {"data"}
     assert [entry.name for entry in tmp_path.iterdir()] == ["stage_times.json"]
+
+
+def test_a_failed_stage_keeps_its_time(tmp_path):
+    path = tmp_path / "stage_times.json"
+
+    def fail():
+        time.sleep(0.05)
+        raise KeyboardInterrupt  # Ctrl+C
+
+    with pytest.raises(KeyboardInterrupt):
+        StageClock(path).time("distill", fail)
+    assert json.loads(path.read_text())["distill"] >= 0.05
+
+
+def test_a_killed_stage_keeps_its_time_up_to_the_last_save(tmp_path):
+    path = tmp_path / "stage_times.json"
+    script = (
+        "import pathlib, time; from clinkd.recipes.run import StageClock; "
+        f"StageClock(pathlib.Path({str(path)!r}), save_every=0.1).time('train', lambda: time.sleep(60))"
+    )
+    stage = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 30
+        while not (path.is_file() and json.loads(path.read_text()).get("train", 0) >= 0.3) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stage.send_signal(signal.SIGKILL)
+        stage.wait()
+    assert json.loads(path.read_text())["train"] >= 0.3
+
+
+def test_a_resumed_trainer_stage_says_from_which_checkpoint(tmp_path, capsys):
+    from clinkd.recipes.train import resume_point
+
+    assert resume_point(tmp_path / "checkpoints", "student") is None
+    for step in (20, 140):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    assert resume_point(tmp_path / "checkpoints", "student") == str(tmp_path / "checkpoints" / "checkpoint-140")
+    assert "student: resuming from checkpoint 140 (" in " ".join(capsys.readouterr().err.split())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal
 
 SCALE = 1000
 
@@ -33,6 +34,10 @@ class BoxStyle(str, Enum):
     QWEN_VL = "qwen-vl"
     QWEN2_VL = "qwen2-vl"
     PLAIN = "plain"
+
+
+# The styles a model is trained to read and write (plain has no tags to find a box by).
+ModelBoxStyle = Literal["qwen2-vl", "qwen-vl"]
 
 
 _NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"

@@ -9,14 +9,19 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from clinkd.boxes import ModelBoxStyle
+from clinkd.config import SynthConfig
+from clinkd.data.sharegpt import ImagePaths
+from clinkd.data.validation import OnError
+
 from clinkd.progress import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="ClinKD: train, distil, run and score Qwen2-VL on refer-and-ground medical VQA.")
 
-DEFAULT_CONFIG = Path("configs/default.yaml")
-ConfigArg = typer.Argument(None, help="recipe YAML (default: configs/default.yaml when present)")
+SYNTH_DEFAULTS = SynthConfig()  # clinkd synth makes what a run's data.synth makes by default
+ConfigArg = typer.Argument(None, help="recipe YAML (default: the built-in ClinKD recipe, which configs/default.yaml spells out)")
 OverridesArg = typer.Argument(None, help="dotted overrides, e.g. train.lr=1e-3 model.size=xs")
-PresetOpt = typer.Option(None, "--preset", help="a named override set from the recipe's presets: block")
+PresetOpt = typer.Option(None, "--preset", help="a named override set: built in (quick) or from the recipe's presets: block")
 
 
 def _fail_cleanly(command):
@@ -28,12 +33,13 @@ def _fail_cleanly(command):
         from clinkd.config import ConfigError
         from clinkd.data.validation import DataError
         from clinkd.interactive.infer import InferInputError
+        from clinkd.io import JsonlError
         from clinkd.model.loading import CheckpointError
 
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError) as error:
-            console.print(f"[red]error:[/red] {escape(str(error))}")  # escaped: `clinkd[demo]` is not markup
+        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError) as error:
+            console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # one line; escaped: `clinkd[demo]` is not markup
             raise typer.Exit(2) from None
 
     return wrapper
@@ -47,8 +53,6 @@ def _load(config: Optional[Path], overrides: Optional[list[str]], preset: Option
         # `clinkd run train.lr=1e-3`: the first positional is an override, not a file.
         overrides.insert(0, str(config))
         config = None
-    if config is None and DEFAULT_CONFIG.is_file():
-        config = DEFAULT_CONFIG
     return load_config(config, overrides, preset)
 
 
@@ -69,13 +73,13 @@ def run(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = Ove
 def train(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
     """Supervised fine-tuning only; the model goes to <run>/sft/model."""
     from clinkd.batching import training_examples
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import ensure_synth, initial_model, load_dataset
     from clinkd.recipes.train import run_sft
 
     cfg = _load(config, overrides, preset)
     ensure_synth(cfg)
-    dataset = load_dataset(cfg)
-    console.print(dataset.issues.summary())
+    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
     model, processor = initial_model(cfg, dataset.train)
     result = run_sft(cfg, model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
     console.print(f"[green]trained {result.steps} steps in {result.seconds:.0f} s → {result.model_dir}")
@@ -95,13 +99,13 @@ def reflect(
     """
     from clinkd.model.loading import load_checkpoint
     from clinkd.recipes.reflect import run_reflect
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import ensure_synth, load_dataset
 
     cfg = _load(config, overrides, preset)
-    loaded, processor = load_checkpoint(model, cfg.model.dtype)
     ensure_synth(cfg)
-    dataset = load_dataset(cfg)
-    console.print(dataset.issues.summary())
+    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)  # data problems before the slow load
+    loaded, processor = load_checkpoint(model, cfg.model.dtype)
     result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
     console.print(result.markdown(), markup=False)
     console.print(f"[green]done:[/green] {result.model_dir or 'no round ran (reflect.rounds=0)'}")
@@ -116,12 +120,12 @@ def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] =
     """
     from clinkd.distill.teacher_cache import CacheMismatchError
     from clinkd.recipes.distill import run_distill
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import ensure_synth, initial_model, load_dataset
 
     cfg = _load(config, overrides, preset)
     ensure_synth(cfg)
-    dataset = load_dataset(cfg)
-    console.print(dataset.issues.summary())
+    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
     try:
         _, _, info = run_distill(cfg, dataset, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
     except CacheMismatchError as error:
@@ -145,15 +149,15 @@ def predict(
     """Batched generation on the test files of data.dir, to resumable JSONL."""
     from clinkd.model.loading import load_checkpoint
     from clinkd.recipes.predict import run_predict
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import load_dataset
     from clinkd.sasg import selector_for
 
     overrides = [*(overrides or []), *([f"select.method={select}"] if select else [])]
     cfg = _load(config, overrides, preset)
+    dataset = load_dataset(cfg, with_train=False, issues_file=out / ISSUES_FILE)  # data problems before the slow load
     loaded, processor = load_checkpoint(model, cfg.model.dtype)
     selector = selector_for(cfg, loaded.device)
-    dataset = load_dataset(cfg, with_train=False)
-    console.print(dataset.issues.summary())
     paths = run_predict(loaded, processor, dataset.tests, out, cfg.predict, cfg.data.box_style, cfg.model.square_size, selector)
     for task, path in paths.items():
         console.print(f"{task}: {path}")
@@ -174,13 +178,13 @@ def clip_train(
     from transformers import AutoTokenizer
 
     from clinkd.model.tokenizer import train_tokenizer
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.run import ensure_synth, load_dataset, tokenizer_corpus
     from clinkd.sasg import run_clip_train, scorer_dir
 
     cfg = _load(config, overrides, preset)
     ensure_synth(cfg)
-    dataset = load_dataset(cfg)
-    console.print(dataset.issues.summary())
+    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
     source = tokenizer or (cfg.run_dir / "sft" / "model")
     if (source / "tokenizer_config.json").is_file():
         text_tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
@@ -201,17 +205,22 @@ def evaluate(
     pred: list[Path] = typer.Option(..., "--pred", help="prediction JSONL file(s)"),
     out: Path = typer.Option(..., "--out", help="folder for metrics.json and report.md"),
     data: Optional[Path] = typer.Option(None, "--data", help="data dir with test_*.json: adds the trivial baselines"),
-    on_error: str = typer.Option("skip", "--on-error", help="skip|stop for bad test records"),
+    on_error: OnError = typer.Option("skip", "--on-error", help="for bad test records"),
     meteor: str = typer.Option("auto", "--meteor", help="auto|java|nltk|off (auto: METEOR 1.5 jar, else meteor-nltk)"),
     spice: str = typer.Option("auto", "--spice", help="auto|official|approx|off (auto: real SPICE if its jars are found, else SPICE-approx)"),
     spice_jars: Optional[Path] = typer.Option(None, "--spice-jars", help="folder with stanford-corenlp-3.6.0{,-models}.jar for real SPICE"),
     bird_exact: bool = typer.Option(False, "--bird-exact", help="score exactly as BiRD's scripts"),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="write the PNG figures"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run folder with train_log.json files for the loss figure (default: --out)"),
+    as_json: bool = typer.Option(False, "--json", help="print metrics.json instead of report.md (both are written to --out)"),
 ):
-    """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures."""
+    """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures.
+
+    The report (or with --json the metrics) goes to stdout; progress and messages to stderr.
+    """
+    import json
     from clinkd.data.medgrit import load_test_split
-    from clinkd.data.validation import DataIssues
+    from clinkd.data.validation import ISSUES_FILE, DataIssues
     from clinkd.metrics.backends import BackendChoice, caption_scorers
     from clinkd.metrics.meteor import BackendUnavailable
     from clinkd.recipes.evaluate import run_evaluate
@@ -220,14 +229,15 @@ def evaluate(
     if data is not None:
         issues = DataIssues()
         tests = load_test_split(data, data / "images", on_error=on_error, issues=issues)
-        console.print(issues.summary())
+        console.print(issues.record(out / ISSUES_FILE))
+        issues.raise_for_unusable_files()
     try:
         scorers = caption_scorers(BackendChoice(meteor=meteor, spice=spice, corenlp_dir=spice_jars))
     except (ValueError, BackendUnavailable) as error:
         console.print(f"[red]error:[/red] {escape(str(error))} (clinkd env lists what is available)")
         raise typer.Exit(2) from None
-    run_evaluate(pred, out, tests=tests, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir)
-    console.print((out / "report.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+    document = run_evaluate(pred, out, tests=tests, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir)
+    typer.echo(json.dumps(document, indent=2, ensure_ascii=False) if as_json else (out / "report.md").read_text(encoding="utf-8"))
 
 
 @app.command()
@@ -245,7 +255,7 @@ def compare(
     except ValueError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
-    console.print(text, markup=False, highlight=False, soft_wrap=True)  # unwrapped: Markdown tables stay intact
+    typer.echo(text, nl=False)  # stdout, unwrapped: the Markdown tables can be piped
 
 
 @app.command("env")
@@ -255,7 +265,7 @@ def show_env(
     """Versions of torch, transformers and Java, and which metric backends can run here (and what is missing)."""
     from clinkd.doctor import environment_report, render_environment
 
-    console.print(render_environment(environment_report(spice_jars)), markup=False, highlight=False, soft_wrap=True)
+    typer.echo(render_environment(environment_report(spice_jars)))
 
 
 def _turn_mix(text: str) -> dict[str, int]:
@@ -278,11 +288,13 @@ def _turn_mix(text: str) -> dict[str, int]:
 @_fail_cleanly
 def synth(
     out: Path = typer.Option(..., "--out", help="output dataset folder"),
-    seed: int = typer.Option(0, "--seed"),
-    images: int = typer.Option(1600, "--images", help="training images (spread over the 8 modalities)"),
-    test_per_cell: int = typer.Option(25, "--test-per-cell", help="test records per task and modality"),
-    image_size: int = typer.Option(112, "--image-size"),
-    turns: str = typer.Option("VG=1,ROC=1,RC=1,MIA=1", "--turns", help="training turns per image and task, e.g. VG=2,ROC=2,RC=1,MIA=1"),
+    seed: int = typer.Option(SYNTH_DEFAULTS.seed, "--seed"),
+    images: int = typer.Option(SYNTH_DEFAULTS.images, "--images", help="training images (spread over the 8 modalities)"),
+    test_per_cell: int = typer.Option(SYNTH_DEFAULTS.test_per_cell, "--test-per-cell", help="test records per task and modality"),
+    image_size: int = typer.Option(SYNTH_DEFAULTS.image_size, "--image-size"),
+    turns: str = typer.Option(
+        ",".join(f"{task}={count}" for task, count in SYNTH_DEFAULTS.turns.items()), "--turns", help="training turns per image and task"
+    ),
 ):
     """Generate the Med-GRIT-style synthetic benchmark (deterministic per seed)."""
     from clinkd.progress import make_progress
@@ -305,17 +317,21 @@ def convert(
     images: Path = typer.Option(..., "--images", help="image folder"),
     out: Path = typer.Option(..., "--out", help="output folder for <name>.json and dataset_info.json"),
     name: str = typer.Option("clinkd_medgrit", "--name", help="dataset name in dataset_info.json"),
-    box_style: str = typer.Option("qwen2-vl", "--box-style", help="qwen2-vl | qwen-vl"),
-    on_error: str = typer.Option("skip", "--on-error", help="skip: skip and count bad records; stop: fail on the first"),
+    box_style: ModelBoxStyle = typer.Option("qwen2-vl", "--box-style", help="markup written: qwen2-vl <|box_start|> tokens or Qwen-VL <box> tags"),
+    image_paths: ImagePaths = typer.Option("absolute", "--image-paths", help="relative: to --out (LLaMA-Factory's default media_dir), so the folder can move"),
+    on_error: OnError = typer.Option("skip", "--on-error", help="skip: skip and count bad records; stop: fail on the first"),
 ):
-    """Convert to LLaMA-Factory ShareGPT (messages + images) with a dataset_info.json entry."""
+    """Convert to LLaMA-Factory ShareGPT (messages + images) with a dataset_info.json entry.
+
+    16-bit images (LLaMA-Factory would clip them to white) are written to <out>/images as the 8-bit PNGs clinkd reads.
+    """
     from clinkd.data.sharegpt import convert as convert_file
-    from clinkd.data.validation import DataIssues
+    from clinkd.data.validation import ISSUES_FILE, DataIssues
 
     issues = DataIssues()
-    summary = convert_file(input, images, out, name=name, box_style=box_style, on_error=on_error, issues=issues)
-    console.print(issues.summary())
-    console.print(summary)
+    summary = convert_file(input, images, out, name=name, box_style=box_style, on_error=on_error, issues=issues, image_paths=image_paths)
+    console.print(issues.record(out / ISSUES_FILE))
+    console.print(str(summary), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -429,7 +445,7 @@ def show_config(config: Optional[Path] = ConfigArg, overrides: Optional[list[str
     """Validate a recipe and print it fully resolved."""
     from clinkd.config import dump_config
 
-    console.print(dump_config(_load(config, overrides, preset)), markup=False)
+    typer.echo(dump_config(_load(config, overrides, preset)), nl=False)  # stdout: clinkd config > resolved.yaml
 
 
 if __name__ == "__main__":

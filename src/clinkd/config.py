@@ -1,7 +1,9 @@
 """The recipe configuration: one typed source of truth, loaded from YAML with dotted overrides.
 
-A recipe file (``configs/*.yaml``) holds the fields of :class:`RecipeConfig` plus an optional
-``presets:`` mapping of named override sets (``clinkd run --preset quick``). Overrides are
+The defaults of :class:`RecipeConfig` are the ClinKD recipe (``configs/default.yaml`` repeats them, tested),
+so ``clinkd run`` without a file runs the whole pipeline from any folder. A recipe file (``configs/*.yaml``)
+holds fields of :class:`RecipeConfig` plus an optional ``presets:`` mapping of named override sets that adds
+to (or replaces one of) the built-in :data:`PRESETS` (``clinkd run --preset quick``). Overrides are
 ``section.key=value`` strings whose values are parsed as YAML (``train.lr=1e-3``,
 ``model.path=null``, ``predict.max_new_tokens.VG=40``). Every error names the offending key.
 """
@@ -15,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from clinkd.boxes import ModelBoxStyle
 from clinkd.data.records import TASKS
 from clinkd.model.positions import PAPER, RopeStrategy
 
@@ -39,7 +42,7 @@ class SynthConfig(_Section):
     test_per_cell: int = Field(25, gt=0, description="test records per (task, modality)")
     image_size: int = Field(112, ge=28)
     turns: dict[str, int] = Field(
-        default_factory=lambda: {task: 1 for task in TASKS},
+        default_factory=lambda: {"VG": 2, "ROC": 2, "RC": 2, "MIA": 1},
         description="training turns per image and task (a referring task asks at most one per object)",
     )
 
@@ -57,7 +60,7 @@ class DataConfig(_Section):
     train_file: str = "train.json"
     synth: SynthConfig = SynthConfig()
     on_error: Literal["skip", "stop"] = "skip"
-    box_style: Literal["qwen2-vl", "qwen-vl"] = Field(
+    box_style: ModelBoxStyle = Field(
         "qwen2-vl", description="box/ref markup the model is trained to read and write"
     )
     train_turns: Literal["split", "multi"] = Field(
@@ -101,7 +104,7 @@ class LoraConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="the student's epochs (paper: 2 distillation epochs, then 2 reflective rounds)")
     max_steps: int = Field(-1, description="overrides epochs when > 0")
     batch_size: int = Field(16, gt=0)
     grad_accum: int = Field(1, gt=0)
@@ -185,7 +188,7 @@ class ReflectConfig(_Section):
     accept_threshold: float = Field(0.8, ge=0, le=1, description="a corrector reply must score at least this against the ground truth")
     generate_samples: int | None = Field(512, gt=0, description="training turns generated on per round (fixed seeded subset); null = all")
     budget: int | None = Field(256, gt=0, description="most corrections requested per round, worst first; null = no limit")
-    train_samples: int | None = Field(None, gt=0, description="original training examples per round's epoch (seeded subset); null = all")
+    train_samples: int | None = Field(1600, gt=0, description="original training examples per round's epoch (seeded subset); null = all")
     epochs: float = Field(1.0, gt=0, description="epochs over the training mix per round")
     lr: float | None = Field(None, gt=0, description="learning rate of the rounds; null = train.lr")
     score_after: bool = Field(True, description="generate once more after the last round to score the final model")
@@ -203,16 +206,16 @@ class DistillConfig(_Section):
     ``clinkd.losses.KDLossConfig``); a set field overrides the preset.
     """
 
-    enabled: bool = Field(False, description="clinkd run: distil a student and evaluate it next to plain SFT")
+    enabled: bool = Field(True, description="clinkd run: teacher → pseudo labels → KD student (false: plain SFT)")
     teacher: Path | None = Field(None, description="an existing teacher checkpoint; null = fine-tune one on the subset")
     teacher_fraction: float = Field(0.111, gt=0, le=1, description="share of the train records the teacher is tuned on")
     teacher_init: Path | None = Field(
         None, description="checkpoint the teacher is fine-tuned from (paper: Qwen2-VL-7B for a 2B student); null = model.path"
     )
     teacher_size: Literal["xs", "s", "m"] | None = Field(
-        None, description="tiny teacher size (model.path and teacher_init null); null = model.size"
+        "s", description="tiny teacher size (model.path and teacher_init null); null = model.size"
     )
-    teacher_epochs: float | None = Field(None, gt=0, description="teacher fine-tuning epochs; null = train.epochs")
+    teacher_epochs: float | None = Field(3.0, gt=0, description="teacher fine-tuning epochs; null = train.epochs")
     targets: Literal["ground_truth", "pseudo", "both"] = Field(
         "both", description="the student's CE targets: the GT answers, the teacher's answers, or both sets"
     )
@@ -227,7 +230,7 @@ class DistillConfig(_Section):
     cache_dir: Path | None = Field(None, description="cached-mode folder; null = <run>/distill/cache")
     cache_shard_examples: int = Field(1024, gt=0, description="examples per safetensors shard of the cache")
     preset: Literal["paper", "clinkd-official"] = "paper"
-    alpha: float | None = Field(None, ge=0)
+    alpha: float | None = Field(0.5, ge=0, description="weight of L_KD (both presets: 0.5); null = the preset's")
     temperature: float | None = Field(None, gt=0)
     t_squared: bool | None = None
     divergence: Literal["forward", "reverse", "jsd"] | None = None
@@ -265,7 +268,7 @@ class SelectConfig(_Section):
     each scored by a Med-CLIP against the image (or the referred crop), highest calibrated score wins."""
 
     method: Literal["greedy", "beam", "sasg"] = Field(
-        "greedy", description="greedy: predict.num_beams top-1; beam: num_beams top-1; sasg: CLIP-selected candidate"
+        "sasg", description="greedy: predict.num_beams top-1; beam: num_beams top-1; sasg: CLIP-selected candidate"
     )
     candidates: Literal["beam", "sample"] = Field("beam", description="sasg candidates: beam search or sampling")
     num_beams: int = Field(3, gt=0)
@@ -295,7 +298,7 @@ class ReportConfig(_Section):
     teacher: bool = Field(True, description="the distillation teacher (when distill.enabled)")
     student: bool = Field(True, description="the distilled student before reflective correction and selection")
     sft_baseline: bool = Field(
-        True, description="a plain-SFT model trained from the same initialisation for the student's epochs (costs one training)"
+        False, description="a plain-SFT model trained from the same initialisation for the student's epochs (costs one training)"
     )
 
 
@@ -318,6 +321,20 @@ class RecipeConfig(_Section):
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.name
+
+
+# Named override sets, merged before the command-line overrides (``--preset quick``).
+PRESETS: dict[str, dict] = {
+    "quick": {  # CI-sized: a few minutes on 2 cores, exercises every stage
+        "name": "quick",
+        "data": {"dir": "data/synth-quick", "synth": {"images": 64, "test_per_cell": 2}},
+        "model": {"size": "xs", "tokenizer_vocab": 512},
+        "train": {"epochs": 1, "batch_size": 8, "logging_steps": 5, "save_steps": 20},
+        "distill": {"teacher_epochs": 1, "top_k": 16},
+        "reflect": {"generate_samples": 32, "budget": 16, "train_samples": 64},
+        "clip": {"steps": 20, "batch_size": 32},
+    },
+}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -349,15 +366,15 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None) -> RecipeConfig:
-    """Load a recipe: file defaults, then the named preset, then the dotted overrides."""
+    """Load a recipe: the code defaults, then the file, then the named preset, then the dotted overrides."""
     tree: dict = {}
     if path is not None:
         tree = _read_yaml(Path(path))
-    presets = tree.pop("presets", {}) or {}
+    presets = {**PRESETS, **(tree.pop("presets", {}) or {})}
     if preset is not None:
         if preset not in presets:
-            known = ", ".join(presets) or "none"
-            raise ConfigError(f"preset {preset!r} is not defined in {path} (defined: {known})")
+            where = f"built in or in {path}" if path else "built in"
+            raise ConfigError(f"preset {preset!r} is not defined ({where}: {', '.join(presets)})")
         tree = _deep_merge(tree, presets[preset])
     tree = apply_overrides(tree, list(overrides))
     return validate_tree(tree, source=str(path) if path else "defaults")
@@ -375,8 +392,9 @@ def dump_config(config: RecipeConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-def preset_names(path: str | Path) -> list[str]:
-    return list((_read_yaml(Path(path)).get("presets") or {}))
+def preset_names(path: str | Path | None = None) -> list[str]:
+    """The built-in presets and those of the recipe file ``path``."""
+    return list({**PRESETS, **((_read_yaml(Path(path)).get("presets") or {}) if path else {})})
 
 
 def _read_yaml(path: Path) -> dict:

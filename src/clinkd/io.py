@@ -10,11 +10,27 @@ from pathlib import Path
 from typing import Any
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process umask (0644 under umask 022)."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def match_umask(root: Path) -> None:
+    """Give every file under ``root`` (or ``root`` itself, a file) the umask's mode: safetensors writes 0600 files."""
+    mode = new_file_mode()
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if path.is_file():
+            path.chmod(mode)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, new_file_mode())  # mkstemp's 0600 would survive the rename
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -52,16 +68,31 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
         os.fsync(handle.fileno())
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    """Rows of a JSONL file. A torn last line (from a crash mid-write) is ignored; any other bad line raises."""
+class JsonlError(ValueError):
+    """A JSONL file that does not read; the message starts with ``file:line`` (or the file)."""
+
+
+def numbered_jsonl(path: str | Path, allow_torn_tail: bool = True) -> Iterator[tuple[int, Any]]:
+    """``(line number, row)`` of a JSONL file, blank lines skipped. A bad last line is taken for one torn by a crash
+    mid-write and ignored when ``allow_torn_tail`` (resuming); any other bad line raises :class:`JsonlError`."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.is_dir():
+        raise JsonlError(f"{path}: is a directory, expected a JSONL file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise JsonlError(f"{path}: not UTF-8 text ({error})") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as error:
-            if number == len(lines):
+            if number == len(lines) and allow_torn_tail:
                 return
-            raise ValueError(f"{path}:{number}: malformed JSONL line: {error}") from error
+            raise JsonlError(f"{path}:{number}: malformed JSONL line: {error}") from None
+
+
+def read_jsonl(path: str | Path, allow_torn_tail: bool = True) -> Iterator[dict]:
+    """Rows of a JSONL file (see :func:`numbered_jsonl`)."""
+    return (row for _, row in numbered_jsonl(path, allow_torn_tail))

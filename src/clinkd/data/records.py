@@ -122,6 +122,9 @@ class Prediction:
         missing = [key for key in PREDICTION_FIELDS if key not in row]
         if missing:
             raise KeyError(f"prediction row lacks {', '.join(missing)}")
+        not_text = [key for key in PREDICTION_FIELDS if not isinstance(row[key], str)]
+        if not_text:
+            raise ValueError(f"prediction row field(s) {', '.join(not_text)} must be strings")
         base = {key: row[key] for key in PREDICTION_FIELDS}
         extra = {key: value for key, value in row.items() if key not in PREDICTION_FIELDS}
         return cls(**base, extra=extra)

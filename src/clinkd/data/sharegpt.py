@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,11 +36,13 @@ from clinkd.data.validation import (
     validated_sample,
     warn_if_unobserved,
 )
+from clinkd.images import eight_bit_file
 from clinkd.io import atomic_write_json
 
 IMAGE_PLACEHOLDER = "<image>"
 DATASET_INFO_FILE = "dataset_info.json"
 DEFAULT_NAME = "clinkd_medgrit"
+CONVERTED_IMAGES_DIR = "images"  # in the output folder: 8-bit copies of 16-bit inputs
 InputFormat = Literal["medgrit", "sharegpt"]
 ImagePaths = Literal["absolute", "relative"]
 
@@ -273,17 +275,23 @@ class ConvertSummary:
     turns_written: int
     data_file: Path
     dataset_info_file: Path
+    images_converted: int = 0
+    images_dir: Path | None = None
 
     @property
     def skipped(self) -> int:
         return self.records_read - self.samples_written
 
     def __str__(self) -> str:
-        return (
+        lines = [
             f"{self.input_path} ({self.input_format}): {self.records_read} records read, "
-            f"{self.samples_written} written ({self.turns_written} turns), {self.skipped} skipped → "
-            f"{self.data_file} (registered in {self.dataset_info_file})"
-        )
+            f"{self.samples_written} written ({self.turns_written} turns), {self.skipped} skipped",
+            f"  data:    {self.data_file}",
+            f"  entry:   {self.data_file.stem} in {self.dataset_info_file}",
+        ]
+        if self.images_converted:
+            lines.append(f"  images:  {self.images_converted} 16-bit images written as 8-bit PNGs to {self.images_dir}")
+        return "\n".join(lines)
 
 
 def detect_format(records: list, path: Path) -> InputFormat:
@@ -320,6 +328,9 @@ def convert(
 ) -> ConvertSummary:
     """Read a Med-GRIT or ShareGPT file (detected from content), validate it, write LLaMA-Factory ShareGPT.
 
+    A 16-bit image (which LLaMA-Factory would clip to white) is written to ``out_dir/images/<id>.png`` as the
+    8-bit RGB that clinkd's own loader makes of it (:func:`clinkd.images.to_rgb`), and referenced there.
+
     ``images_dir`` holds ``<id>.png`` for Med-GRIT input, or is the base of relative paths for ShareGPT
     input. Bad records are handled by ``on_error``; a run that would write no sample raises
     :class:`DataError` under either policy, with the issue summary in its message.
@@ -336,7 +347,9 @@ def convert(
     )
     if not samples:
         raise DataError(f"no valid record in {input_path}:\n{collector.summary()}")
-    data_file = write_sharegpt(samples, out_dir, name=name, box_style=box_style, image_paths=image_paths)
+    images_out = Path(out_dir) / CONVERTED_IMAGES_DIR
+    readable = [replace(sample, image=eight_bit_file(sample.image, images_out)) for sample in samples]
+    data_file = write_sharegpt(readable, out_dir, name=name, box_style=box_style, image_paths=image_paths)
     warn_if_unobserved(collector, issues)
     return ConvertSummary(
         input_path=input_path,
@@ -346,4 +359,6 @@ def convert(
         turns_written=sum(len(sample.turns) for sample in samples),
         data_file=data_file,
         dataset_info_file=Path(out_dir) / DATASET_INFO_FILE,
+        images_converted=sum(new.image != old.image for new, old in zip(readable, samples)),
+        images_dir=images_out,
     )

@@ -8,7 +8,7 @@ a :class:`DataIssues` collector, then handled by the ``on_error`` policy:
 * ``"stop"`` — the first problem raises :class:`DataError`, whose message names the file and record.
 
 A record is checked in this order and the first failing check is its one reported issue:
-shape → modality prefix → non-empty texts → box/ref markup → image (the costly check last).
+shape → modality prefix → non-empty texts → box/ref markup → image (the costly check last) → id not seen before in the file.
 """
 
 from __future__ import annotations
@@ -26,10 +26,13 @@ from PIL import Image
 
 from clinkd.boxes import BoxError, BoxStyle, parse_boxes
 from clinkd.data.records import Sample, Turn, UnknownModalityError, modality_of
+from clinkd.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 OnError = Literal["skip", "stop"]
+ISSUES_FILE = "data_issues.txt"  # every problem, next to the output of the command that read the data
+CONSOLE_EXAMPLES = 5  # issues a console summary shows; ISSUES_FILE has them all
 ON_ERROR_CHOICES: tuple[str, ...] = get_args(OnError)
 
 
@@ -43,6 +46,7 @@ class IssueKind(str, Enum):
     BAD_BOX = "bad_box"  # a box does not parse, leaves 0–1000, has x2<x1 or y2<y1, or tags are unbalanced
     MISSING_IMAGE = "missing_image"  # the image file does not exist
     CORRUPT_IMAGE = "corrupt_image"  # PIL cannot identify or verify the image
+    DUPLICATE_ID = "duplicate_id"  # a usable record whose id an earlier record of the file already has
 
 
 @dataclass(frozen=True)
@@ -127,8 +131,8 @@ class DataIssues:
         by_kind = Counter(issue.kind for issue in self.issues)
         return {kind.value: by_kind[kind] for kind in IssueKind if by_kind[kind]}
 
-    def summary(self, examples: int = 5) -> str:
-        """A short table: record tallies, issue counts by kind, and the first ``examples`` issues."""
+    def summary(self, examples: int | None = CONSOLE_EXAMPLES) -> str:
+        """A short table: record tallies, issue counts by kind, and the first ``examples`` issues (``None``: all)."""
         read = sum(tally.records_read for tally in self.files.values())
         kept = sum(tally.records_kept for tally in self.files.values())
         lines = [f"{len(self.files)} file(s), {read} record(s) read, {kept} kept, {read - kept} skipped"]
@@ -137,9 +141,32 @@ class DataIssues:
         width = max(len(kind) for kind in self.counts)
         lines.append(f"{'problem':<{width}}  count")
         lines += [f"{kind:<{width}}  {count:>5}" for kind, count in self.counts.items()]
-        lines.append(f"first {min(examples, self.total)} of {self.total}:")
-        lines += [f"  [{issue.kind.value}] {issue}" for issue in self.issues[:examples]]
+        shown = self.issues if examples is None else self.issues[:examples]
+        lines.append(f"all {self.total}:" if len(shown) == self.total else f"first {len(shown)} of {self.total}:")
+        lines += [f"  [{issue.kind.value}] {issue}" for issue in shown]
         return "\n".join(lines)
+
+    def raise_for_unusable_files(self) -> None:
+        """Stop (:class:`DataError` naming the file) when a file gave no usable record: a hole in a split must not
+        surface as a torch error, or as an empty task, after hours of training."""
+        for file, tally in self.files.items():
+            if tally.records_kept == 0:
+                raise DataError(f"{file}: no usable record ({self._why_empty(file, tally)}); nothing was trained or predicted")
+
+    def _why_empty(self, file: str, tally: FileTally) -> str:
+        problems = [issue for issue in self.issues if issue.file == file]
+        if not problems:
+            return "the file holds an empty list"
+        first = problems[0]
+        if first.index is None:
+            return first.message
+        return f"{len(problems)} of {tally.records_read} records skipped, e.g. record {first.index}: {first.message}"
+
+    def record(self, path: Path) -> str:
+        """Write every issue to ``path`` (``data_issues.txt``); returns the console summary, pointing there when cut short."""
+        atomic_write_text(path, self.summary(examples=None) + "\n")
+        summary = self.summary()
+        return summary + f"\n(every problem: {path})" if self.total > CONSOLE_EXAMPLES else summary
 
 
 def read_json_records(path: Path, on_error: OnError, issues: DataIssues) -> list | None:
@@ -168,15 +195,29 @@ def collect_samples(
     on_error: OnError,
     issues: DataIssues,
 ) -> list[Sample]:
-    """``to_sample(index, record)`` for every record; a :class:`RecordProblem` becomes an issue."""
+    """``to_sample(index, record)`` for every record; a :class:`RecordProblem` becomes an issue.
+
+    Ids are unique per file: a usable record whose id an earlier usable one has is a ``DUPLICATE_ID`` issue (an id
+    names one image, one prediction row and one score).
+    """
     samples = []
+    first_with: dict[str, int] = {}
     for index, record in enumerate(records):
         try:
-            samples.append(to_sample(index, record))
+            sample = to_sample(index, record)
+            check_first_with_id(sample.id, index, first_with)
+            samples.append(sample)
         except RecordProblem as problem:
             issues.report(DataIssue(str(path), index, id_of(record), problem.kind, problem.message), on_error)
     issues.tally(str(path), len(records), len(samples))
     return samples
+
+
+def check_first_with_id(record_id: str, index: int, first_with: dict[str, int]) -> None:
+    """Raise ``DUPLICATE_ID`` when ``first_with`` (id → record index, filled here) already has ``record_id``."""
+    if record_id in first_with:
+        raise RecordProblem(IssueKind.DUPLICATE_ID, f"id {record_id!r} is already record {first_with[record_id]}'s; only the first is kept")
+    first_with[record_id] = index
 
 
 def warn_if_unobserved(issues: DataIssues, caller_issues: DataIssues | None) -> None:

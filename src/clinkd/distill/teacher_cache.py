@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 from clinkd.batching import ChatExample, TrainCollator
 from clinkd.distill.batches import batch_position_ids, model_inputs
-from clinkd.io import atomic_write_json
+from clinkd.io import atomic_write_json, match_umask
 from clinkd.losses import KDLossConfig, answer_mask, topk_logprobs
 from clinkd.model.box_convention import BoxCoordinates
 from clinkd.model.positions import RopeStrategy
@@ -145,6 +145,7 @@ def save_shard(path: Path, indices: torch.Tensor, logprobs: torch.Tensor, offset
     os.close(fd)
     try:
         save_file({"indices": indices.contiguous(), "logprobs": logprobs.contiguous(), "offsets": offsets}, tmp)
+        match_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

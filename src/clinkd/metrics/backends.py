@@ -52,9 +52,12 @@ def meteor_scorer(choice: str) -> CaptionScorer | None:
         return shared_meteor_java()
     try:
         return MeteorNLTK()
-    except BackendUnavailable:
+    except BackendUnavailable as missing:
         if choice == "nltk":
             raise
+        from clinkd.progress import console
+
+        console.print(f"METEOR not run here (no Java; {missing}): MIA is scored with mBR, mBMR without METEOR", markup=False, soft_wrap=True)
         return None
 
 

@@ -318,9 +318,9 @@ class MeteorNLTK:
     metrics = ("METEOR",)
 
     def __init__(self, wordnet: Path | None = None):
+        self._wordnet = wordnet_reader(wordnet)  # first: BackendUnavailable, not ImportError, without nltk
         import nltk
 
-        self._wordnet = wordnet_reader(wordnet)
         self.backend = (
             f"meteor-nltk (NLTK {nltk.__version__} meteor_score, METEOR 1.5 en parameters, WordNet "
             f"{self._wordnet.get_version()}; an approximation, not METEOR 1.5)"

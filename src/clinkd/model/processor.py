@@ -8,6 +8,8 @@ from PIL import Image
 from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from clinkd.images import to_rgb as _to_rgb
+
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 
@@ -67,15 +69,3 @@ def load_image(path: str | Path, square_size: int | None = None) -> Image.Image:
     if square_size:
         image = image.resize((square_size, square_size), Image.Resampling.BICUBIC)
     return image
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit medical PNGs: stretch the used range to 8 bits rather than clipping it.
-        import numpy as np
-
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.astype("uint8"), "L")
-    return image.convert("RGB")

@@ -11,23 +11,37 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from clinkd.data.records import Prediction, Sample
-from clinkd.io import atomic_write_json, atomic_write_text, read_jsonl
+from clinkd.data.validation import DataError
+from clinkd.io import atomic_write_json, atomic_write_text, numbered_jsonl
 from clinkd.metrics.baselines import baseline_predictions
 from clinkd.metrics.captions import CaptionScorer
-from clinkd.metrics.protocol import score_predictions
+from clinkd.metrics.protocol import group_predictions, score_predictions
 from clinkd.metrics.report import render_comparison, render_markdown
 from clinkd.metrics.tables import write_tables
 
 
 def read_predictions(paths: Iterable[Path]) -> list[Prediction]:
+    """Every row of the prediction files. Evaluation never resumes, so nothing is dropped: a torn or malformed line,
+    a row without the schema, an unknown task or modality, or a file without rows raises DataError naming file:line."""
     predictions = []
     for path in paths:
-        for number, row in enumerate(read_jsonl(path), start=1):
-            try:
-                predictions.append(Prediction.from_json(row))
-            except KeyError as error:
-                raise ValueError(f"{path}:{number}: {error.args[0]}") from None
+        rows = [prediction_of(row, f"{path}:{number}") for number, row in numbered_jsonl(path, allow_torn_tail=False)]
+        if not rows:
+            raise DataError(f"{path}: no prediction rows")
+        predictions += rows
     return predictions
+
+
+def prediction_of(row, where: str) -> Prediction:
+    """The :class:`Prediction` of one JSONL row, or DataError starting with ``where``."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a prediction row must be a JSON object, got {type(row).__name__}")
+    try:
+        prediction = Prediction.from_json(row)
+        group_predictions([prediction])  # its task and modality are known: checked here, where the line is known
+    except (KeyError, ValueError) as error:
+        raise DataError(f"{where}: {error.args[0]}") from None
+    return prediction
 
 
 def score_baselines(

@@ -1,14 +1,20 @@
 """Recipe: batched generation on the per-task test files, to resumable JSONL.
 
 Each task writes ``<out>/<TASK>.jsonl``, one line per test record with the fixed schema of
-:data:`clinkd.data.records.PREDICTION_FIELDS` plus ``index`` (the record's row in its test file).
-Rows are appended and fsynced batch by batch; a rerun skips the rows already written.
+:data:`clinkd.data.records.PREDICTION_FIELDS` plus ``index`` (the record's position in the task's samples).
+Rows are appended and fsynced batch by batch; a rerun skips the rows already written, matched to the
+input by record id, question and answer (not by position), so a record fixed or added between runs is
+predicted once and the others are not redone. A written row that matches no input record (the record was
+removed, or its question or answer changed) stops the rerun with a DataError naming the file and line:
+delete the file, or predict into another folder. When positions moved, the finished file is rewritten in
+input order with fresh ``index`` values.
 A :class:`Selector` (e.g. SASG, ``clinkd.sasg``) may replace plain decoding; the keys it returns per
 sample (SASG: every candidate with its scores) are added to that sample's row.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +24,8 @@ import torch
 from clinkd.batching import PromptCollator
 from clinkd.config import PredictConfig
 from clinkd.data.records import Prediction, Sample
-from clinkd.io import append_jsonl, read_jsonl
+from clinkd.data.validation import DataError
+from clinkd.io import append_jsonl, atomic_write_text, numbered_jsonl, read_jsonl
 from clinkd.model.box_convention import box_coordinates
 from clinkd.progress import make_progress
 
@@ -40,6 +47,38 @@ def decoding(**settings) -> dict:
 
 def finished_indices(path: Path) -> set[int]:
     return {row["index"] for row in read_jsonl(path)} if path.is_file() else set()
+
+
+def _sample_key(sample: Sample) -> tuple:
+    return sample.id, sample.turns[0].question, sample.turns[0].answer
+
+
+def _row_key(row) -> tuple:
+    return tuple(row.get(key) for key in ("id", "question", "annotation")) if isinstance(row, dict) else (None,) * 3
+
+
+def written_rows(path: Path, samples: Sequence[Sample]) -> dict[int, dict]:
+    """The rows already in ``path``, by the position of the sample each answers; a row answering none raises DataError."""
+    waiting: dict[tuple, list[int]] = {}
+    for index, sample in enumerate(samples):
+        waiting.setdefault(_sample_key(sample), []).append(index)
+    rows = {}
+    for number, row in numbered_jsonl(path) if path.is_file() else ():
+        positions = waiting.get(_row_key(row))
+        if not positions:
+            raise DataError(
+                f"{path}:{number}: this row (id {_row_key(row)[0]!r}) answers no record of the input: removed, or its "
+                f"question or answer changed since it was written; delete {path} or predict into another folder"
+            )
+        rows[positions.pop(0)] = row
+    return rows
+
+
+def renumber(path: Path, samples: Sequence[Sample]) -> None:
+    """Rewrite a finished file in input order with ``index`` = position, when the input moved between runs."""
+    rows = written_rows(path, samples)
+    if any(row.get("index") != index for index, row in rows.items()):
+        atomic_write_text(path, "".join(json.dumps({**rows[index], "index": index}, ensure_ascii=False) + "\n" for index in sorted(rows)))
 
 
 def clean_generation(text: str) -> str:
@@ -93,7 +132,7 @@ def run_predict(
         for task, samples in tests.items():
             path = out_dir / f"{task}.jsonl"
             paths[task] = path
-            done = finished_indices(path)
+            done = written_rows(path, samples)
             todo = [(index, sample) for index, sample in enumerate(samples) if index not in done]
             bar = progress.add_task(f"predict {task}", total=len(samples), completed=len(done), info="")
             for start in range(0, len(todo), predict_cfg.batch_size):
@@ -108,6 +147,7 @@ def run_predict(
                     outputs = selector(model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task])
                 append_jsonl(path, (_row(task, index, sample, *output) for (index, sample), output in zip(chunk, outputs)))
                 progress.advance(bar, len(chunk))
+            renumber(path, samples)
     return paths
 
 

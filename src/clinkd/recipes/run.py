@@ -7,7 +7,7 @@ Each stage is a recipe of its own (``clinkd distill``, ``clinkd reflect``, ``cli
 this module only wires them, with the loop in plain sight. Everything lands in ``<output_dir>/<name>/``::
 
     config.resolved.yaml   the exact recipe that ran (reload it with ``clinkd run`` to reproduce)
-    data_issues.txt        every skipped record, by kind
+    data_issues.txt        every problem found in the data files (the console shows the first few)
     distill/               teacher/, pseudo/, cache/, student/ (distill.enabled)
     sft/                   checkpoints/ and model/ (plain SFT: the model, or the baseline row)
     reflect/               one folder per round, and the final model (reflect.enabled)
@@ -23,6 +23,7 @@ Each stage is skipped when its output is already complete, so a killed run picks
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig, dump_config
 from clinkd.data.medgrit import load_medgrit, load_test_split
 from clinkd.data.records import Sample
-from clinkd.data.validation import DataIssues
+from clinkd.data.validation import ISSUES_FILE, DataIssues
 from clinkd.distributed import is_main_process, main_process_first, predict_sharded
 from clinkd.io import atomic_write_json, atomic_write_text
 from clinkd.model.loading import DTYPES, build_tiny, load_checkpoint
@@ -82,8 +83,12 @@ def ensure_synth(cfg: RecipeConfig) -> None:
         )
 
 
-def load_dataset(cfg: RecipeConfig, with_train: bool = True) -> Dataset:
-    """Train samples and the per-task test splits, validated under ``data.on_error``."""
+def load_dataset(cfg: RecipeConfig, with_train: bool = True, issues_file: Path | None = None) -> Dataset:
+    """Train samples and the per-task test splits, validated under ``data.on_error``.
+
+    With ``issues_file`` (``data_issues.txt``) every problem is written there and summed up on the console.
+    A file that gave no usable record raises :class:`~clinkd.data.validation.DataError` naming it, before any training.
+    """
     issues = DataIssues()
     data = cfg.data
     train = []
@@ -94,6 +99,9 @@ def load_dataset(cfg: RecipeConfig, with_train: bool = True) -> Dataset:
     tests = load_test_split(data.dir, data.images_dir, on_error=data.on_error, issues=issues)
     if data.max_test_per_task:
         tests = {task: samples[: data.max_test_per_task] for task, samples in tests.items()}
+    if issues_file is not None:
+        console.print(issues.record(issues_file))
+    issues.raise_for_unusable_files()
     return Dataset(train, tests, issues)
 
 
@@ -137,13 +145,15 @@ def sft_model(cfg: RecipeConfig, train: list[Sample], stage_dir: Path):
 class StageClock:
     """Seconds per stage for the report, summed over every invocation on one run folder.
 
-    With ``path`` (``<run>/stage_times.json``) the sums are saved after each stage and read back by the
-    next invocation, so a resumed run reports what its outputs cost in all, not the seconds of the last
-    restart; a stage whose outputs are reused adds almost nothing.
+    With ``path`` (``<run>/stage_times.json``) the sums are saved while a stage runs (every ``save_every``
+    seconds) and when it ends, failed or not, and read back by the next invocation: a resumed run reports what
+    its outputs cost in all, a killed stage included, not the seconds of the last restart; a stage whose
+    outputs are reused adds almost nothing.
     """
 
-    def __init__(self, path: Path | None = None):
+    def __init__(self, path: Path | None = None, save_every: float = 30.0):
         self.path = path
+        self.save_every = save_every
         self.seconds: dict[str, float] = self._recorded(path) if path is not None else {}
 
     @staticmethod
@@ -157,18 +167,43 @@ class StageClock:
             return {}
 
     def time(self, stage: str, work: Callable):
-        started = time.perf_counter()
-        result = work()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
-        if self.path is not None and is_main_process():
-            atomic_write_json(self.path, self.seconds)
-        return result
+        before, started = self.seconds.get(stage, 0.0), time.perf_counter()
+
+        def record() -> None:
+            self.seconds[stage] = before + time.perf_counter() - started
+            if self.path is not None and is_main_process():
+                atomic_write_json(self.path, self.seconds)
+
+        ticker = _Ticker(self.save_every, record) if self.path is not None else None  # a killed stage keeps its time
+        try:
+            return work()
+        finally:
+            if ticker is not None:
+                ticker.stop()
+            record()
 
     def markdown(self) -> str:
         rows = "\n".join(f"| {stage} | {seconds:.1f} |" for stage, seconds in self.seconds.items())
         total = sum(self.seconds.values())
         note = "Summed over every invocation on this run folder (`stage_times.json`); a reused stage adds almost nothing."
         return f"## Stage times\n\n{note}\n\n| stage | seconds |\n|---|---:|\n{rows}\n| **total** | **{total:.1f}** |"
+
+
+class _Ticker:
+    """Calls ``tick`` every ``every`` seconds on a daemon thread until :meth:`stop`."""
+
+    def __init__(self, every: float, tick: Callable[[], None]):
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every, tick), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float, tick: Callable[[], None]) -> None:
+        while not self._stopped.wait(every):
+            tick()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 def recipe_section(cfg: RecipeConfig) -> str:
@@ -200,10 +235,7 @@ def run(cfg: RecipeConfig) -> dict | None:
 
     with main_process_first():
         clock.time("data", lambda: ensure_synth(cfg))
-    dataset = clock.time("data", lambda: load_dataset(cfg))
-    atomic_write_text(run_dir / "data_issues.txt", dataset.issues.summary() + "\n")
-    if dataset.issues.counts:
-        console.print(dataset.issues.summary())
+    dataset = clock.time("data", lambda: load_dataset(cfg, issues_file=run_dir / ISSUES_FILE))
 
     sections: list[str] = [recipe_section(cfg)]
     comparisons: dict[str, Callable[[], tuple]] = {}

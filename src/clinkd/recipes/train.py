@@ -12,17 +12,17 @@ from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from clinkd.batching import ChatExample, TrainCollator
 from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.distributed import deepspeed_cpu_state, save_trained
-from clinkd.io import atomic_write_json
+from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.box_convention import box_coordinates
 from clinkd.model.lora import ADAPTER_DIR, apply_lora, trainable_parameters
-from clinkd.progress import RichProgressCallback
+from clinkd.progress import RichProgressCallback, console
 
 
 @dataclass
@@ -46,6 +46,13 @@ def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
             param.requires_grad_(not frozen[part])
     # lm_head is tied to the embeddings: count each tensor once.
     return {part: sum(p.numel() for p in {id(p): p for p in params}.values() if p.requires_grad) for part, params in parts.items()}
+
+
+class UmaskCheckpoints(TrainerCallback):
+    """Give each Trainer checkpoint's files the umask's mode (safetensors writes them 0600)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        match_umask(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 def training_arguments(cfg: RecipeConfig, output_dir: Path) -> TrainingArguments:
@@ -88,6 +95,15 @@ def training_arguments(cfg: RecipeConfig, output_dir: Path) -> TrainingArguments
     )
 
 
+def resume_point(checkpoints: Path, stage: str) -> str | None:
+    """The newest Trainer checkpoint under ``checkpoints`` (None: start afresh), announced on the console."""
+    newest = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if newest is not None:
+        step = Path(newest).name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        console.print(f"{stage}: resuming from checkpoint {step} ({newest})", markup=False, highlight=False)
+    return newest
+
+
 def run_sft(
     cfg: RecipeConfig,
     model,
@@ -128,11 +144,14 @@ def run_sft(
         args=training_arguments(cfg, checkpoints),
         train_dataset=examples if train_dataset is None else train_dataset,
         data_collator=collator,
-        callbacks=[RichProgressCallback(stage_dir.name), TensorBoardCallback(SummaryWriter(str(cfg.run_dir / "logs" / stage_dir.name)))],
+        callbacks=[
+            RichProgressCallback(stage_dir.name),
+            TensorBoardCallback(SummaryWriter(str(cfg.run_dir / "logs" / stage_dir.name))),
+            UmaskCheckpoints(),
+        ],
         **(trainer_kwargs or {}),
     )
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    output = trainer.train(resume_from_checkpoint=resume)
+    output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))
     # QLoRA adapters are merged offline into the 16-bit base (clinkd.model.lora.merge_adapter_checkpoint).
     merge = lora is None or (lora.merge and lora.quantize == "none")
     model_dir = stage_dir / "model" if merge else stage_dir / ADAPTER_DIR

@@ -32,7 +32,7 @@ import torch
 from clinkd.boxes import SCALE, Box
 from clinkd.config import ClipTrainConfig
 from clinkd.data.records import Sample
-from clinkd.io import atomic_write_json
+from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.processor import load_image
 from clinkd.sasg.scorer import PREPROCESSOR_FILE, ImagePrep, MedClipScorer, encode_texts
 from clinkd.sasg.views import TASK_KINDS, answer_views, crop, turn_kind
@@ -204,6 +204,7 @@ def _save(model, tokenizer, prep: ImagePrep, out_dir: Path, log: dict) -> None:
     tokenizer.save_pretrained(str(staging))
     atomic_write_json(staging / PREPROCESSOR_FILE, prep.to_preprocessor_config())
     atomic_write_json(staging / TRAIN_LOG, log)
+    match_umask(staging)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
 
