@@ -52,7 +52,6 @@ def test_trainer_checkpoints_get_the_umask_mode(tmp_path, tiny_model, tiny_proce
     assert set(found.values()) <= {0o640, 0o750}, found
 
 
-@pytest.mark.xfail(strict=True, reason="needs match_umask(staging) in model/loading.py save_checkpoint (owned by the model-loading work)")
 def test_saved_models_get_the_umask_mode(tmp_path, tiny_model, tiny_processor, umask):
     from clinkd.model.loading import save_checkpoint
 

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig
 
 from clinkd.config import ModelConfig
+from clinkd.io import match_umask
 from clinkd.model.positions import STOCK, RopeStrategy
 from clinkd.model.processor import build_processor, load_processor
 from clinkd.model.rope import MODEL_CLASSES, load_model_class, set_rope_strategy
@@ -145,6 +146,7 @@ def save_checkpoint(model, processor, path: str | Path, before_publish: Callable
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging))
     processor.save_pretrained(str(staging))
+    match_umask(staging)  # safetensors writes 0600: another user or container could not read the model
     if before_publish is not None:
         before_publish(staging)
     shutil.rmtree(path, ignore_errors=True)
