@@ -11,11 +11,12 @@ CONFIGS = sorted(p for p in ROOT.glob("configs/**/*.yaml") if p.parent.name not 
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.name))
-def test_every_shipped_config_and_preset_loads(path):
+def test_every_shipped_config_and_preset_loads(path, tmp_path):
     cfg = load_config(path)
-    assert isinstance(cfg, RecipeConfig)
+    (tmp_path / "resolved.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "resolved.yaml") == cfg  # what a run saves reproduces it
     for preset in preset_names(path):
-        assert isinstance(load_config(path, preset=preset), RecipeConfig)
+        assert load_config(path, preset=preset) != cfg, preset  # a preset changes something
 
 
 def test_launcher_configs_parse():

@@ -463,7 +463,9 @@ def test_openai_corrector_from_config_reads_the_key_from_the_environment(tmp_pat
     assert isinstance(corrector, OpenAICorrector) and corrector.cache.root == tmp_path / "cache"
     assert corrector.client.api_key == "secret" and corrector.client.max_retries == 0
     assert build_corrector(load_config(overrides=["reflect.corrector=none"]).reflect, tmp_path) is None
-    assert isinstance(build_corrector(load_config().reflect, tmp_path), TemplateCorrector)
+    request = CorrectionRequest("t0", 1, "ROC", "What is the object in <box>(1,2),(3,4)</box>?", "right kidney", "liver")
+    ((_, reply),) = list(build_corrector(load_config().reflect, tmp_path).correct([request]))  # the default: offline template
+    assert reply.error is None and "right kidney" in reply.text
 
 
 # ---- corrections: provenance, the training mix, resume --------------------------------------------
