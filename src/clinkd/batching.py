@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 from clinkd.boxes import convert_markup
+from clinkd.chat import TURN_END
 from clinkd.data.records import Sample, Turn
 from clinkd.model.box_convention import BoxCoordinates, RelativeBoxes, image_size
 from clinkd.model.processor import load_image
 
 IGNORE_INDEX = -100
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
-TURN_END = "<|im_end|>"
 
 
 @dataclass(frozen=True)

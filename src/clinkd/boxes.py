@@ -53,10 +53,10 @@ _REF_OPEN = {BoxStyle.QWEN_VL: "<ref>", BoxStyle.QWEN2_VL: "<|object_ref_start|>
 _REF_CLOSE = {BoxStyle.QWEN_VL: "</ref>", BoxStyle.QWEN2_VL: "<|object_ref_end|>", BoxStyle.PLAIN: ""}
 # Any tagged box, in either tag style, with whatever is inside (validated separately).
 _ANY_TAGGED_BOX = re.compile(r"<box>(.*?)</box>|<\|box_start\|>(.*?)<\|box_end\|>", re.DOTALL)
-_ANY_REF = re.compile(r"<ref>(.*?)</ref>|<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
+ANY_REF = re.compile(r"<ref>(.*?)</ref>|<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
 
 
-def _either_group(match: re.Match) -> str:
+def either_group(match: re.Match) -> str:
     """What the ref/box pattern matched inside whichever tag style it found (group 1 or group 2)."""
     return match.group(1) if match.group(1) is not None else match.group(2)
 
@@ -147,7 +147,7 @@ def parse_boxes(text: str, style: BoxStyle | str | None = None) -> list[Box]:
         return [_box_from_match(m) for m in BOX_PATTERNS[BoxStyle.PLAIN].finditer(text)]
     boxes = []
     for match in tagged:
-        inner = _either_group(match)
+        inner = either_group(match)
         plain = BOX_PATTERNS[BoxStyle.PLAIN].fullmatch(inner.strip())
         if plain is None:
             raise BoxError(f"unparseable box {match.group(0)!r}")
@@ -171,18 +171,18 @@ def convert_markup(text: str, style: BoxStyle | str) -> str:
         return Box.from_text(match.group(0)).to_text(style)
 
     def ref(match: re.Match) -> str:
-        inner = _either_group(match)
+        inner = either_group(match)
         return f"{_REF_OPEN[style]}{inner}{_REF_CLOSE[style]}"
 
-    return _ANY_REF.sub(ref, _ANY_TAGGED_BOX.sub(box, text))
+    return ANY_REF.sub(ref, _ANY_TAGGED_BOX.sub(box, text))
 
 
 def referred_phrase(text: str) -> str | None:
     """The content of the first ``<ref>`` (either tag style), stripped; ``None`` without one."""
-    match = _ANY_REF.search(text)
+    match = ANY_REF.search(text)
     if match is None:
         return None
-    phrase = _either_group(match).strip()
+    phrase = either_group(match).strip()
     return phrase or None
 
 

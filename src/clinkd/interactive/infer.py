@@ -31,8 +31,8 @@ from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-# The box patterns stay private to clinkd.boxes; tagging bare pairs and pairing refs with boxes need them as they are.
-from clinkd.boxes import _ANY_REF, BOX_PATTERNS, Box, BoxError, BoxStyle, _either_group, convert_markup, format_ref, parse_boxes
+from clinkd.boxes import ANY_REF, BOX_PATTERNS, Box, BoxError, BoxStyle, convert_markup, either_group, format_ref, parse_boxes
+from clinkd.config import PredictConfig
 from clinkd.data.records import MODALITY_NAMES, Sample, Turn, UnknownTaskError, canonical_task
 from clinkd.interactive.overlay import BoxRole, LabelledBox, draw_boxes
 from clinkd.model.loading import CheckpointError, load_checkpoint
@@ -40,7 +40,7 @@ from clinkd.model.processor import load_image
 from clinkd.synth.tasks import TEMPLATES
 
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: a 128-byte preamble, then "DICM"
-DEFAULT_MAX_NEW_TOKENS = {"VG": 40, "ROC": 16, "RC": 40, "MIA": 48}
+DEFAULT_MAX_NEW_TOKENS = PredictConfig().max_new_tokens  # the recipe's per-task budgets, not a second copy
 QUESTION_WORDS = frozenset("where what which who how why is are can could does do find locate give please show describe".split())
 DESCRIBE = re.compile(r"\b(describe|description|caption|say about|tell me about)\b", re.IGNORECASE)
 LOCATE = re.compile(r"\b(where|locate|find|bounding box|which region|position of)\b", re.IGNORECASE)
@@ -239,7 +239,7 @@ def guess_task(question: str) -> str:
     """VG, ROC, RC or MIA from the wording (see the module docstring's table)."""
     if question_boxes(question):
         return "RC" if DESCRIBE.search(question) else "ROC"
-    if _ANY_REF.search(question) or LOCATE.search(question) or is_target_only(question):
+    if ANY_REF.search(question) or LOCATE.search(question) or is_target_only(question):
         return "VG"
     return "MIA"
 
@@ -321,7 +321,7 @@ def labelled_answer_boxes(answer: str) -> tuple[tuple[LabelledBox, ...], str | N
         boxes = parse_boxes(answer)
     except BoxError as error:
         return (), str(error)
-    refs = [_either_group(m).strip() for m in _ANY_REF.finditer(answer)]
+    refs = [either_group(m).strip() for m in ANY_REF.finditer(answer)]
     labels = refs if len(refs) == len(boxes) else [f"box {index + 1}" for index in range(len(boxes))]
     return tuple(LabelledBox(box, label) for box, label in zip(boxes, labels)), None
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-# Chat scaffolding that ends a model turn (Qwen-VL and Qwen2-VL).
-END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
+from clinkd.chat import END_OF_TURN_TOKENS
 _BETWEEN_NEWLINES = re.compile(r"\n(.*?)\n", re.DOTALL)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clinkd.model import positions, rope
-from clinkd.model.loading import CheckpointError, load_checkpoint, save_checkpoint
+from clinkd.model.loading import CheckpointError, is_checkpoint, load_checkpoint, save_checkpoint
 from clinkd.model.positions import STOCK
 
 REMOTE_MODELING = "modeling_clinkd"
@@ -41,14 +41,14 @@ def final_model_dir(run_or_model: Path) -> Path:
     """A checkpoint folder as given, or the final model of a ``clinkd run`` folder: the last reflective
     round's, else the distilled student, else plain SFT's."""
     run_or_model = Path(run_or_model)
-    if (run_or_model / "config.json").is_file():
+    if is_checkpoint(run_or_model):
         return run_or_model
     summary = run_or_model / "reflect" / "summary.json"
     reflected = json.loads(summary.read_text(encoding="utf-8")).get("model_dir") if summary.is_file() else None
     candidates = [Path(reflected)] if reflected else []
     candidates += [run_or_model / "distill" / "student" / "model", run_or_model / "sft" / "model"]
     for candidate in candidates:
-        if (candidate / "config.json").is_file():
+        if is_checkpoint(candidate):
             return candidate
     raise CheckpointError(f"{run_or_model}: neither a checkpoint (no config.json) nor a clinkd run folder with a final model")
 

@@ -31,6 +31,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 CHECKPOINT_FILES = ("config.json",)
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` holds a model (a complete saved stage, a downloaded checkpoint): its ``config.json``."""
+    return all((Path(path) / name).is_file() for name in CHECKPOINT_FILES)
+
+
 class CheckpointError(ValueError):
     """A model directory that is not a clinkd or Qwen2-VL checkpoint."""
 

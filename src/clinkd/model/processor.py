@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from clinkd.images import to_rgb as _to_rgb
+from clinkd.images import to_rgb
 
 PATCH_SIZE = 14
 MERGE_SIZE = 2
@@ -65,7 +65,7 @@ def load_image(path: str | Path, square_size: int | None = None) -> Image.Image:
     are relative 0–1000 coordinates, so they stay correct.
     """
     with Image.open(path) as opened:
-        image = _to_rgb(opened)
+        image = to_rgb(opened)
     if square_size:
         image = image.resize((square_size, square_size), Image.Resampling.BICUBIC)
     return image

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from clinkd.chat import TEXT_END, TURN_END
+
 QWEN2VL_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -67,8 +69,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     tokenizer.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        eos_token=TURN_END,
+        pad_token=TEXT_END,
         additional_special_tokens=list(QWEN2VL_SPECIAL_TOKENS[1:]),
         chat_template=CHAT_TEMPLATE,
     )

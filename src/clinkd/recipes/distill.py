@@ -50,7 +50,7 @@ from clinkd.distill.trainer import check_teacher_vocab, output_vocab_size, train
 from clinkd.io import atomic_write_json
 from clinkd.losses import KDLossConfig
 from clinkd.model.box_convention import box_coordinates
-from clinkd.model.loading import CheckpointError, load_checkpoint
+from clinkd.model.loading import CheckpointError, is_checkpoint, load_checkpoint
 from clinkd.model.processor import load_processor
 from clinkd.model.rope import rope_strategy_of
 from clinkd.progress import console
@@ -59,10 +59,6 @@ from clinkd.recipes.train import run_sft
 # (recipe) -> (model, processor): a freshly initialised model, e.g. clinkd.recipes.run.initial_model with the
 # training records bound. The student is built with the recipe, the teacher with teacher_recipe(recipe).
 BuildModel = Callable[[RecipeConfig], tuple[Any, Any]]
-
-
-def is_checkpoint(path: Path) -> bool:
-    return (Path(path) / "config.json").is_file()
 
 
 def teacher_recipe(cfg: RecipeConfig) -> RecipeConfig:

@@ -22,15 +22,15 @@ from typing import Protocol
 import torch
 
 from clinkd.batching import PromptCollator
+from clinkd.chat import TURN_END
 from clinkd.config import PredictConfig
 from clinkd.data.records import Prediction, Sample
 from clinkd.data.validation import DataError
 from clinkd.io import append_jsonl, atomic_write_text, numbered_jsonl, read_jsonl
+from clinkd.metrics.cleanup import strip_chat_tokens
 from clinkd.model.box_convention import box_coordinates
 from clinkd.progress import make_progress
 
-# Chat scaffolding that ends an answer; box and ref tokens are kept in the response.
-STOP_MARKERS = ("<|im_end|>", "<|endoftext|>")
 # generate() fills every setting it is not given from the checkpoint's generation_config.json (Qwen2.5-VL-Instruct:
 # repetition_penalty 1.05; Qwen2-VL: top_k 1, top_p 0.001): the scored decoding must not depend on it. These are
 # transformers' own defaults, so greedy decoding raises no "flag is not valid" warning either.
@@ -82,10 +82,8 @@ def renumber(path: Path, samples: Sequence[Sample]) -> None:
 
 
 def clean_generation(text: str) -> str:
-    """Cut a decoded continuation at the first stop marker."""
-    for marker in STOP_MARKERS:
-        text = text.split(marker, 1)[0]
-    return text.strip()
+    """Cut a decoded continuation at the first end-of-turn token; box and ref tokens are kept."""
+    return strip_chat_tokens(text).strip()
 
 
 @torch.inference_mode()
@@ -98,7 +96,7 @@ def generate_responses(model, processor, collator: PromptCollator, samples: Sequ
         **decoding(do_sample=False, num_beams=num_beams),
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids(TURN_END),
     )
     continuations = output[:, batch["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(continuations, skip_special_tokens=False)

@@ -36,7 +36,7 @@ from clinkd.batching import ChatExample, training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import TASKS, Sample, Turn
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from clinkd.model.loading import load_checkpoint
+from clinkd.model.loading import is_checkpoint, load_checkpoint
 from clinkd.progress import console, make_progress
 from clinkd.recipes.predict import run_predict
 from clinkd.recipes.train import run_sft
@@ -378,9 +378,9 @@ def _train_round(cfg: RecipeConfig, model, processor, mix: list[ChatExample], ro
     """Train one round (unless its model is saved), then load the saved model back, so the next round generates
     with exactly what was saved (LoRA merged, no adapter wrappers): ``(model, processor, steps, final loss)``."""
     model_dir = round_dir / "model"
-    if not (model_dir / "config.json").is_file():
+    if not is_checkpoint(model_dir):
         run_sft(round_config(cfg), model, processor, mix, round_dir)
-        if not (model_dir / "config.json").is_file():
+        if not is_checkpoint(model_dir):
             raise ValueError(f"{model_dir}: the round saved no full model (a QLoRA adapter?); reflect needs merged models between rounds")
     log = round_dir / "train_log.json"
     history = _read_json(log)["log_history"] if log.is_file() else []

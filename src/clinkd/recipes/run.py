@@ -39,7 +39,7 @@ from clinkd.data.records import Sample
 from clinkd.data.validation import ISSUES_FILE, DataIssues
 from clinkd.distributed import is_main_process, main_process_first, predict_sharded
 from clinkd.io import atomic_write_json, atomic_write_text
-from clinkd.model.loading import DTYPES, build_tiny, load_checkpoint
+from clinkd.model.loading import DTYPES, build_tiny, is_checkpoint, load_checkpoint
 from clinkd.progress import console, make_progress
 
 STAGE_TIMES_FILE = "stage_times.json"
@@ -132,7 +132,7 @@ def sft_model(cfg: RecipeConfig, train: list[Sample], stage_dir: Path):
     from clinkd.recipes.train import run_sft
 
     model_dir = stage_dir / "model"
-    if (model_dir / "config.json").is_file():
+    if is_checkpoint(model_dir):
         console.print(f"[green]sft: reusing {model_dir}")
         return load_checkpoint(model_dir, cfg.model.dtype)
     model, processor = initial_model(cfg, train)

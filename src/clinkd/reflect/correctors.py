@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from clinkd.boxes import Box, BoxError, BoxStyle, convert_markup, parse_boxes
+from clinkd.chat import END_OF_TURN_TOKENS, TURN_START
 from clinkd.config import ConfigError
 from clinkd.io import atomic_write_json
 from clinkd.reflect.similarity import Similarity
@@ -51,7 +52,7 @@ FRAMINGS: dict[str, tuple[str, ...]] = {
     "RC": ("This region shows: {answer}", "Here is what is seen in this region: {answer}", "In this region: {answer}", "As seen here: {answer}"),
     "MIA": ("This image shows: {answer}", "Here is what is seen in this image: {answer}", "In this image: {answer}", "As seen here: {answer}"),
 }
-CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+CONTROL_TOKENS = (TURN_START, *END_OF_TURN_TOKENS)
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 MAX_BACKOFF_S = 60.0
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from clinkd.batching import PromptCollator
+from clinkd.chat import TURN_END
 from clinkd.config import SelectConfig
 from clinkd.data.records import Sample
 from clinkd.recipes.predict import clean_generation, decoding
 
-END_TOKEN = "<|im_end|>"
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def generate_candidates(
     call for the whole batch."""
     batch = {key: value.to(model.device) for key, value in collator(samples).items()}
     tokenizer = processor.tokenizer
-    end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+    end_id = tokenizer.convert_tokens_to_ids(TURN_END)
     kwargs = decoding_kwargs(select_cfg)
     if kwargs["do_sample"]:
         torch.manual_seed(batch_seed(seed, samples))

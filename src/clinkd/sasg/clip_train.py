@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from clinkd.boxes import SCALE, Box
+from clinkd.chat import TURN_END
 from clinkd.config import ClipTrainConfig
 from clinkd.data.records import Sample
 from clinkd.io import atomic_write_json, match_umask
@@ -37,7 +38,6 @@ from clinkd.model.processor import load_image
 from clinkd.sasg.scorer import PREPROCESSOR_FILE, ImagePrep, MedClipScorer, encode_texts
 from clinkd.sasg.views import TASK_KINDS, answer_views, crop, turn_kind
 
-END_TOKEN = "<|im_end|>"
 TRAIN_LOG = "clip_train.json"
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp on τ
 IMAGE_CACHE = 4096  # decoded images kept in memory while training
@@ -80,9 +80,9 @@ def clip_model_config(tokenizer, cfg: ClipTrainConfig):
     """A ``CLIPConfig`` of ``cfg``'s size over ``tokenizer``'s vocabulary, pooling text at ``<|im_end|>``."""
     from transformers import CLIPConfig
 
-    end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+    end_id = tokenizer.convert_tokens_to_ids(TURN_END)
     if end_id is None or end_id == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer has no {END_TOKEN} token to end CLIP texts with")
+        raise ValueError(f"the tokenizer has no {TURN_END} token to end CLIP texts with")
     tower = dict(hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads)
     return CLIPConfig(
         text_config=dict(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from clinkd.boxes import _ANY_REF, Box, BoxError, _either_group, parse_boxes, referred_phrase
+from clinkd.boxes import ANY_REF, Box, BoxError, either_group, parse_boxes, referred_phrase
 from clinkd.data.records import Turn
 
 TASK_KINDS: dict[str, str] = {"MIA": "image", "ROC": "region", "RC": "region", "VG": "grounding"}
@@ -42,7 +42,7 @@ class ClipView:
 
 def clip_text(text: str) -> str:
     """``text`` with boxes removed, ``<ref>`` tags unwrapped and whitespace collapsed."""
-    unwrapped = _ANY_REF.sub(_either_group, _ANY_BOX.sub(" ", text))
+    unwrapped = ANY_REF.sub(either_group, _ANY_BOX.sub(" ", text))
     return _SPACES.sub(" ", unwrapped).strip()
 
 
