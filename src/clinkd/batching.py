@@ -17,7 +17,7 @@ import torch
 from clinkd.boxes import convert_markup
 from clinkd.chat import TURN_END
 from clinkd.data.records import Sample, Turn
-from clinkd.model.box_convention import BoxCoordinates, RelativeBoxes, image_size
+from clinkd.model.box_convention import BoxCoordinates, RelativeBoxes, box_coordinates, image_size
 from clinkd.model.processor import load_image
 
 IGNORE_INDEX = -100
@@ -135,3 +135,8 @@ class PromptCollator:
     def relative(self, answer: str, sample: Sample) -> str:
         """``answer`` with its boxes on the 0–1000 scale (Qwen2.5-VL: from pixels of the resized image)."""
         return self.boxes.from_model(answer, image_size(sample.image, self.square_size))
+
+
+def collator_for(collator_class: type, model, processor, box_style: str = "qwen2-vl", square_size: int | None = None):
+    """``collator_class`` (train, prompt or indexed) in ``model``'s box convention (Qwen2.5-VL reads pixel boxes)."""
+    return collator_class(processor, box_style, square_size, box_coordinates(model.config, processor))

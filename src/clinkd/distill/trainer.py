@@ -10,13 +10,12 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from clinkd.batching import ChatExample
+from clinkd.batching import ChatExample, collator_for
 from clinkd.config import RecipeConfig
 from clinkd.distill.batches import EXAMPLE_INDEX, IndexedCollator, batch_position_ids, indexed, model_inputs
 from clinkd.distill.teacher_cache import TeacherCache
 from clinkd.distributed import prepare_teacher
 from clinkd.losses import KDLossConfig, answer_mask, combine_losses, kd_divergence, sparse_kd_divergence
-from clinkd.model.box_convention import box_coordinates
 from clinkd.model.rope import rope_strategy_of
 from clinkd.recipes.train import TrainResult, run_sft
 
@@ -156,6 +155,6 @@ def train_student(
         stage_dir,
         trainer_class=KDTrainer,
         trainer_kwargs={"kd_config": kd_config, "teacher": teacher, "teacher_cache": teacher_cache},
-        collator=IndexedCollator(processor, cfg.data.box_style, cfg.model.square_size, box_coordinates(model.config, processor)),
+        collator=collator_for(IndexedCollator, model, processor, cfg.data.box_style, cfg.model.square_size),
         train_dataset=indexed(examples),
     )

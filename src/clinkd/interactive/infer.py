@@ -344,12 +344,11 @@ def run_request(
     num_beams: int = 1,
 ) -> InferResult:
     """Generate the answer to a checked request (greedy/beam, or the selector's best candidate)."""
-    from clinkd.batching import PromptCollator
-    from clinkd.model.box_convention import box_coordinates
+    from clinkd.batching import PromptCollator, collator_for
     from clinkd.recipes.predict import generate_responses
 
     model.eval()
-    collator = PromptCollator(processor, box_style, square_size, box_coordinates(model.config, processor))
+    collator = collator_for(PromptCollator, model, processor, box_style, square_size)
     tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[request.task]
     image = request.image
     with tempfile.TemporaryDirectory(prefix="clinkd-infer-") as scratch:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from clinkd.batching import ChatExample, TrainCollator, training_examples
+from clinkd.batching import ChatExample, TrainCollator, collator_for, training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import Sample
 from clinkd.distill.pseudo import (
@@ -150,7 +150,7 @@ def ensure_teacher_cache(
         teacher, _ = load_teacher(cfg, teacher_dir)
         check_teacher_vocab(output_vocab_size(teacher), spec.vocab_size, len(processor.tokenizer))
         # Exactly the student's collation (train_student), box convention included.
-        collator = TrainCollator(processor, cfg.data.box_style, cfg.model.square_size, box_coordinates(student.config, processor))
+        collator = collator_for(TrainCollator, student, processor, cfg.data.box_style, cfg.model.square_size)
         manifest = write_teacher_cache(
             teacher, collator, examples, spec, cache_dir, kd,
             batch_size=cfg.predict.batch_size, shard_examples=cfg.distill.cache_shard_examples,

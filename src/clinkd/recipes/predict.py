@@ -21,14 +21,13 @@ from typing import Protocol
 
 import torch
 
-from clinkd.batching import PromptCollator
+from clinkd.batching import PromptCollator, collator_for
 from clinkd.chat import TURN_END
 from clinkd.config import PredictConfig
 from clinkd.data.records import Prediction, Sample
 from clinkd.data.validation import DataError
 from clinkd.io import append_jsonl, atomic_write_text, numbered_jsonl, read_jsonl
 from clinkd.metrics.cleanup import strip_chat_tokens
-from clinkd.model.box_convention import box_coordinates
 from clinkd.progress import make_progress
 
 # generate() fills every setting it is not given from the checkpoint's generation_config.json (Qwen2.5-VL-Instruct:
@@ -124,7 +123,7 @@ def run_predict(
     """Predict every task's test samples (plain decoding, or through ``selector``); returns the JSONL path per task."""
     model.eval()
     # Qwen2.5-VL: pixel boxes in; every decoder returns 0–1000 boxes (PromptCollator.relative).
-    collator = PromptCollator(processor, box_style, square_size, box_coordinates(model.config, processor))
+    collator = collator_for(PromptCollator, model, processor, box_style, square_size)
     paths = {}
     with make_progress() as progress:
         for task, samples in tests.items():

@@ -16,11 +16,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from clinkd.batching import ChatExample, TrainCollator
+from clinkd.batching import ChatExample, TrainCollator, collator_for
 from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.distributed import deepspeed_cpu_state, save_trained
 from clinkd.io import atomic_write_json, match_umask
-from clinkd.model.box_convention import box_coordinates
 from clinkd.model.lora import ADAPTER_DIR, apply_lora, trainable_parameters
 from clinkd.progress import RichProgressCallback, console
 
@@ -138,7 +137,7 @@ def run_sft(
         raise ValueError("train.freeze_*: every part of the model is frozen; nothing would train")
     checkpoints = stage_dir / "checkpoints"
     if collator is None:
-        collator = TrainCollator(processor, cfg.data.box_style, cfg.model.square_size, box_coordinates(model.config, processor))
+        collator = collator_for(TrainCollator, model, processor, cfg.data.box_style, cfg.model.square_size)
     trainer = trainer_class(
         model=model,
         args=training_arguments(cfg, checkpoints),
