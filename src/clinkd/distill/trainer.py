@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
 
 from clinkd.batching import ChatExample, collator_for
 from clinkd.config import RecipeConfig
@@ -17,7 +16,7 @@ from clinkd.distill.teacher_cache import TeacherCache
 from clinkd.distributed import prepare_teacher
 from clinkd.losses import KDLossConfig, answer_mask, combine_losses, kd_divergence, sparse_kd_divergence
 from clinkd.model.rope import rope_strategy_of
-from clinkd.recipes.train import TrainResult, run_sft
+from clinkd.recipes.train import ClinKDTrainer, TrainResult, run_sft
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def check_teacher_vocab(teacher_vocab: int, student_vocab: int, tokenizer_size: 
     return True
 
 
-class KDTrainer(Trainer):
+class KDTrainer(ClinKDTrainer):
     """``Trainer`` whose loss is ``clinkd.losses``' distillation loss; only ``compute_loss`` (and logging) change.
 
     Exactly one teacher source:

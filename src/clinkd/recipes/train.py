@@ -20,7 +20,8 @@ from clinkd.batching import ChatExample, TrainCollator, collator_for
 from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.distributed import deepspeed_cpu_state, save_trained
 from clinkd.io import atomic_write_json, match_umask
-from clinkd.model.lora import ADAPTER_DIR, apply_lora, trainable_parameters
+from clinkd.model.loading import checked_from_pretrained
+from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, trainable_parameters
 from clinkd.progress import RichProgressCallback, console
 
 
@@ -103,6 +104,24 @@ def resume_point(checkpoints: Path, stage: str) -> str | None:
     return newest
 
 
+class ClinKDTrainer(Trainer):
+    """``Trainer`` that resumes a full model's weights by their names on disk.
+
+    transformers 5 resumes with a non-strict ``load_state_dict`` of the checkpoint's file names, but
+    ``save_pretrained`` writes the hub's names (``model.layers.*``, ``visual.*``), which match none of the
+    model's own, so nothing loads and training goes on from the initial weights (huggingface/transformers#43701).
+    Here the checkpoint loads through :func:`clinkd.model.loading.checked_from_pretrained` (renamed, and every
+    weight accounted for). Adapters (peft) and sharded engines keep transformers' own resume.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = model if model is not None else self.model
+        if is_lora(model) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        loaded = checked_from_pretrained(type(model), resume_from_checkpoint, config=model.config, dtype=model.dtype)
+        model.load_state_dict(loaded.state_dict())
+
+
 def run_sft(
     cfg: RecipeConfig,
     model,
@@ -110,7 +129,7 @@ def run_sft(
     examples: list[ChatExample],
     stage_dir: Path,
     *,
-    trainer_class: type[Trainer] = Trainer,
+    trainer_class: type[Trainer] = ClinKDTrainer,
     trainer_kwargs: dict | None = None,
     collator=None,
     train_dataset=None,

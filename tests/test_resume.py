@@ -1,0 +1,57 @@
+"""A Trainer stage killed after a checkpoint and rerun ends with the weights of a run that was never stopped.
+
+transformers 5 resumes with a non-strict ``load_state_dict`` of the checkpoint's file names, which are the hub's
+(``save_pretrained`` writes them) and match none of the model's own: without clinkd's override the rerun trains on
+from the initial weights with the checkpoint's optimiser state, and nothing says so.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clinkd.batching import training_examples
+from clinkd.config import RecipeConfig
+from clinkd.data.medgrit import load_medgrit
+from clinkd.model.loading import load_checkpoint, model_class_for
+from clinkd.model.tiny import tiny_config
+from clinkd.recipes.train import ClinKDTrainer, run_sft
+
+
+class KilledAtStep2(ClinKDTrainer):
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step >= 2:
+            raise RuntimeError("killed")
+        return super().training_step(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    from clinkd.synth import generate
+
+    data = tmp_path_factory.mktemp("synth")
+    generate(data, seed=0, images=8, test_per_cell=1, image_size=56)
+    return training_examples(load_medgrit(data / "train.json", data / "images"))[:8]
+
+
+def fresh_model(processor):
+    torch.manual_seed(0)
+    config = tiny_config(processor.tokenizer, "xs")
+    return model_class_for(config)(config)
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8, "dropout": 0.0}], ids=["full", "lora"])
+def test_a_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tiny_processor, examples, tmp_path, lora):
+    cfg = RecipeConfig.model_validate({
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"min_pixels": 56 * 56, "max_pixels": 56 * 56},
+        "train": {"max_steps": 4, "save_steps": 2, "batch_size": 4, "lr": 2e-2, "warmup_ratio": 0.0, "threads": 1, "lora": lora},
+    })
+    run_sft(cfg, fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="killed"):
+        run_sft(cfg, fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed", trainer_class=KilledAtStep2)
+    assert (tmp_path / "killed" / "checkpoints" / "checkpoint-2").is_dir()
+    run_sft(cfg, fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed")  # the rerun resumes
+    straight = load_checkpoint(tmp_path / "straight" / "model")[0].state_dict()
+    resumed = load_checkpoint(tmp_path / "killed" / "model")[0].state_dict()
+    assert all(torch.allclose(resumed[name], weight, atol=1e-6, rtol=0) for name, weight in straight.items())
