@@ -302,6 +302,45 @@ class ReportConfig(_Section):
     )
 
 
+class PretrainConfig(_Section):
+    """Generic grounding pre-training of the tiny base (``clinkd pretrain``, docs/pretrain.md): a dense vision stage,
+    then SFT on fresh scenes of a synthetic corpus that shares nothing with the benchmark. The size is ``model.size``."""
+
+    seed: int = Field(0, description="seed of the scenes, the initialisation and the held-out set")
+    steps: int = Field(3000, gt=0, description="language-stage optimiser steps, fresh scenes every step")
+    dense_steps: int = Field(500, ge=0, description="dense vision steps before the language stage (0: none)")
+    unfreeze_after: int | None = Field(
+        None, ge=0, description="language step from which the vision tower and merger train too; null: frozen throughout"
+    )
+    max_objects: int = Field(3, ge=1, le=6, description="most objects per scene")
+    curriculum_steps: int = Field(
+        1000, ge=0, description="language steps over which the objects per scene grow from 1 to max_objects (0: max_objects from the start)"
+    )
+    image_size: int = Field(112, ge=56, description="scene side in pixels (model.min_pixels/max_pixels still set the model's input)")
+    batch_size: int = Field(16, gt=0, description="scenes per step, in both stages")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of both stages (AdamW, cosine)")
+    save_steps: int = Field(500, gt=0, description="language-stage checkpoint interval (train.save_total_limit are kept)")
+    eval_steps: int | None = Field(None, gt=0, description="held-out grounding recall every N language steps; null: at the end only")
+    eval_scenes: int = Field(100, gt=0, description="held-out scenes (a fixed seeded set) for the recall")
+    tasks: dict[str, float] = Field(
+        default_factory=lambda: {"grounding": 0.5, "referring": 0.2, "counting": 0.15, "captioning": 0.15},
+        description="share of each task among the language-stage turns (weights, normalised)",
+    )
+    out: Path | None = Field(None, description="output folder; null: <output_dir>/pretrain")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: dict[str, float]) -> dict[str, float]:
+        from clinkd.pretrain.corpus import TASKS
+
+        unknown = sorted(set(value) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}; expected {', '.join(TASKS)}")
+        if any(weight < 0 for weight in value.values()) or not sum(value.values()) > 0:
+            raise ValueError(f"weights must be >= 0 and not all 0, got {value}")
+        return value
+
+
 class RecipeConfig(_Section):
     name: str = "default"
     seed: int = 0
@@ -317,6 +356,7 @@ class RecipeConfig(_Section):
     select: SelectConfig = SelectConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -1,0 +1,342 @@
+"""A generic synthetic grounding corpus: fresh scenes for pre-training the tiny base (``clinkd pretrain``).
+
+A scene is a dim background (a grey level or a tinted one; flat, a gradient or clouds) and 1–N objects. Each
+object is a shape (:data:`SHAPES`) with an appearance (:data:`APPEARANCES`: a solid colour, or a striped or
+dotted pattern over a colour) and is named by the pair: ``red ring``, ``striped square`` (:data:`NAMES`, 54).
+Names are unique within a scene and object boxes are disjoint, at least :data:`GAP` pixels apart, so every
+question has one answer. Every background channel stays below :data:`BACKGROUND_MAX` and every object pixel's
+brightest channel above :data:`OBJECT_MIN`, so an object's pixels show its box (tested).
+
+None of the benchmark enters: the shapes, looks, names and sentences are this module's own; only the drawing
+primitives of :mod:`clinkd.synth.draw` and the 3×3 location words of :func:`clinkd.synth.scene.location_word`
+are shared.
+
+Turns use the benchmark's markup (Qwen-VL ``<ref>``/``<box>`` on the 0–1000 scale), which
+:class:`clinkd.batching.TrainCollator` converts to the model's box style like any Med-GRIT turn:
+
+* grounding  — ``Where is the <ref>red ring</ref>?`` → ``<ref>red ring</ref><box>(x1,y1),(x2,y2)</box>``
+* referring  — ``What is in <box>(x1,y1),(x2,y2)</box>?`` → ``red ring``
+* counting   — ``How many rings are there?`` → ``2``
+* captioning — ``Describe the picture.`` → ``A red ring in the upper left part and a striped square in the central part.``
+
+Determinism: scene ``index`` of a stream (:data:`STREAMS`) is drawn from ``SeedSequence([seed, stream, index])``
+alone, so a resumed run sees exactly the scenes it would have seen. Curriculum: a scene of training step ``t``
+holds ``U{1..objects_allowed(t)}`` objects, the bound growing from 1 to ``max_objects`` over ``curriculum_steps``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from clinkd.batching import ChatExample
+from clinkd.boxes import Box, BoxStyle, format_ref
+from clinkd.data.records import Turn
+from clinkd.pretrain.words import WORDS
+from clinkd.synth.draw import RGB, Blob, MaskCounter, blend, ellipse_mask, pixel_centres, planes, smooth_noise
+from clinkd.synth.scene import location_word
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross", "blob")
+PLURALS: dict[str, str] = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
+COLOURS: dict[str, RGB] = {
+    "red": (0.92, 0.16, 0.14),
+    "green": (0.18, 0.86, 0.24),
+    "blue": (0.24, 0.42, 0.98),
+    "yellow": (0.96, 0.90, 0.16),
+    "orange": (1.0, 0.56, 0.10),
+    "purple": (0.72, 0.28, 0.96),
+    "white": (0.95, 0.95, 0.95),
+}
+PATTERNS: tuple[str, ...] = ("striped", "dotted")
+APPEARANCES: tuple[str, ...] = (*COLOURS, *PATTERNS)
+NAMES: tuple[str, ...] = tuple(f"{appearance} {shape}" for appearance in APPEARANCES for shape in SHAPES)
+PATTERN_BASES: tuple[str, ...] = tuple(colour for colour in COLOURS if colour != "white")  # white is the accent
+PATTERN_ACCENT: RGB = (0.97, 0.97, 0.97)
+
+BACKGROUND_MAX = 0.45
+OBJECT_MIN = 0.65
+BACKGROUND_TEXTURES: tuple[str, ...] = ("flat", "gradient", "clouds")
+EXTENT_RANGE = (0.2, 0.4)  # an object's bounding square / image side: the smallest still covers most of a 28-px cell
+GAP = 2  # pixels between object boxes at 112 px
+RING_HOLE = 0.55  # inner / outer radius of a ring
+PLACEMENT_TRIES = 6
+MAX_LAYOUTS = 50
+GRAIN = 0.015  # std of the per-pixel noise added last, as in clinkd.synth.scene
+
+TASKS: tuple[str, ...] = ("grounding", "referring", "counting", "captioning")
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "grounding": ("Where is the {ref}?", "Locate the {ref}.", "Find the {ref} in the picture.", "Point out the {ref}."),
+    "referring": ("What is in {box}?", "Name the shape at {box}.", "Which object lies in {box}?"),
+    "counting": ("How many {group} are there?", "Count the {group} in the picture."),
+    "captioning": ("Describe the picture.", "What do you see?", "List the shapes in the picture."),
+}
+STREAMS: dict[str, int] = {"language": 1, "dense": 2, "heldout": 3, "tokenizer": 4}
+TOKENIZER_SCENES = 300
+
+
+@dataclass(frozen=True)
+class CorpusObject:
+    """A drawn object: its name (``appearance shape``), full-image mask, pixel box (exclusive ends) and 0–1000 box."""
+
+    appearance: str
+    shape: str
+    mask: np.ndarray
+    pixel_box: tuple[int, int, int, int]
+    box: Box
+
+    @property
+    def name(self) -> str:
+        return f"{self.appearance} {self.shape}"
+
+
+@dataclass(frozen=True)
+class CorpusScene:
+    """A rendered scene (``uint8`` RGB ``(S, S, 3)``) and its objects in drawing order."""
+
+    pixels: np.ndarray
+    objects: tuple[CorpusObject, ...]
+
+
+def scene_rng(seed: int, stream: str, index: int) -> np.random.Generator:
+    """The random stream of one scene: ``SeedSequence([seed, STREAMS[stream], index])``."""
+    return np.random.default_rng(np.random.SeedSequence([seed, STREAMS[stream], index]))
+
+
+def objects_allowed(step: int, max_objects: int, curriculum_steps: int) -> int:
+    """The most objects a scene of training ``step`` holds: 1 at step 0, ``max_objects`` from ``curriculum_steps`` on."""
+    if curriculum_steps <= 0:
+        return max_objects
+    return 1 + min(max_objects - 1, (max_objects - 1) * step // curriculum_steps)
+
+
+def shape_mask(shape: str, size: int, cx: float, cy: float, extent: float, rng: np.random.Generator) -> np.ndarray:
+    """The pixels (centres) of ``shape`` inside the square of side ``extent`` centred at ``(cx, cy)``."""
+    half = extent / 2
+    xs, ys = pixel_centres(size)
+    dx, dy = np.abs(xs - cx), ys - cy
+    if shape == "circle":
+        return ellipse_mask(size, cx, cy, half, half)
+    if shape == "ring":
+        return ellipse_mask(size, cx, cy, half, half) & ~ellipse_mask(size, cx, cy, RING_HOLE * half, RING_HOLE * half)
+    if shape == "square":
+        return (dx <= half) & (np.abs(dy) <= half)
+    if shape == "triangle":  # apex up: the half-width grows from 0 at the top to ``half`` at the base
+        return (dy <= half) & (dx <= (dy + half) / 2)
+    if shape == "cross":
+        arm = extent / 6
+        return ((dx <= half) & (np.abs(dy) <= arm)) | ((dx <= arm) & (np.abs(dy) <= half))
+    if shape == "blob":
+        return _blob(size, cx, cy, half, rng)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+
+
+def _blob(size: int, cx: float, cy: float, half: float, rng: np.random.Generator) -> np.ndarray:
+    """An irregular :class:`~clinkd.synth.draw.Blob` whose radius ``ρ·a ≤ (1 + ΣA)·a = half`` stays in the square."""
+    harmonics = tuple((k, rng.uniform(0.08, 0.16), rng.uniform(0, 2 * math.pi)) for k in (2, 3))
+    a = half / (1 + sum(amplitude for _, amplitude, _ in harmonics))
+    blob = Blob(cx, cy, a, a * rng.uniform(0.7, 1.0), rng.uniform(0, math.pi), harmonics)
+    return blob.raster(size).full_mask(size)
+
+
+def pixel_extent(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``x1, y1, x2, y2`` of the mask's pixels, exclusive ends."""
+    rows, cols = np.nonzero(mask)
+    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+
+
+def place(shape: str, size: int, blocked: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """The mask of ``shape`` at a size drawn from :data:`EXTENT_RANGE`, its bounding square put uniformly among
+    the corners where it touches no ``blocked`` pixel; a size that fits nowhere is redrawn smaller. ``None``:
+    no size fits."""
+    counter = MaskCounter(blocked)
+    low, high = (bound * size for bound in EXTENT_RANGE)
+    for _ in range(PLACEMENT_TRIES):
+        extent = rng.uniform(low, high)
+        side = math.ceil(extent) + 1  # ≥ extent + 1: the shape's pixel centres stay inside the square
+        rows, cols = np.nonzero(counter.free_corners(side, side))
+        if rows.size:
+            pick = int(rng.integers(rows.size))
+            return shape_mask(shape, size, cols[pick] + side / 2, rows[pick] + side / 2, extent, rng)
+        high = (low + high) / 2
+    return None
+
+
+def layout(rng: np.random.Generator, size: int, count: int) -> tuple[CorpusObject, ...]:
+    """``count`` objects with distinct names, their boxes at least ``GAP`` (scaled to ``size``) apart; a layout
+    where an object finds no room is redrawn (the names stay)."""
+    names = [NAMES[index].split(" ") for index in rng.choice(len(NAMES), size=count, replace=False)]
+    for _ in range(MAX_LAYOUTS):
+        objects = _try_layout(names, size, rng)
+        if objects is not None:
+            return objects
+    raise RuntimeError(f"no layout of {count} objects found in {MAX_LAYOUTS} attempts at {size}px")
+
+
+def _try_layout(names: list[list[str]], size: int, rng: np.random.Generator) -> tuple[CorpusObject, ...] | None:
+    """One attempt at placing ``(appearance, shape)`` pairs in order; None when one finds no room."""
+    gap = math.ceil(GAP * size / 112)
+    blocked = np.zeros((size, size), dtype=bool)
+    objects = []
+    for appearance, shape in names:
+        mask = place(shape, size, blocked, rng)
+        if mask is None:
+            return None
+        x1, y1, x2, y2 = pixel_extent(mask)
+        blocked[max(0, y1 - gap) : y2 + gap, max(0, x1 - gap) : x2 + gap] = True
+        box = Box.from_pixels(x1, y1, x2, y2, size, size).rounded()
+        objects.append(CorpusObject(appearance, shape, mask, (x1, y1, x2, y2), box))
+    return tuple(objects)
+
+
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Planar ``(3, S, S)``: a grey level U(0.05, 0.3) tinted per channel by U(−0.05, 0.05), plus a texture
+    (flat, a linear gradient of ±0.06 or clouds of std 0.04), clipped to ``[0, BACKGROUND_MAX]``."""
+    level = rng.uniform(0.05, 0.3) + rng.uniform(-0.05, 0.05, 3)
+    image = np.broadcast_to(planes(level), (3, size, size)).copy()
+    texture = BACKGROUND_TEXTURES[int(rng.integers(len(BACKGROUND_TEXTURES)))]
+    if texture == "gradient":
+        xs, ys = pixel_centres(size)
+        angle = rng.uniform(0, 2 * math.pi)
+        image += (0.12 * ((xs * math.cos(angle) + ys * math.sin(angle)) / size - 0.5)).astype(np.float32)
+    elif texture == "clouds":
+        image += 0.04 * smooth_noise(rng, size, max(4, size // 16))
+    return np.clip(image, 0, BACKGROUND_MAX)
+
+
+def pattern_mask(appearance: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Where a pattern's accent goes: bands 4 px wide at a random angle, or 3-px dots on a 7-px grid (at 112 px)."""
+    scale = size / 112
+    xs, ys = pixel_centres(size)
+    angle = rng.uniform(0, math.pi)
+    u = xs * math.cos(angle) + ys * math.sin(angle)
+    if appearance == "striped":
+        return np.sin(2 * math.pi * u / (8 * scale) + rng.uniform(0, 2 * math.pi)) > 0
+    v = -xs * math.sin(angle) + ys * math.cos(angle)
+    period = 7 * scale
+    du, dv = (u + rng.uniform(0, period)) % period - period / 2, (v + rng.uniform(0, period)) % period - period / 2
+    return np.hypot(du, dv) <= 1.6 * scale
+
+
+def paint(image: np.ndarray, obj: CorpusObject, rng: np.random.Generator) -> None:
+    """Paint ``obj`` into the planar ``image``: its colour shaded by ±10 % clouds, or a pattern's base and accent."""
+    size = image.shape[1]
+    shading = np.clip(1 + 0.05 * smooth_noise(rng, size, max(4, size // 16)), 0.9, 1.1)
+    if obj.appearance in COLOURS:
+        blend(image, obj.mask, planes(COLOURS[obj.appearance]) * shading)
+        return
+    base = COLOURS[PATTERN_BASES[int(rng.integers(len(PATTERN_BASES)))]]
+    blend(image, obj.mask, planes(base) * shading)
+    blend(image, obj.mask & pattern_mask(obj.appearance, size, rng), PATTERN_ACCENT)
+
+
+def draw_scene(rng: np.random.Generator, size: int, count: int) -> CorpusScene:
+    """A scene of ``count`` objects: layout, background, objects, then grain N(0, GRAIN²), rounded to ``uint8``."""
+    objects = layout(rng, size, count)
+    image = background(rng, size)
+    for obj in objects:
+        paint(image, obj, rng)
+    image += rng.standard_normal((size, size), dtype=np.float32) * np.float32(GRAIN)
+    pixels = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)  # round half up; values are >= 0
+    return CorpusScene(np.ascontiguousarray(pixels.transpose(1, 2, 0)), objects)
+
+
+# ---- turns ----------------------------------------------------------------------------------------
+
+
+def _pick(objects: tuple[CorpusObject, ...], rng: np.random.Generator) -> CorpusObject:
+    return objects[int(rng.integers(len(objects)))]
+
+
+def count_group(objects: tuple[CorpusObject, ...], rng: np.random.Generator) -> tuple[str, int]:
+    """A group to count and its size: all shapes, one shape or one appearance. The shape or appearance is
+    half the time that of an object present, so answers are not mostly 0."""
+    kind = ("all", "shape", "appearance")[int(rng.integers(3))]
+    if kind == "all":
+        return "shapes", len(objects)
+    present = rng.random() < 0.5
+    values = SHAPES if kind == "shape" else APPEARANCES
+    value = getattr(_pick(objects, rng), kind) if present else values[int(rng.integers(len(values)))]
+    group = PLURALS[value] if kind == "shape" else f"{value} shapes"
+    return group, sum(getattr(obj, kind) == value for obj in objects)
+
+
+def caption(objects: tuple[CorpusObject, ...]) -> str:
+    """``A red ring in the upper left part and an orange cross in the central part.``: objects top to bottom."""
+    ordered = sorted(objects, key=lambda obj: (obj.box.y1 + obj.box.y2, obj.box.x1 + obj.box.x2))
+    parts = [f"{'an' if obj.name[0] in 'aeiou' else 'a'} {obj.name} in the {location_word(obj.box)} part" for obj in ordered]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def make_turn(task: str, objects: tuple[CorpusObject, ...], rng: np.random.Generator) -> Turn:
+    """One QA turn of ``task`` about a scene's ``objects`` (see the module docstring for the four tasks)."""
+    if task not in TEMPLATES:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    template = TEMPLATES[task][int(rng.integers(len(TEMPLATES[task])))]
+    if task == "grounding":
+        target = _pick(objects, rng)
+        return Turn(template.format(ref=format_ref(target.name)), format_ref(target.name) + target.box.to_text(BoxStyle.QWEN_VL))
+    if task == "referring":
+        target = _pick(objects, rng)
+        return Turn(template.format(box=target.box.to_text(BoxStyle.QWEN_VL)), target.name)
+    if task == "counting":
+        group, count = count_group(objects, rng)
+        return Turn(template.format(group=group), str(count))
+    return Turn(template, caption(objects))
+
+
+def task_weights(mix: Mapping[str, float]) -> np.ndarray:
+    """The probabilities of :data:`TASKS` from a (partial) weight mapping."""
+    weights = np.array([mix.get(task, 0.0) for task in TASKS], dtype=np.float64)
+    return weights / weights.sum()
+
+
+def png(pixels: np.ndarray) -> io.BytesIO:
+    """The scene as an in-memory PNG: :func:`clinkd.model.processor.load_image` opens it like a file, so fresh
+    scenes never touch the disk."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer
+
+
+class LanguageStream(Dataset):
+    """The language stage's examples: example ``i`` is one turn about a fresh scene of training step
+    ``i // batch_size`` (read in order, so its curriculum level is that of the step it is trained at)."""
+
+    def __init__(self, seed: int, steps: int, batch_size: int, image_size: int, max_objects: int, curriculum_steps: int, tasks: Mapping[str, float]):
+        self.seed, self.steps, self.batch_size, self.image_size = seed, steps, batch_size, image_size
+        self.max_objects, self.curriculum_steps = max_objects, curriculum_steps
+        self.weights = task_weights(tasks)
+
+    def __len__(self) -> int:
+        return self.steps * self.batch_size
+
+    def scene(self, index: int) -> tuple[CorpusScene, np.random.Generator]:
+        """Scene ``index`` and its generator (which then draws the turn)."""
+        rng = scene_rng(self.seed, "language", index)
+        bound = objects_allowed(index // self.batch_size, self.max_objects, self.curriculum_steps)
+        return draw_scene(rng, self.image_size, int(rng.integers(1, bound + 1))), rng
+
+    def __getitem__(self, index: int) -> ChatExample:
+        scene, rng = self.scene(index)
+        task = TASKS[int(rng.choice(len(TASKS), p=self.weights))]
+        return ChatExample(png(scene.pixels), (make_turn(task, scene.objects, rng),))
+
+
+def tokenizer_texts(seed: int, image_size: int, max_objects: int, scenes: int = TOKENIZER_SCENES) -> list[str]:
+    """The texts the base's tokenizer learns from: a turn of every task on ``scenes`` laid-out scenes (no pixels
+    needed), every name, and the generic English word list (:mod:`clinkd.pretrain.words`)."""
+    texts = [" ".join(WORDS), " ".join(NAMES)]
+    for index in range(scenes):
+        rng = scene_rng(seed, "tokenizer", index)
+        objects = layout(rng, image_size, int(rng.integers(1, max_objects + 1)))
+        for task in TASKS:
+            turn = make_turn(task, objects, rng)
+            texts += [turn.question, turn.answer]
+    return texts

@@ -1,0 +1,186 @@
+"""clinkd pretrain: the generic grounding corpus, the dense labels and a smoke run of the recipe (resume included)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from clinkd.boxes import Box, parse_boxes
+from clinkd.cli import app
+from clinkd.data.records import MODALITY_NAMES
+from clinkd.pretrain.corpus import (
+    BACKGROUND_MAX,
+    NAMES,
+    OBJECT_MIN,
+    PLURALS,
+    TASKS,
+    TEMPLATES,
+    CorpusObject,
+    CorpusScene,
+    LanguageStream,
+    draw_scene,
+    make_turn,
+    objects_allowed,
+    scene_rng,
+    tokenizer_texts,
+)
+from clinkd.pretrain.dense import cell_labels
+from clinkd.pretrain.words import WORDS
+from clinkd.synth.modalities import MODALITY_SPECS
+
+MIX = {"grounding": 1, "referring": 1, "counting": 1, "captioning": 1}
+
+
+def stream(seed: int = 0, max_objects: int = 3, curriculum_steps: int = 4) -> LanguageStream:
+    return LanguageStream(seed, steps=40, batch_size=2, image_size=112, max_objects=max_objects, curriculum_steps=curriculum_steps, tasks=MIX)
+
+
+def test_the_corpus_is_the_same_for_a_seed_and_differs_across_seeds():
+    def drawn(seed):
+        examples = [stream(seed)[index] for index in range(6)]
+        return [(np.asarray(Image.open(example.image)).tobytes(), example.turns) for example in examples]
+
+    assert drawn(0) == drawn(0)
+    assert all(a != b for a, b in zip(drawn(0), drawn(1)))
+
+
+@pytest.mark.parametrize("count", [1, 3, 6])
+def test_each_box_is_the_extent_of_its_objects_drawn_pixels(count):
+    for index in range(4):
+        scene = draw_scene(scene_rng(7, "dense", index), 112, count)
+        bright = scene.pixels.max(axis=2) > 255 * (BACKGROUND_MAX + OBJECT_MIN) / 2  # object pixels, read off the image
+        inside_a_box = np.zeros_like(bright)
+        for obj in scene.objects:
+            x1, y1, x2, y2 = obj.pixel_box
+            rows, cols = np.nonzero(bright[y1:y2, x1:x2])
+            assert (x1 + cols.min(), y1 + rows.min(), x1 + cols.max() + 1, y1 + rows.max() + 1) == obj.pixel_box
+            assert obj.box == Box.from_pixels(*obj.pixel_box, 112, 112).rounded()
+            inside_a_box[y1:y2, x1:x2] = True
+        assert not (bright & ~inside_a_box).any()
+        assert len({obj.name for obj in scene.objects}) == count
+        assert all(a.box.iou(b.box) == 0 for i, a in enumerate(scene.objects) for b in scene.objects[i + 1 :])
+
+
+def test_every_task_answers_from_the_scene():
+    scene = draw_scene(scene_rng(0, "dense", 0), 112, 3)
+    by_name = {obj.name: obj for obj in scene.objects}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        grounding = make_turn("grounding", scene.objects, rng)
+        name = re.search(r"<ref>(.*?)</ref>", grounding.question).group(1)
+        assert parse_boxes(grounding.answer) == [by_name[name].box]
+        referring = make_turn("referring", scene.objects, rng)
+        assert by_name[referring.answer].box == parse_boxes(referring.question)[0]
+        counting = make_turn("counting", scene.objects, rng)
+        group = re.fullmatch(r"(?:How many|Count the) (.+?) (?:are there\?|in the picture\.)", counting.question).group(1)
+        assert counting.answer == str(sum(group in ("shapes", f"{obj.appearance} shapes", PLURALS[obj.shape]) for obj in scene.objects))
+    caption = make_turn("captioning", scene.objects, rng).answer
+    assert all(name in caption for name in by_name) and caption.endswith(".")
+
+
+def test_no_benchmark_class_or_modality_name_is_in_the_corpus_vocabulary():
+    texts = tokenizer_texts(0, 112, 6, scenes=200)  # every task's turns, the names and the word list
+    corpus = " ".join([*texts, *WORDS, *NAMES, *(t for task in TASKS for t in TEMPLATES[task])]).lower()
+    benchmark = {cls.name for spec in MODALITY_SPECS.values() for cls in (*spec.structures, *spec.lesions)}
+    benchmark |= set(MODALITY_NAMES) | {name.lower() for name in MODALITY_NAMES.values()}
+    assert len(benchmark) > 40
+    found = sorted(name for name in benchmark if re.search(rf"(?<![\w-]){re.escape(name.lower())}(?![\w-])", corpus))
+    assert found == []
+    assert 30 <= len(NAMES) <= 60
+
+
+def test_the_curriculum_grows_the_objects_per_scene_from_one_to_max():
+    assert [objects_allowed(step, 3, 4) for step in range(6)] == [1, 1, 2, 2, 3, 3]
+    assert objects_allowed(0, 3, 0) == 3
+    examples = stream(max_objects=3, curriculum_steps=4)  # batch 2: examples 0–3 are steps 0–1
+
+    def objects(index):
+        return len(examples.scene(index)[0].objects)
+
+    assert {objects(index) for index in range(4)} == {1}
+    assert {objects(index) for index in range(8, 80)} == {1, 2, 3}  # steps 4–39: U{1..3}
+
+
+def hand_made_object(name: str, x1: int, y1: int, x2: int, y2: int) -> CorpusObject:
+    mask = np.zeros((112, 112), dtype=bool)
+    mask[y1:y2, x1:x2] = True
+    appearance, shape = name.split(" ")
+    return CorpusObject(appearance, shape, mask, (x1, y1, x2, y2), Box.from_pixels(x1, y1, x2, y2, 112, 112).rounded())
+
+
+def test_dense_labels_of_a_hand_made_scene():
+    big = hand_made_object("red square", 28, 0, 84, 28)  # fills cells (0, 1) and (0, 2)
+    third = hand_made_object("blue cross", 0, 84, 28, 94)  # 10 of 28 rows of cell (3, 0): 36 % ≥ 25 %
+    sliver = hand_made_object("white ring", 84, 84, 112, 89)  # 5 of 28 rows of cell (3, 3): 18 %, background
+    labels = cell_labels(CorpusScene(np.zeros((112, 112, 3), np.uint8), (big, third, sliver)), (4, 4))
+    expected = [0] * 16
+    expected[1] = expected[2] = NAMES.index("red square") + 1
+    expected[12] = NAMES.index("blue cross") + 1
+    assert labels.names.tolist() == expected
+    assert labels.rows.tolist() == [row for row in range(4) for _ in range(4)]
+    assert labels.columns.tolist() == list(range(4)) * 4
+    assert labels.boxes[1].tolist() == pytest.approx([0.25, 0.0, 0.75, 0.25])
+    assert labels.boxes[12].tolist() == pytest.approx([0.0, 0.75, 0.25, 0.839])
+
+
+@pytest.fixture()
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_pretrain_writes_a_loadable_base_resumes_and_reports_held_out_recall(tmp_path, one_thread):
+    from clinkd.model.loading import load_checkpoint
+
+    out = tmp_path / "base"
+    command = [
+        "pretrain", f"pretrain.out={out}", "model.size=xs", "model.tokenizer_vocab=400", "pretrain.steps=4",
+        "pretrain.dense_steps=3", "pretrain.batch_size=2", "pretrain.save_steps=2", "pretrain.eval_steps=2",
+        "pretrain.eval_scenes=4", "train.threads=1", "train.save_total_limit=5", "predict.max_new_tokens.VG=8",
+    ]
+    runner = CliRunner()
+    first = runner.invoke(app, command)
+    assert first.exit_code == 0, first.output
+    record = json.loads((out / "pretrain.json").read_text())
+    assert record["steps"] == {"dense": 3, "language": 4}
+    assert 0 <= record["heldout"]["recall"] <= 1 and record["heldout"]["scenes"] == 4
+    assert [row["step"] for row in record["heldout_curve"]] == [2, 4]
+    model, processor = load_checkpoint(out / "model")
+    assert sum(p.numel() for p in model.parameters()) == record["model"]["parameters"] and len(processor.tokenizer) == 400
+    dense, final = load_file(out / "dense/model/model.safetensors"), load_file(out / "model/model.safetensors")
+    vision = [name for name in final if name.startswith("visual.")]
+    assert vision and all(torch.equal(dense[name], final[name]) for name in vision)  # frozen in the language stage
+    assert not torch.equal(dense["model.embed_tokens.weight"], final["model.embed_tokens.weight"])
+
+    last = out / "language/checkpoints/checkpoint-4/model.safetensors"
+    trained = load_file(last)
+    shutil.rmtree(last.parent)
+    shutil.rmtree(out / "model")
+    resumed = runner.invoke(app, command)  # as if killed after checkpoint 2
+    assert resumed.exit_code == 0, resumed.output
+    assert "dense: reusing" in resumed.output and "resuming from checkpoint 2" in resumed.output
+    again = load_file(last)
+    assert all(torch.equal(trained[name], again[name]) for name in trained)  # the same scenes, the same weights
+    assert (out / "model/config.json").is_file()
+
+
+def test_unfreeze_after_lets_the_vision_tower_train_from_that_step(tmp_path, one_thread):
+    out = tmp_path / "base"
+    command = [
+        "pretrain", f"pretrain.out={out}", "model.size=xs", "model.tokenizer_vocab=400", "pretrain.steps=2",
+        "pretrain.dense_steps=1", "pretrain.batch_size=2", "pretrain.unfreeze_after=1", "pretrain.eval_scenes=2",
+        "train.threads=1", "predict.max_new_tokens.VG=4",
+    ]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    dense, final = load_file(out / "dense/model/model.safetensors"), load_file(out / "model/model.safetensors")
+    assert not torch.equal(dense["visual.merger.mlp.2.weight"], final["visual.merger.mlp.2.weight"])
