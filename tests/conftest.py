@@ -152,3 +152,13 @@ def hub_checkpoints(tmp_path_factory):
         "qwen2_5_vl": build_hub_checkpoint(QWEN2_5_VL, root / "qwen2.5-vl"),
         "qwen2_vl_teacher": build_hub_checkpoint(QWEN2_VL, root / "qwen2-vl-teacher", seed=1, text=teacher_text),
     }
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -17,9 +16,8 @@ from clinkd.data.medgrit import load_test_split, write_medgrit
 from clinkd.data.records import Sample, Turn
 from clinkd.metrics.digits import COORDINATES, UNIFORM_DIGIT_CE, CoordinateDigit, DigitCE, coordinate_digits
 from clinkd.synth import generate
-from conftest import VG_ANSWER, VG_QUESTION  # the overfitted model's one question and answer
+from conftest import VG_ANSWER, VG_QUESTION, load_benchmark  # the overfitted model's one question and answer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "digit_ce.py"
 NOT_A_DIGIT_CE = 100.0  # any non-digit token's CE; it must never reach a mean
 
 
@@ -100,10 +98,7 @@ def test_no_boxes_means_no_numbers():
 # ---- the script, on the tiny model overfitted to one VG answer (conftest.trained_checkpoint) ----
 @pytest.fixture(scope="module")
 def digit_ce():
-    spec = importlib.util.spec_from_file_location("digit_ce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("digit_ce")
 
 
 @pytest.fixture()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +9,8 @@ from PIL import Image
 
 from clinkd.boxes import parse_boxes
 from clinkd.data.medgrit import load_medgrit, load_test_split
+from conftest import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grounding_probe.py"
 # Pixels only the named look has: ≥ 5 σ from either background (N(30, 12) single, N(100, 12) named), and
 # not the stripes' exact grey levels, which also occur as isolated background pixels (no
 # neighbour sharing a side).
@@ -31,10 +29,7 @@ def without_isolated_pixels(mask: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("grounding_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("grounding_probe")
 
 
 @pytest.mark.parametrize("task", ["single", "named", "mixed"])

@@ -29,6 +29,14 @@ class ConfigError(ValueError):
     """A recipe that does not load or validate; the message names the key."""
 
 
+def only_known_tasks(value: dict, known: tuple[str, ...]) -> dict:
+    """``value`` when its keys are all in ``known``, else a ValueError naming the others (pydantic adds the key)."""
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; expected {', '.join(known)}")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -134,10 +142,7 @@ class PredictConfig(_Section):
     @field_validator("max_new_tokens")
     @classmethod
     def _known_tasks(cls, value: dict[str, int]) -> dict[str, int]:
-        unknown = sorted(set(value) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {', '.join(unknown)}; expected {', '.join(TASKS)}")
-        return value
+        return only_known_tasks(value, TASKS)
 
 
 class EvaluateConfig(_Section):
@@ -333,9 +338,7 @@ class PretrainConfig(_Section):
     def _known_tasks(cls, value: dict[str, float]) -> dict[str, float]:
         from clinkd.pretrain.corpus import TASKS
 
-        unknown = sorted(set(value) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {', '.join(unknown)}; expected {', '.join(TASKS)}")
+        only_known_tasks(value, TASKS)
         if any(weight < 0 for weight in value.values()) or not sum(value.values()) > 0:
             raise ValueError(f"weights must be >= 0 and not all 0, got {value}")
         return value
