@@ -61,24 +61,27 @@ def export_model(run_or_model: str | Path, out: str | Path) -> Export:
     remote_code = strategy != STOCK
     stock_model, stock_processor = STOCK_NAMES[model.config.model_type]
 
-    def rewrite(staging: Path) -> None:
-        config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
+    def as_exported(config: dict) -> None:
         if remote_code:
-            _as_remote_code(config, type(model).__name__, type(model.model).__name__, staging)
+            _as_remote_code(config, type(model).__name__, type(model.model).__name__)
         else:
             config.pop(rope.ROPE_CONFIG_KEY, None)
             config["architectures"] = [stock_model]
-        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _set_processor_class(staging / "processor_config.json", stock_processor)
+
+    def rewrite(staging: Path) -> None:
+        if remote_code:  # clinkd's own files, copied unchanged, are the remote code
+            shutil.copyfile(rope.__file__, staging / f"{REMOTE_MODELING}.py")
+            shutil.copyfile(positions.__file__, staging / "positions.py")
+        _edit_json(staging / "config.json", as_exported)
+        # clinkd's processor only drops the video half (torchvision); a served model names the stock one.
+        _edit_json(staging / "processor_config.json", lambda processor_config: processor_config.update(processor_class=stock_processor))
 
     save_checkpoint(model, processor, out, before_publish=rewrite)
     return Export(source, Path(out), remote_code, strategy.to_dict())
 
 
-def _as_remote_code(config: dict, class_name: str, base_class_name: str, staging: Path) -> None:
-    """``auto_map`` to clinkd's class in the copied modeling file, and the guarded rope type."""
-    shutil.copyfile(rope.__file__, staging / f"{REMOTE_MODELING}.py")
-    shutil.copyfile(positions.__file__, staging / "positions.py")
+def _as_remote_code(config: dict, class_name: str, base_class_name: str) -> None:
+    """``auto_map`` to clinkd's classes in the copied modeling file, and the guarded rope type."""
     config["architectures"] = [class_name]
     config["auto_map"] = {
         "AutoModel": f"{REMOTE_MODELING}.{base_class_name}",
@@ -87,8 +90,8 @@ def _as_remote_code(config: dict, class_name: str, base_class_name: str, staging
     config["text_config"]["rope_parameters"]["rope_type"] = rope.GUARDED_ROPE_TYPE
 
 
-def _set_processor_class(path: Path, name: str) -> None:
-    """clinkd's processor only drops the video half (torchvision); a served model names the stock one."""
-    processor_config = json.loads(path.read_text(encoding="utf-8"))
-    processor_config["processor_class"] = name
-    path.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def _edit_json(path: Path, edit) -> None:
+    """Rewrite a saved JSON file after ``edit(document)`` changed it in place."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    edit(document)
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
