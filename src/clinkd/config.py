@@ -331,6 +331,11 @@ class PretrainConfig(_Section):
         default_factory=lambda: {"grounding": 0.5, "referring": 0.2, "counting": 0.15, "captioning": 0.15},
         description="share of each task among the language-stage turns (weights, normalised)",
     )
+    retrieval_loss: float = Field(
+        0.0, ge=0, description="weight of the retrieval-attention loss on the box answers (0: off; docs/pretrain.md)"
+    )
+    retrieval_layer: int = Field(-2, description="text layer whose head the retrieval loss supervises (negative: from the top)")
+    retrieval_head: int = Field(0, ge=0, description="the supervised head of that layer")
     out: Path | None = Field(None, description="output folder; null: <output_dir>/pretrain")
 
     @field_validator("tasks")
