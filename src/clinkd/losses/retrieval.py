@@ -33,13 +33,15 @@ def cell_weights(box: tuple[float, float, float, float], rows: int, cols: int, s
 
 
 def attention_target_loss(attention_rows: torch.Tensor, targets: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Mean over rows of the cross-entropy ``-Σ_k targets[n, k] · log(attention_rows[n, k] + eps)``.
+    """Mean over rows of ``KL(targets[n] ‖ attention_rows[n]) = Σ_k t_k · (log t_k − log(a_k + eps))``.
 
     ``attention_rows`` (N, T): one head's attention probabilities from N query positions over T keys;
     ``targets`` (N, T): the wanted distribution of each row over its keys (zero outside the image tokens,
     each row summing to 1). Not renormalised over the image tokens: mass the head puts anywhere else counts
-    as missing from the target, so the head becomes a pure retrieval head. 0 when ``N`` is 0.
+    as missing from the target, so the head becomes a pure retrieval head. 0 when the head matches the
+    target (and when ``N`` is 0); the gradient is the cross-entropy's, the target's entropy only drops out.
     """
     if attention_rows.shape[0] == 0:
         return attention_rows.sum() * 0.0
-    return -torch.special.xlogy(targets, attention_rows.float() + eps).sum(dim=-1).mean()  # xlogy: 0·log 0 = 0
+    rows = torch.special.xlogy(targets, targets) - torch.special.xlogy(targets, attention_rows.float() + eps)  # xlogy: 0·log 0 = 0
+    return rows.sum(dim=-1).mean()

@@ -14,6 +14,8 @@ Rerunning continues: a finished dense stage is reused, the language stage resume
 from __future__ import annotations
 
 import json
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,6 @@ from clinkd.model.loading import build_tiny, is_checkpoint, load_checkpoint, sav
 from clinkd.pretrain.corpus import NAMES, LanguageStream, tokenizer_texts
 from clinkd.pretrain.dense import head_scores, train_dense
 from clinkd.pretrain.heldout import HeldOut, grounding_recall, held_out_set
-from clinkd.pretrain.retrieval import RetrievalTargets, captured_attention, retrieval_loss
 from clinkd.progress import console
 from clinkd.recipes.run import STAGE_TIMES_FILE, StageClock
 from clinkd.recipes.train import ClinKDTrainer, TrainResult, run_sft
@@ -70,6 +71,7 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
                   "parameters": sum(p.numel() for p in model.parameters())},
         "steps": {"dense": dense["steps"], "language": language.steps},
         "seconds": clock.seconds,
+        "hardware": hardware(),
         "final_loss": language.final_loss,
         "dense_heads": dense,
         "heldout": final,
@@ -78,6 +80,12 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
     }
     atomic_write_json(out / "pretrain.json", record)
     return PretrainResult(out / "model", record)
+
+
+def hardware() -> dict:
+    """Where the run trained (the model card's hardware line)."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    return {"device": device, "torch_threads": torch.get_num_threads()}
 
 
 def dense_stage(cfg: RecipeConfig, stage_dir: Path, held_out: HeldOut):
@@ -127,16 +135,11 @@ def language_stage(cfg: RecipeConfig, model, processor, out: Path, held_out: Hel
     # Every parameter is in the optimiser, so the vision tower can join at unfreeze_after (a frozen one gets no grad, no update).
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=cfg.train.weight_decay)
     callbacks = [UnfreezeVision(settings.unfreeze_after), HeldOutCurve(settings.eval_steps, cfg, processor, held_out, out / CURVE_FILE)]
-    retrieval = RetrievalSupervision.from_settings(settings, model, processor)
-    try:
-        return run_sft(
-            language_recipe(cfg, out), model, processor, [], out / "language",
-            trainer_class=PretrainTrainer,
-            trainer_kwargs={"optimizers": (optimiser, None), "extra_callbacks": callbacks, "retrieval": retrieval},
-            collator=collator, train_dataset=stream,
-        )
-    finally:
-        model.set_attn_implementation("sdpa")  # the retrieval loss needed eager attention's probabilities
+    return run_sft(
+        language_recipe(cfg, out), model, processor, [], out / "language",
+        trainer_class=PretrainTrainer, trainer_kwargs={"optimizers": (optimiser, None), "extra_callbacks": callbacks},
+        collator=collator, train_dataset=stream,
+    )
 
 
 def score_held_out(cfg: RecipeConfig, model, processor, held_out: HeldOut) -> dict:
@@ -151,66 +154,15 @@ def held_out_curve(path: Path) -> list[dict]:
     return sorted({row["step"]: row for row in read_jsonl(path)}.values(), key=lambda row: row["step"])
 
 
-@dataclass
-class RetrievalSupervision:
-    """The retrieval-attention loss's weight, where it reads, and its running sum for the logs."""
-
-    weight: float
-    layer: int
-    head: int
-    targets: RetrievalTargets
-    total: float = 0.0
-    count: int = 0
-
-    @classmethod
-    def from_settings(cls, settings, model, processor) -> RetrievalSupervision | None:
-        if not settings.retrieval_loss:
-            return None
-        layers = model.config.text_config.num_hidden_layers
-        heads = model.config.text_config.num_attention_heads
-        if not -layers <= settings.retrieval_layer < layers:
-            raise ConfigError(f"pretrain.retrieval_layer: {settings.retrieval_layer} is outside the model's {layers} text layers")
-        if settings.retrieval_head >= heads:
-            raise ConfigError(f"pretrain.retrieval_head: {settings.retrieval_head} is not below the model's {heads} heads")
-        model.set_attn_implementation("eager")  # the fused kernels return no attention probabilities
-        return cls(settings.retrieval_loss, settings.retrieval_layer, settings.retrieval_head,
-                   RetrievalTargets.for_model(model, processor.tokenizer))
-
-    def mean_since_last_read(self) -> float | None:
-        mean = self.total / self.count if self.count else None
-        self.total, self.count = 0.0, 0
-        return mean
-
-
 class PretrainTrainer(ClinKDTrainer):
     """A Trainer that reads the scene stream in order (example ``i`` belongs to step ``i // batch_size``, whose
-    curriculum level it was drawn at), runs the pretrain callbacks and adds the retrieval loss (if any)."""
+    curriculum level it was drawn at) and runs the pretrain callbacks."""
 
-    def __init__(self, *args, extra_callbacks=(), retrieval: RetrievalSupervision | None = None, **kwargs):
+    def __init__(self, *args, extra_callbacks=(), **kwargs):
         kwargs["args"].train_sampling_strategy = "sequential"
         super().__init__(*args, **kwargs)
-        self.retrieval = retrieval
         for callback in extra_callbacks:
             self.add_callback(callback)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.retrieval is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        rows = self.retrieval.targets(inputs["input_ids"], inputs["labels"], inputs["image_grid_thw"])
-        with captured_attention(model, self.retrieval.layer, self.retrieval.head) as attention:
-            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        auxiliary = retrieval_loss(attention[0], rows)
-        self.retrieval.total += auxiliary.item()
-        self.retrieval.count += 1
-        loss = loss + self.retrieval.weight * auxiliary
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs, *args, **kwargs):
-        if self.retrieval is not None and "loss" in logs:
-            mean = self.retrieval.mean_since_last_read()
-            if mean is not None:
-                logs["retrieval_loss"] = round(mean, 4)
-        super().log(logs, *args, **kwargs)
 
 
 class UnfreezeVision(TrainerCallback):

@@ -33,7 +33,7 @@ import transformers
 
 from clinkd.batching import training_examples
 from clinkd.boxes import convert_markup
-from clinkd.config import ConfigError, RecipeConfig, dump_config
+from clinkd.config import ConfigError, ModelConfig, RecipeConfig, dump_config
 from clinkd.data.medgrit import load_medgrit, load_test_split
 from clinkd.data.records import Sample
 from clinkd.data.validation import ISSUES_FILE, DataIssues
@@ -117,10 +117,10 @@ def initial_model(cfg: RecipeConfig, train: list[Sample]):
 
     lora = cfg.train.lora
     quantization = None if lora is None else quantization_config(lora, DTYPES[cfg.model.dtype])
-    if cfg.model.path is not None:
-        model_cfg = cfg.model
+    model_cfg = cfg.model
+    if model_cfg.checkpoint is not None:
         return load_checkpoint(
-            model_cfg.path, model_cfg.dtype, model_cfg.min_pixels, model_cfg.max_pixels, cfg.rope, quantization, model_cfg.allow_partial
+            model_cfg.checkpoint, model_cfg.dtype, model_cfg.min_pixels, model_cfg.max_pixels, cfg.rope, quantization, model_cfg.allow_partial
         )
     if quantization is not None:
         raise ConfigError("train.lora.quantize: QLoRA quantises a checkpoint; set model.path (the tiny model is built in memory)")
@@ -206,12 +206,18 @@ class _Ticker:
         self._thread.join()
 
 
+def model_description(model: ModelConfig) -> str:
+    if model.path is not None:
+        return f"`{model.path}`"
+    return f"tiny `{model.size}`, " + ("the shipped pretrained base (`model.init: base`)" if model.init == "base" else "built from a config")
+
+
 def recipe_section(cfg: RecipeConfig) -> str:
     """What produced the final predictions, in one table (the full recipe is in config.resolved.yaml)."""
     rope = cfg.rope
     rope_text = f"`{rope.name}`" + (f" (α = {rope.alpha}, rounding {rope.rounding})" if rope.name == "mcg" else "")
     rows = [
-        ("model", f"`{cfg.model.path}`" if cfg.model.path else f"tiny `{cfg.model.size}` (built from a config)"),
+        ("model", model_description(cfg.model)),
         ("RoPE strategy", f"{rope_text}, frequencies `{rope.frequency}`"),
         ("training", "distillation (teacher → pseudo labels → student)" if cfg.distill.enabled else "plain SFT"),
         ("reflective correction", f"{cfg.reflect.rounds} rounds, corrector `{cfg.reflect.corrector}`" if cfg.reflect.enabled and cfg.reflect.rounds else "off"),
@@ -283,7 +289,7 @@ def run(cfg: RecipeConfig) -> dict | None:
         run_dir,
         title=f"clinkd run `{cfg.name}`",
         tests=dataset.tests,
-        label=f"ClinKD ({cfg.model.path or 'tiny-' + cfg.model.size})",
+        label=f"ClinKD ({cfg.model.path or 'tiny-' + cfg.model.size + ('-base' if cfg.model.init == 'base' else '')})",
         others=others,
         extra_sections=sections,
         scorers=caption_scorers(BackendChoice(evaluation.meteor, evaluation.spice, evaluation.corenlp_dir)),

@@ -1,8 +1,8 @@
 """The retrieval loss in training: find the box answers in a batch, read one head's attention, score it.
 
-``pretrain.retrieval_loss`` (docs/pretrain.md): at every answer position from ``<|box_start|>`` up to the token
-before ``<|box_end|>``, head ``retrieval_head`` of text layer ``retrieval_layer`` should attend to the image
-tokens in proportion to the box's share of their cells (:func:`clinkd.losses.retrieval.cell_weights`).
+``train.retrieval_loss`` (docs/pretrain.md): at every answer position from ``<|box_start|>`` up to the token
+before ``<|box_end|>``, head ``train.retrieval_head`` of text layer ``train.retrieval_layer`` should attend to
+the image tokens in proportion to the box's share of their cells (:func:`clinkd.losses.retrieval.cell_weights`).
 Boxes are read in the ``qwen2-vl`` convention (0–1000, relative); one image per example.
 """
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from clinkd.batching import IGNORE_INDEX
+from clinkd.config import ConfigError, TrainConfig
 from clinkd.losses.retrieval import attention_target_loss, cell_weights
 
 _COORDINATES = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)")
@@ -87,8 +88,51 @@ def captured_attention(model, layer: int, head: int):
     def keep(module, args, output):
         captured[:] = [output[1][:, head]]
 
-    handle = model.model.language_model.layers[layer].self_attn.register_forward_hook(keep)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft: the wrapped model
+    handle = base.model.language_model.layers[layer].self_attn.register_forward_hook(keep)
     try:
         yield captured
     finally:
         handle.remove()
+
+
+@dataclass
+class RetrievalSupervision:
+    """The retrieval loss's weight, where it reads, and its running mean for the logs (``ClinKDTrainer``)."""
+
+    weight: float
+    layer: int
+    head: int
+    targets: RetrievalTargets
+    total: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def from_settings(cls, train: TrainConfig, model, tokenizer) -> RetrievalSupervision | None:
+        """None when ``train.retrieval_loss`` is 0; else switches ``model`` to eager attention (the fused kernels
+        return no probabilities) after checking the layer and head exist."""
+        if not train.retrieval_loss:
+            return None
+        text = model.config.text_config
+        if not -text.num_hidden_layers <= train.retrieval_layer < text.num_hidden_layers:
+            raise ConfigError(f"train.retrieval_layer: {train.retrieval_layer} is outside the model's {text.num_hidden_layers} text layers")
+        if train.retrieval_head >= text.num_attention_heads:
+            raise ConfigError(f"train.retrieval_head: {train.retrieval_head} is not below the model's {text.num_attention_heads} heads")
+        model.set_attn_implementation("eager")
+        return cls(train.retrieval_loss, train.retrieval_layer, train.retrieval_head, RetrievalTargets.for_model(model, tokenizer))
+
+    def watch(self, model, inputs: dict, answer_loss) -> tuple[torch.Tensor, object, torch.Tensor]:
+        """Runs ``answer_loss()`` (→ ``(loss, outputs)``) with this head watched; returns that loss, the outputs
+        and the weighted retrieval loss of the same forward."""
+        rows = self.targets(inputs["input_ids"], inputs["labels"], inputs["image_grid_thw"])
+        with captured_attention(model, self.layer, self.head) as attention:
+            loss, outputs = answer_loss()
+        auxiliary = retrieval_loss(attention[0], rows)
+        self.total += auxiliary.item()
+        self.count += 1
+        return loss, outputs, self.weight * auxiliary
+
+    def mean_since_last_read(self) -> float | None:
+        mean = self.total / self.count if self.count else None
+        self.total, self.count = 0.0, 0
+        return mean
