@@ -277,7 +277,7 @@ def test_pretrain_with_the_retrieval_loss_logs_it_and_saves_an_sdpa_base(tmp_pat
 
 # ---- the shipped base (model.init: base) ----
 def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_from_it(tmp_path, one_thread, monkeypatch):
-    from clinkd.config import RecipeConfig
+    from clinkd.config import ConfigError, RecipeConfig
     from clinkd.model import bases
     from clinkd.recipes.distill import teacher_recipe
     from clinkd.recipes.run import initial_model
@@ -308,5 +308,5 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
     with pytest.raises(ValueError, match="model.init: no shipped base for model.size 's'"):
         RecipeConfig(model={"init": "base", "size": "s"})
     (shipped / "model.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # what a Git LFS checkout leaves
-    with pytest.raises(ValueError, match="is not the recorded"):
+    with pytest.raises(ConfigError, match="model.init: .* is not the recorded"):
         cfg.model.checkpoint

@@ -111,7 +111,12 @@ class ModelConfig(_Section):
         """The checkpoint the model starts from: ``path``, the shipped base (``init: base``), or None (scratch)."""
         if self.path is not None:
             return self.path
-        return base_dir(self.size) if self.init == "base" else None
+        if self.init == "scratch":
+            return None
+        try:
+            return base_dir(self.size)
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"model.init: {error}") from error
 
 
 class LoraConfig(_Section):
