@@ -36,6 +36,8 @@ from clinkd.distill import (
 )
 from clinkd.distill.batches import model_inputs
 from clinkd.distill.teacher_cache import MANIFEST
+from clinkd.engine import generate as generate_module
+from clinkd.engine.sft import training_arguments
 from clinkd.losses import KDLossConfig, distillation_loss
 from clinkd.model.box_convention import RelativeBoxes
 from clinkd.model.loading import CheckpointError, build_tiny, model_class_for, save_checkpoint
@@ -44,9 +46,7 @@ from clinkd.model.processor import build_processor
 from clinkd.model.rope import set_rope_strategy
 from clinkd.model.tiny import tiny_config
 from clinkd.model.tokenizer import train_tokenizer
-from clinkd.recipes import predict as predict_module
 from clinkd.recipes.distill import run_distill, teacher_recipe
-from clinkd.recipes.train import training_arguments
 from clinkd.synth import generate
 
 BOX_STYLE = "qwen2-vl"
@@ -327,8 +327,8 @@ def test_pseudo_label_generation_resumes_after_an_interruption(tmp_path, process
     lines = reference.read_text().splitlines(keepends=True)
     (out / reference.name).write_text("".join(lines[:5]))  # interrupted after 5 rows
     prompts = []
-    real = predict_module.generate_responses
-    monkeypatch.setattr(predict_module, "generate_responses", lambda *a: prompts.append(len(a[3])) or real(*a))
+    real = generate_module.generate_responses
+    monkeypatch.setattr(generate_module, "generate_responses", lambda *a: prompts.append(len(a[3])) or real(*a))
     generate_pseudo_labels(teacher, processor, records, out, cfg)
     assert sum(prompts) == len(expected) - 5
     assert read_pseudo_labels(out, records) == expected
@@ -399,7 +399,7 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
     class Dataset:
         train = train_records[:8]
 
-    student, _, info = run_distill(cfg, Dataset, cfg.run_dir, build_model)
+    student, _, info = run_distill(cfg, Dataset.train, cfg.run_dir, build_model)
     root = cfg.run_dir / "distill"
     subset = json.loads((root / "teacher" / "subset.json").read_text())["indices"]
     assert subset == seeded_subset(8, 0.25, cfg.seed) and len(subset) == 2
@@ -417,7 +417,7 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
     assert built == ["xs", "xs"]
 
     built.clear()
-    _, _, again = run_distill(cfg, Dataset, cfg.run_dir, build_model)
+    _, _, again = run_distill(cfg, Dataset.train, cfg.run_dir, build_model)
     assert built == []  # nothing rebuilt or retrained
     assert again["student"]["reused"] and again["student"]["steps"] == info["student"]["steps"]
     assert again["teacher"]["examples"] == info["teacher"]["examples"]
@@ -435,4 +435,4 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, train_records, co
         train = train_records[:2]
 
     with pytest.raises(CheckpointError, match="tokenizer .* differs from the student's"):
-        run_distill(cfg, Dataset, cfg.run_dir, lambda recipe: build_tiny(recipe.model, corpus, recipe.seed, recipe.rope))
+        run_distill(cfg, Dataset.train, cfg.run_dir, lambda recipe: build_tiny(recipe.model, corpus, recipe.seed, recipe.rope))

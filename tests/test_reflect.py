@@ -571,9 +571,9 @@ def _stage_config(tmp_path, synth_dir, **reflect):
 def test_run_reflect_two_rounds_then_resume_after_a_kill(tmp_path, synth_dir, monkeypatch):
     import torch
 
-    from clinkd.recipes import predict as predict_module
+    from clinkd.engine import generate as generate_module
     from clinkd.recipes import reflect as reflect_module
-    from clinkd.recipes.run import initial_model, load_dataset
+    from clinkd.recipes.inputs import initial_model, load_dataset
 
     torch.set_num_threads(1)
     cfg = _stage_config(tmp_path, synth_dir)
@@ -599,8 +599,8 @@ def test_run_reflect_two_rounds_then_resume_after_a_kill(tmp_path, synth_dir, mo
     assert len((stage / "round-2" / "corrections.jsonl").read_text().splitlines()) == 2
 
     generated = []
-    real_generate = predict_module.generate_responses
-    monkeypatch.setattr(predict_module, "generate_responses", lambda *a, **k: generated.append(len(a[3])) or real_generate(*a, **k))
+    real_generate = generate_module.generate_responses
+    monkeypatch.setattr(generate_module, "generate_responses", lambda *a, **k: generated.append(len(a[3])) or real_generate(*a, **k))
     Template.kill_at = None
     calls_before = list(Template.calls)
     fresh, fresh_processor = initial_model(cfg, train)  # a new process would start from the input model again

@@ -32,7 +32,7 @@ from typing import Protocol
 from PIL import Image, UnidentifiedImageError
 
 from clinkd.boxes import ANY_REF, BOX_PATTERNS, Box, BoxError, BoxStyle, convert_markup, either_group, format_ref, parse_boxes
-from clinkd.config import PredictConfig
+from clinkd.config import PredictConfig, SelectConfig
 from clinkd.data.records import MODALITY_NAMES, Sample, Turn, UnknownTaskError, canonical_task
 from clinkd.interactive.overlay import BoxRole, LabelledBox, draw_boxes
 from clinkd.model.loading import CheckpointError, load_checkpoint
@@ -63,7 +63,7 @@ class Candidate:
 class CandidateSelector(Protocol):
     """What :func:`infer` and the demo need from a candidate selector such as SASG (duck-typed).
 
-    ``rank`` answers one batch, like :func:`clinkd.recipes.predict.generate_responses`: for every
+    ``rank`` answers one batch, like :func:`clinkd.engine.generate.generate_responses`: for every
     sample, its candidate responses **best first** (the first becomes the answer). A candidate is
     any object with ``text: str`` and ``score: float`` (e.g. :class:`Candidate`); invalid ones
     (say, an unparseable VG box) may be listed with a score of ``-inf``.
@@ -288,17 +288,17 @@ def prepare_request(image: str | Path, question: str, task: str | None = None) -
 
 
 # ---- the model ---------------------------------------------------------------------------------
-def build_selector(name: str | None, cfg) -> CandidateSelector | None:
-    """``None`` (plain decoding) for no name; ``sasg``: ``clinkd.sasg.build_selector(cfg)``, configured by the
+def named_selector(name: str | None, select: SelectConfig, crop_margin: float, seed: int, run_dir: Path) -> CandidateSelector | None:
+    """``None`` (plain decoding) for no name; ``sasg``: :func:`clinkd.sasg.sasg_selector`, configured by the
     recipe's ``select:`` block (candidates, scorer and its path)."""
     if not name:
         return None
     if name.lower() != "sasg":
         raise InferInputError(f"--select {name!r}: the only selector is sasg")
-    from clinkd.sasg import ScorerError, build_selector as build_sasg_selector
+    from clinkd.sasg import ScorerError, sasg_selector
 
     try:
-        return build_sasg_selector(cfg)
+        return sasg_selector(select, crop_margin, seed, run_dir)
     except ScorerError as error:  # no trained CLIP yet, a wrong scorer_path, a missing extra
         raise InferInputError(f"--select sasg: {error}") from None
 
@@ -345,7 +345,7 @@ def run_request(
 ) -> InferResult:
     """Generate the answer to a checked request (greedy/beam, or the selector's best candidate)."""
     from clinkd.batching import PromptCollator, collator_for
-    from clinkd.recipes.predict import generate_responses
+    from clinkd.engine.generate import generate_responses
 
     model.eval()
     collator = collator_for(PromptCollator, model, processor, box_style, square_size)

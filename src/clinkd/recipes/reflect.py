@@ -6,7 +6,7 @@ worst first and at most ``budget``, to the corrector, keep the replies that pass
 :func:`clinkd.reflect.correctors.check_correction`, and train ``epochs`` over the training set plus every
 correction accepted so far. Everything lands in ``stage_dir`` (``<run>/reflect``)::
 
-    round-<r>/outputs/<TASK>.jsonl   the round's generations (run_predict: batched, resumable)
+    round-<r>/outputs/<TASK>.jsonl   the round's generations (write_predictions: batched, resumable)
     round-<r>/scores.jsonl           similarity, grounding and weak flag of every output
     round-<r>/corrections.jsonl      one row per weak output sent to the corrector, with its provenance
     round-<r>/checkpoints/, model/   the round's training (run_sft: resumes from its checkpoints)
@@ -35,11 +35,11 @@ import numpy as np
 from clinkd.batching import ChatExample, training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import TASKS, Sample, Turn
+from clinkd.engine.generate import write_predictions
+from clinkd.engine.sft import run_sft
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from clinkd.model.loading import is_checkpoint, load_checkpoint
 from clinkd.progress import console, make_progress
-from clinkd.recipes.predict import run_predict
-from clinkd.recipes.train import run_sft
 from clinkd.reflect.correctors import CorrectionRequest, Corrector, build_corrector, check_correction
 from clinkd.reflect.similarity import Similarity, build_similarity, judge
 from clinkd.reflect.tasks import infer_task
@@ -92,9 +92,9 @@ def by_task(items: Sequence[ReflectItem]) -> dict[str, list[ReflectItem]]:
 
 
 def generate_outputs(model, processor, items: Sequence[ReflectItem], out_dir: Path, cfg: RecipeConfig) -> list[tuple[ReflectItem, str]]:
-    """``(item, output)`` for every item, generated batch by batch through :func:`run_predict` (resumable)."""
+    """``(item, output)`` for every item, generated batch by batch through :func:`write_predictions` (resumable)."""
     groups = by_task(items)
-    paths = run_predict(
+    paths = write_predictions(
         model, processor, {task: [item.sample for item in group] for task, group in groups.items()},
         out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size,
     )
