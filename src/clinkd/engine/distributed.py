@@ -17,7 +17,6 @@ With one process every helper reduces to the plain single-process behaviour.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from clinkd.engine.generate import predictions_complete, write_predictions
-from clinkd.io import atomic_write_text, read_jsonl
+from clinkd.io import atomic_write_jsonl, read_jsonl
 
 T = TypeVar("T")
 
@@ -152,7 +151,7 @@ def merge_shards(out_dir: Path, task: str, total: int, shards: int) -> Path:
         problems = ([f"missing indices {missing[:10]}"] if missing else []) + ([f"unexpected indices {extra[:10]}"] if extra else [])
         raise ValueError(f"{task}: merging {shards} shards under {out_dir / 'shards'}: {', '.join(problems)}")
     merged = out_dir / f"{task}.jsonl"
-    atomic_write_text(merged, "".join(json.dumps(rows[index], ensure_ascii=False) + "\n" for index in range(total)))
+    atomic_write_jsonl(merged, (rows[index] for index in range(total)))
     return merged
 
 

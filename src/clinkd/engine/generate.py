@@ -14,7 +14,6 @@ sample (SASG: every candidate with its scores) are added to that sample's row.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -26,7 +25,7 @@ from clinkd.chat import TURN_END
 from clinkd.config import PredictConfig
 from clinkd.data.records import Prediction, Sample
 from clinkd.data.validation import DataError
-from clinkd.io import append_jsonl, atomic_write_text, numbered_jsonl, read_jsonl
+from clinkd.io import append_jsonl, atomic_write_jsonl, numbered_jsonl, read_jsonl
 from clinkd.metrics.cleanup import strip_chat_tokens
 from clinkd.progress import make_progress
 
@@ -84,7 +83,7 @@ def renumber(path: Path, samples: Sequence[Sample]) -> None:
     """Rewrite a finished file in input order with ``index`` = position, when the input moved between runs."""
     rows = written_rows(path, samples)
     if any(row.get("index") != index for index, row in rows.items()):
-        atomic_write_text(path, "".join(json.dumps({**rows[index], "index": index}, ensure_ascii=False) + "\n" for index in sorted(rows)))
+        atomic_write_jsonl(path, ({**rows[index], "index": index} for index in sorted(rows)))
 
 
 def clean_generation(text: str) -> str:
