@@ -19,15 +19,7 @@ import pytest
 from clinkd.boxes import Box, BoxStyle
 from clinkd.config import ConfigError, load_config
 from clinkd.data.records import Sample, Turn
-from clinkd.recipes.reflect import (
-    ReflectItem,
-    correct_weak,
-    correction_examples,
-    reflect_items,
-    render_report,
-    seeded_subset,
-    select_weak,
-)
+from clinkd.reflect.corrections import correct_weak, correction_examples
 from clinkd.reflect.correctors import (
     FRAMINGS,
     CorrectionRequest,
@@ -41,6 +33,9 @@ from clinkd.reflect.correctors import (
     reply_content,
     tagged_boxes,
 )
+from clinkd.reflect.items import ReflectItem, reflect_items, seeded_sample
+from clinkd.reflect.report import render_report
+from clinkd.reflect.scoring import select_weak
 from clinkd.reflect.similarity import (
     EmbeddingSimilarity,
     Judgement,
@@ -186,12 +181,12 @@ def test_select_weak_takes_the_worst_first_within_budget():
     assert set(first) != set(second)  # another round reaches other items
 
 
-def test_seeded_subset_is_deterministic_and_keeps_order():
+def test_seeded_sample_is_deterministic_and_keeps_order():
     values = list(range(100))
-    a = seeded_subset(values, 10, seed=3)
-    assert a == seeded_subset(values, 10, seed=3) == sorted(a) and len(set(a)) == 10
-    assert seeded_subset(values, 10, seed=4) != a
-    assert seeded_subset(values, None, 0) == values and seeded_subset(values, 500, 0) == values
+    a = seeded_sample(values, 10, seed=3)
+    assert a == seeded_sample(values, 10, seed=3) == sorted(a) and len(set(a)) == 10
+    assert seeded_sample(values, 10, seed=4) != a
+    assert seeded_sample(values, None, 0) == values and seeded_sample(values, 500, 0) == values
 
 
 @pytest.fixture(scope="module")
