@@ -30,6 +30,7 @@ from clinkd.config import RecipeConfig, dump_config
 from clinkd.data.validation import ISSUES_FILE
 from clinkd.engine.distributed import is_main_process, main_process_first, write_predictions_sharded
 from clinkd.io import atomic_write_text
+from clinkd.markdown import table
 from clinkd.metrics.backends import BackendChoice, caption_scorers
 from clinkd.model.loading import load_checkpoint
 from clinkd.recipes.clip_train import ensure_embedded_clip
@@ -53,7 +54,7 @@ def recipe_section(cfg: RecipeConfig) -> str:
         ("reflective correction", f"{cfg.reflect.rounds} rounds, corrector `{cfg.reflect.corrector}`" if cfg.reflect.enabled and cfg.reflect.rounds else "off"),
         ("selection", f"`{cfg.select.method}`" + (f" (N = {cfg.select.num_return_sequences}, {cfg.select.candidates}, scorer `{cfg.select.scorer}`)" if cfg.select.method == "sasg" else "")),
     ]
-    return "## Recipe\n\n| part | setting |\n|---|---|\n" + "\n".join(f"| {part} | {value} |" for part, value in rows)
+    return "## Recipe\n\n" + table(["part", "setting"], rows, "l")
 
 
 def run(cfg: RecipeConfig) -> dict | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from clinkd.engine.distributed import is_main_process
 from clinkd.io import atomic_write_json
+from clinkd.markdown import table
 from clinkd.progress import console
 
 STAGE_TIMES_FILE = "stage_times.json"
@@ -56,10 +57,10 @@ class StageClock:
             record()
 
     def markdown(self) -> str:
-        rows = "\n".join(f"| {stage} | {seconds:.1f} |" for stage, seconds in self.seconds.items())
-        total = sum(self.seconds.values())
+        rows = [[stage, f"{seconds:.1f}"] for stage, seconds in self.seconds.items()]
+        total = ["**total**", f"**{sum(self.seconds.values()):.1f}**"]
         note = "Summed over every invocation on this run folder (`stage_times.json`); a reused stage adds almost nothing."
-        return f"## Stage times\n\n{note}\n\n| stage | seconds |\n|---|---:|\n{rows}\n| **total** | **{total:.1f}** |"
+        return f"## Stage times\n\n{note}\n\n" + table(["stage", "seconds"], [*rows, total], "lr")
 
 
 class _Ticker:
