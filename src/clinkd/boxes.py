@@ -186,6 +186,14 @@ def convert_markup(text: str, style: BoxStyle | str) -> str:
     return ANY_REF.sub(ref, ANY_TAGGED_BOX.sub(box, text))
 
 
+def convert_markup_leniently(text: str, style: BoxStyle | str) -> str:
+    """:func:`convert_markup`, or ``text`` as it is when a box in it is broken (text to show or send, never to parse)."""
+    try:
+        return convert_markup(text, style)
+    except BoxError:
+        return text
+
+
 def referred_phrase(text: str) -> str | None:
     """The content of the first ``<ref>`` (either tag style), stripped; ``None`` without one."""
     match = ANY_REF.search(text)

@@ -343,7 +343,7 @@ def infer(
     """Answer one question about one image; write the image with the answer's boxes drawn on it."""
     import json
 
-    from clinkd.interactive.infer import load_model, named_selector, parse_ground_truth, prepare_request, readable, render_overlay, run_request
+    from clinkd.interactive.infer import load_model, named_selector, parse_ground_truth, prepare_request, render_overlay, run_request, without_markup
 
     cfg = _load(config, overrides, preset)
     request = prepare_request(image, question, task)  # every input check before the (slow) model load
@@ -365,7 +365,7 @@ def infer(
     for item in result.boxes:
         console.print(f"  box {escape(item.label)}: {item.box.to_text('plain')}")
     for rank, candidate in enumerate(result.candidates, 1):
-        console.print(f"  {result.selector} candidate {rank}, score {candidate.score:.4g}: {escape(readable(candidate.text))}")
+        console.print(f"  {result.selector} candidate {rank}, score {candidate.score:.4g}: {escape(without_markup(candidate.text))}")
     if result.box_error:
         console.print(f"[yellow]the answer's box markup does not parse:[/yellow] {escape(result.box_error)}")
     console.print(f"[green]boxes drawn:[/green] {out}")
