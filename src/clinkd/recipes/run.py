@@ -14,7 +14,7 @@ this module only wires them, with the loop in plain sight. Everything lands in `
     clip/                  the embedded Med-CLIP (select.method: sasg)
     logs/                  TensorBoard event files
     predictions/<TASK>.jsonl               the final model (with SASG candidates and scores)
-    comparisons/<row>/<TASK>.jsonl         teacher, student, plain SFT (report.*)
+    comparisons/<row>/<TASK>.jsonl         teacher/, student-distilled/, plain-sft/ (report.*)
     metrics.json, report.md, tables/, figures/
 
 Each stage is skipped when its output is already complete, so a killed run picks up where it stopped.
@@ -22,6 +22,7 @@ Each stage is skipped when its output is already complete, so a killed run picks
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import transformers
@@ -98,7 +99,7 @@ def run(cfg: RecipeConfig) -> dict | None:
     others = {}
     for label, load in comparisons.items():
         other, other_processor = load()
-        out_dir = run_dir / "comparisons" / label.split(" ")[0].lower()
+        out_dir = run_dir / "comparisons" / slug(label)
         others[label] = clock.time("predict", lambda: write_predictions_sharded(
             other, other_processor, dataset.tests, out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size
         )).values()
@@ -120,3 +121,9 @@ def run(cfg: RecipeConfig) -> dict | None:
         figures=evaluation.figures,
         run_dir=run_dir,
     )
+
+
+def slug(label: str) -> str:
+    """A comparison row's folder: its whole label in lower case, each run of other characters one ``-``
+    (``plain SFT`` → ``plain-sft``, ``student (distilled)`` → ``student-distilled``)."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
