@@ -12,7 +12,7 @@ import torch
 
 from clinkd.batching import TrainCollator, training_examples
 from clinkd.boxes import convert_markup
-from clinkd.config import DistillConfig, RecipeConfig
+from clinkd.config import DistillConfig, PredictConfig, RecipeConfig
 from clinkd.data.medgrit import load_medgrit
 from clinkd.data.records import Turn
 from clinkd.distill import (
@@ -317,8 +317,8 @@ def test_cached_row_counts_are_checked_per_example(tmp_path, written_cache, proc
 def test_pseudo_label_generation_resumes_after_an_interruption(tmp_path, processor, train_records, monkeypatch):
     teacher = tiny_model(processor, "xs", seed=2)
     records = train_records[:3]
-    cfg = RecipeConfig(predict={"batch_size": 4}, distill={"pseudo_max_new_tokens": 3})
-    reference = generate_pseudo_labels(teacher, processor, records, tmp_path / "full", cfg)
+    predict_cfg = PredictConfig(batch_size=4)
+    reference = generate_pseudo_labels(teacher, processor, records, tmp_path / "full", predict_cfg, max_new_tokens=3)
     expected = read_pseudo_labels(tmp_path / "full", records)
     assert len(expected) == sum(len(s.turns) for s in records)
 
@@ -329,15 +329,14 @@ def test_pseudo_label_generation_resumes_after_an_interruption(tmp_path, process
     prompts = []
     real = generate_module.generate_responses
     monkeypatch.setattr(generate_module, "generate_responses", lambda *a: prompts.append(len(a[3])) or real(*a))
-    generate_pseudo_labels(teacher, processor, records, out, cfg)
+    generate_pseudo_labels(teacher, processor, records, out, predict_cfg, max_new_tokens=3)
     assert sum(prompts) == len(expected) - 5
     assert read_pseudo_labels(out, records) == expected
 
 
 def test_pseudo_labels_for_other_data_are_refused(tmp_path, processor, train_records):
     teacher = tiny_model(processor, "xs", seed=2)
-    cfg = RecipeConfig(predict={"batch_size": 8}, distill={"pseudo_max_new_tokens": 2})
-    generate_pseudo_labels(teacher, processor, train_records[:2], tmp_path, cfg)
+    generate_pseudo_labels(teacher, processor, train_records[:2], tmp_path, PredictConfig(batch_size=8), max_new_tokens=2)
     with pytest.raises(ValueError, match="row 0 is for record"):
         read_pseudo_labels(tmp_path, train_records[2:4])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from clinkd.batching import ChatExample, training_examples
 from clinkd.boxes import BoxError, convert_markup
-from clinkd.config import RecipeConfig
+from clinkd.config import PredictConfig
 from clinkd.data.records import Sample, Turn
 from clinkd.engine.generate import predictions_complete, write_predictions
 from clinkd.io import read_jsonl
@@ -35,18 +35,25 @@ def pseudo_labels_complete(out_dir: Path, n_turns: int) -> bool:
     return predictions_complete(pseudo_path(out_dir), n_turns)
 
 
-def generate_pseudo_labels(teacher, processor, records: Sequence[Sample], out_dir: Path, cfg: RecipeConfig) -> Path:
+def generate_pseudo_labels(
+    teacher,
+    processor,
+    records: Sequence[Sample],
+    out_dir: Path,
+    predict_cfg: PredictConfig,
+    box_style: str = "qwen2-vl",
+    square_size: int | None = None,
+    max_new_tokens: int | None = None,
+) -> Path:
     """Write the teacher's answer to every turn of ``records`` to ``out_dir/train.jsonl`` (rows already there are kept).
 
-    Budget: ``distill.pseudo_max_new_tokens``, or the largest ``predict.max_new_tokens`` (the training
-    turns carry no task), with ``predict.batch_size`` and ``predict.num_beams``.
+    Budget: ``max_new_tokens`` (``distill.pseudo_max_new_tokens``), or the largest of ``predict_cfg.max_new_tokens``
+    (the training turns carry no task), with ``predict_cfg.batch_size`` and ``num_beams``.
     """
-    budget = cfg.distill.pseudo_max_new_tokens or max(cfg.predict.max_new_tokens.values())
+    budget = max_new_tokens or max(predict_cfg.max_new_tokens.values())
     # model_copy(update=) skips validation: "train" is not one of the four test tasks.
-    predict_cfg = cfg.predict.model_copy(update={"max_new_tokens": {PSEUDO_TASK: budget}})
-    paths = write_predictions(
-        teacher, processor, {PSEUDO_TASK: turn_samples(records)}, out_dir, predict_cfg, cfg.data.box_style, cfg.model.square_size
-    )
+    pseudo_cfg = predict_cfg.model_copy(update={"max_new_tokens": {PSEUDO_TASK: budget}})
+    paths = write_predictions(teacher, processor, {PSEUDO_TASK: turn_samples(records)}, out_dir, pseudo_cfg, box_style, square_size)
     return paths[PSEUDO_TASK]
 
 

@@ -114,7 +114,9 @@ def ensure_pseudo_labels(cfg: RecipeConfig, train: Sequence[Sample], teacher_dir
     reused = pseudo_labels_complete(out_dir, sum(len(sample.turns) for sample in records))
     if not reused:
         teacher, processor = load_teacher(cfg, teacher_dir)
-        generate_pseudo_labels(teacher, processor, records, out_dir, cfg)
+        generate_pseudo_labels(
+            teacher, processor, records, out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size, cfg.distill.pseudo_max_new_tokens
+        )
     answers = read_pseudo_labels(out_dir, records)
     info = {"file": str(out_dir / "train.jsonl"), "records": len(records), "turns": len(answers), "reused": reused}
     return aligned_pseudo_labels(train, chosen, answers), info
