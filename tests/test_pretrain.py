@@ -184,3 +184,129 @@ def test_unfreeze_after_lets_the_vision_tower_train_from_that_step(tmp_path, one
     assert result.exit_code == 0, result.output
     dense, final = load_file(out / "dense/model/model.safetensors"), load_file(out / "model/model.safetensors")
     assert not torch.equal(dense["visual.merger.mlp.2.weight"], final["visual.merger.mlp.2.weight"])
+
+
+# ---- the retrieval-attention loss ----
+def test_cell_weights_are_the_box_share_of_each_cell_in_raster_order():
+    from clinkd.losses.retrieval import cell_weights
+
+    assert cell_weights((0, 0, 500, 500), 2, 2).tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert cell_weights((250, 250, 750, 750), 2, 2).tolist() == [0.25, 0.25, 0.25, 0.25]
+    quarter_column = cell_weights((0, 0, 250, 500), 4, 4).view(4, 4)
+    assert quarter_column[:2, 0].tolist() == [0.5, 0.5] and quarter_column.sum() == 1 and quarter_column[2:].sum() == 0
+    assert torch.allclose(cell_weights((0, 0, 1000, 250), 4, 4), torch.tensor([0.25] * 4 + [0.0] * 12))
+    assert cell_weights((600, 100, 600, 100), 2, 2).tolist() == [0.0, 1.0, 0.0, 0.0]  # no area: the centre's cell
+
+
+def test_attention_target_loss_is_the_kl_of_the_box_cells_to_the_head():
+    from clinkd.losses.retrieval import attention_target_loss
+
+    target = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]])
+    uniform = torch.full((2, 4), 0.25)
+    assert attention_target_loss(uniform, target, eps=0).item() == pytest.approx((np.log(4) + np.log(2)) / 2)
+    assert attention_target_loss(target.clone(), target, eps=0).item() == 0
+    elsewhere = torch.tensor([[0.5, 0.5, 0.0, 0.0]])  # half the mass off the image counts as missed
+    assert attention_target_loss(elsewhere, target[:1], eps=0).item() == pytest.approx(np.log(2))
+    assert attention_target_loss(torch.zeros(0, 4), torch.zeros(0, 4)).item() == 0
+
+
+def test_retrieval_rows_point_each_box_writing_position_at_the_cells_of_its_box(tiny_processor, tiny_model, tmp_path):
+    from clinkd.batching import ChatExample, TrainCollator
+    from clinkd.data.records import Turn
+    from clinkd.retrieval import RetrievalTargets
+
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (112, 112), (20, 20, 20)).save(image)
+    examples = [
+        ChatExample(image, (Turn("Where is the <ref>red ring</ref>?", "<ref>red ring</ref><box>(0,0),(250,500)</box>"),)),
+        ChatExample(image, (Turn("What is in <box>(0,0),(250,500)</box>?", "red ring"),)),  # a box in the question only
+    ]
+    batch = TrainCollator(tiny_processor)(examples)
+    rows = RetrievalTargets.for_model(tiny_model, tiny_processor.tokenizer)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
+    ids = batch["input_ids"][0]
+    start = (ids == tiny_processor.tokenizer.convert_tokens_to_ids("<|box_start|>")).nonzero().item()
+    end = (ids == tiny_processor.tokenizer.convert_tokens_to_ids("<|box_end|>")).nonzero().item()
+    assert rows.example.tolist() == [0] * (end - start) and rows.query.tolist() == list(range(start, end))
+    image_positions = (ids == tiny_model.config.image_token_id).nonzero().flatten()
+    expected = torch.zeros(ids.shape[0])
+    expected[image_positions[[0, 4]]] = 0.5  # the left column's top two cells of the 4×4 grid
+    assert all(torch.equal(row, expected) for row in rows.targets)
+
+
+def test_the_retrieval_loss_trains_its_head_to_look_at_the_box(tiny_processor, tiny_model, tmp_path):
+    from clinkd.batching import ChatExample, TrainCollator
+    from clinkd.data.records import Turn
+    from clinkd.retrieval import RetrievalTargets, captured_attention, retrieval_loss
+
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (112, 112), (20, 20, 20)).save(image)
+    example = ChatExample(image, (Turn("Where is the <ref>ring</ref>?", "<ref>ring</ref><box>(750,750),(1000,1000)</box>"),))
+    batch = TrainCollator(tiny_processor)([example])
+    tiny_model.set_attn_implementation("eager")
+    rows = RetrievalTargets.for_model(tiny_model, tiny_processor.tokenizer)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
+    optimiser = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        with captured_attention(tiny_model, -1, 1) as attention:
+            tiny_model(**batch)
+        loss = retrieval_loss(attention[0], rows)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    cell = (batch["input_ids"][0] == tiny_model.config.image_token_id).nonzero().flatten()[15]  # bottom-right cell
+    assert attention[0][0, rows.query, cell].mean() > 0.5
+
+
+def test_pretrain_with_the_retrieval_loss_logs_it_and_saves_an_sdpa_base(tmp_path, one_thread):
+    out = tmp_path / "base"
+    command = [
+        "pretrain", f"pretrain.out={out}", "model.size=xs", "model.tokenizer_vocab=400", "pretrain.steps=2",
+        "pretrain.dense_steps=1", "pretrain.batch_size=2", "pretrain.eval_scenes=2", "train.retrieval_loss=1",
+        "pretrain.tasks.grounding=1", "pretrain.tasks.referring=0", "pretrain.tasks.counting=0", "pretrain.tasks.captioning=0",
+        "train.threads=1", "train.logging_steps=1", "predict.max_new_tokens.VG=4",
+    ]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"'retrieval_loss': '[0-9.]+'", result.output)
+    assert json.loads((out / "model/config.json").read_text()).get("_attn_implementation") in (None, "sdpa")
+    bad = CliRunner().invoke(app, [*command[:1], f"pretrain.out={tmp_path / 'bad'}", *command[2:], "train.retrieval_layer=9"])
+    assert bad.exit_code != 0 and "train.retrieval_layer" in bad.output
+
+
+# ---- the shipped base (model.init: base) ----
+def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_from_it(tmp_path, one_thread, monkeypatch):
+    from clinkd.config import RecipeConfig
+    from clinkd.model import bases
+    from clinkd.recipes.distill import teacher_recipe
+    from clinkd.recipes.inputs import initial_model
+
+    shipped = tmp_path / "bases" / "xs"
+    command = [
+        "pretrain", f"pretrain.out={tmp_path / 'run'}", "model.size=xs", "model.tokenizer_vocab=400", "pretrain.steps=2",
+        "pretrain.dense_steps=1", "pretrain.batch_size=2", "pretrain.eval_scenes=2", "train.threads=1",
+        "predict.max_new_tokens.VG=4", "--ship-to", str(shipped),
+    ]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    record = json.loads((shipped / "base.json").read_text())
+    assert record["sha256"] == bases.file_sha256(shipped / "model.safetensors") and record["steps"] == {"dense": 1, "language": 2}
+    assert all(tensor.dtype == torch.bfloat16 for tensor in load_file(shipped / "model.safetensors").values())
+    card = (shipped / "README.md").read_text()
+    assert record["sha256"] in card and f"clinkd pretrain {shipped}/pretrain.yaml" in card and "torch_threads 1" in card
+    assert "model:\n" in (shipped / "pretrain.yaml").read_text()
+
+    monkeypatch.setattr(bases, "BASES_DIR", shipped.parent)
+    cfg = RecipeConfig(model={"init": "base", "size": "xs"})
+    assert cfg.model.checkpoint == shipped and teacher_recipe(cfg).model.path == shipped
+    model, processor = initial_model(cfg, [])
+    trained = load_file(tmp_path / "run/model/model.safetensors")
+    assert model.dtype == torch.float32 and len(processor.tokenizer) == 400
+    embeddings = model.state_dict()["model.language_model.embed_tokens.weight"]
+    assert torch.equal(embeddings, trained["model.embed_tokens.weight"].to(torch.bfloat16).float())
+    with pytest.raises(ValueError, match="model.init: no shipped base for model.size 's'"):
+        RecipeConfig(model={"init": "base", "size": "s"})
+    (shipped / "model.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # what a Git LFS checkout leaves
+    with pytest.raises(ValueError, match="is not the recorded"):
+        cfg.model.checkpoint

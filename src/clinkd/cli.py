@@ -80,17 +80,30 @@ def train(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = O
 
 @app.command()
 @_fail_cleanly
-def pretrain(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
+def pretrain(
+    config: Optional[Path] = ConfigArg,
+    overrides: Optional[list[str]] = OverridesArg,
+    preset: Optional[str] = PresetOpt,
+    ship_to: Optional[Path] = typer.Option(
+        None, "--ship-to", help="then copy the base there as a shipped base (bf16, model card, sha256), e.g. src/clinkd/assets/bases/s"
+    ),
+):
     """Pre-train the tiny base (model.size) on a generic synthetic grounding corpus (pretrain.*; docs/pretrain.md).
 
     Writes <pretrain.out>/model and pretrain.json (resumable: a rerun continues from the newest checkpoint).
     """
-    from clinkd.recipes.pretrain import run_pretrain
+    from clinkd.recipes.pretrain import pretrain_dir, run_pretrain
 
-    result = run_pretrain(_load(config, overrides, preset))
+    cfg = _load(config, overrides, preset)
+    result = run_pretrain(cfg)
     steps, heldout = result.record["steps"], result.record["heldout"]
     console.print(f"[green]pretrained {steps['dense']} dense + {steps['language']} language steps → {result.model_dir}; "
                   f"held-out grounding Recall@0.5 {heldout['recall']:.1%} on {heldout['scenes']} scenes")
+    if ship_to is not None:
+        from clinkd.pretrain.ship import ship_base
+
+        shipped = ship_base(pretrain_dir(cfg), ship_to)
+        console.print(f"[green]shipped the base to {ship_to} (sha256 {shipped['sha256'][:12]}…)")
 
 
 @app.command()

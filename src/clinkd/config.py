@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clinkd.boxes import ModelBoxStyle
 from clinkd.data.records import TASKS
+from clinkd.model.bases import base_dir, shipped_sizes
 from clinkd.model.positions import PAPER, RopeStrategy
 
 
@@ -84,6 +85,9 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     path: Path | None = Field(None, description="local checkpoint dir (Qwen2-VL, Qwen2.5-VL or clinkd); null = tiny")
+    init: Literal["scratch", "base"] = Field(
+        "scratch", description="the tiny model (path null): base = the shipped pretrained base of model.size, scratch = built from a config"
+    )
     size: Literal["xs", "s", "m"] = "s"
     tokenizer_vocab: int = Field(1024, ge=300)
     min_pixels: int = Field(112 * 112, gt=0)
@@ -94,6 +98,20 @@ class ModelConfig(_Section):
         default_factory=list,
         description="regexes of weight names that may be missing or unexpected when model.path loads (a new head); default: none",
     )
+
+    @model_validator(mode="after")
+    def _base_is_shipped(self) -> ModelConfig:
+        if self.path is None and self.init == "base" and self.size not in shipped_sizes():
+            raise ValueError(f"model.init: no shipped base for model.size {self.size!r} (shipped: {', '.join(shipped_sizes()) or 'none'}); "
+                             "use model.init=scratch or build one with clinkd pretrain (docs/pretrain.md)")
+        return self
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint the model starts from: ``path``, the shipped base (``init: base``), or None (scratch)."""
+        if self.path is not None:
+            return self.path
+        return base_dir(self.size) if self.init == "base" else None
 
 
 class LoraConfig(_Section):
@@ -132,6 +150,11 @@ class TrainConfig(_Section):
     lora: LoraConfig | None = Field(None, description="null = full fine-tuning of the unfrozen parts")
     deepspeed: Path | None = Field(None, description="DeepSpeed JSON (configs/deepspeed/zero{2,3}.json); launch with torchrun/accelerate")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
+    retrieval_loss: float = Field(
+        0.0, ge=0, description="weight of the retrieval-attention loss on box answers (0: off; eager attention; docs/pretrain.md)"
+    )
+    retrieval_layer: int = Field(-2, description="text layer whose head the retrieval loss supervises (negative: from the top)")
+    retrieval_head: int = Field(0, ge=0, description="the supervised head of that layer")
 
 
 class PredictConfig(_Section):

@@ -51,7 +51,7 @@ def check_teacher_vocab(teacher_vocab: int, student_vocab: int, tokenizer_size: 
 
 
 class KDTrainer(ClinKDTrainer):
-    """``Trainer`` whose loss is ``clinkd.losses``' distillation loss; only ``compute_loss`` (and logging) change.
+    """``Trainer`` whose answer loss is ``clinkd.losses``' distillation loss; only ``answer_loss`` (and logging) change.
 
     Exactly one teacher source:
     - ``teacher``: a model run in this process on the student's own batch (input ids, pixels, grid and
@@ -89,7 +89,7 @@ class KDTrainer(ClinKDTrainer):
         indices, logprobs = self.teacher_cache.rows(examples)
         return indices.to(labels.device), logprobs.to(labels.device)
 
-    def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+    def answer_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         cfg = self.kd_config
         inputs = dict(inputs)
         example_index = inputs.pop(EXAMPLE_INDEX)

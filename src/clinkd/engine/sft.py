@@ -23,6 +23,7 @@ from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.loading import checked_from_pretrained
 from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, trainable_parameters
 from clinkd.progress import RichProgressCallback, console
+from clinkd.retrieval import RetrievalSupervision
 
 
 @dataclass
@@ -114,6 +115,38 @@ class ClinKDTrainer(Trainer):
     weight accounted for). Adapters (peft) and sharded engines keep transformers' own resume.
     """
 
+    def __init__(self, *args, retrieval: RetrievalSupervision | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retrieval = retrieval
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The stage's answer loss (:meth:`answer_loss`), plus the retrieval loss when ``train.retrieval_loss`` is on."""
+        if self.retrieval is None:
+            return self.answer_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs, retrieval = self.retrieval.watch(
+            self.accelerator.unwrap_model(model), inputs, lambda: self.answer_loss(model, inputs, True, num_items_in_batch)
+        )
+        loss = loss + retrieval * self.micro_batch_share(num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def answer_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss on the answer tokens (Trainer's CE; the KD trainer's distillation loss)."""
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def micro_batch_share(self, num_items_in_batch) -> float:
+        """Scales a per-micro-batch mean to the step as the answer loss is: Trainer divides a loss by the
+        accumulation steps only when it is not already normalised over the whole step."""
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        return 1 / getattr(self, "current_gradient_accumulation_steps", 1) if scaled else 1.0
+
+    def log(self, logs, *args, **kwargs):
+        if self.retrieval is not None and "loss" in logs:
+            mean = self.retrieval.mean_since_last_read()
+            logs = logs if mean is None else {**logs, "retrieval_loss": round(mean, 4)}
+        super().log(logs, *args, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = model if model is not None else self.model
         if is_lora(model) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
@@ -157,6 +190,7 @@ def run_sft(
     checkpoints = stage_dir / "checkpoints"
     if collator is None:
         collator = collator_for(TrainCollator, model, processor, cfg.data.box_style, cfg.model.square_size)
+    retrieval = RetrievalSupervision.from_settings(cfg.train, model, processor.tokenizer)
     trainer = trainer_class(
         model=model,
         args=training_arguments(cfg, checkpoints),
@@ -167,9 +201,14 @@ def run_sft(
             TensorBoardCallback(SummaryWriter(str(cfg.run_dir / "logs" / stage_dir.name))),
             UmaskCheckpoints(),
         ],
+        retrieval=retrieval,
         **(trainer_kwargs or {}),
     )
-    output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))
+    finally:
+        if retrieval is not None:
+            model.set_attn_implementation("sdpa")  # eager attention was for the retrieval loss only
     # QLoRA adapters are merged offline into the 16-bit base (clinkd.model.lora.merge_adapter_checkpoint).
     merge = lora is None or (lora.merge and lora.quantize == "none")
     model_dir = stage_dir / "model" if merge else stage_dir / ADAPTER_DIR

@@ -66,7 +66,7 @@ def teacher_recipe(cfg: RecipeConfig) -> RecipeConfig:
     ``model.path = distill.teacher_init`` (a larger checkpoint, as 7B → 2B in the paper) or, for a tiny model,
     ``model.size = distill.teacher_size``; everything else is the student's."""
     distill = cfg.distill
-    init = distill.teacher_init or cfg.model.path
+    init = distill.teacher_init or cfg.model.checkpoint
     if init is not None:
         if distill.teacher_size not in (None, cfg.model.size):
             console.print(f"[yellow]distill: the teacher is fine-tuned from {init}; distill.teacher_size applies to tiny models only")
@@ -93,7 +93,7 @@ def ensure_teacher(cfg: RecipeConfig, train: Sequence[Sample], stage_dir: Path, 
     subset = seeded_subset(len(train), distill.teacher_fraction, cfg.seed)
     model_dir = stage_dir / "model"
     tuned = teacher_recipe(cfg)
-    info = {"source": "fine-tuned", "init": str(tuned.model.path or f"tiny {tuned.model.size}"), "fraction": distill.teacher_fraction, "records": len(subset), "of_records": len(train)}
+    info = {"source": "fine-tuned", "init": str(tuned.model.checkpoint or f"tiny {tuned.model.size}"), "fraction": distill.teacher_fraction, "records": len(subset), "of_records": len(train)}
     if is_checkpoint(model_dir):
         return model_dir, info | {"reused": True}
     atomic_write_json(stage_dir / "subset.json", {"fraction": distill.teacher_fraction, "seed": cfg.seed, "indices": subset})

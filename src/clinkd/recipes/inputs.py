@@ -89,10 +89,10 @@ def initial_model(cfg: RecipeConfig, train: list[Sample]):
 
     lora = cfg.train.lora
     quantization = None if lora is None else quantization_config(lora, DTYPES[cfg.model.dtype])
-    if cfg.model.path is not None:
-        model_cfg = cfg.model
+    model_cfg = cfg.model
+    if model_cfg.checkpoint is not None:
         return load_checkpoint(
-            model_cfg.path, model_cfg.dtype, model_cfg.min_pixels, model_cfg.max_pixels, cfg.rope, quantization, model_cfg.allow_partial
+            model_cfg.checkpoint, model_cfg.dtype, model_cfg.min_pixels, model_cfg.max_pixels, cfg.rope, quantization, model_cfg.allow_partial
         )
     if quantization is not None:
         raise ConfigError("train.lora.quantize: QLoRA quantises a checkpoint; set model.path (the tiny model is built in memory)")

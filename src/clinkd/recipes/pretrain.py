@@ -14,6 +14,8 @@ Rerunning continues: a finished dense stage is reused, the language stage resume
 from __future__ import annotations
 
 import json
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,7 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
                   "parameters": sum(p.numel() for p in model.parameters())},
         "steps": {"dense": dense["steps"], "language": language.steps},
         "seconds": clock.seconds,
+        "hardware": hardware(),
         "final_loss": language.final_loss,
         "dense_heads": dense,
         "heldout": final,
@@ -77,6 +80,12 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
     }
     atomic_write_json(out / "pretrain.json", record)
     return PretrainResult(out / "model", record)
+
+
+def hardware() -> dict:
+    """Where the run trained (the model card's hardware line)."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    return {"device": device, "torch_threads": torch.get_num_threads()}
 
 
 def dense_stage(cfg: RecipeConfig, stage_dir: Path, held_out: HeldOut):

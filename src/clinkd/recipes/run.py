@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import transformers
 
-from clinkd.config import RecipeConfig, dump_config
+from clinkd.config import ModelConfig, RecipeConfig, dump_config
 from clinkd.data.validation import ISSUES_FILE
 from clinkd.engine.distributed import is_main_process, main_process_first, write_predictions_sharded
 from clinkd.io import atomic_write_text
@@ -44,12 +44,18 @@ from clinkd.recipes.train import sft_model
 from clinkd.sasg.pipeline import selector_for
 
 
+def model_description(model: ModelConfig) -> str:
+    if model.path is not None:
+        return f"`{model.path}`"
+    return f"tiny `{model.size}`, " + ("the shipped pretrained base (`model.init: base`)" if model.init == "base" else "built from a config")
+
+
 def recipe_section(cfg: RecipeConfig) -> str:
     """What produced the final predictions, in one table (the full recipe is in config.resolved.yaml)."""
     rope = cfg.rope
     rope_text = f"`{rope.name}`" + (f" (α = {rope.alpha}, rounding {rope.rounding})" if rope.name == "mcg" else "")
     rows = [
-        ("model", f"`{cfg.model.path}`" if cfg.model.path else f"tiny `{cfg.model.size}` (built from a config)"),
+        ("model", model_description(cfg.model)),
         ("RoPE strategy", f"{rope_text}, frequencies `{rope.frequency}`"),
         ("training", "distillation (teacher → pseudo labels → student)" if cfg.distill.enabled else "plain SFT"),
         ("reflective correction", f"{cfg.reflect.rounds} rounds, corrector `{cfg.reflect.corrector}`" if cfg.reflect.enabled and cfg.reflect.rounds else "off"),
@@ -113,7 +119,7 @@ def run(cfg: RecipeConfig) -> dict | None:
         run_dir,
         title=f"clinkd run `{cfg.name}`",
         tests=dataset.tests,
-        label=f"ClinKD ({cfg.model.path or 'tiny-' + cfg.model.size})",
+        label=f"ClinKD ({cfg.model.path or 'tiny-' + cfg.model.size + ('-base' if cfg.model.init == 'base' else '')})",
         others=others,
         extra_sections=sections,
         scorers=caption_scorers(BackendChoice(evaluation.meteor, evaluation.spice, evaluation.corenlp_dir)),

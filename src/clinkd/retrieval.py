@@ -1,0 +1,138 @@
+"""The retrieval loss in training: find the box answers in a batch, read one head's attention, score it.
+
+``train.retrieval_loss`` (docs/pretrain.md): at every answer position from ``<|box_start|>`` up to the token
+before ``<|box_end|>``, head ``train.retrieval_head`` of text layer ``train.retrieval_layer`` should attend to
+the image tokens in proportion to the box's share of their cells (:func:`clinkd.losses.retrieval.cell_weights`).
+Boxes are read in the ``qwen2-vl`` convention (0–1000, relative); one image per example.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from clinkd.batching import IGNORE_INDEX
+from clinkd.config import ConfigError, TrainConfig
+from clinkd.losses.retrieval import attention_target_loss, cell_weights
+
+_COORDINATES = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+
+
+@dataclass
+class RetrievalRows:
+    """The supervised attention rows of a batch: example index, query position and target over the keys."""
+
+    example: torch.Tensor  # (N,)
+    query: torch.Tensor  # (N,)
+    targets: torch.Tensor  # (N, T)
+
+
+@dataclass(frozen=True)
+class RetrievalTargets:
+    """Builds :class:`RetrievalRows` from a :class:`~clinkd.batching.TrainCollator` batch."""
+
+    box_start: int
+    box_end: int
+    image_token: int
+    merge: int
+    decode: object  # token ids → text
+
+    @classmethod
+    def for_model(cls, model, tokenizer) -> RetrievalTargets:
+        ids = tokenizer.convert_tokens_to_ids
+        return cls(ids("<|box_start|>"), ids("<|box_end|>"), model.config.image_token_id,
+                   model.config.vision_config.spatial_merge_size, tokenizer.decode)
+
+    def __call__(self, input_ids: torch.Tensor, labels: torch.Tensor, image_grid_thw: torch.Tensor) -> RetrievalRows:
+        if image_grid_thw.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"the retrieval loss needs one image per example; got {image_grid_thw.shape[0]} images for {input_ids.shape[0]} examples")
+        rows: list[tuple[int, int, torch.Tensor]] = []
+        for example, (ids, answer, grid) in enumerate(zip(input_ids, labels != IGNORE_INDEX, image_grid_thw)):
+            rows += [(example, query, target) for query, target in self.example_rows(ids, answer, grid)]
+        length = input_ids.shape[1]
+        if not rows:
+            return RetrievalRows(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, length))
+        example, query, targets = zip(*rows)
+        return RetrievalRows(torch.tensor(example), torch.tensor(query), torch.stack(targets))
+
+    def example_rows(self, ids: torch.Tensor, answer: torch.Tensor, grid: torch.Tensor):
+        """(query position, target over the keys) for each position writing a box of this example's answer."""
+        image_positions = (ids == self.image_token).nonzero().flatten()
+        grid_rows, grid_cols = int(grid[1]) // self.merge, int(grid[2]) // self.merge
+        ends = (ids == self.box_end).nonzero().flatten().tolist()
+        for start in ((ids == self.box_start) & answer).nonzero().flatten().tolist():
+            end = next((end for end in ends if end > start), None)
+            found = _COORDINATES.search(self.decode(ids[start + 1 : end].tolist())) if end is not None else None
+            if found is None:
+                continue  # a truncated or malformed box: nothing to look at
+            target = torch.zeros(ids.shape[0])
+            target[image_positions] = cell_weights(tuple(float(v) for v in found.groups()), grid_rows, grid_cols)
+            yield from ((query, target) for query in range(start, end))
+
+
+def retrieval_loss(attention: torch.Tensor, rows: RetrievalRows) -> torch.Tensor:
+    """:func:`attention_target_loss` of one head's attention ``(B, T, T)`` at the rows' queries."""
+    picked = attention[rows.example.to(attention.device), rows.query.to(attention.device)]
+    return attention_target_loss(picked, rows.targets.to(picked.device))
+
+
+@contextmanager
+def captured_attention(model, layer: int, head: int):
+    """Records the attention probabilities ``(B, T, T)`` of one head of text layer ``layer`` during a forward
+    (the list holds the last one). The model must run eager attention (the fused kernels return none)."""
+    captured: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        captured[:] = [output[1][:, head]]
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft: the wrapped model
+    handle = base.model.language_model.layers[layer].self_attn.register_forward_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@dataclass
+class RetrievalSupervision:
+    """The retrieval loss's weight, where it reads, and its running mean for the logs (``ClinKDTrainer``)."""
+
+    weight: float
+    layer: int
+    head: int
+    targets: RetrievalTargets
+    total: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def from_settings(cls, train: TrainConfig, model, tokenizer) -> RetrievalSupervision | None:
+        """None when ``train.retrieval_loss`` is 0; else switches ``model`` to eager attention (the fused kernels
+        return no probabilities) after checking the layer and head exist."""
+        if not train.retrieval_loss:
+            return None
+        text = model.config.text_config
+        if not -text.num_hidden_layers <= train.retrieval_layer < text.num_hidden_layers:
+            raise ConfigError(f"train.retrieval_layer: {train.retrieval_layer} is outside the model's {text.num_hidden_layers} text layers")
+        if train.retrieval_head >= text.num_attention_heads:
+            raise ConfigError(f"train.retrieval_head: {train.retrieval_head} is not below the model's {text.num_attention_heads} heads")
+        model.set_attn_implementation("eager")
+        return cls(train.retrieval_loss, train.retrieval_layer, train.retrieval_head, RetrievalTargets.for_model(model, tokenizer))
+
+    def watch(self, model, inputs: dict, answer_loss) -> tuple[torch.Tensor, object, torch.Tensor]:
+        """Runs ``answer_loss()`` (→ ``(loss, outputs)``) with this head watched; returns that loss, the outputs
+        and the weighted retrieval loss of the same forward."""
+        rows = self.targets(inputs["input_ids"], inputs["labels"], inputs["image_grid_thw"])
+        with captured_attention(model, self.layer, self.head) as attention:
+            loss, outputs = answer_loss()
+        auxiliary = retrieval_loss(attention[0], rows)
+        self.total += auxiliary.item()
+        self.count += 1
+        return loss, outputs, self.weight * auxiliary
+
+    def mean_since_last_read(self) -> float | None:
+        mean = self.total / self.count if self.count else None
+        self.total, self.count = 0.0, 0
+        return mean
