@@ -8,7 +8,7 @@ The parent process generates the synthetic data, builds a tiny teacher (saved as
 weights are random, which changes nothing in the cost) and runs the one teacher pass that writes the
 top-k cache. Then each variant trains a freshly initialised student for one epoch, in a fresh
 subprocess so that its peak is its own: ``online`` and ``cached`` through ``clinkd.distill.train_student``,
-``sft`` through ``clinkd.recipes.train.run_sft``. The variants alternate ``--repeats`` times so that a
+``sft`` through ``clinkd.engine.sft.run_sft``. The variants alternate ``--repeats`` times so that a
 shared CPU's load hits them alike, and medians are reported.
 
 - time: the Trainer's ``train_runtime`` for the epoch (the online teacher forward is inside it), and the
@@ -37,9 +37,9 @@ from clinkd.boxes import convert_markup
 from clinkd.config import RecipeConfig
 from clinkd.data.medgrit import load_medgrit
 from clinkd.distill import TeacherCache, kd_loss_config, train_student, write_teacher_cache
+from clinkd.engine.sft import run_sft
 from clinkd.model.loading import build_tiny, load_checkpoint, save_checkpoint
 from clinkd.recipes.distill import cache_spec
-from clinkd.recipes.train import run_sft
 
 VARIANTS = ("online", "cached", "sft")
 

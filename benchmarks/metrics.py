@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 
 from clinkd.data.records import MODALITIES, Prediction
-from clinkd.metrics.captions import BUILTIN_SCORERS, _table, bleu, cider_d, rouge_l
+from clinkd.metrics.captions import BUILTIN_SCORERS, bleu, cached_corpus_table, cider_d, rouge_l
 from clinkd.metrics.cleanup import clean_response
 from clinkd.metrics.protocol import CAPTION_DECIMALS, score_predictions
 from clinkd.metrics.tokenize import ptb_tokenize
@@ -190,7 +190,7 @@ def clinkd_components(groups) -> dict[str, float]:
 def clear_caches() -> None:
     """Forget tokenisations and n-gram tables, so no step reuses another's work."""
     ptb_tokenize.cache_clear()
-    _table.cache_clear()
+    cached_corpus_table.cache_clear()
 
 
 def identical_on_reference_tokens(values: dict, tokens: dict) -> dict[str, bool]:

@@ -68,10 +68,10 @@ from transformers import Qwen2VLConfig
 from clinkd.config import DistillConfig, SelectConfig
 from clinkd.distill.batches import batch_position_ids
 from clinkd.distill.settings import kd_loss_config
+from clinkd.engine.generate import decoding
 from clinkd.losses import combine_losses, kd_divergence, sparse_kd_divergence, topk_logprobs
 from clinkd.model.positions import PAPER
 from clinkd.model.rope import load_model_class, rope_strategy_of, set_rope_strategy
-from clinkd.recipes.predict import decoding
 from clinkd.sasg.candidates import decoding_kwargs, sequence_logprobs
 from clinkd.testing.real_format import reduced_config
 

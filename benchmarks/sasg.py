@@ -29,8 +29,8 @@ import torch
 from clinkd.batching import PromptCollator
 from clinkd.config import ClipTrainConfig, ModelConfig, PredictConfig, SelectConfig
 from clinkd.data.medgrit import load_test_split
+from clinkd.engine.generate import generate_responses
 from clinkd.model.loading import build_tiny, load_checkpoint
-from clinkd.recipes.predict import generate_responses
 from clinkd.sasg import SasgSelector, load_scorer, sample_pairs, train_clip
 from clinkd.synth import generate
 

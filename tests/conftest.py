@@ -92,7 +92,7 @@ def tiny_sasg(tmp_path_factory, tiny_processor):
     """clinkd.sasg's selector (3 beams, 3 candidates) with a CLIP trained for 5 steps on an 8-image synthetic set."""
     from clinkd.config import ClipTrainConfig, RecipeConfig
     from clinkd.data.medgrit import load_medgrit
-    from clinkd.interactive.infer import build_selector
+    from clinkd.interactive.infer import named_selector
     from clinkd.sasg import sample_pairs, train_clip
     from clinkd.synth import generate
 
@@ -100,7 +100,8 @@ def tiny_sasg(tmp_path_factory, tiny_processor):
     generate(root / "data", seed=0, images=8, test_per_cell=1, image_size=48)
     clip_cfg = ClipTrainConfig(hidden=32, layers=1, heads=2, steps=5, batch_size=8, image_size=32)
     train_clip(sample_pairs(load_medgrit(root / "data" / "train.json", root / "data" / "images")), tiny_processor.tokenizer, clip_cfg, root / "clip")
-    return build_selector("sasg", RecipeConfig(clip=clip_cfg, select={"method": "sasg", "scorer_path": root / "clip"}))
+    cfg = RecipeConfig(clip=clip_cfg, select={"method": "sasg", "scorer_path": root / "clip"})
+    return named_selector("sasg", cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
 
 
 @pytest.fixture(scope="session")

@@ -129,8 +129,8 @@ class _ScriptedModel:
 def test_every_decoder_returns_relative_boxes_for_a_pixel_model(tmp_path, tiny_processor):
     """Plain decoding, SASG candidates and `clinkd infer` all map Qwen2.5-VL pixel boxes back to 0–1000."""
     from clinkd.config import SelectConfig
+    from clinkd.engine.generate import generate_responses
     from clinkd.interactive.infer import InferRequest, run_request
-    from clinkd.recipes.predict import generate_responses
     from clinkd.sasg.candidates import generate_candidates
 
     path = tmp_path / "ct_0.png"

@@ -12,7 +12,7 @@ import torch
 
 from clinkd.batching import TrainCollator, training_examples
 from clinkd.boxes import convert_markup
-from clinkd.config import DistillConfig, RecipeConfig
+from clinkd.config import DistillConfig, PredictConfig, RecipeConfig
 from clinkd.data.medgrit import load_medgrit
 from clinkd.data.records import Turn
 from clinkd.distill import (
@@ -36,6 +36,8 @@ from clinkd.distill import (
 )
 from clinkd.distill.batches import model_inputs
 from clinkd.distill.teacher_cache import MANIFEST
+from clinkd.engine import generate as generate_module
+from clinkd.engine.sft import training_arguments
 from clinkd.losses import KDLossConfig, distillation_loss
 from clinkd.model.box_convention import RelativeBoxes
 from clinkd.model.loading import CheckpointError, build_tiny, model_class_for, save_checkpoint
@@ -44,9 +46,7 @@ from clinkd.model.processor import build_processor
 from clinkd.model.rope import set_rope_strategy
 from clinkd.model.tiny import tiny_config
 from clinkd.model.tokenizer import train_tokenizer
-from clinkd.recipes import predict as predict_module
 from clinkd.recipes.distill import run_distill, teacher_recipe
-from clinkd.recipes.train import training_arguments
 from clinkd.synth import generate
 
 BOX_STYLE = "qwen2-vl"
@@ -317,8 +317,8 @@ def test_cached_row_counts_are_checked_per_example(tmp_path, written_cache, proc
 def test_pseudo_label_generation_resumes_after_an_interruption(tmp_path, processor, train_records, monkeypatch):
     teacher = tiny_model(processor, "xs", seed=2)
     records = train_records[:3]
-    cfg = RecipeConfig(predict={"batch_size": 4}, distill={"pseudo_max_new_tokens": 3})
-    reference = generate_pseudo_labels(teacher, processor, records, tmp_path / "full", cfg)
+    predict_cfg = PredictConfig(batch_size=4)
+    reference = generate_pseudo_labels(teacher, processor, records, tmp_path / "full", predict_cfg, max_new_tokens=3)
     expected = read_pseudo_labels(tmp_path / "full", records)
     assert len(expected) == sum(len(s.turns) for s in records)
 
@@ -327,17 +327,16 @@ def test_pseudo_label_generation_resumes_after_an_interruption(tmp_path, process
     lines = reference.read_text().splitlines(keepends=True)
     (out / reference.name).write_text("".join(lines[:5]))  # interrupted after 5 rows
     prompts = []
-    real = predict_module.generate_responses
-    monkeypatch.setattr(predict_module, "generate_responses", lambda *a: prompts.append(len(a[3])) or real(*a))
-    generate_pseudo_labels(teacher, processor, records, out, cfg)
+    real = generate_module.generate_responses
+    monkeypatch.setattr(generate_module, "generate_responses", lambda *a: prompts.append(len(a[3])) or real(*a))
+    generate_pseudo_labels(teacher, processor, records, out, predict_cfg, max_new_tokens=3)
     assert sum(prompts) == len(expected) - 5
     assert read_pseudo_labels(out, records) == expected
 
 
 def test_pseudo_labels_for_other_data_are_refused(tmp_path, processor, train_records):
     teacher = tiny_model(processor, "xs", seed=2)
-    cfg = RecipeConfig(predict={"batch_size": 8}, distill={"pseudo_max_new_tokens": 2})
-    generate_pseudo_labels(teacher, processor, train_records[:2], tmp_path, cfg)
+    generate_pseudo_labels(teacher, processor, train_records[:2], tmp_path, PredictConfig(batch_size=8), max_new_tokens=2)
     with pytest.raises(ValueError, match="row 0 is for record"):
         read_pseudo_labels(tmp_path, train_records[2:4])
 
@@ -399,7 +398,7 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
     class Dataset:
         train = train_records[:8]
 
-    student, _, info = run_distill(cfg, Dataset, cfg.run_dir, build_model)
+    student, _, info = run_distill(cfg, Dataset.train, cfg.run_dir, build_model)
     root = cfg.run_dir / "distill"
     subset = json.loads((root / "teacher" / "subset.json").read_text())["indices"]
     assert subset == seeded_subset(8, 0.25, cfg.seed) and len(subset) == 2
@@ -417,7 +416,7 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
     assert built == ["xs", "xs"]
 
     built.clear()
-    _, _, again = run_distill(cfg, Dataset, cfg.run_dir, build_model)
+    _, _, again = run_distill(cfg, Dataset.train, cfg.run_dir, build_model)
     assert built == []  # nothing rebuilt or retrained
     assert again["student"]["reused"] and again["student"]["steps"] == info["student"]["steps"]
     assert again["teacher"]["examples"] == info["teacher"]["examples"]
@@ -435,4 +434,4 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, train_records, co
         train = train_records[:2]
 
     with pytest.raises(CheckpointError, match="tokenizer .* differs from the student's"):
-        run_distill(cfg, Dataset, cfg.run_dir, lambda recipe: build_tiny(recipe.model, corpus, recipe.seed, recipe.rope))
+        run_distill(cfg, Dataset.train, cfg.run_dir, lambda recipe: build_tiny(recipe.model, corpus, recipe.seed, recipe.rope))

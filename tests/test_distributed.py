@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clinkd import distributed
 from clinkd.config import PredictConfig, load_config
-from clinkd.distributed import merge_shards, predict_sharded, shard, shard_dir, teacher_deepspeed_config, with_full_weights
+from clinkd.engine import distributed
+from clinkd.engine.distributed import merge_shards, shard, shard_dir, teacher_deepspeed_config, with_full_weights, write_predictions_sharded
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed" / "worker.py"
@@ -93,11 +93,11 @@ def test_sharded_prediction_equals_single_process_prediction(tmp_path, synth_dat
 
     tests = {task: samples[:3] for task, samples in load_test_split(synth_data, synth_data / "images").items() if task in ("VG", "RC")}
     predict_cfg = PredictConfig(batch_size=2, max_new_tokens={"VG": 4, "RC": 4})
-    single = predict_sharded(tiny_model, tiny_processor, tests, tmp_path / "single", predict_cfg)
+    single = write_predictions_sharded(tiny_model, tiny_processor, tests, tmp_path / "single", predict_cfg)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     for rank in (1, 0):
         monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
-        sharded = predict_sharded(tiny_model, tiny_processor, tests, tmp_path / "sharded", predict_cfg)
+        sharded = write_predictions_sharded(tiny_model, tiny_processor, tests, tmp_path / "sharded", predict_cfg)
     for task in tests:
         assert sharded[task].read_text() == single[task].read_text()
     assert sorted(p.name for p in (tmp_path / "sharded" / "shards").iterdir()) == ["000-of-002", "001-of-002"]
@@ -133,7 +133,7 @@ def test_full_weights_copy_matches_the_model(tiny_model):
 
 
 def test_training_arguments_turn_on_non_reentrant_checkpointing(tmp_path):
-    from clinkd.recipes.train import training_arguments
+    from clinkd.engine.sft import training_arguments
 
     args = training_arguments(load_config(None, ["train.gradient_checkpointing=true"]), tmp_path)
     assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
@@ -181,9 +181,9 @@ def single_process_runs(synth_data, tmp_path_factory):
     """The references, in this process at global batch 8: `clinkd train`'s code path, then `clinkd distill`'s
     with that model as the teacher. Returns (SFT losses, KD losses, teacher dir)."""
     from clinkd.batching import training_examples
+    from clinkd.engine.sft import run_sft
     from clinkd.recipes.distill import run_distill
-    from clinkd.recipes.run import initial_model, load_dataset
-    from clinkd.recipes.train import run_sft
+    from clinkd.recipes.inputs import initial_model, load_dataset
 
     tmp = tmp_path_factory.mktemp("single")
     cfg = load_config(_recipe(tmp, synth_data), ["name=single", "train.batch_size=8"])
@@ -192,7 +192,7 @@ def single_process_runs(synth_data, tmp_path_factory):
     run_sft(cfg, model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
     teacher = cfg.run_dir / "sft" / "model"
     kd = load_config(_recipe(tmp, synth_data), ["name=single-kd", "train.batch_size=8", f"distill.teacher={teacher}", *DISTILL])
-    run_distill(kd, dataset, kd.run_dir, lambda recipe: initial_model(recipe, dataset.train))
+    run_distill(kd, dataset.train, kd.run_dir, lambda recipe: initial_model(recipe, dataset.train))
     return _losses(cfg.run_dir / "sft" / "train_log.json"), _losses(kd.run_dir / "distill" / "student" / "train_log.json"), teacher
 
 
@@ -246,7 +246,7 @@ def test_two_process_prediction_merges_to_the_single_process_file(synth_data, ti
     save_checkpoint(tiny_model, tiny_processor, tmp_path / "model")
     _torchrun([str(WORKER), "predict", str(synth_data), str(tmp_path / "model"), str(tmp_path / "two")], cwd=tmp_path)
     tests = load_test_split(synth_data, synth_data / "images")
-    single = predict_sharded(tiny_model, tiny_processor, tests, tmp_path / "one", PredictConfig(batch_size=3, max_new_tokens={t: 6 for t in tests}))
+    single = write_predictions_sharded(tiny_model, tiny_processor, tests, tmp_path / "one", PredictConfig(batch_size=3, max_new_tokens={t: 6 for t in tests}))
     for task, path in single.items():
         assert (tmp_path / "two" / f"{task}.jsonl").read_text() == path.read_text()
 

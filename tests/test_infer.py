@@ -247,14 +247,14 @@ def test_sasg_answers_with_its_best_scored_candidate(trained_checkpoint, overfit
 
 
 def test_a_selector_answers_with_its_best_candidate(tiny_model, tiny_processor, png):
-    from clinkd.interactive.infer import Candidate
+    from clinkd.interactive.infer import RankedCandidate
 
     class FixedSelector:
         name = "fixed"
 
         def rank(self, model, processor, collator, samples, max_new_tokens):
             assert len(samples) == 1 and samples[0].turns[0].question == VG_QUESTION
-            return [[Candidate("<ref>liver</ref><box>(1,2),(30,40)</box>", 0.9), Candidate("kidney", 0.1)]]
+            return [[RankedCandidate("<ref>liver</ref><box>(1,2),(30,40)</box>", 0.9), RankedCandidate("kidney", 0.1)]]
 
     result = infer(tiny_model, tiny_processor, png, "liver", select=FixedSelector())
     assert result.selector == "fixed" and [c.score for c in result.candidates] == [0.9, 0.1]

@@ -13,6 +13,8 @@ from clinkd.batching import PromptCollator, TrainCollator, training_examples
 from clinkd.cli import app
 from clinkd.config import ConfigError, LoraConfig, RecipeConfig, TrainConfig, load_config
 from clinkd.data.medgrit import load_medgrit, load_test_split
+from clinkd.engine.generate import generate_responses
+from clinkd.engine.sft import run_sft
 from clinkd.model.loading import load_checkpoint, save_checkpoint
 from clinkd.model.lora import (
     ADAPTER_DIR,
@@ -23,8 +25,6 @@ from clinkd.model.lora import (
     quantization_config,
     trainable_parameters,
 )
-from clinkd.recipes.predict import generate_responses
-from clinkd.recipes.train import run_sft
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_qlora_quantises_the_checkpoint_at_load(tiny_model, tiny_processor, tmp_
     """QLoRA's BitsAndBytesConfig reaches from_pretrained (bitsandbytes itself needs CUDA: stubbed here)."""
     from clinkd.model import lora
     from clinkd.model.loading import model_class_for
-    from clinkd.recipes.run import initial_model
+    from clinkd.recipes.inputs import initial_model
 
     save_checkpoint(tiny_model, tiny_processor, tmp_path / "base")
     seen = {}
@@ -150,7 +150,7 @@ def test_qlora_quantises_the_checkpoint_at_load(tiny_model, tiny_processor, tmp_
 
 def test_gathered_weights_rebuild_a_peft_model_that_merges_like_the_original(tiny_model, tiny_processor, synth_data):
     """The ZeRO-3/FSDP save path: a peft model rebuilt on the meta device from its (gathered) state dict."""
-    from clinkd.distributed import with_full_weights
+    from clinkd.engine.distributed import with_full_weights
 
     wrapped = apply_lora(tiny_model, LoraConfig(r=2), TrainConfig())
     torch.manual_seed(1)

@@ -7,8 +7,8 @@ from PIL import Image
 from clinkd.config import PredictConfig
 from clinkd.data.records import PREDICTION_FIELDS, Sample, Turn
 from clinkd.data.validation import DataError
-from clinkd.recipes import predict as predict_module
-from clinkd.recipes.predict import clean_generation, run_predict
+from clinkd.engine import generate as generate_module
+from clinkd.engine.generate import clean_generation, write_predictions
 
 
 def _tests(tmp_path, n=5):
@@ -26,7 +26,7 @@ def test_clean_generation_cuts_at_the_first_stop_marker():
 
 
 def test_rows_have_the_fixed_schema(tmp_path, tiny_model, tiny_processor):
-    paths = run_predict(tiny_model, tiny_processor, _tests(tmp_path), tmp_path / "out", PredictConfig(batch_size=2, max_new_tokens={"VG": 4}))
+    paths = write_predictions(tiny_model, tiny_processor, _tests(tmp_path), tmp_path / "out", PredictConfig(batch_size=2, max_new_tokens={"VG": 4}))
     rows = [json.loads(line) for line in paths["VG"].read_text().splitlines()]
     assert [row["index"] for row in rows] == list(range(5))
     assert all(list(row)[: len(PREDICTION_FIELDS)] == list(PREDICTION_FIELDS) for row in rows)
@@ -35,8 +35,8 @@ def test_rows_have_the_fixed_schema(tmp_path, tiny_model, tiny_processor):
 
 def test_batched_greedy_equals_one_at_a_time(tmp_path, tiny_model, tiny_processor):
     tests = _tests(tmp_path, 4)
-    batched = run_predict(tiny_model, tiny_processor, tests, tmp_path / "a", PredictConfig(batch_size=4, max_new_tokens={"VG": 6}))
-    single = run_predict(tiny_model, tiny_processor, tests, tmp_path / "b", PredictConfig(batch_size=1, max_new_tokens={"VG": 6}))
+    batched = write_predictions(tiny_model, tiny_processor, tests, tmp_path / "a", PredictConfig(batch_size=4, max_new_tokens={"VG": 6}))
+    single = write_predictions(tiny_model, tiny_processor, tests, tmp_path / "b", PredictConfig(batch_size=1, max_new_tokens={"VG": 6}))
     responses = lambda path: [json.loads(line)["response"] for line in path.read_text().splitlines()]
     assert responses(batched["VG"]) == responses(single["VG"])
 
@@ -44,7 +44,7 @@ def test_batched_greedy_equals_one_at_a_time(tmp_path, tiny_model, tiny_processo
 def test_predict_resumes_after_a_crash_without_redoing_rows(tmp_path, tiny_model, tiny_processor, monkeypatch):
     tests = _tests(tmp_path, 5)
     out = tmp_path / "out"
-    real = predict_module.generate_responses
+    real = generate_module.generate_responses
     calls = []
 
     def crash_on_second_batch(model, processor, collator, samples, *args):
@@ -53,13 +53,13 @@ def test_predict_resumes_after_a_crash_without_redoing_rows(tmp_path, tiny_model
             raise RuntimeError("killed")
         return real(model, processor, collator, samples, *args)
 
-    monkeypatch.setattr(predict_module, "generate_responses", crash_on_second_batch)
+    monkeypatch.setattr(generate_module, "generate_responses", crash_on_second_batch)
     with pytest.raises(RuntimeError):
-        run_predict(tiny_model, tiny_processor, tests, out, PredictConfig(batch_size=2, max_new_tokens={"VG": 3}))
+        write_predictions(tiny_model, tiny_processor, tests, out, PredictConfig(batch_size=2, max_new_tokens={"VG": 3}))
     assert len((out / "VG.jsonl").read_text().splitlines()) == 2
     calls.clear()
-    monkeypatch.setattr(predict_module, "generate_responses", lambda *a: calls.append(len(a[3])) or real(*a))
-    run_predict(tiny_model, tiny_processor, tests, out, PredictConfig(batch_size=2, max_new_tokens={"VG": 3}))
+    monkeypatch.setattr(generate_module, "generate_responses", lambda *a: calls.append(len(a[3])) or real(*a))
+    write_predictions(tiny_model, tiny_processor, tests, out, PredictConfig(batch_size=2, max_new_tokens={"VG": 3}))
     rows = [json.loads(line) for line in (out / "VG.jsonl").read_text().splitlines()]
     assert sorted(row["index"] for row in rows) == list(range(5))
     assert calls == [2, 1]  # only the 3 unfinished rows were generated
@@ -83,11 +83,11 @@ CONFIG = PredictConfig(batch_size=2, max_new_tokens={"VG": 3})
 def test_a_record_fixed_between_runs_is_predicted_once_and_none_twice(tmp_path, tiny_model, tiny_processor, monkeypatch):
     samples = _tests(tmp_path, 5)["VG"]
     out = tmp_path / "out"
-    run_predict(tiny_model, tiny_processor, {"VG": samples[:2] + samples[3:]}, out, CONFIG)  # record 2 was skipped
+    write_predictions(tiny_model, tiny_processor, {"VG": samples[:2] + samples[3:]}, out, CONFIG)  # record 2 was skipped
     generated = []
-    real = predict_module.generate_responses
-    monkeypatch.setattr(predict_module, "generate_responses", lambda *a: generated.extend(s.id for s in a[3]) or real(*a))
-    run_predict(tiny_model, tiny_processor, {"VG": samples}, out, CONFIG)  # record 2 fixed
+    real = generate_module.generate_responses
+    monkeypatch.setattr(generate_module, "generate_responses", lambda *a: generated.extend(s.id for s in a[3]) or real(*a))
+    write_predictions(tiny_model, tiny_processor, {"VG": samples}, out, CONFIG)  # record 2 fixed
     assert generated == [samples[2].id]
     rows = [json.loads(line) for line in (out / "VG.jsonl").read_text().splitlines()]
     assert [(row["index"], row["id"]) for row in rows] == [(index, sample.id) for index, sample in enumerate(samples)]
@@ -97,7 +97,7 @@ def test_a_record_fixed_between_runs_is_predicted_once_and_none_twice(tmp_path, 
 def test_a_row_that_answers_no_input_record_stops_the_rerun(tmp_path, tiny_model, tiny_processor, change):
     samples = _tests(tmp_path, 3)["VG"]
     out = tmp_path / "out"
-    run_predict(tiny_model, tiny_processor, {"VG": samples}, out, CONFIG)
+    write_predictions(tiny_model, tiny_processor, {"VG": samples}, out, CONFIG)
     turn = samples[1].turns[0]
     edited = {
         "question changed": [replace(samples[1], turns=[Turn("Where is the spleen?", turn.answer)])],
@@ -105,4 +105,4 @@ def test_a_row_that_answers_no_input_record_stops_the_rerun(tmp_path, tiny_model
         "record removed": [],
     }[change]
     with pytest.raises(DataError, match=rf"VG\.jsonl:2: this row \(id '{samples[1].id}'\) answers no record of the input"):
-        run_predict(tiny_model, tiny_processor, {"VG": [samples[0], *edited, samples[2]]}, out, CONFIG)
+        write_predictions(tiny_model, tiny_processor, {"VG": [samples[0], *edited, samples[2]]}, out, CONFIG)

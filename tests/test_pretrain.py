@@ -280,7 +280,7 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
     from clinkd.config import ConfigError, RecipeConfig
     from clinkd.model import bases
     from clinkd.recipes.distill import teacher_recipe
-    from clinkd.recipes.run import initial_model
+    from clinkd.recipes.inputs import initial_model
 
     shipped = tmp_path / "bases" / "xs"
     command = [

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from clinkd.batching import PromptCollator
 from clinkd.data.records import Sample, Turn
+from clinkd.engine.generate import generate_responses
 from clinkd.model.loading import CheckpointError, load_checkpoint, save_checkpoint, set_pixel_budget
 from clinkd.model.processor import load_processor
-from clinkd.recipes.predict import generate_responses
 
 # Ids of the published Qwen2 tokenizer (shared by Qwen2-VL and Qwen2.5-VL).
 KNOWN_IDS = {

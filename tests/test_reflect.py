@@ -19,15 +19,7 @@ import pytest
 from clinkd.boxes import Box, BoxStyle
 from clinkd.config import ConfigError, load_config
 from clinkd.data.records import Sample, Turn
-from clinkd.recipes.reflect import (
-    ReflectItem,
-    correct_weak,
-    correction_examples,
-    reflect_items,
-    render_report,
-    seeded_subset,
-    select_weak,
-)
+from clinkd.reflect.corrections import correct_weak, correction_examples
 from clinkd.reflect.correctors import (
     FRAMINGS,
     CorrectionRequest,
@@ -41,6 +33,9 @@ from clinkd.reflect.correctors import (
     reply_content,
     tagged_boxes,
 )
+from clinkd.reflect.items import ReflectItem, reflect_items, seeded_sample
+from clinkd.reflect.report import render_report
+from clinkd.reflect.scoring import select_weak
 from clinkd.reflect.similarity import (
     EmbeddingSimilarity,
     Judgement,
@@ -186,12 +181,12 @@ def test_select_weak_takes_the_worst_first_within_budget():
     assert set(first) != set(second)  # another round reaches other items
 
 
-def test_seeded_subset_is_deterministic_and_keeps_order():
+def test_seeded_sample_is_deterministic_and_keeps_order():
     values = list(range(100))
-    a = seeded_subset(values, 10, seed=3)
-    assert a == seeded_subset(values, 10, seed=3) == sorted(a) and len(set(a)) == 10
-    assert seeded_subset(values, 10, seed=4) != a
-    assert seeded_subset(values, None, 0) == values and seeded_subset(values, 500, 0) == values
+    a = seeded_sample(values, 10, seed=3)
+    assert a == seeded_sample(values, 10, seed=3) == sorted(a) and len(set(a)) == 10
+    assert seeded_sample(values, 10, seed=4) != a
+    assert seeded_sample(values, None, 0) == values and seeded_sample(values, 500, 0) == values
 
 
 @pytest.fixture(scope="module")
@@ -571,9 +566,9 @@ def _stage_config(tmp_path, synth_dir, **reflect):
 def test_run_reflect_two_rounds_then_resume_after_a_kill(tmp_path, synth_dir, monkeypatch):
     import torch
 
-    from clinkd.recipes import predict as predict_module
+    from clinkd.engine import generate as generate_module
     from clinkd.recipes import reflect as reflect_module
-    from clinkd.recipes.run import initial_model, load_dataset
+    from clinkd.recipes.inputs import initial_model, load_dataset
 
     torch.set_num_threads(1)
     cfg = _stage_config(tmp_path, synth_dir)
@@ -599,8 +594,8 @@ def test_run_reflect_two_rounds_then_resume_after_a_kill(tmp_path, synth_dir, mo
     assert len((stage / "round-2" / "corrections.jsonl").read_text().splitlines()) == 2
 
     generated = []
-    real_generate = predict_module.generate_responses
-    monkeypatch.setattr(predict_module, "generate_responses", lambda *a, **k: generated.append(len(a[3])) or real_generate(*a, **k))
+    real_generate = generate_module.generate_responses
+    monkeypatch.setattr(generate_module, "generate_responses", lambda *a, **k: generated.append(len(a[3])) or real_generate(*a, **k))
     Template.kill_at = None
     calls_before = list(Template.calls)
     fresh, fresh_processor = initial_model(cfg, train)  # a new process would start from the input model again

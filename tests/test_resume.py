@@ -13,9 +13,9 @@ import torch
 from clinkd.batching import training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.medgrit import load_medgrit
+from clinkd.engine.sft import ClinKDTrainer, run_sft
 from clinkd.model.loading import load_checkpoint, model_class_for
 from clinkd.model.tiny import tiny_config
-from clinkd.recipes.train import ClinKDTrainer, run_sft
 
 
 class KilledAtStep2(ClinKDTrainer):

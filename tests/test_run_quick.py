@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from clinkd.cli import app
 from clinkd.data.records import MODALITIES, MODALITY_NAMES, TASKS
+from clinkd.recipes.run import slug
 
 
 def test_quick_run_from_an_empty_folder_writes_a_complete_clinkd_report(tmp_path, monkeypatch):
@@ -30,3 +31,8 @@ def test_quick_run_from_an_empty_folder_writes_a_complete_clinkd_report(tmp_path
     assert "| training | distillation (teacher → pseudo labels → student) |" in report
     assert "## Reflective correction" in report and "`sasg` (N = 3" in report
     assert "| teacher |" in report and "| student (distilled) |" in report
+    assert sorted(path.name for path in (run_dir / "comparisons").iterdir()) == ["student-distilled", "teacher"]
+
+
+def test_a_comparison_row_folder_is_named_by_its_whole_label():
+    assert [slug(label) for label in ("teacher", "student (distilled)", "plain SFT")] == ["teacher", "student-distilled", "plain-sft"]

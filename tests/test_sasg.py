@@ -227,11 +227,11 @@ def test_sequence_log_probs_stop_at_each_beams_end_token(tmp_path, tiny_model, t
 
 
 def test_run_predict_with_sasg_keeps_every_candidate(tmp_path, tiny_model, tiny_processor):
-    from clinkd.recipes.predict import run_predict
+    from clinkd.engine.generate import write_predictions
 
     samples = _noise_samples(tmp_path, 3, task="ROC")
     selector = SasgSelector(ColourScorer(), SelectConfig(method="sasg"), crop_margin=0.1)
-    paths = run_predict(tiny_model, tiny_processor, {"ROC": samples}, tmp_path / "out", PredictConfig(batch_size=2, max_new_tokens={"ROC": 4}), selector=selector)
+    paths = write_predictions(tiny_model, tiny_processor, {"ROC": samples}, tmp_path / "out", PredictConfig(batch_size=2, max_new_tokens={"ROC": 4}), selector=selector)
     rows = [json.loads(line) for line in paths["ROC"].read_text().splitlines()]
     assert [row["index"] for row in rows] == [0, 1, 2]
     for row in rows:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from clinkd.recipes.run import StageClock
+from clinkd.recipes.stage_clock import StageClock
 
 
 def test_a_second_invocation_adds_to_the_recorded_seconds(tmp_path):
@@ -59,7 +59,7 @@ def test_a_failed_stage_keeps_its_time(tmp_path):
 def test_a_killed_stage_keeps_its_time_up_to_the_last_save(tmp_path):
     path = tmp_path / "stage_times.json"
     script = (
-        "import pathlib, time; from clinkd.recipes.run import StageClock; "
+        "import pathlib, time; from clinkd.recipes.stage_clock import StageClock; "
         f"StageClock(pathlib.Path({str(path)!r}), save_every=0.1).time('train', lambda: time.sleep(60))"
     )
     stage = subprocess.Popen([sys.executable, "-c", script])
@@ -74,7 +74,7 @@ def test_a_killed_stage_keeps_its_time_up_to_the_last_save(tmp_path):
 
 
 def test_a_resumed_trainer_stage_says_from_which_checkpoint(tmp_path, capsys):
-    from clinkd.recipes.train import resume_point
+    from clinkd.engine.sft import resume_point
 
     assert resume_point(tmp_path / "checkpoints", "student") is None
     for step in (20, 140):

@@ -392,7 +392,7 @@ def test_render_montage(dataset: Path, tmp_path: Path) -> None:
 
 def test_run_regenerates_a_synth_folder_made_with_other_settings_and_leaves_real_data_alone(tmp_path: Path) -> None:
     from clinkd.config import load_config
-    from clinkd.recipes.run import ensure_synth
+    from clinkd.recipes.inputs import ensure_synth
 
     def config(folder: Path, mix: str):
         return load_config(None, [f"data.dir={folder}", "data.synth.images=8", "data.synth.test_per_cell=1", f"data.synth.turns={mix}"])

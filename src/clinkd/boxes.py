@@ -40,8 +40,13 @@ class BoxStyle(str, Enum):
 ModelBoxStyle = Literal["qwen2-vl", "qwen-vl"]
 
 
-_NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
-_PAIR = rf"\({_NUM},{_NUM}\)\s*,\s*\({_NUM},{_NUM}\)"
+def _pair_pattern(signed: bool = True) -> str:
+    """Regex text of a bare ``(x1,y1),(x2,y2)`` with the four numbers as groups; ``signed=False`` takes no minus sign."""
+    number = rf"\s*({'-?' if signed else ''}\d+(?:\.\d+)?)\s*"
+    return rf"\({number},{number}\)\s*,\s*\({number},{number}\)"
+
+
+_PAIR = _pair_pattern()
 BOX_PATTERNS = {
     BoxStyle.QWEN_VL: re.compile(rf"<box>\s*{_PAIR}\s*</box>"),
     BoxStyle.QWEN2_VL: re.compile(rf"<\|box_start\|>\s*{_PAIR}\s*<\|box_end\|>"),
@@ -52,7 +57,11 @@ _BOX_CLOSE = {BoxStyle.QWEN_VL: "</box>", BoxStyle.QWEN2_VL: "<|box_end|>", BoxS
 _REF_OPEN = {BoxStyle.QWEN_VL: "<ref>", BoxStyle.QWEN2_VL: "<|object_ref_start|>", BoxStyle.PLAIN: ""}
 _REF_CLOSE = {BoxStyle.QWEN_VL: "</ref>", BoxStyle.QWEN2_VL: "<|object_ref_end|>", BoxStyle.PLAIN: ""}
 # Any tagged box, in either tag style, with whatever is inside (validated separately).
-_ANY_TAGGED_BOX = re.compile(r"<box>(.*?)</box>|<\|box_start\|>(.*?)<\|box_end\|>", re.DOTALL)
+ANY_TAGGED_BOX = re.compile(r"<box>(.*?)</box>|<\|box_start\|>(.*?)<\|box_end\|>", re.DOTALL)
+# Model coordinates (pixels) are never negative: an unsigned pair, bare or between an opening and a closing tag of
+# either style (groups: open tag, x1, y1, x2, y2, close tag).
+UNSIGNED_PAIR = re.compile(_pair_pattern(signed=False))
+UNSIGNED_TAGGED_BOX = re.compile(rf"(<box>|<\|box_start\|>)\s*{UNSIGNED_PAIR.pattern}\s*(</box>|<\|box_end\|>)")
 ANY_REF = re.compile(r"<ref>(.*?)</ref>|<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
 
 
@@ -142,7 +151,7 @@ def parse_boxes(text: str, style: BoxStyle | str | None = None) -> list[Box]:
     """
     if style is not None:
         return [_box_from_match(m) for m in BOX_PATTERNS[BoxStyle(style)].finditer(text)]
-    tagged = list(_ANY_TAGGED_BOX.finditer(text))
+    tagged = list(ANY_TAGGED_BOX.finditer(text))
     if not tagged:
         return [_box_from_match(m) for m in BOX_PATTERNS[BoxStyle.PLAIN].finditer(text)]
     boxes = []
@@ -174,7 +183,15 @@ def convert_markup(text: str, style: BoxStyle | str) -> str:
         inner = either_group(match)
         return f"{_REF_OPEN[style]}{inner}{_REF_CLOSE[style]}"
 
-    return ANY_REF.sub(ref, _ANY_TAGGED_BOX.sub(box, text))
+    return ANY_REF.sub(ref, ANY_TAGGED_BOX.sub(box, text))
+
+
+def convert_markup_leniently(text: str, style: BoxStyle | str) -> str:
+    """:func:`convert_markup`, or ``text`` as it is when a box in it is broken (text to show or send, never to parse)."""
+    try:
+        return convert_markup(text, style)
+    except BoxError:
+        return text
 
 
 def referred_phrase(text: str) -> str | None:

@@ -72,16 +72,9 @@ def run(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = Ove
 @_fail_cleanly
 def train(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
     """Supervised fine-tuning only; the model goes to <run>/sft/model."""
-    from clinkd.batching import training_examples
-    from clinkd.data.validation import ISSUES_FILE
-    from clinkd.recipes.run import ensure_synth, initial_model, load_dataset
-    from clinkd.recipes.train import run_sft
+    from clinkd.recipes.train import run_train
 
-    cfg = _load(config, overrides, preset)
-    ensure_synth(cfg)
-    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
-    model, processor = initial_model(cfg, dataset.train)
-    result = run_sft(cfg, model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
+    result = run_train(_load(config, overrides, preset))
     console.print(f"[green]trained {result.steps} steps in {result.seconds:.0f} s → {result.model_dir}")
 
 
@@ -125,10 +118,10 @@ def reflect(
 
     Writes <run>/reflect/ (resumable: a rerun picks up where it stopped); the final model is the last round's model/.
     """
-    from clinkd.model.loading import load_checkpoint
-    from clinkd.recipes.reflect import run_reflect
     from clinkd.data.validation import ISSUES_FILE
-    from clinkd.recipes.run import ensure_synth, load_dataset
+    from clinkd.model.loading import load_checkpoint
+    from clinkd.recipes.inputs import ensure_synth, load_dataset
+    from clinkd.recipes.reflect import run_reflect
 
     cfg = _load(config, overrides, preset)
     ensure_synth(cfg)
@@ -146,16 +139,16 @@ def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] =
 
     Writes <run>/distill/ (resumable: finished sub-stages are skipped); the student goes to <run>/distill/student/model.
     """
+    from clinkd.data.validation import ISSUES_FILE
     from clinkd.distill.teacher_cache import CacheMismatchError
     from clinkd.recipes.distill import run_distill
-    from clinkd.data.validation import ISSUES_FILE
-    from clinkd.recipes.run import ensure_synth, initial_model, load_dataset
+    from clinkd.recipes.inputs import ensure_synth, initial_model, load_dataset
 
     cfg = _load(config, overrides, preset)
     ensure_synth(cfg)
     dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
     try:
-        _, _, info = run_distill(cfg, dataset, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
+        _, _, info = run_distill(cfg, dataset.train, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
     except CacheMismatchError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
@@ -175,18 +168,10 @@ def predict(
     preset: Optional[str] = PresetOpt,
 ):
     """Batched generation on the test files of data.dir, to resumable JSONL."""
-    from clinkd.model.loading import load_checkpoint
     from clinkd.recipes.predict import run_predict
-    from clinkd.data.validation import ISSUES_FILE
-    from clinkd.recipes.run import load_dataset
-    from clinkd.sasg import selector_for
 
     overrides = [*(overrides or []), *([f"select.method={select}"] if select else [])]
-    cfg = _load(config, overrides, preset)
-    dataset = load_dataset(cfg, with_train=False, issues_file=out / ISSUES_FILE)  # data problems before the slow load
-    loaded, processor = load_checkpoint(model, cfg.model.dtype)
-    selector = selector_for(cfg, loaded.device)
-    paths = run_predict(loaded, processor, dataset.tests, out, cfg.predict, cfg.data.box_style, cfg.model.square_size, selector)
+    paths = run_predict(_load(config, overrides, preset), model, out)
     for task, path in paths.items():
         console.print(f"{task}: {path}")
 
@@ -203,25 +188,16 @@ def clip_train(
     preset: Optional[str] = PresetOpt,
 ):
     """Train SASG's embedded Med-CLIP (clip.*) on the train split's image–text pairs; report its held-out matching rate."""
-    from transformers import AutoTokenizer
-
-    from clinkd.model.tokenizer import train_tokenizer
     from clinkd.data.validation import ISSUES_FILE
-    from clinkd.recipes.run import ensure_synth, load_dataset, tokenizer_corpus
-    from clinkd.sasg import run_clip_train, scorer_dir
+    from clinkd.recipes.clip_train import run_clip_train, text_tokenizer
+    from clinkd.recipes.inputs import all_tests, ensure_synth, load_dataset
+    from clinkd.sasg import scorer_dir
 
     cfg = _load(config, overrides, preset)
     ensure_synth(cfg)
     dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
-    source = tokenizer or (cfg.run_dir / "sft" / "model")
-    if (source / "tokenizer_config.json").is_file():
-        text_tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-    elif tokenizer is not None:
-        raise FileNotFoundError(f"--tokenizer {tokenizer}: no tokenizer_config.json there")
-    else:
-        text_tokenizer = train_tokenizer(tokenizer_corpus(dataset.train, cfg.data.box_style), cfg.model.tokenizer_vocab)
-    tests = [sample for samples in dataset.tests.values() for sample in samples]
-    result, rates = run_clip_train(cfg, dataset.train, text_tokenizer, out or scorer_dir(cfg), tests)
+    clip_tokenizer = text_tokenizer(cfg, dataset.train, tokenizer)
+    result, rates = run_clip_train(cfg, dataset.train, clip_tokenizer, out or scorer_dir(cfg.select, cfg.run_dir), all_tests(dataset))
     console.print(f"[green]clip: {result.steps} steps on {result.pairs} pairs in {result.seconds:.0f} s → {result.model_dir}")
     if rates:
         console.print("held-out matching rate (true text above a mismatched one): " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
@@ -380,12 +356,12 @@ def infer(
     """Answer one question about one image; write the image with the answer's boxes drawn on it."""
     import json
 
-    from clinkd.interactive.infer import build_selector, load_model, parse_ground_truth, prepare_request, readable, render_overlay, run_request
+    from clinkd.interactive.infer import load_model, named_selector, parse_ground_truth, prepare_request, render_overlay, run_request, without_markup
 
     cfg = _load(config, overrides, preset)
     request = prepare_request(image, question, task)  # every input check before the (slow) model load
     truth = parse_ground_truth(gt)
-    selector = build_selector(select, cfg)
+    selector = named_selector(select, cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
     loaded, processor = load_model(model, cfg.model.dtype)
     result = run_request(
         loaded, processor, request, selector,
@@ -402,7 +378,7 @@ def infer(
     for item in result.boxes:
         console.print(f"  box {escape(item.label)}: {item.box.to_text('plain')}")
     for rank, candidate in enumerate(result.candidates, 1):
-        console.print(f"  {result.selector} candidate {rank}, score {candidate.score:.4g}: {escape(readable(candidate.text))}")
+        console.print(f"  {result.selector} candidate {rank}, score {candidate.score:.4g}: {escape(without_markup(candidate.text))}")
     if result.box_error:
         console.print(f"[yellow]the answer's box markup does not parse:[/yellow] {escape(result.box_error)}")
     console.print(f"[green]boxes drawn:[/green] {out}")
@@ -427,11 +403,11 @@ def demo(
         console.print("[red]error:[/red] clinkd demo needs gradio: pip install 'clinkd\\[demo]'")
         raise typer.Exit(2)
     from clinkd.interactive.demo import DemoSettings, build_demo, launch_demo
-    from clinkd.interactive.infer import build_selector, load_model
+    from clinkd.interactive.infer import load_model, named_selector
 
     cfg = _load(config, overrides, preset)
     data = data if data is not None else (cfg.data.dir if (cfg.data.dir / "images").is_dir() else None)
-    selector = build_selector(select, cfg)
+    selector = named_selector(select, cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
     loaded, processor = load_model(model, cfg.model.dtype)
     app_ = build_demo(loaded, processor, data_dir=data, selector=selector, settings=DemoSettings.from_config(cfg))
     console.print(f"[green]clinkd demo[/green] on http://{host}:{port} (Ctrl+C stops it)")

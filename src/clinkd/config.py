@@ -335,6 +335,10 @@ class ReportConfig(_Section):
     )
 
 
+# The turn kinds of the pre-training corpus (clinkd.pretrain.corpus writes one generator per kind).
+PRETRAIN_TASKS: tuple[str, ...] = ("grounding", "referring", "counting", "captioning")
+
+
 class PretrainConfig(_Section):
     """Generic grounding pre-training of the tiny base (``clinkd pretrain``, docs/pretrain.md): a dense vision stage,
     then SFT on fresh scenes of a synthetic corpus that shares nothing with the benchmark. The size is ``model.size``."""
@@ -364,9 +368,7 @@ class PretrainConfig(_Section):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: dict[str, float]) -> dict[str, float]:
-        from clinkd.pretrain.corpus import TASKS
-
-        only_known_tasks(value, TASKS)
+        only_known_tasks(value, PRETRAIN_TASKS)
         if any(weight < 0 for weight in value.values()) or not sum(value.values()) > 0:
             raise ValueError(f"weights must be >= 0 and not all 0, got {value}")
         return value

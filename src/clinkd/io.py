@@ -46,6 +46,16 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def jsonl_line(row: Any) -> str:
+    """One JSONL line: the row as JSON (non-ASCII kept), then a newline."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
+    """Replace ``path`` with ``rows``, one JSON per line, in one atomic write."""
+    atomic_write_text(path, "".join(jsonl_line(row) for row in rows))
+
+
 def drop_torn_tail(path: Path) -> None:
     """Cut a last line left without its newline by a crash mid-write, so the next append starts a fresh line."""
     if not path.is_file() or path.stat().st_size == 0:
@@ -63,7 +73,7 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     drop_torn_tail(path)
     with path.open("a", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(jsonl_line(row))
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -1,6 +1,6 @@
 """Run under ``torchrun --nproc_per_node 2`` by tests/test_distributed.py (not collected by pytest).
 
-    worker.py predict <data_dir> <model_dir> <out_dir>   predict_sharded over the ranks
+    worker.py predict <data_dir> <model_dir> <out_dir>   write_predictions_sharded over the ranks
     worker.py teacher <model_dir> <zero3.json> <out.json> a ZeRO-3 student trainer + prepare_teacher
 
 Rank 0 writes what the test checks; every rank must reach the end (collectives).
@@ -18,22 +18,22 @@ import torch
 def predict(data_dir: str, model_dir: str, out_dir: str) -> None:
     from clinkd.config import PredictConfig
     from clinkd.data.medgrit import load_test_split
-    from clinkd.distributed import init_distributed, predict_sharded
+    from clinkd.engine.distributed import init_distributed, write_predictions_sharded
     from clinkd.model.loading import load_checkpoint
 
     init_distributed()
     model, processor = load_checkpoint(model_dir)
     tests = load_test_split(Path(data_dir), Path(data_dir) / "images")
-    predict_sharded(model, processor, tests, Path(out_dir), PredictConfig(batch_size=3, max_new_tokens={"VG": 6, "ROC": 6, "RC": 6, "MIA": 6}))
+    write_predictions_sharded(model, processor, tests, Path(out_dir), PredictConfig(batch_size=3, max_new_tokens={"VG": 6, "ROC": 6, "RC": 6, "MIA": 6}))
 
 
 def teacher(model_dir: str, deepspeed_config: str, out: str) -> None:
     from transformers import Trainer
 
     from clinkd.config import RecipeConfig
-    from clinkd.distributed import is_main_process, prepare_teacher, world_size
+    from clinkd.engine.distributed import is_main_process, prepare_teacher, world_size
+    from clinkd.engine.sft import training_arguments
     from clinkd.model.loading import load_checkpoint
-    from clinkd.recipes.train import training_arguments
 
     reference_model, _ = load_checkpoint(model_dir)
     torch.manual_seed(0)

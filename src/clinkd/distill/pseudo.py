@@ -1,6 +1,6 @@
 """Pseudo labels: the teacher's answers to training questions, and the student's CE targets built from them.
 
-Generation reuses ``clinkd.recipes.predict.run_predict`` (batched, greedy or beam, resumable JSONL): every
+Generation reuses ``clinkd.engine.generate.write_predictions`` (batched, greedy or beam, resumable JSONL): every
 QA turn of the pseudo-labelled records (a seeded share, ``distill.pseudo_fraction``) becomes a one-turn
 prompt (the image and that question), in record then turn order, and row ``index`` of
 ``<out>/train.jsonl`` holds the teacher's answer to turn ``index`` of that list.
@@ -14,10 +14,10 @@ from pathlib import Path
 
 from clinkd.batching import ChatExample, training_examples
 from clinkd.boxes import BoxError, convert_markup
-from clinkd.config import RecipeConfig
+from clinkd.config import PredictConfig
 from clinkd.data.records import Sample, Turn
+from clinkd.engine.generate import predictions_complete, write_predictions
 from clinkd.io import read_jsonl
-from clinkd.recipes.predict import finished_indices, run_predict
 
 PSEUDO_TASK = "train"  # the JSONL name and the rows' "task": these are answers on the train split
 
@@ -32,22 +32,28 @@ def pseudo_path(out_dir: Path) -> Path:
 
 
 def pseudo_labels_complete(out_dir: Path, n_turns: int) -> bool:
-    path = pseudo_path(out_dir)
-    return path.is_file() and finished_indices(path) >= set(range(n_turns))
+    return predictions_complete(pseudo_path(out_dir), n_turns)
 
 
-def generate_pseudo_labels(teacher, processor, records: Sequence[Sample], out_dir: Path, cfg: RecipeConfig) -> Path:
+def generate_pseudo_labels(
+    teacher,
+    processor,
+    records: Sequence[Sample],
+    out_dir: Path,
+    predict_cfg: PredictConfig,
+    box_style: str = "qwen2-vl",
+    square_size: int | None = None,
+    max_new_tokens: int | None = None,
+) -> Path:
     """Write the teacher's answer to every turn of ``records`` to ``out_dir/train.jsonl`` (rows already there are kept).
 
-    Budget: ``distill.pseudo_max_new_tokens``, or the largest ``predict.max_new_tokens`` (the training
-    turns carry no task), with ``predict.batch_size`` and ``predict.num_beams``.
+    Budget: ``max_new_tokens`` (``distill.pseudo_max_new_tokens``), or the largest of ``predict_cfg.max_new_tokens``
+    (the training turns carry no task), with ``predict_cfg.batch_size`` and ``num_beams``.
     """
-    budget = cfg.distill.pseudo_max_new_tokens or max(cfg.predict.max_new_tokens.values())
+    budget = max_new_tokens or max(predict_cfg.max_new_tokens.values())
     # model_copy(update=) skips validation: "train" is not one of the four test tasks.
-    predict_cfg = cfg.predict.model_copy(update={"max_new_tokens": {PSEUDO_TASK: budget}})
-    paths = run_predict(
-        teacher, processor, {PSEUDO_TASK: turn_samples(records)}, out_dir, predict_cfg, cfg.data.box_style, cfg.model.square_size
-    )
+    pseudo_cfg = predict_cfg.model_copy(update={"max_new_tokens": {PSEUDO_TASK: budget}})
+    paths = write_predictions(teacher, processor, {PSEUDO_TASK: turn_samples(records)}, out_dir, pseudo_cfg, box_style, square_size)
     return paths[PSEUDO_TASK]
 
 

@@ -13,10 +13,10 @@ from clinkd.batching import ChatExample, collator_for
 from clinkd.config import RecipeConfig
 from clinkd.distill.batches import EXAMPLE_INDEX, IndexedCollator, batch_position_ids, indexed, model_inputs
 from clinkd.distill.teacher_cache import TeacherCache
-from clinkd.distributed import prepare_teacher
+from clinkd.engine.distributed import prepare_teacher
+from clinkd.engine.sft import ClinKDTrainer, TrainResult, run_sft
 from clinkd.losses import KDLossConfig, answer_mask, combine_losses, kd_divergence, sparse_kd_divergence
 from clinkd.model.rope import rope_strategy_of
-from clinkd.recipes.train import ClinKDTrainer, TrainResult, run_sft
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class KDTrainer(ClinKDTrainer):
     Exactly one teacher source:
     - ``teacher``: a model run in this process on the student's own batch (input ids, pixels, grid and
       position ids, computed once from the student's position strategy), frozen, in eval mode and placed
-      like the student (``clinkd.distributed.prepare_teacher``: same device, or sharded under ZeRO-3/FSDP);
+      like the student (``clinkd.engine.distributed.prepare_teacher``: same device, or sharded under ZeRO-3/FSDP);
     - ``teacher_cache``: a :class:`TeacherCache` whose rows are looked up by the batch's ``example_index``.
 
     Reduction: with ``kd_config.reduction == "mean"`` and the Trainer's ``num_items_in_batch`` (the answer
@@ -144,7 +144,7 @@ def train_student(
     teacher=None,
     teacher_cache: TeacherCache | None = None,
 ) -> TrainResult:
-    """:func:`clinkd.recipes.train.run_sft` with the :class:`KDTrainer` and the :class:`IndexedCollator`: the same
+    """:func:`clinkd.engine.sft.run_sft` with the :class:`KDTrainer` and the :class:`IndexedCollator`: the same
     training arguments, LoRA or freezing, box convention, checkpoint resume and outputs."""
     return run_sft(
         cfg,

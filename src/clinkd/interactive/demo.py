@@ -6,7 +6,7 @@ answer, the image with the boxes drawn (:mod:`clinkd.interactive.overlay` colour
 blue asked region, green ground truth) and, when a selector is given and ticked, its candidates
 with their scores, best first.
 
-A selector is any object with the duck-typed interface :class:`clinkd.interactive.infer.CandidateSelector`
+A selector is any object with the duck-typed interface :class:`clinkd.interactive.infer.CandidateRanker`
 (``name`` and ``rank(model, processor, collator, samples, max_new_tokens)``), e.g. SASG's.
 
 The server binds 127.0.0.1 unless told otherwise; gradio's analytics are off.
@@ -25,14 +25,14 @@ from PIL import Image
 from clinkd.boxes import Box, BoxError
 from clinkd.interactive.infer import (
     DEFAULT_MAX_NEW_TOKENS,
+    CandidateRanker,
     InferInputError,
     InferResult,
-    CandidateSelector,
     parse_ground_truth,
     prepare_request,
-    readable,
     render_overlay,
     run_request,
+    without_markup,
 )
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home, before gradio is imported
@@ -111,7 +111,7 @@ def answer_question(
     question: str,
     task: str = "auto",
     ground_truth: str = "",
-    selector: CandidateSelector | None = None,
+    selector: CandidateRanker | None = None,
     settings: DemoSettings = DemoSettings(),
 ) -> DemoAnswer:
     """One click of *Ask*: bad input becomes an ``error:`` status instead of an exception."""
@@ -123,7 +123,7 @@ def answer_question(
         result = run_request(model, processor, request, selector, **settings.run_options(request.task))
     except (InferInputError, BoxError) as error:
         return DemoAnswer("", None, [], f"**error:** {error}")
-    rows = [[rank, readable(c.text), round(c.score, 4) if math.isfinite(c.score) else "invalid"] for rank, c in enumerate(result.candidates, 1)]
+    rows = [[rank, without_markup(c.text), round(c.score, 4) if math.isfinite(c.score) else "invalid"] for rank, c in enumerate(result.candidates, 1)]
     return DemoAnswer(result.answer_text, render_overlay(result, truth), rows, _status(result))
 
 
@@ -141,7 +141,7 @@ def build_demo(
     model,
     processor,
     data_dir: str | Path | None = None,
-    selector: CandidateSelector | None = None,
+    selector: CandidateRanker | None = None,
     settings: DemoSettings = DemoSettings(),
 ):
     """The ``gradio.Blocks`` app (not launched). ``data_dir`` adds the test-record picker."""
@@ -179,7 +179,7 @@ def build_demo(
             if example is None:
                 return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
             truth_text = example.ground_truth.to_text("plain") if example.ground_truth else ""
-            return str(example.image), example.task, example.question, truth_text, readable(example.reference)
+            return str(example.image), example.task, example.question, truth_text, without_markup(example.reference)
 
         def ask_click(image_path, question_text, task_choice, truth_text, selecting):
             shown = answer_question(

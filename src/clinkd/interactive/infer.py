@@ -31,8 +31,19 @@ from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-from clinkd.boxes import ANY_REF, BOX_PATTERNS, Box, BoxError, BoxStyle, convert_markup, either_group, format_ref, parse_boxes
-from clinkd.config import PredictConfig
+from clinkd.boxes import (
+    ANY_REF,
+    BOX_PATTERNS,
+    Box,
+    BoxError,
+    BoxStyle,
+    convert_markup,
+    convert_markup_leniently,
+    either_group,
+    format_ref,
+    parse_boxes,
+)
+from clinkd.config import PredictConfig, SelectConfig
 from clinkd.data.records import MODALITY_NAMES, Sample, Turn, UnknownTaskError, canonical_task
 from clinkd.interactive.overlay import BoxRole, LabelledBox, draw_boxes
 from clinkd.model.loading import CheckpointError, load_checkpoint
@@ -53,25 +64,25 @@ class InferInputError(ValueError):
 
 
 @dataclass(frozen=True)
-class Candidate:
+class RankedCandidate:
     """One candidate response of a selector, with its score (SASG: its CLIP score)."""
 
     text: str
     score: float
 
 
-class CandidateSelector(Protocol):
+class CandidateRanker(Protocol):
     """What :func:`infer` and the demo need from a candidate selector such as SASG (duck-typed).
 
-    ``rank`` answers one batch, like :func:`clinkd.recipes.predict.generate_responses`: for every
+    ``rank`` answers one batch, like :func:`clinkd.engine.generate.generate_responses`: for every
     sample, its candidate responses **best first** (the first becomes the answer). A candidate is
-    any object with ``text: str`` and ``score: float`` (e.g. :class:`Candidate`); invalid ones
+    any object with ``text: str`` and ``score: float`` (e.g. :class:`RankedCandidate`); invalid ones
     (say, an unparseable VG box) may be listed with a score of ``-inf``.
     """
 
     name: str
 
-    def rank(self, model, processor, collator, samples: Sequence[Sample], max_new_tokens: int) -> list[Sequence[Candidate]]: ...
+    def rank(self, model, processor, collator, samples: Sequence[Sample], max_new_tokens: int) -> list[Sequence[RankedCandidate]]: ...
 
 
 @dataclass(frozen=True)
@@ -99,14 +110,14 @@ class InferResult:
     answer: str
     boxes: tuple[LabelledBox, ...]
     query_boxes: tuple[LabelledBox, ...]
-    candidates: tuple[Candidate, ...] = ()
+    candidates: tuple[RankedCandidate, ...] = ()
     selector: str | None = None
     box_error: str | None = None
 
     @property
     def answer_text(self) -> str:
-        """The answer without markup tokens (see :func:`readable`)."""
-        return readable(self.answer)
+        """The answer without markup tokens (see :func:`without_markup`)."""
+        return without_markup(self.answer)
 
     def overlay_boxes(self, ground_truth: Box | None = None) -> list[LabelledBox]:
         """What to draw: the query boxes, the ground truth, then the answer's boxes on top."""
@@ -128,12 +139,9 @@ class InferResult:
         }
 
 
-def readable(text: str) -> str:
+def without_markup(text: str) -> str:
     """``text`` with its ref/box markup dropped (``liver(120,300),(480,700)``); as it is when a box is broken."""
-    try:
-        return convert_markup(text, BoxStyle.PLAIN)
-    except BoxError:
-        return text
+    return convert_markup_leniently(text, BoxStyle.PLAIN)
 
 
 # ---- input checks ------------------------------------------------------------------------------
@@ -288,17 +296,17 @@ def prepare_request(image: str | Path, question: str, task: str | None = None) -
 
 
 # ---- the model ---------------------------------------------------------------------------------
-def build_selector(name: str | None, cfg) -> CandidateSelector | None:
-    """``None`` (plain decoding) for no name; ``sasg``: ``clinkd.sasg.build_selector(cfg)``, configured by the
+def named_selector(name: str | None, select: SelectConfig, crop_margin: float, seed: int, run_dir: Path) -> CandidateRanker | None:
+    """``None`` (plain decoding) for no name; ``sasg``: :func:`clinkd.sasg.sasg_selector`, configured by the
     recipe's ``select:`` block (candidates, scorer and its path)."""
     if not name:
         return None
     if name.lower() != "sasg":
         raise InferInputError(f"--select {name!r}: the only selector is sasg")
-    from clinkd.sasg import ScorerError, build_selector as build_sasg_selector
+    from clinkd.sasg import ScorerError, sasg_selector
 
     try:
-        return build_sasg_selector(cfg)
+        return sasg_selector(select, crop_margin, seed, run_dir)
     except ScorerError as error:  # no trained CLIP yet, a wrong scorer_path, a missing extra
         raise InferInputError(f"--select sasg: {error}") from None
 
@@ -336,7 +344,7 @@ def run_request(
     model,
     processor,
     request: InferRequest,
-    select: CandidateSelector | None = None,
+    select: CandidateRanker | None = None,
     *,
     box_style: str = "qwen2-vl",
     square_size: int | None = None,
@@ -345,7 +353,7 @@ def run_request(
 ) -> InferResult:
     """Generate the answer to a checked request (greedy/beam, or the selector's best candidate)."""
     from clinkd.batching import PromptCollator, collator_for
-    from clinkd.recipes.predict import generate_responses
+    from clinkd.engine.generate import generate_responses
 
     model.eval()
     collator = collator_for(PromptCollator, model, processor, box_style, square_size)
@@ -357,13 +365,13 @@ def run_request(
         sample = Sample("infer", image, _modality_guess(request.image), [Turn(request.question, "")], task=request.task)
         if select is None:
             answer = generate_responses(model, processor, collator, [sample], tokens, num_beams)[0]
-            candidates: tuple[Candidate, ...] = ()
+            candidates: tuple[RankedCandidate, ...] = ()
         else:
             ranked = select.rank(model, processor, collator, [sample], tokens)[0]
-            candidates = tuple(Candidate(c.text, float(c.score)) for c in ranked)
+            candidates = tuple(RankedCandidate(c.text, float(c.score)) for c in ranked)
             answer = candidates[0].text if candidates else ""
     boxes, box_error = labelled_answer_boxes(answer)
-    short_answer = readable(answer)
+    short_answer = without_markup(answer)
     # A ROC answer is the region's class name: the asked box is the place to show it.
     is_name = 0 < len(short_answer) <= MAX_LABEL_CHARS and "<" not in short_answer
     label = f"asked: {short_answer}" if request.task == "ROC" and is_name else "asked"
@@ -387,7 +395,7 @@ def infer(
     image_path: str | Path,
     question: str,
     task: str | None = None,
-    select: CandidateSelector | None = None,
+    select: CandidateRanker | None = None,
     **options,
 ) -> InferResult:
     """Check the inputs, complete the question, answer it; ``options`` go to :func:`run_request`."""

@@ -60,13 +60,13 @@ def ngram_counts(tokens: Sequence[str], n: int) -> Counter[Ngram]:
 
 
 @lru_cache(maxsize=2)
-def _table(candidates: tuple[str, ...], references: tuple[tuple[str, ...], ...], n: int) -> NgramTable:
+def cached_corpus_table(candidates: tuple[str, ...], references: tuple[tuple[str, ...], ...], n: int) -> NgramTable:
     """The n-gram table of one corpus; cached so BLEU and CIDEr-D of the same corpus build it once."""
     return build_table([*candidates, *chain.from_iterable(references)], n)
 
 
 def corpus_table(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int) -> NgramTable:
-    return _table(tuple(candidates), tuple(map(tuple, references)), n)
+    return cached_corpus_table(tuple(candidates), tuple(map(tuple, references)), n)
 
 
 def check_corpus(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> None:

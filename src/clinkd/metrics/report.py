@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from clinkd.data.records import MODALITIES, MODALITY_NAMES, TASKS
+from clinkd.markdown import table
 
 MISSING = "–"
 
@@ -52,7 +53,7 @@ def render_comparison(named: dict[str, dict]) -> str:
         overall = metrics.get("overall")
         cells.append(percent(overall["value"]) if overall else MISSING)
         rows.append(cells)
-    return _table(header, rows, left=1)
+    return table(header, rows, "lr")
 
 
 # ---- sections -----------------------------------------------------------------------------------
@@ -78,7 +79,7 @@ def _summary_table(tasks: dict, overall: dict | None) -> str:
             cells.append(percent(item["value"]))
     header.append("Average")
     cells.append(percent(overall["value"]) if overall else MISSING)
-    text = _table(header, [cells])
+    text = table(header, [cells], "r")
     if overall:
         used = ", ".join(f"{task} {metric}" for task, metric in overall["headlines"].items())
         text += f"\n\nAverage = mean of the task headlines ({used})."
@@ -123,7 +124,7 @@ def _modality_table(tasks: dict, rows: Sequence[tuple[str, str | None]], with_av
         # The paper's "Average" row: per modality, the mean over the tasks that have data there.
         averages = [_mean_or_none(per_modality_headlines[m]) for m in MODALITIES]
         body.append(["Average", "", *(percent(value) for value in averages), "", ""])
-    return _table(header, body, left=2)
+    return table(header, body, "llr")
 
 
 def _counts_table(tasks: dict) -> str:
@@ -140,12 +141,12 @@ def _counts_table(tasks: dict) -> str:
         "*skipped no gt* (VG): no GT box, not scored (BiRD); *malformed boxes* (VG): box strings that are not "
         "four numbers (IoU 0)."
     )
-    return _table(header, body, left=2) + legend
+    return table(header, body, "llr") + legend
 
 
 def _backends_table(backends: dict[str, str], tasks: dict) -> str:
     shown = {"cleanup", "tokenizer"} | {metric for result in tasks.values() for metric in result["metrics"]}
-    return _table(["Metric", "Backend"], [[name, backend] for name, backend in backends.items() if name in shown], left=2)
+    return table(["Metric", "Backend"], [[name, backend] for name, backend in backends.items() if name in shown], "l")
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -164,15 +165,3 @@ def _column_metric(named: dict[str, dict], task: str) -> str | None:
 
 def _mean_or_none(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def _escape(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 0) -> str:
-    """A markdown table; the first ``left`` columns are left-aligned, the numbers right-aligned."""
-    align = [":--" if i < left else "--:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(_escape(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from clinkd.data.records import MODALITIES, MODALITY_NAMES, TASKS
 from clinkd.io import atomic_write_text
+from clinkd.markdown import table
 from clinkd.metrics.report import MISSING
 
 Cell = float | str | None
@@ -90,17 +91,16 @@ def metric_rows(named: dict[str, dict]) -> tuple[list[str], list[list[Cell]]]:
 def markdown(header: Sequence[str], rows: Sequence[Sequence[Cell]], *, left: int = 1, arrows: bool = False) -> str:
     """A Markdown table (numbers ×100, 2 decimals; ``–`` for None). With ``arrows`` every row after the
     first gets ``↑``/``↓`` on the numbers that are higher/lower than the first row's."""
-    align = [":--" if i < left else "--:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    texts = []
     for number, row in enumerate(rows):
         cells = []
         for column, cell in enumerate(row):
-            text = _percent(cell, 2) if column >= left else str(cell).replace("|", "\\|")
+            text = _percent(cell, 2) if column >= left else str(cell)
             if arrows and number > 0 and column >= left:
                 text += _arrow(cell, rows[0][column])
             cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        texts.append(cells)
+    return table(header, texts, "l" * left + "r")
 
 
 def to_csv(header: Sequence[str], rows: Sequence[Sequence[Cell]], *, left: int = 1) -> str:

@@ -20,19 +20,13 @@ range, which pixel coordinates may exceed).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from clinkd.boxes import SCALE
-
-_NUMBER = r"\s*(\d+(?:\.\d+)?)\s*"
-_PAIR = rf"\({_NUMBER},{_NUMBER}\)\s*,\s*\({_NUMBER},{_NUMBER}\)"
-_TAGGED = re.compile(rf"(<box>|<\|box_start\|>)\s*{_PAIR}\s*(</box>|<\|box_end\|>)")
-_BARE = re.compile(_PAIR)
+from clinkd.boxes import SCALE, UNSIGNED_PAIR, UNSIGNED_TAGGED_BOX
 
 Size = tuple[int, int]  # (width, height) in pixels
 
@@ -116,6 +110,6 @@ def _rewrite(text: str, point: Callable[[float, float], tuple[int, int]]) -> str
         (a, b), (c, d) = point(x1, y1), point(x2, y2)
         return f"({a},{b}),({c},{d})"
 
-    if _TAGGED.search(text):
-        return _TAGGED.sub(lambda m: f"{m.group(1)}{corners(m.groups()[1:5])}{m.group(6)}", text)
-    return _BARE.sub(lambda m: corners(m.groups()), text)
+    if UNSIGNED_TAGGED_BOX.search(text):
+        return UNSIGNED_TAGGED_BOX.sub(lambda m: f"{m.group(1)}{corners(m.groups()[1:5])}{m.group(6)}", text)
+    return UNSIGNED_PAIR.sub(lambda m: corners(m.groups()), text)

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from clinkd.batching import ChatExample
 from clinkd.boxes import Box, BoxStyle, format_ref
+from clinkd.config import PRETRAIN_TASKS
 from clinkd.data.records import Turn
 from clinkd.pretrain.words import WORDS
 from clinkd.synth.draw import RGB, Blob, MaskCounter, blend, ellipse_mask, pixel_centres, planes, smooth_noise
@@ -69,7 +70,7 @@ PLACEMENT_TRIES = 6
 MAX_LAYOUTS = 50
 GRAIN = 0.015  # std of the per-pixel noise added last, as in clinkd.synth.scene
 
-TASKS: tuple[str, ...] = ("grounding", "referring", "counting", "captioning")
+TASKS = PRETRAIN_TASKS  # the config validates pretrain.tasks against the same names
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "grounding": ("Where is the {ref}?", "Locate the {ref}.", "Find the {ref} in the picture.", "Point out the {ref}."),
     "referring": ("What is in {box}?", "Name the shape at {box}.", "Which object lies in {box}?"),

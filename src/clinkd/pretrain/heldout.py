@@ -17,11 +17,11 @@ import numpy as np
 from clinkd.batching import PromptCollator, collator_for
 from clinkd.boxes import BoxStyle, parse_boxes
 from clinkd.data.records import Sample
+from clinkd.engine.generate import generate_responses
 from clinkd.metrics.baselines import CENTRE_BOX
 from clinkd.metrics.cleanup import clean_response
 from clinkd.metrics.rules import score_grounding
 from clinkd.pretrain.corpus import CorpusScene, draw_scene, make_turn, png, scene_rng
-from clinkd.recipes.predict import generate_responses
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from clinkd.distill.teacher_cache import (
     write_teacher_cache,
 )
 from clinkd.distill.trainer import check_teacher_vocab, output_vocab_size, train_student
+from clinkd.engine.sft import run_sft
 from clinkd.io import atomic_write_json
 from clinkd.losses import KDLossConfig
 from clinkd.model.box_convention import box_coordinates
@@ -54,9 +55,8 @@ from clinkd.model.loading import CheckpointError, is_checkpoint, load_checkpoint
 from clinkd.model.processor import load_processor
 from clinkd.model.rope import rope_strategy_of
 from clinkd.progress import console
-from clinkd.recipes.train import run_sft
 
-# (recipe) -> (model, processor): a freshly initialised model, e.g. clinkd.recipes.run.initial_model with the
+# (recipe) -> (model, processor): a freshly initialised model, e.g. clinkd.recipes.inputs.initial_model with the
 # training records bound. The student is built with the recipe, the teacher with teacher_recipe(recipe).
 BuildModel = Callable[[RecipeConfig], tuple[Any, Any]]
 
@@ -114,7 +114,9 @@ def ensure_pseudo_labels(cfg: RecipeConfig, train: Sequence[Sample], teacher_dir
     reused = pseudo_labels_complete(out_dir, sum(len(sample.turns) for sample in records))
     if not reused:
         teacher, processor = load_teacher(cfg, teacher_dir)
-        generate_pseudo_labels(teacher, processor, records, out_dir, cfg)
+        generate_pseudo_labels(
+            teacher, processor, records, out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size, cfg.distill.pseudo_max_new_tokens
+        )
     answers = read_pseudo_labels(out_dir, records)
     info = {"file": str(out_dir / "train.jsonl"), "records": len(records), "turns": len(answers), "reused": reused}
     return aligned_pseudo_labels(train, chosen, answers), info
@@ -199,25 +201,25 @@ def merge_info(previous: dict, current: dict) -> dict:
     return {key: previous.get(key, {}) | value if isinstance(value, dict) else value for key, value in current.items()}
 
 
-def run_distill(cfg: RecipeConfig, dataset, run_dir: Path, build_model: BuildModel) -> tuple[Any, Any, dict]:
+def run_distill(cfg: RecipeConfig, train: Sequence[Sample], run_dir: Path, build_model: BuildModel) -> tuple[Any, Any, dict]:
     """Teacher → pseudo labels → student; returns ``(student, processor, info)`` and writes ``distill/info.json``.
 
-    ``dataset.train`` holds the training records (``clinkd.recipes.run.Dataset``); ``build_model(recipe)``
+    ``train`` holds the training records; ``build_model(recipe)``
     returns a freshly initialised ``(model, processor)``, the same initialisation plain SFT starts from.
     """
     root = Path(run_dir) / "distill"
     kd = kd_loss_config(cfg.distill)
 
     started = time.perf_counter()
-    teacher_dir, teacher = ensure_teacher(cfg, dataset.train, root / "teacher", build_model)
+    teacher_dir, teacher = ensure_teacher(cfg, train, root / "teacher", build_model)
     teacher |= {"dir": str(teacher_dir)} | ({} if teacher.get("reused") else {"seconds": round(time.perf_counter() - started, 1)})
 
     started = time.perf_counter()
     pseudo_labels, pseudo = None, {}
     if cfg.distill.targets != "ground_truth":
-        pseudo_labels, pseudo = ensure_pseudo_labels(cfg, dataset.train, teacher_dir, root / "pseudo")
+        pseudo_labels, pseudo = ensure_pseudo_labels(cfg, train, teacher_dir, root / "pseudo")
         pseudo |= {} if pseudo["reused"] else {"seconds": round(time.perf_counter() - started, 1)}
-    examples, counts = distillation_examples(dataset.train, pseudo_labels, cfg.distill.targets, cfg.data.train_turns, cfg.data.box_style)
+    examples, counts = distillation_examples(train, pseudo_labels, cfg.distill.targets, cfg.data.train_turns, cfg.data.box_style)
 
     started = time.perf_counter()
     model, processor, student = ensure_student(cfg, examples, root / "student", teacher_dir, build_model, kd)

@@ -25,14 +25,14 @@ from transformers import TrainerCallback
 from clinkd.batching import TrainCollator, collator_for
 from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig, dump_config
+from clinkd.engine.sft import ClinKDTrainer, TrainResult, run_sft
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from clinkd.model.loading import build_tiny, is_checkpoint, load_checkpoint, save_checkpoint
 from clinkd.pretrain.corpus import NAMES, LanguageStream, tokenizer_texts
 from clinkd.pretrain.dense import head_scores, train_dense
 from clinkd.pretrain.heldout import HeldOut, grounding_recall, held_out_set
 from clinkd.progress import console
-from clinkd.recipes.run import STAGE_TIMES_FILE, StageClock
-from clinkd.recipes.train import ClinKDTrainer, TrainResult, run_sft
+from clinkd.recipes.stage_clock import STAGE_TIMES_FILE, StageClock
 
 CURVE_FILE = "heldout.jsonl"
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from clinkd.boxes import Box, BoxError, BoxStyle, convert_markup, parse_boxes
+from clinkd.boxes import Box, BoxError, BoxStyle, convert_markup, convert_markup_leniently, parse_boxes
 from clinkd.chat import END_OF_TURN_TOKENS, TURN_START
 from clinkd.config import ConfigError
 from clinkd.io import atomic_write_json
@@ -168,18 +168,15 @@ class TemplateCorrector:
 # ---- OpenAI-compatible endpoint -------------------------------------------------------------------
 
 
-def readable(text: str) -> str:
+def prompt_text(text: str) -> str:
     """Text in ``<ref>``/``<box>`` markup for the prompt; a model output with a broken box is sent as it is."""
-    try:
-        return convert_markup(text, BoxStyle.QWEN_VL)
-    except BoxError:
-        return text
+    return convert_markup_leniently(text, BoxStyle.QWEN_VL)
 
 
 def render_messages(request: CorrectionRequest) -> list[dict]:
     """The chat messages sent for one request (docs/reflect.md shows them)."""
     user = USER_PROMPT.format(
-        question=readable(request.question), ground_truth=readable(request.ground_truth), output=readable(request.output)
+        question=prompt_text(request.question), ground_truth=prompt_text(request.ground_truth), output=prompt_text(request.output)
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 

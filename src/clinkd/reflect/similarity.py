@@ -26,11 +26,11 @@ from typing import Protocol
 
 import numpy as np
 
-from clinkd.boxes import BoxError, parse_boxes
+from clinkd.boxes import ANY_TAGGED_BOX, BoxError, parse_boxes
 from clinkd.config import ConfigError
 
 # Box spans (either tag style) go entirely; ref tags and any other special token go but leave their text.
-_MARKUP = re.compile(r"<box>.*?</box>|<\|box_start\|>.*?<\|box_end\|>|</?ref>|<\|[a-z_]+\|>", re.DOTALL)
+_MARKUP = re.compile(rf"{ANY_TAGGED_BOX.pattern}|</?ref>|<\|[a-z_]+\|>", re.DOTALL)
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 # Function words and the framing vocabulary answers wrap their facts in ("It is …", "This region shows …").

@@ -2,15 +2,7 @@
 
 from clinkd.sasg.candidates import Candidate, generate_candidates, sequence_logprobs
 from clinkd.sasg.clip_train import ClipPair, matching_rate, sample_pairs, train_clip
-from clinkd.sasg.pipeline import (
-    BeamSelector,
-    SasgSelector,
-    build_selector,
-    ensure_embedded_clip,
-    run_clip_train,
-    scorer_dir,
-    selector_for,
-)
+from clinkd.sasg.pipeline import BeamSelector, SasgSelector, sasg_selector, scorer_dir, selector_for
 from clinkd.sasg.scorer import HFClipScorer, ImagePrep, MedClipScorer, OpenClipScorer, ScorerError, load_scorer
 from clinkd.sasg.select import ScoredCandidate, Selection, calibrate, choose, score_candidates, select
 from clinkd.sasg.views import ClipView, answer_views, clip_text, crop
@@ -29,17 +21,15 @@ __all__ = [
     "ScorerError",
     "Selection",
     "answer_views",
-    "build_selector",
     "calibrate",
     "choose",
     "clip_text",
     "crop",
-    "ensure_embedded_clip",
     "generate_candidates",
     "load_scorer",
     "matching_rate",
     "sample_pairs",
-    "run_clip_train",
+    "sasg_selector",
     "score_candidates",
     "scorer_dir",
     "select",

@@ -24,7 +24,7 @@ from clinkd.batching import PromptCollator
 from clinkd.chat import TURN_END
 from clinkd.config import SelectConfig
 from clinkd.data.records import Sample
-from clinkd.recipes.predict import clean_generation, decoding
+from clinkd.engine.generate import clean_generation, decoding
 
 
 

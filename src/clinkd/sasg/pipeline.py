@@ -1,4 +1,4 @@
-"""Selectors for :func:`clinkd.recipes.predict.run_predict` (``select.method`` beam and sasg), and the embedded CLIP stage."""
+"""Selectors for :func:`clinkd.engine.generate.write_predictions`: ``select.method`` beam and sasg."""
 
 from __future__ import annotations
 
@@ -8,20 +8,16 @@ from pathlib import Path
 import torch
 
 from clinkd.batching import PromptCollator
-from clinkd.config import RecipeConfig, SelectConfig
+from clinkd.config import SelectConfig
 from clinkd.data.records import Sample
-from clinkd.io import atomic_write_json
+from clinkd.engine.generate import Selector, generate_responses
 from clinkd.model.processor import load_image
-from clinkd.progress import console, make_progress
-from clinkd.recipes.predict import Selector, generate_responses
 from clinkd.sasg.candidates import generate_candidates
-from clinkd.sasg.clip_train import ClipTrainResult, is_trained, matching_rate, sample_pairs, train_clip
-from clinkd.sasg.scorer import HFClipScorer, MedClipScorer, ScorerError, load_scorer
+from clinkd.sasg.scorer import MedClipScorer, ScorerError, load_scorer
 from clinkd.sasg.select import ScoredCandidate, Selection, score_candidates, select
 from clinkd.sasg.views import TASK_KINDS
 
 CLIP_DIR = "clip"  # the embedded scorer's folder inside a run
-HELDOUT_FILE = "heldout.json"
 
 
 class BeamSelector:
@@ -38,7 +34,7 @@ class SasgSelector:
     """Semantic-Aware Selective Generation: N candidates per sample in one ``generate`` call per batch, all
     scored in one CLIP pass, the best calibrated score kept.
 
-    As a :class:`~clinkd.recipes.predict.Selector` it adds ``selected`` and ``candidates`` to each row;
+    As a :class:`~clinkd.engine.generate.Selector` it adds ``selected`` and ``candidates`` to each row;
     :meth:`rank` serves ``clinkd infer`` and the demo (candidates best first, tasks from ``sample.task``).
     """
 
@@ -79,58 +75,28 @@ class SasgSelector:
         ]
 
 
-def scorer_dir(cfg: RecipeConfig) -> Path:
-    """``select.scorer_path``, or ``<run>/clip`` for the embedded scorer."""
-    if cfg.select.scorer_path is not None:
-        return cfg.select.scorer_path
-    if cfg.select.scorer == "embedded":
-        return cfg.run_dir / CLIP_DIR
-    raise ScorerError(f"select.scorer={cfg.select.scorer} needs select.scorer_path")
+def scorer_dir(select: SelectConfig, run_dir: Path) -> Path:
+    """``select.scorer_path``, or ``<run_dir>/clip`` for the embedded scorer."""
+    if select.scorer_path is not None:
+        return select.scorer_path
+    if select.scorer == "embedded":
+        return run_dir / CLIP_DIR
+    raise ScorerError(f"select.scorer={select.scorer} needs select.scorer_path")
 
 
-def build_selector(cfg: RecipeConfig, device: str | torch.device = "cpu") -> SasgSelector:
-    """SASG configured by the recipe's ``select:`` block (whatever ``select.method`` says)."""
-    scorer = load_scorer(cfg.select.scorer, scorer_dir(cfg), device)
-    return SasgSelector(scorer, cfg.select, cfg.clip.crop_margin, cfg.seed)
+def sasg_selector(select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu") -> SasgSelector:
+    """SASG configured by ``select`` (whatever ``select.method`` says), its scorer loaded from :func:`scorer_dir`."""
+    scorer = load_scorer(select.scorer, scorer_dir(select, run_dir), device)
+    return SasgSelector(scorer, select, crop_margin, seed)
 
 
-def selector_for(cfg: RecipeConfig, device: str | torch.device = "cpu") -> Selector | None:
-    """The :func:`~clinkd.recipes.predict.run_predict` selector of ``select.method``: ``None`` for greedy
+def selector_for(
+    select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu"
+) -> Selector | None:
+    """The :func:`~clinkd.engine.generate.write_predictions` selector of ``select.method``: ``None`` for greedy
     (plain decoding with ``predict.num_beams``), best-beam for beam, :class:`SasgSelector` for sasg."""
-    if cfg.select.method == "greedy":
+    if select.method == "greedy":
         return None
-    if cfg.select.method == "beam":
-        return BeamSelector(cfg.select.num_beams)
-    return build_selector(cfg, device)
-
-
-def run_clip_train(
-    cfg: RecipeConfig, train: Sequence[Sample], tokenizer, out_dir: Path, tests: Sequence[Sample] = ()
-) -> tuple[ClipTrainResult, dict[str, float]]:
-    """Train the embedded CLIP (``clip.*``) on ``train``'s pairs into ``out_dir``, with a progress bar. With
-    ``tests``, its held-out matching rate (:func:`~clinkd.sasg.clip_train.matching_rate`) is also measured
-    and written to ``<out_dir>/heldout.json``."""
-    pairs = sample_pairs(train)
-    with make_progress() as progress:
-        bar = progress.add_task("clip-train", total=cfg.clip.steps, info=f"{len(pairs)} pairs")
-        result = train_clip(
-            pairs, tokenizer, cfg.clip, out_dir, cfg.seed, lambda step, loss: progress.update(bar, completed=step, info=f"loss {loss:.3f}")
-        )
-    rates = {}
-    if tests:
-        rates = matching_rate(HFClipScorer.from_dir(out_dir), sample_pairs(tests), cfg.clip.crop_margin, cfg.seed)
-        atomic_write_json(Path(out_dir) / HELDOUT_FILE, rates)
-    return result, rates
-
-
-def ensure_embedded_clip(cfg: RecipeConfig, train: Sequence[Sample], tokenizer, tests: Sequence[Sample] = ()) -> Path | None:
-    """:func:`run_clip_train` into ``<run>/clip`` when SASG will use the embedded scorer and no finished
-    one is there; its directory, or ``None`` when SASG or the embedded scorer is not selected."""
-    if cfg.select.method != "sasg" or cfg.select.scorer != "embedded":
-        return None
-    out_dir = scorer_dir(cfg)
-    if is_trained(out_dir):
-        console.print(f"[green]clip: reusing {out_dir}")
-    else:
-        run_clip_train(cfg, train, tokenizer, out_dir, tests)
-    return out_dir
+    if select.method == "beam":
+        return BeamSelector(select.num_beams)
+    return sasg_selector(select, crop_margin, seed, run_dir, device)

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from clinkd.boxes import ANY_REF, Box, BoxError, either_group, parse_boxes, referred_phrase
+from clinkd.boxes import ANY_REF, ANY_TAGGED_BOX, Box, BoxError, either_group, parse_boxes, referred_phrase
 from clinkd.data.records import Turn
 
 TASK_KINDS: dict[str, str] = {"MIA": "image", "ROC": "region", "RC": "region", "VG": "grounding"}
 
-_ANY_BOX = re.compile(r"<box>.*?</box>|<\|box_start\|>.*?<\|box_end\|>", re.DOTALL)
 _SPACES = re.compile(r"\s+")
 
 
@@ -42,7 +41,7 @@ class ClipView:
 
 def clip_text(text: str) -> str:
     """``text`` with boxes removed, ``<ref>`` tags unwrapped and whitespace collapsed."""
-    unwrapped = ANY_REF.sub(either_group, _ANY_BOX.sub(" ", text))
+    unwrapped = ANY_REF.sub(either_group, ANY_TAGGED_BOX.sub(" ", text))
     return _SPACES.sub(" ", unwrapped).strip()
 
 

@@ -6,7 +6,7 @@ DeepSpeed ZeRO or FSDP. The helpers here cover what happens outside the Trainer:
 
 * data and output written once (:func:`main_process_first`, :func:`is_main_process`);
 * prediction split by index over the ranks and merged into one file ordered by index
-  (:func:`predict_sharded`), identical to a single-process run's rows;
+  (:func:`write_predictions_sharded`), identical to a single-process run's rows;
 * the trained weights gathered from ZeRO-3/FSDP shards and written once (:func:`save_trained`);
 * a distillation teacher placed like the student: partitioned under ZeRO-3, never a silent full copy
   per rank when the student itself is sharded (:func:`prepare_teacher`).
@@ -17,7 +17,6 @@ With one process every helper reduces to the plain single-process behaviour.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +26,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from clinkd.io import atomic_write_text, read_jsonl
+from clinkd.engine.generate import predictions_complete, write_predictions
+from clinkd.io import atomic_write_jsonl, read_jsonl
 
 T = TypeVar("T")
 
@@ -151,39 +151,33 @@ def merge_shards(out_dir: Path, task: str, total: int, shards: int) -> Path:
         problems = ([f"missing indices {missing[:10]}"] if missing else []) + ([f"unexpected indices {extra[:10]}"] if extra else [])
         raise ValueError(f"{task}: merging {shards} shards under {out_dir / 'shards'}: {', '.join(problems)}")
     merged = out_dir / f"{task}.jsonl"
-    atomic_write_text(merged, "".join(json.dumps(rows[index], ensure_ascii=False) + "\n" for index in range(total)))
+    atomic_write_jsonl(merged, (rows[index] for index in range(total)))
     return merged
 
 
-def predict_sharded(
+def write_predictions_sharded(
     model, processor, tests: dict[str, list], out_dir: Path, predict_cfg, box_style: str = "qwen2-vl",
     square_size: int | None = None, selector=None,
 ) -> dict[str, Path]:
-    """:func:`clinkd.recipes.predict.run_predict` over all ranks: each predicts its :func:`shard` of every task
+    """:func:`clinkd.engine.generate.write_predictions` over all ranks: each predicts its :func:`shard` of every task
     (resumable, in its own folder), then rank 0 writes ``<out_dir>/<TASK>.jsonl`` with all rows in index order.
 
-    Every rank must call it; every rank returns the merged paths. With one process it is ``run_predict``.
+    Every rank must call it; every rank returns the merged paths. With one process it is ``write_predictions``.
     A task whose merged file already has every index is not predicted again.
     """
-    from clinkd.recipes.predict import run_predict
-
     shards, me = world_size(), rank()
     if shards == 1:
-        return run_predict(model, processor, tests, out_dir, predict_cfg, box_style, square_size, selector)
+        return write_predictions(model, processor, tests, out_dir, predict_cfg, box_style, square_size, selector)
     model.to(local_device())
-    pending = {task: samples for task, samples in tests.items() if not _complete(out_dir / f"{task}.jsonl", len(samples))}
-    run_predict(model, processor, {task: shard(samples, me, shards) for task, samples in pending.items()},
-                shard_dir(out_dir, me, shards), predict_cfg, box_style, square_size, selector)
+    pending = {task: samples for task, samples in tests.items() if not predictions_complete(out_dir / f"{task}.jsonl", len(samples), exact=True)}
+    write_predictions(model, processor, {task: shard(samples, me, shards) for task, samples in pending.items()},
+                      shard_dir(out_dir, me, shards), predict_cfg, box_style, square_size, selector)
     barrier()
     if me == 0:
         for task, samples in pending.items():
             merge_shards(out_dir, task, len(samples), shards)
     barrier()
     return {task: out_dir / f"{task}.jsonl" for task in tests}
-
-
-def _complete(path: Path, total: int) -> bool:
-    return path.is_file() and {row["index"] for row in read_jsonl(path)} == set(range(total))
 
 
 # ---- saving ------------------------------------------------------------------------------------------

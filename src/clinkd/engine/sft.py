@@ -1,0 +1,219 @@
+"""The SFT engine: supervised fine-tuning on transformers' Trainer, shared by every training stage.
+
+Loss on assistant tokens only, freeze knobs for the vision tower / merger / LLM, cosine LR,
+seeded, checkpointed every ``train.save_steps`` and resumed from the newest checkpoint when a
+run is restarted, TensorBoard logs under ``<run>/logs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from clinkd.batching import ChatExample, TrainCollator, collator_for
+from clinkd.config import RecipeConfig, TrainConfig
+from clinkd.engine.distributed import deepspeed_cpu_state, save_trained
+from clinkd.io import atomic_write_json, match_umask
+from clinkd.model.loading import checked_from_pretrained
+from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, trainable_parameters
+from clinkd.progress import RichProgressCallback, console
+from clinkd.retrieval import RetrievalSupervision
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    final_loss: float | None
+    seconds: float
+
+
+def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
+    """Freeze the requested parts and return the trainable parameter counts per part."""
+    parts = {
+        "vision_tower": [p for n, p in model.model.visual.named_parameters() if not n.startswith("merger.")],
+        "merger": list(model.model.visual.merger.parameters()),
+        "llm": list(model.model.language_model.parameters()) + list(model.lm_head.parameters()),
+    }
+    frozen = {"vision_tower": train_cfg.freeze_vision_tower, "merger": train_cfg.freeze_merger, "llm": train_cfg.freeze_llm}
+    for part, params in parts.items():
+        for param in params:
+            param.requires_grad_(not frozen[part])
+    # lm_head is tied to the embeddings: count each tensor once.
+    return {part: sum(p.numel() for p in {id(p): p for p in params}.values() if p.requires_grad) for part, params in parts.items()}
+
+
+class UmaskCheckpoints(TrainerCallback):
+    """Give each Trainer checkpoint's files the umask's mode (safetensors writes them 0600)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        match_umask(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+def training_arguments(cfg: RecipeConfig, output_dir: Path) -> TrainingArguments:
+    train = cfg.train
+    on_gpu = torch.cuda.is_available()
+    # DeepSpeed runs on its own accelerator (CUDA or CPU); use_cpu would bypass it.
+    use_cpu = not on_gpu and train.deepspeed is None
+    deepspeed_on_cpu = not on_gpu and train.deepspeed is not None
+    if deepspeed_on_cpu:
+        deepspeed_cpu_state()
+    checkpointing = {"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": False}}
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        learning_rate=train.lr,
+        weight_decay=train.weight_decay,
+        lr_scheduler_type=train.scheduler,
+        warmup_steps=train.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        max_grad_norm=train.max_grad_norm,
+        logging_steps=train.logging_steps,
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=train.num_workers,
+        report_to=[],
+        disable_tqdm=True,
+        log_level="warning",
+        use_cpu=use_cpu,
+        bf16=on_gpu and cfg.model.dtype == "bfloat16",
+        fp16=on_gpu and cfg.model.dtype == "float16",
+        deepspeed=str(train.deepspeed) if train.deepspeed is not None else None,
+        accelerator_config={"use_configured_state": True} if deepspeed_on_cpu else None,
+        # Non-reentrant checkpointing works when the inputs need no grad (frozen embeddings, LoRA).
+        **(checkpointing if train.gradient_checkpointing else {}),
+    )
+
+
+def resume_point(checkpoints: Path, stage: str) -> str | None:
+    """The newest Trainer checkpoint under ``checkpoints`` (None: start afresh), announced on the console."""
+    newest = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if newest is not None:
+        step = Path(newest).name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        console.print(f"{stage}: resuming from checkpoint {step} ({newest})", markup=False, highlight=False)
+    return newest
+
+
+class ClinKDTrainer(Trainer):
+    """``Trainer`` that resumes a full model's weights by their names on disk.
+
+    transformers 5 resumes with a non-strict ``load_state_dict`` of the checkpoint's file names, but
+    ``save_pretrained`` writes the hub's names (``model.layers.*``, ``visual.*``), which match none of the
+    model's own, so nothing loads and training goes on from the initial weights (huggingface/transformers#43701).
+    Here the checkpoint loads through :func:`clinkd.model.loading.checked_from_pretrained` (renamed, and every
+    weight accounted for). Adapters (peft) and sharded engines keep transformers' own resume.
+    """
+
+    def __init__(self, *args, retrieval: RetrievalSupervision | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retrieval = retrieval
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The stage's answer loss (:meth:`answer_loss`), plus the retrieval loss when ``train.retrieval_loss`` is on."""
+        if self.retrieval is None:
+            return self.answer_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs, retrieval = self.retrieval.watch(
+            self.accelerator.unwrap_model(model), inputs, lambda: self.answer_loss(model, inputs, True, num_items_in_batch)
+        )
+        loss = loss + retrieval * self.micro_batch_share(num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def answer_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss on the answer tokens (Trainer's CE; the KD trainer's distillation loss)."""
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def micro_batch_share(self, num_items_in_batch) -> float:
+        """Scales a per-micro-batch mean to the step as the answer loss is: Trainer divides a loss by the
+        accumulation steps only when it is not already normalised over the whole step."""
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        return 1 / getattr(self, "current_gradient_accumulation_steps", 1) if scaled else 1.0
+
+    def log(self, logs, *args, **kwargs):
+        if self.retrieval is not None and "loss" in logs:
+            mean = self.retrieval.mean_since_last_read()
+            logs = logs if mean is None else {**logs, "retrieval_loss": round(mean, 4)}
+        super().log(logs, *args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = model if model is not None else self.model
+        if is_lora(model) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        loaded = checked_from_pretrained(type(model), resume_from_checkpoint, config=model.config, dtype=model.dtype)
+        model.load_state_dict(loaded.state_dict())
+
+
+def run_sft(
+    cfg: RecipeConfig,
+    model,
+    processor,
+    examples: list[ChatExample],
+    stage_dir: Path,
+    *,
+    trainer_class: type[Trainer] = ClinKDTrainer,
+    trainer_kwargs: dict | None = None,
+    collator=None,
+    train_dataset=None,
+) -> TrainResult:
+    """Train ``model`` on ``examples``; the final model goes to ``stage_dir/model``.
+
+    Stages with their own loss (distillation) pass ``trainer_class``/``trainer_kwargs``, and their own
+    ``collator`` and ``train_dataset`` (default: ``TrainCollator`` over ``examples``); everything else
+    (arguments, LoRA or freezing, resume, saving, logs) is shared.
+    """
+    import time
+
+    started = time.perf_counter()
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    lora = cfg.train.lora
+    if lora is not None:
+        model = apply_lora(model, lora, cfg.train)
+        trainable = {"lora": trainable_parameters(model)}
+    else:
+        trainable = apply_freeze(model, cfg.train)
+    if not any(trainable.values()):
+        raise ValueError("train.freeze_*: every part of the model is frozen; nothing would train")
+    checkpoints = stage_dir / "checkpoints"
+    if collator is None:
+        collator = collator_for(TrainCollator, model, processor, cfg.data.box_style, cfg.model.square_size)
+    retrieval = RetrievalSupervision.from_settings(cfg.train, model, processor.tokenizer)
+    trainer = trainer_class(
+        model=model,
+        args=training_arguments(cfg, checkpoints),
+        train_dataset=examples if train_dataset is None else train_dataset,
+        data_collator=collator,
+        callbacks=[
+            RichProgressCallback(stage_dir.name),
+            TensorBoardCallback(SummaryWriter(str(cfg.run_dir / "logs" / stage_dir.name))),
+            UmaskCheckpoints(),
+        ],
+        retrieval=retrieval,
+        **(trainer_kwargs or {}),
+    )
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))
+    finally:
+        if retrieval is not None:
+            model.set_attn_implementation("sdpa")  # eager attention was for the retrieval loss only
+    # QLoRA adapters are merged offline into the 16-bit base (clinkd.model.lora.merge_adapter_checkpoint).
+    merge = lora is None or (lora.merge and lora.quantize == "none")
+    model_dir = stage_dir / "model" if merge else stage_dir / ADAPTER_DIR
+    save_trained(trainer, processor, stage_dir / "model", merge_lora=merge, adapter_path=stage_dir / ADAPTER_DIR if lora else None)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if trainer.is_world_process_zero():
+        atomic_write_json(stage_dir / "train_log.json", {"trainable_parameters": trainable, "log_history": trainer.state.log_history})
+    return TrainResult(model_dir, output.global_step, losses[-1] if losses else None, time.perf_counter() - started)
