@@ -37,7 +37,7 @@ from clinkd.distill import (
 from clinkd.distill.batches import model_inputs
 from clinkd.distill.teacher_cache import MANIFEST
 from clinkd.engine import generate as generate_module
-from clinkd.engine.sft import training_arguments
+from clinkd.engine.sft import SftSettings, training_arguments
 from clinkd.losses import KDLossConfig, distillation_loss
 from clinkd.model.box_convention import RelativeBoxes
 from clinkd.model.loading import CheckpointError, build_tiny, model_class_for, save_checkpoint
@@ -91,7 +91,7 @@ def kd_trainer(tmp_path, model, processor, kd_config, **teacher_source) -> KDTra
     cfg = RecipeConfig(output_dir=tmp_path, train={"batch_size": 3})
     return KDTrainer(
         model=model,
-        args=training_arguments(cfg, tmp_path / "checkpoints"),
+        args=training_arguments(SftSettings.of(cfg), tmp_path / "checkpoints"),
         data_collator=IndexedCollator(processor),
         kd_config=kd_config,
         **teacher_source,

@@ -133,11 +133,11 @@ def test_full_weights_copy_matches_the_model(tiny_model):
 
 
 def test_training_arguments_turn_on_non_reentrant_checkpointing(tmp_path):
-    from clinkd.engine.sft import training_arguments
+    from clinkd.engine.sft import SftSettings, training_arguments
 
-    args = training_arguments(load_config(None, ["train.gradient_checkpointing=true"]), tmp_path)
+    args = training_arguments(SftSettings.of(load_config(None, ["train.gradient_checkpointing=true"])), tmp_path)
     assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
-    assert not training_arguments(load_config(None), tmp_path).activation_checkpointing
+    assert not training_arguments(SftSettings.of(load_config(None)), tmp_path).activation_checkpointing
     assert args.deepspeed is None
 
 
@@ -181,7 +181,7 @@ def single_process_runs(synth_data, tmp_path_factory):
     """The references, in this process at global batch 8: `clinkd train`'s code path, then `clinkd distill`'s
     with that model as the teacher. Returns (SFT losses, KD losses, teacher dir)."""
     from clinkd.batching import training_examples
-    from clinkd.engine.sft import run_sft
+    from clinkd.engine.sft import SftSettings, run_sft
     from clinkd.recipes.distill import run_distill
     from clinkd.recipes.inputs import initial_model, load_dataset
 
@@ -189,7 +189,7 @@ def single_process_runs(synth_data, tmp_path_factory):
     cfg = load_config(_recipe(tmp, synth_data), ["name=single", "train.batch_size=8"])
     dataset = load_dataset(cfg)
     model, processor = initial_model(cfg, dataset.train)
-    run_sft(cfg, model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
+    run_sft(SftSettings.of(cfg), model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
     teacher = cfg.run_dir / "sft" / "model"
     kd = load_config(_recipe(tmp, synth_data), ["name=single-kd", "train.batch_size=8", f"distill.teacher={teacher}", *DISTILL])
     run_distill(kd, dataset.train, kd.run_dir, lambda recipe: initial_model(recipe, dataset.train))

@@ -14,7 +14,7 @@ from clinkd.cli import app
 from clinkd.config import ConfigError, LoraConfig, RecipeConfig, TrainConfig, load_config
 from clinkd.data.medgrit import load_medgrit, load_test_split
 from clinkd.engine.generate import generate_responses
-from clinkd.engine.sft import run_sft
+from clinkd.engine.sft import SftSettings, run_sft
 from clinkd.model.loading import load_checkpoint, save_checkpoint
 from clinkd.model.lora import (
     ADAPTER_DIR,
@@ -83,7 +83,7 @@ def test_lora_run_saves_merges_reloads_and_predicts_the_same(tiny_model, tiny_pr
         "train": {"max_steps": 2, "batch_size": 4, "lr": 2e-2, "warmup_ratio": 0.0, "logging_steps": 1, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
     })
     stage = tmp_path / "sft"
-    run_sft(cfg, tiny_model, tiny_processor, training_examples(train)[:8], stage)
+    run_sft(SftSettings.of(cfg), tiny_model, tiny_processor, training_examples(train)[:8], stage)
     samples = [s for task in ("VG", "RC") for s in load_test_split(synth_data, synth_data / "images")[task][:2]]
 
     # Before the merge: the base reloaded with the saved adapter.

@@ -43,10 +43,10 @@ def test_trainer_checkpoints_get_the_umask_mode(tmp_path, tiny_model, tiny_proce
     from clinkd.batching import ChatExample
     from clinkd.config import RecipeConfig
     from clinkd.data.records import Turn
-    from clinkd.engine.sft import run_sft
+    from clinkd.engine.sft import SftSettings, run_sft
 
     cfg = RecipeConfig(output_dir=tmp_path, train={"max_steps": 1, "save_steps": 1, "batch_size": 1, "threads": 1})
-    run_sft(cfg, tiny_model, tiny_processor, [ChatExample(overfit_image, (Turn("Where?", "Here."),))], tmp_path / "sft")
+    run_sft(SftSettings.of(cfg), tiny_model, tiny_processor, [ChatExample(overfit_image, (Turn("Where?", "Here."),))], tmp_path / "sft")
     found = modes(tmp_path / "sft" / "checkpoints")
     assert "checkpoint-1/model.safetensors" in found
     assert set(found.values()) <= {0o640, 0o750}, found

@@ -13,7 +13,7 @@ import torch
 from clinkd.batching import training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.medgrit import load_medgrit
-from clinkd.engine.sft import ClinKDTrainer, run_sft
+from clinkd.engine.sft import ClinKDTrainer, SftSettings, run_sft
 from clinkd.model.loading import load_checkpoint, model_class_for
 from clinkd.model.tiny import tiny_config
 
@@ -47,11 +47,11 @@ def test_a_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tiny_proc
         "model": {"min_pixels": 56 * 56, "max_pixels": 56 * 56},
         "train": {"max_steps": 4, "save_steps": 2, "batch_size": 4, "lr": 2e-2, "warmup_ratio": 0.0, "threads": 1, "lora": lora},
     })
-    run_sft(cfg, fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "straight")
+    run_sft(SftSettings.of(cfg), fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "straight")
     with pytest.raises(RuntimeError, match="killed"):
-        run_sft(cfg, fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed", trainer_class=KilledAtStep2)
+        run_sft(SftSettings.of(cfg), fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed", trainer_class=KilledAtStep2)
     assert (tmp_path / "killed" / "checkpoints" / "checkpoint-2").is_dir()
-    run_sft(cfg, fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed")  # the rerun resumes
+    run_sft(SftSettings.of(cfg), fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed")  # the rerun resumes
     straight = load_checkpoint(tmp_path / "straight" / "model")[0].state_dict()
     resumed = load_checkpoint(tmp_path / "killed" / "model")[0].state_dict()
     assert all(torch.allclose(resumed[name], weight, atol=1e-6, rtol=0) for name, weight in straight.items())

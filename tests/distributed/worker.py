@@ -32,7 +32,7 @@ def teacher(model_dir: str, deepspeed_config: str, out: str) -> None:
 
     from clinkd.config import RecipeConfig
     from clinkd.engine.distributed import is_main_process, prepare_teacher, world_size
-    from clinkd.engine.sft import training_arguments
+    from clinkd.engine.sft import SftSettings, training_arguments
     from clinkd.model.loading import load_checkpoint
 
     reference_model, _ = load_checkpoint(model_dir)
@@ -43,7 +43,7 @@ def teacher(model_dir: str, deepspeed_config: str, out: str) -> None:
     full = sum(p.numel() for p in reference_model.parameters())
 
     cfg = RecipeConfig.model_validate({"train": {"deepspeed": deepspeed_config, "batch_size": 2, "max_steps": 1}})
-    args = training_arguments(cfg, Path(out).parent / "teacher-run")
+    args = training_arguments(SftSettings.of(cfg), Path(out).parent / "teacher-run")
     # Loaded after the ZeRO-3 arguments exist: transformers partitions both models at load (zero.Init).
     student, _ = load_checkpoint(model_dir)
     teacher_model, _ = load_checkpoint(model_dir)

@@ -10,11 +10,10 @@ from typing import Any
 import torch
 
 from clinkd.batching import ChatExample, collator_for
-from clinkd.config import RecipeConfig
 from clinkd.distill.batches import EXAMPLE_INDEX, IndexedCollator, batch_position_ids, indexed, model_inputs
 from clinkd.distill.teacher_cache import TeacherCache
 from clinkd.engine.distributed import prepare_teacher
-from clinkd.engine.sft import ClinKDTrainer, TrainResult, run_sft
+from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
 from clinkd.losses import KDLossConfig, answer_mask, combine_losses, kd_divergence, sparse_kd_divergence
 from clinkd.model.rope import rope_strategy_of
 
@@ -134,7 +133,7 @@ class KDTrainer(ClinKDTrainer):
 
 
 def train_student(
-    cfg: RecipeConfig,
+    settings: SftSettings,
     model,
     processor,
     examples: list[ChatExample],
@@ -147,13 +146,13 @@ def train_student(
     """:func:`clinkd.engine.sft.run_sft` with the :class:`KDTrainer` and the :class:`IndexedCollator`: the same
     training arguments, LoRA or freezing, box convention, checkpoint resume and outputs."""
     return run_sft(
-        cfg,
+        settings,
         model,
         processor,
         examples,
         stage_dir,
         trainer_class=KDTrainer,
         trainer_kwargs={"kd_config": kd_config, "teacher": teacher, "teacher_cache": teacher_cache},
-        collator=collator_for(IndexedCollator, model, processor, cfg.data.box_style, cfg.model.square_size),
+        collator=collator_for(IndexedCollator, model, processor, settings.box_style, settings.square_size),
         train_dataset=indexed(examples),
     )

@@ -26,6 +26,23 @@ from clinkd.progress import RichProgressCallback, console
 from clinkd.retrieval import RetrievalSupervision
 
 
+@dataclass(frozen=True)
+class SftSettings:
+    """What the SFT engine reads from a recipe: the training knobs, the seed, the model's dtype and box
+    convention, and where the TensorBoard logs go."""
+
+    train: TrainConfig
+    seed: int
+    dtype: str
+    box_style: str
+    square_size: int | None
+    logs_dir: Path
+
+    @classmethod
+    def of(cls, cfg: RecipeConfig) -> SftSettings:
+        return cls(cfg.train, cfg.seed, cfg.model.dtype, cfg.data.box_style, cfg.model.square_size, cfg.run_dir / "logs")
+
+
 @dataclass
 class TrainResult:
     model_dir: Path
@@ -56,8 +73,8 @@ class UmaskCheckpoints(TrainerCallback):
         match_umask(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
-def training_arguments(cfg: RecipeConfig, output_dir: Path) -> TrainingArguments:
-    train = cfg.train
+def training_arguments(settings: SftSettings, output_dir: Path) -> TrainingArguments:
+    train = settings.train
     on_gpu = torch.cuda.is_available()
     # DeepSpeed runs on its own accelerator (CUDA or CPU); use_cpu would bypass it.
     use_cpu = not on_gpu and train.deepspeed is None
@@ -79,16 +96,16 @@ def training_arguments(cfg: RecipeConfig, output_dir: Path) -> TrainingArguments
         logging_steps=train.logging_steps,
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        seed=settings.seed,
+        data_seed=settings.seed,
         remove_unused_columns=False,
         dataloader_num_workers=train.num_workers,
         report_to=[],
         disable_tqdm=True,
         log_level="warning",
         use_cpu=use_cpu,
-        bf16=on_gpu and cfg.model.dtype == "bfloat16",
-        fp16=on_gpu and cfg.model.dtype == "float16",
+        bf16=on_gpu and settings.dtype == "bfloat16",
+        fp16=on_gpu and settings.dtype == "float16",
         deepspeed=str(train.deepspeed) if train.deepspeed is not None else None,
         accelerator_config={"use_configured_state": True} if deepspeed_on_cpu else None,
         # Non-reentrant checkpointing works when the inputs need no grad (frozen embeddings, LoRA).
@@ -156,7 +173,7 @@ class ClinKDTrainer(Trainer):
 
 
 def run_sft(
-    cfg: RecipeConfig,
+    settings: SftSettings,
     model,
     processor,
     examples: list[ChatExample],
@@ -177,28 +194,28 @@ def run_sft(
 
     started = time.perf_counter()
     stage_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    lora = cfg.train.lora
+    if settings.train.threads:
+        torch.set_num_threads(settings.train.threads)
+    lora = settings.train.lora
     if lora is not None:
-        model = apply_lora(model, lora, cfg.train)
+        model = apply_lora(model, lora, settings.train)
         trainable = {"lora": trainable_parameters(model)}
     else:
-        trainable = apply_freeze(model, cfg.train)
+        trainable = apply_freeze(model, settings.train)
     if not any(trainable.values()):
         raise ValueError("train.freeze_*: every part of the model is frozen; nothing would train")
     checkpoints = stage_dir / "checkpoints"
     if collator is None:
-        collator = collator_for(TrainCollator, model, processor, cfg.data.box_style, cfg.model.square_size)
-    retrieval = RetrievalSupervision.from_settings(cfg.train, model, processor.tokenizer)
+        collator = collator_for(TrainCollator, model, processor, settings.box_style, settings.square_size)
+    retrieval = RetrievalSupervision.from_settings(settings.train, model, processor.tokenizer)
     trainer = trainer_class(
         model=model,
-        args=training_arguments(cfg, checkpoints),
+        args=training_arguments(settings, checkpoints),
         train_dataset=examples if train_dataset is None else train_dataset,
         data_collator=collator,
         callbacks=[
             RichProgressCallback(stage_dir.name),
-            TensorBoardCallback(SummaryWriter(str(cfg.run_dir / "logs" / stage_dir.name))),
+            TensorBoardCallback(SummaryWriter(str(settings.logs_dir / stage_dir.name))),
             UmaskCheckpoints(),
         ],
         retrieval=retrieval,

@@ -47,7 +47,7 @@ from clinkd.distill.teacher_cache import (
     write_teacher_cache,
 )
 from clinkd.distill.trainer import check_teacher_vocab, output_vocab_size, train_student
-from clinkd.engine.sft import run_sft
+from clinkd.engine.sft import SftSettings, run_sft
 from clinkd.io import atomic_write_json
 from clinkd.losses import KDLossConfig
 from clinkd.model.box_convention import box_coordinates
@@ -99,7 +99,7 @@ def ensure_teacher(cfg: RecipeConfig, train: Sequence[Sample], stage_dir: Path, 
     atomic_write_json(stage_dir / "subset.json", {"fraction": distill.teacher_fraction, "seed": cfg.seed, "indices": subset})
     teacher, processor = build_model(tuned)
     examples = training_examples([train[index] for index in subset], cfg.data.train_turns)
-    result = run_sft(tuned, teacher, processor, examples, stage_dir)
+    result = run_sft(SftSettings.of(tuned), teacher, processor, examples, stage_dir)
     return model_dir, info | {
         "size": tuned.model.size, "epochs": tuned.train.epochs, "examples": len(examples),
         "steps": result.steps, "final_loss": result.final_loss,
@@ -184,11 +184,11 @@ def ensure_student(
     if cfg.distill.mode == "cached":
         cache_dir = cfg.distill.cache_dir or stage_dir.parent / "cache"
         cache, info["cache"] = ensure_teacher_cache(cfg, examples, student, processor, teacher_dir, kd, cache_dir)
-        result = train_student(cfg, student, processor, examples, stage_dir, kd, teacher_cache=cache)
+        result = train_student(SftSettings.of(cfg), student, processor, examples, stage_dir, kd, teacher_cache=cache)
     else:
         teacher, _ = load_teacher(cfg, teacher_dir)
         check_teacher_vocab(output_vocab_size(teacher), output_vocab_size(student), len(processor.tokenizer))
-        result = train_student(cfg, student, processor, examples, stage_dir, kd, teacher=teacher)
+        result = train_student(SftSettings.of(cfg), student, processor, examples, stage_dir, kd, teacher=teacher)
     return student, processor, info | {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 1)}
 
 

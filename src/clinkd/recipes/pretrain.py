@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from clinkd.batching import TrainCollator, collator_for
 from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig, dump_config
-from clinkd.engine.sft import ClinKDTrainer, TrainResult, run_sft
+from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from clinkd.model.loading import build_tiny, is_checkpoint, load_checkpoint, save_checkpoint
 from clinkd.pretrain.corpus import NAMES, LanguageStream, tokenizer_texts
@@ -136,7 +136,7 @@ def language_stage(cfg: RecipeConfig, model, processor, out: Path, held_out: Hel
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=cfg.train.weight_decay)
     callbacks = [UnfreezeVision(settings.unfreeze_after), HeldOutCurve(settings.eval_steps, cfg, processor, held_out, out / CURVE_FILE)]
     return run_sft(
-        language_recipe(cfg, out), model, processor, [], out / "language",
+        SftSettings.of(language_recipe(cfg, out)), model, processor, [], out / "language",
         trainer_class=PretrainTrainer, trainer_kwargs={"optimizers": (optimiser, None), "extra_callbacks": callbacks},
         collator=collator, train_dataset=stream,
     )

@@ -31,7 +31,7 @@ from clinkd.batching import ChatExample, training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import Sample
 from clinkd.engine.generate import write_predictions
-from clinkd.engine.sft import run_sft
+from clinkd.engine.sft import SftSettings, run_sft
 from clinkd.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from clinkd.model.loading import is_checkpoint, load_checkpoint
 from clinkd.progress import console
@@ -183,7 +183,7 @@ def _train_round(cfg: RecipeConfig, model, processor, mix: list[ChatExample], ro
     with exactly what was saved (LoRA merged, no adapter wrappers): ``(model, processor, steps, final loss)``."""
     model_dir = round_dir / "model"
     if not is_checkpoint(model_dir):
-        run_sft(round_config(cfg), model, processor, mix, round_dir)
+        run_sft(SftSettings.of(round_config(cfg)), model, processor, mix, round_dir)
         if not is_checkpoint(model_dir):
             raise ValueError(f"{model_dir}: the round saved no full model (a QLoRA adapter?); reflect needs merged models between rounds")
     log = round_dir / "train_log.json"

@@ -8,7 +8,7 @@ from clinkd.batching import training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import Sample
 from clinkd.data.validation import ISSUES_FILE
-from clinkd.engine.sft import TrainResult, run_sft
+from clinkd.engine.sft import SftSettings, TrainResult, run_sft
 from clinkd.model.loading import is_checkpoint, load_checkpoint
 from clinkd.progress import console
 from clinkd.recipes.inputs import ensure_synth, initial_model, load_dataset
@@ -19,7 +19,7 @@ def run_train(cfg: RecipeConfig) -> TrainResult:
     ensure_synth(cfg)
     dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
     model, processor = initial_model(cfg, dataset.train)
-    return run_sft(cfg, model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
+    return run_sft(SftSettings.of(cfg), model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
 
 
 def sft_model(cfg: RecipeConfig, train: list[Sample], stage_dir: Path):
@@ -29,7 +29,7 @@ def sft_model(cfg: RecipeConfig, train: list[Sample], stage_dir: Path):
         console.print(f"[green]sft: reusing {model_dir}")
         return load_checkpoint(model_dir, cfg.model.dtype)
     model, processor = initial_model(cfg, train)
-    result = run_sft(cfg, model, processor, training_examples(train, cfg.data.train_turns), stage_dir)
+    result = run_sft(SftSettings.of(cfg), model, processor, training_examples(train, cfg.data.train_turns), stage_dir)
     if cfg.train.lora is not None:  # the object in memory carries unmerged adapters: use what was saved
         return load_checkpoint(result.model_dir, cfg.model.dtype)
     return model, processor
