@@ -39,6 +39,15 @@ from clinkd.synth.modalities import MODALITY_SPECS
 MIX = {"grounding": 1, "referring": 1, "counting": 1, "captioning": 1}
 
 
+def tiny_pretrain(out, steps: int = 2, dense_steps: int = 1, eval_scenes: int = 2) -> list[str]:
+    """A ``clinkd pretrain`` command line for an xs model, batch 2, one thread, into ``out``."""
+    return [
+        "pretrain", f"pretrain.out={out}", "model.size=xs", "model.tokenizer_vocab=400", f"pretrain.steps={steps}",
+        f"pretrain.dense_steps={dense_steps}", "pretrain.batch_size=2", f"pretrain.eval_scenes={eval_scenes}",
+        "train.threads=1", "predict.max_new_tokens.VG=4",
+    ]
+
+
 def stream(seed: int = 0, max_objects: int = 3, curriculum_steps: int = 4) -> LanguageStream:
     return LanguageStream(seed, steps=40, batch_size=2, image_size=112, max_objects=max_objects, curriculum_steps=curriculum_steps, tasks=MIX)
 
@@ -143,9 +152,8 @@ def test_pretrain_writes_a_loadable_base_resumes_and_reports_held_out_recall(tmp
 
     out = tmp_path / "base"
     command = [
-        "pretrain", f"pretrain.out={out}", "model.size=xs", "model.tokenizer_vocab=400", "pretrain.steps=4",
-        "pretrain.dense_steps=3", "pretrain.batch_size=2", "pretrain.save_steps=2", "pretrain.eval_steps=2",
-        "pretrain.eval_scenes=4", "train.threads=1", "train.save_total_limit=5", "predict.max_new_tokens.VG=8",
+        *tiny_pretrain(out, steps=4, dense_steps=3, eval_scenes=4), "pretrain.save_steps=2", "pretrain.eval_steps=2",
+        "train.save_total_limit=5", "predict.max_new_tokens.VG=8",
     ]
     runner = CliRunner()
     first = runner.invoke(app, command)
@@ -175,11 +183,7 @@ def test_pretrain_writes_a_loadable_base_resumes_and_reports_held_out_recall(tmp
 
 def test_unfreeze_after_lets_the_vision_tower_train_from_that_step(tmp_path, one_thread):
     out = tmp_path / "base"
-    command = [
-        "pretrain", f"pretrain.out={out}", "model.size=xs", "model.tokenizer_vocab=400", "pretrain.steps=2",
-        "pretrain.dense_steps=1", "pretrain.batch_size=2", "pretrain.unfreeze_after=1", "pretrain.eval_scenes=2",
-        "train.threads=1", "predict.max_new_tokens.VG=4",
-    ]
+    command = [*tiny_pretrain(out), "pretrain.unfreeze_after=1"]
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     dense, final = load_file(out / "dense/model/model.safetensors"), load_file(out / "model/model.safetensors")
@@ -262,10 +266,8 @@ def test_the_retrieval_loss_trains_its_head_to_look_at_the_box(tiny_processor, t
 def test_pretrain_with_the_retrieval_loss_logs_it_and_saves_an_sdpa_base(tmp_path, one_thread):
     out = tmp_path / "base"
     command = [
-        "pretrain", f"pretrain.out={out}", "model.size=xs", "model.tokenizer_vocab=400", "pretrain.steps=2",
-        "pretrain.dense_steps=1", "pretrain.batch_size=2", "pretrain.eval_scenes=2", "train.retrieval_loss=1",
+        *tiny_pretrain(out), "train.retrieval_loss=1", "train.logging_steps=1",
         "pretrain.tasks.grounding=1", "pretrain.tasks.referring=0", "pretrain.tasks.counting=0", "pretrain.tasks.captioning=0",
-        "train.threads=1", "train.logging_steps=1", "predict.max_new_tokens.VG=4",
     ]
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
@@ -283,11 +285,7 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
     from clinkd.recipes.inputs import initial_model
 
     shipped = tmp_path / "bases" / "xs"
-    command = [
-        "pretrain", f"pretrain.out={tmp_path / 'run'}", "model.size=xs", "model.tokenizer_vocab=400", "pretrain.steps=2",
-        "pretrain.dense_steps=1", "pretrain.batch_size=2", "pretrain.eval_scenes=2", "train.threads=1",
-        "predict.max_new_tokens.VG=4", "--ship-to", str(shipped),
-    ]
+    command = [*tiny_pretrain(tmp_path / "run"), "--ship-to", str(shipped)]
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     record = json.loads((shipped / "base.json").read_text())
