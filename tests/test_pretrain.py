@@ -293,6 +293,7 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
     assert all(tensor.dtype == torch.bfloat16 for tensor in load_file(shipped / "model.safetensors").values())
     card = (shipped / "README.md").read_text()
     assert record["sha256"] in card and f"clinkd pretrain {shipped}/pretrain.yaml" in card and "torch_threads 1" in card
+    assert "| retrieval loss | loss 0.0, layer -2, head 0 |" in card
     assert "model:\n" in (shipped / "pretrain.yaml").read_text()
 
     monkeypatch.setattr(bases, "BASES_DIR", shipped.parent)

@@ -44,6 +44,7 @@ def model_card(record: dict, dest: Path) -> str:
         ("seed", str(record["seed"])),
         ("steps", f"dense vision {record['steps']['dense']}, language {record['steps']['language']} (batch {settings['batch_size']}, lr {settings['lr']})"),
         ("settings", ", ".join(f"{key} {value}" for key, value in settings.items() if key not in ("out", "seed"))),
+        ("retrieval loss", ", ".join(f"{key} {value}" for key, value in record.get("retrieval_loss", {"loss": 0}).items())),
         ("hardware", ", ".join(f"{key} {value}" for key, value in hardware.items())),
         ("time", ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items())),
         ("held-out grounding", f"Recall@0.5 {held_out['recall']:.1%} on {held_out['scenes']} scenes ({by_objects}); curve {curve}"),

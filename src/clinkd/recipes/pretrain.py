@@ -66,6 +66,7 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
     save_checkpoint(model, processor, out / "model")
     record = {
         "settings": settings.model_dump(mode="json"),
+        "retrieval_loss": {key: getattr(cfg.train, f"retrieval_{key}") for key in ("loss", "layer", "head")},
         "seed": settings.seed,
         "model": {"size": cfg.model.size, "tokenizer_vocab": cfg.model.tokenizer_vocab, "rope": cfg.model_dump(mode="json")["rope"],
                   "parameters": sum(p.numel() for p in model.parameters())},
