@@ -309,3 +309,15 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
     (shipped / "model.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # what a Git LFS checkout leaves
     with pytest.raises(ConfigError, match="model.init: .* is not the recorded"):
         cfg.model.checkpoint
+
+
+def test_the_shipped_base_matches_its_record_and_loads():
+    from clinkd.config import RecipeConfig
+    from clinkd.model.loading import load_checkpoint
+
+    folder = RecipeConfig(model={"init": "base"}).model.checkpoint  # checks the sha256
+    record = json.loads((folder / "base.json").read_text())
+    model, processor = load_checkpoint(folder)
+    assert sum(p.numel() for p in model.parameters()) == record["model"]["parameters"]
+    assert len(processor.tokenizer) == record["model"]["tokenizer_vocab"] and record["heldout"]["scenes"] > 0
+    assert set(record["names"]) == set(NAMES)  # pre-trained on this corpus, whose names the corpus tests check
