@@ -200,6 +200,7 @@ def test_cell_weights_are_the_box_share_of_each_cell_in_raster_order():
     assert quarter_column[:2, 0].tolist() == [0.5, 0.5] and quarter_column.sum() == 1 and quarter_column[2:].sum() == 0
     assert torch.allclose(cell_weights((0, 0, 1000, 250), 4, 4), torch.tensor([0.25] * 4 + [0.0] * 12))
     assert cell_weights((600, 100, 600, 100), 2, 2).tolist() == [0.0, 1.0, 0.0, 0.0]  # no area: the centre's cell
+    assert cell_weights((0, 0, 56, 28), 2, 2, scale=(112, 56)).tolist() == [1.0, 0.0, 0.0, 0.0]  # pixels of a 112×56 image
 
 
 def test_attention_target_loss_is_the_kl_of_the_box_cells_to_the_head():
@@ -226,7 +227,7 @@ def test_retrieval_rows_point_each_box_writing_position_at_the_cells_of_its_box(
         ChatExample(image, (Turn("What is in <box>(0,0),(250,500)</box>?", "red ring"),)),  # a box in the question only
     ]
     batch = TrainCollator(tiny_processor)(examples)
-    rows = RetrievalTargets.for_model(tiny_model, tiny_processor.tokenizer)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
+    rows = RetrievalTargets.for_model(tiny_model, tiny_processor)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
     ids = batch["input_ids"][0]
     start = (ids == tiny_processor.tokenizer.convert_tokens_to_ids("<|box_start|>")).nonzero().item()
     end = (ids == tiny_processor.tokenizer.convert_tokens_to_ids("<|box_end|>")).nonzero().item()
@@ -247,7 +248,7 @@ def test_the_retrieval_loss_trains_its_head_to_look_at_the_box(tiny_processor, t
     example = ChatExample(image, (Turn("Where is the <ref>ring</ref>?", "<ref>ring</ref><box>(750,750),(1000,1000)</box>"),))
     batch = TrainCollator(tiny_processor)([example])
     tiny_model.set_attn_implementation("eager")
-    rows = RetrievalTargets.for_model(tiny_model, tiny_processor.tokenizer)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
+    rows = RetrievalTargets.for_model(tiny_model, tiny_processor)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
     optimiser = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2)
     losses = []
     for _ in range(15):

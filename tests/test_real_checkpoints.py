@@ -282,3 +282,23 @@ def test_lora_resume_merge_and_infer_on_a_published_format_checkpoint(hub_checkp
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output[result.output.rindex('{"image"'):])  # the runner mixes in stderr's progress bars
     assert answer["task"] == "VG" and (tmp_path / "overlay.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl"])
+def test_the_retrieval_targets_follow_each_family_s_box_convention(hub_checkpoints, tmp_path, name):
+    """Qwen2-VL writes boxes on 0–1000, Qwen2.5-VL in pixels of the resized image: both point at the same cells."""
+    from clinkd.batching import ChatExample, TrainCollator, collator_for
+    from clinkd.data.records import Turn
+    from clinkd.retrieval import RetrievalTargets
+
+    model, processor = load_checkpoint(hub_checkpoints[name])
+    image = tmp_path / "scan.png"
+    Image.new("RGB", (224, 112), (30, 30, 30)).save(image)  # 16 × 8 patches → 8 × 4 merged cells
+    example = ChatExample(image, (Turn("Where is the <ref>liver</ref>?", "<ref>liver</ref><box>(0,0),(250,500)</box>"),))
+    batch = collator_for(TrainCollator, model, processor, "qwen2-vl")([example])
+    rows = RetrievalTargets.for_model(model, processor)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
+    ids = batch["input_ids"][0]
+    cells = rows.targets[0][ids == model.config.image_token_id].view(4, 8)
+    expected = torch.zeros(4, 8)
+    expected[:2, :2] = 0.25  # the left quarter of the width, the top half of the height
+    assert torch.allclose(cells, expected)

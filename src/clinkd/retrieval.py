@@ -3,22 +3,22 @@
 ``train.retrieval_loss`` (docs/pretrain.md): at every answer position from ``<|box_start|>`` up to the token
 before ``<|box_end|>``, head ``train.retrieval_head`` of text layer ``train.retrieval_layer`` should attend to
 the image tokens in proportion to the box's share of their cells (:func:`clinkd.losses.retrieval.cell_weights`).
-Boxes are read in the ``qwen2-vl`` convention (0–1000, relative); one image per example.
+Boxes are read in the model's convention (Qwen2-VL 0–1000, Qwen2.5-VL pixels of the resized image); one image
+per example.
 """
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from clinkd.batching import IGNORE_INDEX
+from clinkd.boxes import BoxStyle, parse_boxes
 from clinkd.config import ConfigError, TrainConfig
 from clinkd.losses.retrieval import attention_target_loss, cell_weights
-
-_COORDINATES = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+from clinkd.model.box_convention import PixelBoxes, box_coordinates
 
 
 @dataclass
@@ -39,12 +39,16 @@ class RetrievalTargets:
     image_token: int
     merge: int
     decode: object  # token ids → text
+    pixel_patch: int | None = None  # boxes in pixels of the resized image (grid × patch); None: on 0–1000
 
     @classmethod
-    def for_model(cls, model, tokenizer) -> RetrievalTargets:
+    def for_model(cls, model, processor) -> RetrievalTargets:
+        tokenizer = processor.tokenizer
         ids = tokenizer.convert_tokens_to_ids
+        pixels = isinstance(box_coordinates(model.config, processor), PixelBoxes)
         return cls(ids("<|box_start|>"), ids("<|box_end|>"), model.config.image_token_id,
-                   model.config.vision_config.spatial_merge_size, tokenizer.decode)
+                   model.config.vision_config.spatial_merge_size, tokenizer.decode,
+                   model.config.vision_config.patch_size if pixels else None)
 
     def __call__(self, input_ids: torch.Tensor, labels: torch.Tensor, image_grid_thw: torch.Tensor) -> RetrievalRows:
         if image_grid_thw.shape[0] != input_ids.shape[0]:
@@ -62,14 +66,16 @@ class RetrievalTargets:
         """(query position, target over the keys) for each position writing a box of this example's answer."""
         image_positions = (ids == self.image_token).nonzero().flatten()
         grid_rows, grid_cols = int(grid[1]) // self.merge, int(grid[2]) // self.merge
+        scale = (1000.0, 1000.0) if self.pixel_patch is None else (int(grid[2]) * self.pixel_patch, int(grid[1]) * self.pixel_patch)
         ends = (ids == self.box_end).nonzero().flatten().tolist()
         for start in ((ids == self.box_start) & answer).nonzero().flatten().tolist():
             end = next((end for end in ends if end > start), None)
-            found = _COORDINATES.search(self.decode(ids[start + 1 : end].tolist())) if end is not None else None
-            if found is None:
+            boxes = parse_boxes(self.decode(ids[start + 1 : end].tolist()), BoxStyle.PLAIN) if end is not None else []
+            if not boxes:
                 continue  # a truncated or malformed box: nothing to look at
+            box = boxes[0]
             target = torch.zeros(ids.shape[0])
-            target[image_positions] = cell_weights(tuple(float(v) for v in found.groups()), grid_rows, grid_cols)
+            target[image_positions] = cell_weights((box.x1, box.y1, box.x2, box.y2), grid_rows, grid_cols, scale)
             yield from ((query, target) for query in range(start, end))
 
 
@@ -108,7 +114,7 @@ class RetrievalSupervision:
     count: int = 0
 
     @classmethod
-    def from_settings(cls, train: TrainConfig, model, tokenizer) -> RetrievalSupervision | None:
+    def from_settings(cls, train: TrainConfig, model, processor) -> RetrievalSupervision | None:
         """None when ``train.retrieval_loss`` is 0; else switches ``model`` to eager attention (the fused kernels
         return no probabilities) after checking the layer and head exist."""
         if not train.retrieval_loss:
@@ -119,7 +125,7 @@ class RetrievalSupervision:
         if train.retrieval_head >= text.num_attention_heads:
             raise ConfigError(f"train.retrieval_head: {train.retrieval_head} is not below the model's {text.num_attention_heads} heads")
         model.set_attn_implementation("eager")
-        return cls(train.retrieval_loss, train.retrieval_layer, train.retrieval_head, RetrievalTargets.for_model(model, tokenizer))
+        return cls(train.retrieval_loss, train.retrieval_layer, train.retrieval_head, RetrievalTargets.for_model(model, processor))
 
     def watch(self, model, inputs: dict, answer_loss) -> tuple[torch.Tensor, object, torch.Tensor]:
         """Runs ``answer_loss()`` (→ ``(loss, outputs)``) with this head watched; returns that loss, the outputs

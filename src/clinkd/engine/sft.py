@@ -207,7 +207,7 @@ def run_sft(
     checkpoints = stage_dir / "checkpoints"
     if collator is None:
         collator = collator_for(TrainCollator, model, processor, settings.box_style, settings.square_size)
-    retrieval = RetrievalSupervision.from_settings(settings.train, model, processor.tokenizer)
+    retrieval = RetrievalSupervision.from_settings(settings.train, model, processor)
     trainer = trainer_class(
         model=model,
         args=training_arguments(settings, checkpoints),

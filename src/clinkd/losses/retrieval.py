@@ -12,13 +12,15 @@ from __future__ import annotations
 import torch
 
 
-def cell_weights(box: tuple[float, float, float, float], rows: int, cols: int, scale: float = 1000.0) -> torch.Tensor:
-    """The share of ``box`` (``x1, y1, x2, y2`` on ``0..scale``) inside each cell of a ``rows × cols`` grid over
-    the image, in raster order (row-major, like the merged visual tokens); sums to 1.
+def cell_weights(
+    box: tuple[float, float, float, float], rows: int, cols: int, scale: tuple[float, float] = (1000.0, 1000.0)
+) -> torch.Tensor:
+    """The share of ``box`` (``x1, y1, x2, y2``; x on ``0..scale[0]``, y on ``0..scale[1]``) inside each cell of a
+    ``rows × cols`` grid over the image, in raster order (row-major, like the merged visual tokens); sums to 1.
 
     A degenerate box (no area) gives its whole weight to the cell holding its centre.
     """
-    x1, y1, x2, y2 = (min(max(value / scale, 0.0), 1.0) for value in box)
+    x1, y1, x2, y2 = (min(max(value / side, 0.0), 1.0) for value, side in zip(box, scale * 2))  # sides (x, y, x, y)
     x_edges = torch.linspace(0.0, 1.0, cols + 1, dtype=torch.float64)
     y_edges = torch.linspace(0.0, 1.0, rows + 1, dtype=torch.float64)
     width = (torch.minimum(x_edges[1:], torch.tensor(x2)) - torch.maximum(x_edges[:-1], torch.tensor(x1))).clamp(min=0)
