@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -163,3 +165,16 @@ def test_gathered_weights_rebuild_a_peft_model_that_merges_like_the_original(tin
         expected = wrapped.eval()(**batch).logits
         torch.testing.assert_close(rebuilt.eval()(**batch).logits, expected)
         torch.testing.assert_close(rebuilt.merge_and_unload()(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_retrieval_loss_trains_through_lora_adapters(tiny_model, tiny_processor, synth_data, tmp_path):
+    train = load_medgrit(synth_data / "train.json", synth_data / "images")
+    cfg = RecipeConfig.model_validate({
+        "output_dir": str(tmp_path / "runs"),
+        "train": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "retrieval_loss": 1.0, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+    })
+    grounding = [example for example in training_examples(train) if "<box>" in example.turns[0].answer][:8]
+    run_sft(SftSettings.of(cfg), tiny_model, tiny_processor, grounding, tmp_path / "sft")
+    log = json.loads((tmp_path / "sft/train_log.json").read_text())["log_history"]
+    assert [entry["retrieval_loss"] > 0 for entry in log if "loss" in entry] == [True, True]
+    assert tiny_model.config._attn_implementation == "sdpa"  # eager only while the stage trained

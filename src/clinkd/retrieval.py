@@ -110,6 +110,7 @@ class RetrievalSupervision:
     layer: int
     head: int
     targets: RetrievalTargets
+    previous_attention: str = "sdpa"  # the model's attention before the stage switched it to eager
     total: float = 0.0
     count: int = 0
 
@@ -124,8 +125,14 @@ class RetrievalSupervision:
             raise ConfigError(f"train.retrieval_layer: {train.retrieval_layer} is outside the model's {text.num_hidden_layers} text layers")
         if train.retrieval_head >= text.num_attention_heads:
             raise ConfigError(f"train.retrieval_head: {train.retrieval_head} is not below the model's {text.num_attention_heads} heads")
+        previous = model.config._attn_implementation
         model.set_attn_implementation("eager")
-        return cls(train.retrieval_loss, train.retrieval_layer, train.retrieval_head, RetrievalTargets.for_model(model, processor))
+        targets = RetrievalTargets.for_model(model, processor)
+        return cls(train.retrieval_loss, train.retrieval_layer, train.retrieval_head, targets, previous)
+
+    def release(self, model) -> None:
+        """Gives ``model`` back the attention it had before (eager was for this loss only)."""
+        model.set_attn_implementation(self.previous_attention)
 
     def watch(self, model, inputs: dict, answer_loss) -> tuple[torch.Tensor, object, torch.Tensor]:
         """Runs ``answer_loss()`` (→ ``(loss, outputs)``) with this head watched; returns that loss, the outputs

@@ -225,7 +225,7 @@ def run_sft(
         output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))
     finally:
         if retrieval is not None:
-            model.set_attn_implementation("sdpa")  # eager attention was for the retrieval loss only
+            retrieval.release(model)
     # QLoRA adapters are merged offline into the 16-bit base (clinkd.model.lora.merge_adapter_checkpoint).
     merge = lora is None or (lora.merge and lora.quantize == "none")
     model_dir = stage_dir / "model" if merge else stage_dir / ADAPTER_DIR
