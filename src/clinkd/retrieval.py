@@ -104,15 +104,13 @@ def captured_attention(model, layer: int, head: int):
 
 @dataclass
 class RetrievalSupervision:
-    """The retrieval loss's weight, where it reads, and its running mean for the logs (``ClinKDTrainer``)."""
+    """The retrieval loss's weight and where it reads (``ClinKDTrainer`` adds it to the answer loss)."""
 
     weight: float
     layer: int
     head: int
     targets: RetrievalTargets
     previous_attention: str = "sdpa"  # the model's attention before the stage switched it to eager
-    total: float = 0.0
-    count: int = 0
 
     @classmethod
     def from_settings(cls, train: TrainConfig, model, processor) -> RetrievalSupervision | None:
@@ -136,16 +134,8 @@ class RetrievalSupervision:
 
     def watch(self, model, inputs: dict, answer_loss) -> tuple[torch.Tensor, object, torch.Tensor]:
         """Runs ``answer_loss()`` (→ ``(loss, outputs)``) with this head watched; returns that loss, the outputs
-        and the weighted retrieval loss of the same forward."""
+        and the (unweighted) retrieval loss of the same forward."""
         rows = self.targets(inputs["input_ids"], inputs["labels"], inputs["image_grid_thw"])
         with captured_attention(model, self.layer, self.head) as attention:
             loss, outputs = answer_loss()
-        auxiliary = retrieval_loss(attention[0], rows)
-        self.total += auxiliary.item()
-        self.count += 1
-        return loss, outputs, self.weight * auxiliary
-
-    def mean_since_last_read(self) -> float | None:
-        mean = self.total / self.count if self.count else None
-        self.total, self.count = 0.0, 0
-        return mean
+        return loss, outputs, retrieval_loss(attention[0], rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,8 @@ def check_teacher_vocab(teacher_vocab: int, student_vocab: int, tokenizer_size: 
 
 
 class KDTrainer(ClinKDTrainer):
-    """``Trainer`` whose answer loss is ``clinkd.losses``' distillation loss; only ``answer_loss`` (and logging) change.
+    """``Trainer`` whose answer loss is ``clinkd.losses``' distillation loss; only ``answer_loss`` changes
+    (its KD and CE terms go to the training logs through ``note_term``).
 
     Exactly one teacher source:
     - ``teacher``: a model run in this process on the student's own batch (input ids, pixels, grid and
@@ -72,7 +72,6 @@ class KDTrainer(ClinKDTrainer):
         self.kd_config = kd_config
         self.teacher_cache = teacher_cache
         self.teacher = None if teacher is None else prepare_teacher(teacher, self.accelerator)
-        self._kd_logs: dict[str, list[float]] = defaultdict(list)
 
     def teacher_rows(self, example_index: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached rows of the batch's examples, after checking each example's row count against its labels."""
@@ -115,21 +114,12 @@ class KDTrainer(ClinKDTrainer):
         # Trainer divides by the accumulation steps only a loss not already normalised over the whole step.
         self.loss_is_scaled_for_ga = global_mean
         if model.training:
-            to_micro_batch = step_tokens / max(n_tokens, 1)  # logged per answer token of this micro-batch
-            self._kd_logs["kd"].append(parts["kd"].item() * to_micro_batch)
-            self._kd_logs["ce"].append(outputs.loss.item() * to_micro_batch)
+            # Logged in the micro-batch's own reduction: per answer token for reduction="mean", KD summed for
+            # "sum" (CE is then the model's per-token mean).
+            to_micro_batch = step_tokens / max(n_tokens, 1)
+            self.note_term("kd", parts["kd"].item() * to_micro_batch)
+            self.note_term("ce", outputs.loss.item() * to_micro_batch)
         return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """Add the KD and CE terms, averaged over the micro-batches since the last log, to the training logs.
-
-        Each is the micro-batch's own reduction: per answer token for ``reduction="mean"``, KD summed for
-        ``"sum"`` (CE is then the model's per-token mean).
-        """
-        if "loss" in logs and self._kd_logs:
-            logs = {**logs, **{name: sum(values) / len(values) for name, values in self._kd_logs.items()}}
-            self._kd_logs.clear()
-        super().log(logs, *args, **kwargs)
 
 
 def train_student(

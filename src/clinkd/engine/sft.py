@@ -7,6 +7,7 @@ run is restarted, TensorBoard logs under ``<run>/logs``.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,7 @@ class ClinKDTrainer(Trainer):
     def __init__(self, *args, retrieval: RetrievalSupervision | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.retrieval = retrieval
+        self._terms: dict[str, list[float]] = defaultdict(list)  # loss terms noted since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The stage's answer loss (:meth:`answer_loss`), plus the retrieval loss when ``train.retrieval_loss`` is on."""
@@ -143,7 +145,8 @@ class ClinKDTrainer(Trainer):
         loss, outputs, retrieval = self.retrieval.watch(
             self.accelerator.unwrap_model(model), inputs, lambda: self.answer_loss(model, inputs, True, num_items_in_batch)
         )
-        loss = loss + retrieval * self.micro_batch_share(num_items_in_batch)
+        self.note_term("retrieval_loss", retrieval.item())
+        loss = loss + self.retrieval.weight * retrieval * self.micro_batch_share(num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
     def answer_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -158,10 +161,14 @@ class ClinKDTrainer(Trainer):
             scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
         return 1 / getattr(self, "current_gradient_accumulation_steps", 1) if scaled else 1.0
 
+    def note_term(self, name: str, value: float) -> None:
+        """One micro-batch's value of a loss term; the next training log shows the mean since the last one."""
+        self._terms[name].append(value)
+
     def log(self, logs, *args, **kwargs):
-        if self.retrieval is not None and "loss" in logs:
-            mean = self.retrieval.mean_since_last_read()
-            logs = logs if mean is None else {**logs, "retrieval_loss": round(mean, 4)}
+        if "loss" in logs and self._terms:
+            logs = {**logs, **{name: sum(values) / len(values) for name, values in self._terms.items()}}
+            self._terms.clear()
         super().log(logs, *args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
