@@ -83,16 +83,17 @@ def tokenizer_corpus(samples: list[Sample], box_style: str) -> list[str]:
 
 
 def initial_model(cfg: RecipeConfig, train: list[Sample]):
-    """A fresh ``(model, processor)``: the local checkpoint of ``model.path`` (quantised for QLoRA), or a tiny
-    model built from a config."""
+    """A fresh ``(model, processor)``: the local checkpoint of ``model.path`` or the shipped base (quantised for
+    QLoRA), or a tiny model built from a config."""
     from clinkd.model.lora import quantization_config
 
     lora = cfg.train.lora
     quantization = None if lora is None else quantization_config(lora, DTYPES[cfg.model.dtype])
     model_cfg = cfg.model
-    if model_cfg.checkpoint is not None:
+    checkpoint = model_cfg.checkpoint  # once: the shipped base's weights are hashed on each read
+    if checkpoint is not None:
         return load_checkpoint(
-            model_cfg.checkpoint, model_cfg.dtype, model_cfg.min_pixels, model_cfg.max_pixels, cfg.rope, quantization, model_cfg.allow_partial
+            checkpoint, model_cfg.dtype, model_cfg.min_pixels, model_cfg.max_pixels, cfg.rope, quantization, model_cfg.allow_partial
         )
     if quantization is not None:
         raise ConfigError("train.lora.quantize: QLoRA quantises a checkpoint; set model.path (the tiny model is built in memory)")
