@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -68,6 +67,7 @@ from transformers import Qwen2VLConfig
 from clinkd.config import DistillConfig, SelectConfig
 from clinkd.distill.batches import batch_position_ids
 from clinkd.distill.settings import kd_loss_config
+from clinkd.doctor import device_description
 from clinkd.engine.generate import decoding
 from clinkd.losses import combine_losses, kd_divergence, sparse_kd_divergence, topk_logprobs
 from clinkd.model.positions import PAPER
@@ -377,16 +377,12 @@ def run_all(args, device: torch.device) -> tuple[dict, list[str]]:
     return results, failures
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-
-
 def run_metadata(args, device: torch.device) -> dict:
     config = model_config(args.shape)
     vision = config.vision_config
     image_tokens = (args.image_size // (vision.patch_size * vision.spatial_merge_size)) ** 2
     return {
-        "device": device_name(device),
+        "device": device_description(device),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "shape": args.shape,

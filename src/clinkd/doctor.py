@@ -6,6 +6,7 @@ backends from file checks (no JVM, no WordNet load).
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,17 @@ from clinkd.metrics.meteor import (
 from clinkd.metrics.spice import CORENLP_JARS, corenlp_dirs, find_corenlp, spice_missing
 
 PACKAGES = ("clinkd", "torch", "transformers", "accelerate", "numpy", "pycocoevalcap", "nltk", "matplotlib")
+
+
+def device_description(device=None) -> str:
+    """The device a run computes on: the CUDA card's name, else the CPU (its processor or architecture, and cores).
+    ``device`` defaults to the first GPU when there is one."""
+    import torch
+
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def package_version(name: str) -> str | None:

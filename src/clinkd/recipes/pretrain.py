@@ -14,8 +14,6 @@ Rerunning continues: a finished dense stage is reused, the language stage resume
 from __future__ import annotations
 
 import json
-import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from clinkd.batching import TrainCollator, collator_for
 from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig, dump_config
 from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
+from clinkd.doctor import device_description
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from clinkd.model.loading import build_tiny, is_checkpoint, load_checkpoint, save_checkpoint
 from clinkd.pretrain.corpus import NAMES, LanguageStream, tokenizer_texts
@@ -85,8 +84,7 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
 
 def hardware() -> dict:
     """Where the run trained (the model card's hardware line)."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
-    return {"device": device, "torch_threads": torch.get_num_threads()}
+    return {"device": device_description(), "torch_threads": torch.get_num_threads()}
 
 
 def dense_stage(cfg: RecipeConfig, stage_dir: Path, held_out: HeldOut):
