@@ -52,10 +52,11 @@ BOX_PATTERNS = {
     BoxStyle.QWEN2_VL: re.compile(rf"<\|box_start\|>\s*{_PAIR}\s*<\|box_end\|>"),
     BoxStyle.PLAIN: re.compile(_PAIR),
 }
-_BOX_OPEN = {BoxStyle.QWEN_VL: "<box>", BoxStyle.QWEN2_VL: "<|box_start|>", BoxStyle.PLAIN: ""}
-_BOX_CLOSE = {BoxStyle.QWEN_VL: "</box>", BoxStyle.QWEN2_VL: "<|box_end|>", BoxStyle.PLAIN: ""}
-_REF_OPEN = {BoxStyle.QWEN_VL: "<ref>", BoxStyle.QWEN2_VL: "<|object_ref_start|>", BoxStyle.PLAIN: ""}
-_REF_CLOSE = {BoxStyle.QWEN_VL: "</ref>", BoxStyle.QWEN2_VL: "<|object_ref_end|>", BoxStyle.PLAIN: ""}
+# (opening, closing) markup of each style's boxes and referring phrases (PLAIN has none).
+BOX_TAGS = {BoxStyle.QWEN_VL: ("<box>", "</box>"), BoxStyle.QWEN2_VL: ("<|box_start|>", "<|box_end|>"), BoxStyle.PLAIN: ("", "")}
+REF_TAGS = {
+    BoxStyle.QWEN_VL: ("<ref>", "</ref>"), BoxStyle.QWEN2_VL: ("<|object_ref_start|>", "<|object_ref_end|>"), BoxStyle.PLAIN: ("", "")
+}
 # Any tagged box, in either tag style, with whatever is inside (validated separately).
 ANY_TAGGED_BOX = re.compile(r"<box>(.*?)</box>|<\|box_start\|>(.*?)<\|box_end\|>", re.DOTALL)
 # Model coordinates (pixels) are never negative: an unsigned pair, bare or between an opening and a closing tag of
@@ -97,7 +98,8 @@ class Box:
         """Render with integer coordinates, e.g. ``<|box_start|>(1,2),(3,4)<|box_end|>``."""
         style = BoxStyle(style)
         coords = f"({round(self.x1)},{round(self.y1)}),({round(self.x2)},{round(self.y2)})"
-        return f"{_BOX_OPEN[style]}{coords}{_BOX_CLOSE[style]}"
+        open_tag, close_tag = BOX_TAGS[style]
+        return f"{open_tag}{coords}{close_tag}"
 
     @classmethod
     def from_text(cls, text: str) -> "Box":
@@ -181,7 +183,8 @@ def convert_markup(text: str, style: BoxStyle | str) -> str:
 
     def ref(match: re.Match) -> str:
         inner = either_group(match)
-        return f"{_REF_OPEN[style]}{inner}{_REF_CLOSE[style]}"
+        open_tag, close_tag = REF_TAGS[style]
+        return f"{open_tag}{inner}{close_tag}"
 
     return ANY_REF.sub(ref, ANY_TAGGED_BOX.sub(box, text))
 
@@ -205,4 +208,5 @@ def referred_phrase(text: str) -> str | None:
 
 def format_ref(phrase: str, style: BoxStyle | str = BoxStyle.QWEN_VL) -> str:
     style = BoxStyle(style)
-    return f"{_REF_OPEN[style]}{phrase}{_REF_CLOSE[style]}"
+    open_tag, close_tag = REF_TAGS[style]
+    return f"{open_tag}{phrase}{close_tag}"

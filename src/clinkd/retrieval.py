@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from clinkd.batching import IGNORE_INDEX
-from clinkd.boxes import BoxStyle, parse_boxes
+from clinkd.boxes import BOX_TAGS, BoxStyle, parse_boxes
 from clinkd.config import ConfigError, TrainConfig
 from clinkd.losses.retrieval import attention_target_loss, cell_weights
 from clinkd.model.box_convention import PixelBoxes, box_coordinates
@@ -46,7 +46,8 @@ class RetrievalTargets:
         tokenizer = processor.tokenizer
         ids = tokenizer.convert_tokens_to_ids
         pixels = isinstance(box_coordinates(model.config, processor), PixelBoxes)
-        return cls(ids("<|box_start|>"), ids("<|box_end|>"), model.config.image_token_id,
+        box_start, box_end = (ids(tag) for tag in BOX_TAGS[BoxStyle.QWEN2_VL])  # the special tokens both families write
+        return cls(box_start, box_end, model.config.image_token_id,
                    model.config.vision_config.spatial_merge_size, tokenizer.decode,
                    model.config.vision_config.patch_size if pixels else None)
 

@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args
 
 from PIL import Image
 
-from clinkd.boxes import BoxError, BoxStyle, parse_boxes
+from clinkd.boxes import BOX_TAGS, REF_TAGS, BoxError, BoxStyle, parse_boxes
 from clinkd.data.records import Sample, Turn, UnknownModalityError, modality_of
 from clinkd.io import atomic_write_text
 
@@ -229,11 +229,7 @@ def warn_if_unobserved(issues: DataIssues, caller_issues: DataIssues | None) -> 
 # ---- per-record checks ------------------------------------------------------------------------
 
 # Opening/closing markup that must pair up; a dangling tag would silently drop a box from scoring.
-_TAG_PAIRS: dict[BoxStyle, tuple[str, str]] = {
-    BoxStyle.QWEN_VL: ("<box>", "</box>"),
-    BoxStyle.QWEN2_VL: ("<|box_start|>", "<|box_end|>"),
-}
-_REF_TAG_PAIRS: tuple[tuple[str, str], ...] = (("<ref>", "</ref>"), ("<|object_ref_start|>", "<|object_ref_end|>"))
+_TAGGED_STYLES = (BoxStyle.QWEN_VL, BoxStyle.QWEN2_VL)
 
 
 def check_markup(text: str) -> None:
@@ -244,11 +240,12 @@ def check_markup(text: str) -> None:
     """
     try:
         parse_boxes(text)
-        for style, (open_tag, close_tag) in _TAG_PAIRS.items():
+        for style in _TAGGED_STYLES:
+            open_tag, close_tag = BOX_TAGS[style]
             well_formed = len(parse_boxes(text, style))
             if not text.count(open_tag) == text.count(close_tag) == well_formed:
                 raise BoxError(f"unbalanced or misplaced {open_tag}…{close_tag} tags in {text!r}")
-        for open_tag, close_tag in _REF_TAG_PAIRS:
+        for open_tag, close_tag in (REF_TAGS[style] for style in _TAGGED_STYLES):
             if text.count(open_tag) != text.count(close_tag):
                 raise BoxError(f"unbalanced {open_tag}…{close_tag} tags in {text!r}")
     except BoxError as error:
