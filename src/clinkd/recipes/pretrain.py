@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from clinkd.batching import TrainCollator, collator_for
 from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig, dump_config
-from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
 from clinkd.doctor import device_description
+from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from clinkd.model.loading import build_tiny, is_checkpoint, load_checkpoint, save_checkpoint
 from clinkd.pretrain.corpus import NAMES, LanguageStream, tokenizer_texts
@@ -130,14 +129,13 @@ def language_stage(cfg: RecipeConfig, model, processor, out: Path, held_out: Hel
         settings.seed, settings.steps, settings.batch_size, settings.image_size, settings.max_objects,
         settings.curriculum_steps, settings.tasks,
     )
-    collator = collator_for(TrainCollator, model, processor, cfg.data.box_style, cfg.model.square_size)
     # Every parameter is in the optimiser, so the vision tower can join at unfreeze_after (a frozen one gets no grad, no update).
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=cfg.train.weight_decay)
     callbacks = [UnfreezeVision(settings.unfreeze_after), HeldOutCurve(settings.eval_steps, cfg, processor, held_out, out / CURVE_FILE)]
     return run_sft(
         SftSettings.of(language_recipe(cfg, out)), model, processor, [], out / "language",
         trainer_class=PretrainTrainer, trainer_kwargs={"optimizers": (optimiser, None), "extra_callbacks": callbacks},
-        collator=collator, train_dataset=stream,
+        train_dataset=stream,  # run_sft's default TrainCollator reads the turns
     )
 
 
