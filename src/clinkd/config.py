@@ -333,6 +333,9 @@ class ReportConfig(_Section):
     sft_baseline: bool = Field(
         False, description="a plain-SFT model trained from the same initialisation for the student's epochs (costs one training)"
     )
+    greedy: bool = Field(
+        False, description="the final model decoded greedily (select.method sasg or beam): what the selection adds, on the same model"
+    )
 
 
 # The turn kinds of the pre-training corpus (clinkd.pretrain.corpus writes one generator per kind).
@@ -348,6 +351,9 @@ class PretrainConfig(_Section):
     dense_steps: int = Field(500, ge=0, description="dense vision steps before the language stage (0: none)")
     unfreeze_after: int | None = Field(
         None, ge=0, description="language step from which the vision tower and merger train too; null: frozen throughout"
+    )
+    look: Literal["colour", "tissue"] = Field(
+        "colour", description="colour: bright coloured shapes on a dim ground; tissue: grey-level and texture classes in textured tissue, many smaller than a token cell"
     )
     max_objects: int = Field(3, ge=1, le=6, description="most objects per scene")
     curriculum_steps: int = Field(

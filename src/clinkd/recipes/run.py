@@ -14,7 +14,7 @@ this module only wires them, with the loop in plain sight. Everything lands in `
     clip/                  the embedded Med-CLIP (select.method: sasg)
     logs/                  TensorBoard event files
     predictions/<TASK>.jsonl               the final model (with SASG candidates and scores)
-    comparisons/<row>/<TASK>.jsonl         teacher/, student-distilled/, plain-sft/ (report.*)
+    comparisons/<row>/<TASK>.jsonl         teacher/, student-distilled/, plain-sft/, clinkd-greedy/ (report.*)
     metrics.json, report.md, tables/, figures/
 
 Each stage is skipped when its output is already complete, so a killed run picks up where it stopped.
@@ -42,6 +42,8 @@ from clinkd.recipes.reflect import run_reflect
 from clinkd.recipes.stage_clock import STAGE_TIMES_FILE, StageClock
 from clinkd.recipes.train import sft_model
 from clinkd.sasg.pipeline import selector_for
+
+GREEDY_ROW = "ClinKD, greedy"  # the final model without selection (report.greedy)
 
 
 def model_description(model: ModelConfig) -> str:
@@ -95,6 +97,8 @@ def run(cfg: RecipeConfig) -> dict | None:
         reflected = clock.time("reflect", lambda: run_reflect(cfg, model, processor, dataset.train, run_dir / "reflect"))
         model, processor = reflected.model, reflected.processor
         sections.append(reflected.markdown())
+    if cfg.report.greedy and cfg.select.method != "greedy":
+        comparisons[GREEDY_ROW] = lambda final=(model, processor): final
 
     clock.time("clip", lambda: ensure_embedded_clip(cfg, dataset.train, processor.tokenizer, all_tests(dataset)))
     selector = selector_for(cfg.select, cfg.clip.crop_margin, cfg.seed, run_dir, model.device)
