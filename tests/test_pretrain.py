@@ -18,15 +18,19 @@ from clinkd.cli import app
 from clinkd.data.records import MODALITY_NAMES
 from clinkd.pretrain.corpus import (
     BACKGROUND_MAX,
+    LOOKS,
     NAMES,
     OBJECT_MIN,
     PLURALS,
     TASKS,
     TEMPLATES,
+    TISSUE,
     CorpusObject,
     CorpusScene,
     LanguageStream,
     draw_scene,
+    field_of_view,
+    layout,
     make_turn,
     objects_allowed,
     scene_rng,
@@ -78,32 +82,60 @@ def test_each_box_is_the_extent_of_its_objects_drawn_pixels(count):
         assert all(a.box.iou(b.box) == 0 for i, a in enumerate(scene.objects) for b in scene.objects[i + 1 :])
 
 
-def test_every_task_answers_from_the_scene():
-    scene = draw_scene(scene_rng(0, "dense", 0), 112, 3)
+@pytest.mark.parametrize("look", LOOKS)
+def test_every_task_answers_from_the_scene(look):
+    look = LOOKS[look]
+    scene = draw_scene(scene_rng(0, "dense", 0), 112, 3, look)
     by_name = {obj.name: obj for obj in scene.objects}
+    assert set(by_name) <= set(look.names)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        grounding = make_turn("grounding", scene.objects, rng)
+        grounding = make_turn("grounding", scene.objects, rng, look)
         name = re.search(r"<ref>(.*?)</ref>", grounding.question).group(1)
         assert parse_boxes(grounding.answer) == [by_name[name].box]
-        referring = make_turn("referring", scene.objects, rng)
+        referring = make_turn("referring", scene.objects, rng, look)
         assert by_name[referring.answer].box == parse_boxes(referring.question)[0]
-        counting = make_turn("counting", scene.objects, rng)
+        counting = make_turn("counting", scene.objects, rng, look)
         group = re.fullmatch(r"(?:How many|Count the) (.+?) (?:are there\?|in the picture\.)", counting.question).group(1)
         assert counting.answer == str(sum(group in ("shapes", f"{obj.appearance} shapes", PLURALS[obj.shape]) for obj in scene.objects))
-    caption = make_turn("captioning", scene.objects, rng).answer
+    caption = make_turn("captioning", scene.objects, rng, look).answer
     assert all(name in caption for name in by_name) and caption.endswith(".")
 
 
 def test_no_benchmark_class_or_modality_name_is_in_the_corpus_vocabulary():
-    texts = tokenizer_texts(0, 112, 6, scenes=200)  # every task's turns, the names and the word list
-    corpus = " ".join([*texts, *WORDS, *NAMES, *(t for task in TASKS for t in TEMPLATES[task])]).lower()
+    texts = [text for look in LOOKS.values() for text in tokenizer_texts(0, 112, 6, scenes=200, look=look)]  # every task's turns, the names, the words
+    names = [name for look in LOOKS.values() for name in look.names]
+    corpus = " ".join([*texts, *WORDS, *names, *(t for task in TASKS for t in TEMPLATES[task])]).lower()
     benchmark = {cls.name for spec in MODALITY_SPECS.values() for cls in (*spec.structures, *spec.lesions)}
     benchmark |= set(MODALITY_NAMES) | {name.lower() for name in MODALITY_NAMES.values()}
     assert len(benchmark) > 40
     found = sorted(name for name in benchmark if re.search(rf"(?<![\w-]){re.escape(name.lower())}(?![\w-])", corpus))
     assert found == []
-    assert 30 <= len(NAMES) <= 60
+    assert all(30 <= len(look.names) <= 60 for look in LOOKS.values())
+
+
+def test_tissue_objects_lie_in_the_field_of_view_and_stand_out_by_grey_level_or_texture():
+    small = total = 0
+    for index in range(12):
+        rng = scene_rng(3, "dense", index)
+        outside = field_of_view(rng, 112)
+        objects = layout(rng, 112, 4, TISSUE, outside)
+        assert not any((obj.mask & outside).any() for obj in objects)  # the black around the field holds no object
+        scene = draw_scene(scene_rng(3, "heldout", index), 112, 3, TISSUE)
+        red = scene.pixels[..., 0].astype(float)  # every tint keeps red at 1: the red channel is the luminance
+        for obj in scene.objects:
+            x1, y1, x2, y2 = obj.pixel_box
+            ring = np.zeros_like(obj.mask)
+            ring[max(0, y1 - 3) : y2 + 3, max(0, x1 - 3) : x2 + 3] = True
+            ring[y1:y2, x1:x2] = False
+            ring &= red > 12  # tissue, not the black outside the field
+            inside, around = red[obj.mask], red[ring]
+            contrast = abs(inside.mean() - around.mean()) / 255
+            spreads = sorted([inside.std(), around.std()])
+            assert contrast > 0.04 or spreads[1] > 2 * spreads[0], (index, obj.name, contrast)  # a level or a texture apart
+            small += max(x2 - x1, y2 - y1) < 28
+            total += 1
+    assert small / total > 0.2  # many objects are smaller than one 28-px token cell, as lesions are
 
 
 def test_the_curriculum_grows_the_objects_per_scene_from_one_to_max():
@@ -188,6 +220,15 @@ def test_unfreeze_after_lets_the_vision_tower_train_from_that_step(tmp_path, one
     assert result.exit_code == 0, result.output
     dense, final = load_file(out / "dense/model/model.safetensors"), load_file(out / "model/model.safetensors")
     assert not torch.equal(dense["visual.merger.mlp.2.weight"], final["visual.merger.mlp.2.weight"])
+
+
+def test_a_tissue_pretrain_learns_the_tissue_names(tmp_path, one_thread):
+    out = tmp_path / "tissue"
+    result = CliRunner().invoke(app, [*tiny_pretrain(out), "pretrain.look=tissue"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "pretrain.json").read_text())
+    assert record["names"] == list(TISSUE.names) and record["settings"]["look"] == "tissue"
+    assert record["dense_heads"]["cells"] > 0
 
 
 # ---- the retrieval-attention loss ----

@@ -1,11 +1,20 @@
 """A generic synthetic grounding corpus: fresh scenes for pre-training the tiny base (``clinkd pretrain``).
 
-A scene is a dim background (a grey level or a tinted one; flat, a gradient or clouds) and 1–N objects. Each
-object is a shape (:data:`SHAPES`) with an appearance (:data:`APPEARANCES`: a solid colour, or a striped or
-dotted pattern over a colour) and is named by the pair: ``red ring``, ``striped square`` (:data:`NAMES`, 54).
+Two looks (:data:`LOOKS`) share the shapes, the layout and the turns:
+
+* ``colour`` (:data:`COLOUR`): a dim background (a grey level or a tinted one; flat, a gradient or clouds) and
+  1–N objects, each a shape (:data:`SHAPES`) with an appearance (:data:`APPEARANCES`: a solid colour, or a
+  striped or dotted pattern over a colour), named by the pair: ``red ring``, ``striped square`` (54 names). Every
+  background channel stays below :data:`BACKGROUND_MAX` and every object pixel's brightest channel above
+  :data:`OBJECT_MIN`, so an object's pixels show its box (tested).
+* ``tissue`` (:data:`TISSUE`): the statistics of medical images without any of their content: a textured grey
+  tissue of a random level inside a black field of view (full frame, ellipse or disc), tinted grey or warm as a
+  whole, and objects told apart only by grey level and texture relative to that tissue (``bright``, ``dark``,
+  ``pale``, ``dim``, ``striped``, ``spotted``, ``grainy``: 42 names), a tenth to four tenths of the side, so
+  many are smaller than one 28-px visual token cell.
+
 Names are unique within a scene and object boxes are disjoint, at least :data:`GAP` pixels apart, so every
-question has one answer. Every background channel stays below :data:`BACKGROUND_MAX` and every object pixel's
-brightest channel above :data:`OBJECT_MIN`, so an object's pixels show its box (tested).
+question has one answer.
 
 None of the benchmark enters: the shapes, looks, names and sentences are this module's own; only the drawing
 primitives of :mod:`clinkd.synth.draw` and the 3×3 location words of :func:`clinkd.synth.scene.location_word`
@@ -56,19 +65,43 @@ COLOURS: dict[str, RGB] = {
 }
 PATTERNS: tuple[str, ...] = ("striped", "dotted")
 APPEARANCES: tuple[str, ...] = (*COLOURS, *PATTERNS)
-NAMES: tuple[str, ...] = tuple(f"{appearance} {shape}" for appearance in APPEARANCES for shape in SHAPES)
 PATTERN_BASES: tuple[str, ...] = tuple(colour for colour in COLOURS if colour != "white")  # white is the accent
 PATTERN_ACCENT: RGB = (0.97, 0.97, 0.97)
+
+
+
+@dataclass(frozen=True)
+class CorpusLook:
+    """How a corpus draws its scenes: the appearance words (a name is ``appearance shape``) and object sizes
+    (the bounding square's side / image side)."""
+
+    name: str
+    appearances: tuple[str, ...]
+    extent_range: tuple[float, float]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"{appearance} {shape}" for appearance in self.appearances for shape in SHAPES)
+
+
+# the smallest colour object still covers most of a 28-px cell; tissue objects go down to 11 px, like small lesions
+COLOUR = CorpusLook("colour", APPEARANCES, (0.2, 0.4))
+TISSUE_LEVELS: dict[str, tuple[float, float]] = {"bright": (0.3, 0.45), "dark": (-0.25, -0.2), "pale": (0.12, 0.18), "dim": (-0.14, -0.1)}
+TISSUE = CorpusLook("tissue", (*TISSUE_LEVELS, "striped", "spotted", "grainy"), (0.1, 0.4))
+LOOKS: dict[str, CorpusLook] = {look.name: look for look in (COLOUR, TISSUE)}
+TISSUE_TINTS: tuple[RGB, ...] = ((1.0, 1.0, 1.0), (1.0, 0.62, 0.45), (1.0, 0.72, 0.7), (1.0, 0.78, 0.4))  # grey, warm, rose, amber
+FIELDS: tuple[str, ...] = ("frame", "ellipse", "disc")
+OUTSIDE_LEVEL = 0.02  # the black around a field of view
 
 BACKGROUND_MAX = 0.45
 OBJECT_MIN = 0.65
 BACKGROUND_TEXTURES: tuple[str, ...] = ("flat", "gradient", "clouds")
-EXTENT_RANGE = (0.2, 0.4)  # an object's bounding square / image side: the smallest still covers most of a 28-px cell
 GAP = 2  # pixels between object boxes at 112 px
 RING_HOLE = 0.55  # inner / outer radius of a ring
 PLACEMENT_TRIES = 6
 MAX_LAYOUTS = 50
 GRAIN = 0.015  # std of the per-pixel noise added last, as in clinkd.synth.scene
+NAMES: tuple[str, ...] = COLOUR.names
 
 TASKS = PRETRAIN_TASKS  # the config validates pretrain.tasks against the same names
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -151,12 +184,12 @@ def pixel_extent(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
 
 
-def place(shape: str, size: int, blocked: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-    """The mask of ``shape`` at a size drawn from :data:`EXTENT_RANGE`, its bounding square put uniformly among
+def place(shape: str, size: int, blocked: np.ndarray, rng: np.random.Generator, extent_range: tuple[float, float]) -> np.ndarray | None:
+    """The mask of ``shape`` at a size drawn from ``extent_range``, its bounding square put uniformly among
     the corners where it touches no ``blocked`` pixel; a size that fits nowhere is redrawn smaller. ``None``:
     no size fits."""
     counter = MaskCounter(blocked)
-    low, high = (bound * size for bound in EXTENT_RANGE)
+    low, high = (bound * size for bound in extent_range)
     for _ in range(PLACEMENT_TRIES):
         extent = rng.uniform(low, high)
         side = math.ceil(extent) + 1  # ≥ extent + 1: the shape's pixel centres stay inside the square
@@ -168,24 +201,30 @@ def place(shape: str, size: int, blocked: np.ndarray, rng: np.random.Generator) 
     return None
 
 
-def layout(rng: np.random.Generator, size: int, count: int) -> tuple[CorpusObject, ...]:
-    """``count`` objects with distinct names, their boxes at least ``GAP`` (scaled to ``size``) apart; a layout
-    where an object finds no room is redrawn (the names stay)."""
-    names = [NAMES[index].split(" ") for index in rng.choice(len(NAMES), size=count, replace=False)]
+def layout(
+    rng: np.random.Generator, size: int, count: int, look: CorpusLook = COLOUR, outside: np.ndarray | None = None
+) -> tuple[CorpusObject, ...]:
+    """``count`` objects with distinct names of ``look``, their boxes at least ``GAP`` (scaled to ``size``) apart
+    and off the ``outside`` pixels (a field of view's black); a layout where an object finds no room is redrawn
+    (the names stay)."""
+    names = [look.names[index].split(" ") for index in rng.choice(len(look.names), size=count, replace=False)]
+    outside = np.zeros((size, size), dtype=bool) if outside is None else outside
     for _ in range(MAX_LAYOUTS):
-        objects = _try_layout(names, size, rng)
+        objects = _try_layout(names, size, rng, look.extent_range, outside)
         if objects is not None:
             return objects
     raise RuntimeError(f"no layout of {count} objects found in {MAX_LAYOUTS} attempts at {size}px")
 
 
-def _try_layout(names: list[list[str]], size: int, rng: np.random.Generator) -> tuple[CorpusObject, ...] | None:
+def _try_layout(
+    names: list[list[str]], size: int, rng: np.random.Generator, extent_range: tuple[float, float], outside: np.ndarray
+) -> tuple[CorpusObject, ...] | None:
     """One attempt at placing ``(appearance, shape)`` pairs in order; None when one finds no room."""
     gap = math.ceil(GAP * size / 112)
-    blocked = np.zeros((size, size), dtype=bool)
+    blocked = outside.copy()
     objects = []
     for appearance, shape in names:
-        mask = place(shape, size, blocked, rng)
+        mask = place(shape, size, blocked, rng, extent_range)
         if mask is None:
             return None
         x1, y1, x2, y2 = pixel_extent(mask)
@@ -236,12 +275,57 @@ def paint(image: np.ndarray, obj: CorpusObject, rng: np.random.Generator) -> Non
     blend(image, obj.mask & pattern_mask(obj.appearance, size, rng), PATTERN_ACCENT)
 
 
-def draw_scene(rng: np.random.Generator, size: int, count: int) -> CorpusScene:
-    """A scene of ``count`` objects: layout, background, objects, then grain N(0, GRAIN²), rounded to ``uint8``."""
-    objects = layout(rng, size, count)
-    image = background(rng, size)
-    for obj in objects:
-        paint(image, obj, rng)
+def field_of_view(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The pixels outside a tissue scene's field of view: none (full frame), outside a centred ellipse of half
+    axes 0.42–0.5 of the side, or outside a centred disc of radius 0.48."""
+    field = FIELDS[int(rng.integers(len(FIELDS)))]
+    if field == "frame":
+        return np.zeros((size, size), dtype=bool)
+    radii = (0.48 * size,) * 2 if field == "disc" else tuple(rng.uniform(0.42, 0.5, 2) * size)
+    return ~ellipse_mask(size, size / 2, size / 2, *radii)
+
+
+def tissue_ground(rng: np.random.Generator, size: int, outside: np.ndarray) -> tuple[np.ndarray, float]:
+    """Grey luminance ``(S, S)``: a tissue level U(0.25, 0.5) with clouds of std 0.06 inside the field of view,
+    :data:`OUTSIDE_LEVEL` outside; returns it and the level."""
+    level = float(rng.uniform(0.25, 0.5))
+    luminance = (level + 0.06 * smooth_noise(rng, size, max(4, size // 16))).astype(np.float32)
+    luminance[outside] = OUTSIDE_LEVEL
+    return luminance, level
+
+
+def paint_tissue(luminance: np.ndarray, obj: CorpusObject, level: float, rng: np.random.Generator) -> None:
+    """Paint ``obj`` into the grey ``luminance`` relative to the tissue ``level``: a solid offset
+    (:data:`TISSUE_LEVELS`) shaded by ±5 % clouds, bands of +0.2/−0.15, dark ground with bright 3-px dots, or
+    +0.1 with per-pixel grain of std 0.12."""
+    size = luminance.shape[0]
+    shading = np.clip(1 + 0.05 * smooth_noise(rng, size, max(4, size // 16)), 0.9, 1.1)
+    if obj.appearance in TISSUE_LEVELS:
+        value = (level + rng.uniform(*TISSUE_LEVELS[obj.appearance])) * shading
+    elif obj.appearance == "striped":
+        value = np.where(pattern_mask("striped", size, rng), level + 0.2, level - 0.15)
+    elif obj.appearance == "spotted":
+        value = np.where(pattern_mask("dotted", size, rng), level + 0.3, level - 0.12)
+    else:
+        value = level + 0.1 + 0.12 * rng.standard_normal((size, size))
+    luminance[obj.mask] = np.clip(value, 0.03, 1.0)[obj.mask]
+
+
+def draw_scene(rng: np.random.Generator, size: int, count: int, look: CorpusLook = COLOUR) -> CorpusScene:
+    """A scene of ``count`` objects of ``look``: layout, background, objects, then grain N(0, GRAIN²), rounded
+    to ``uint8``. A tissue scene is drawn grey and tinted as a whole."""
+    if look.name == "tissue":
+        outside = field_of_view(rng, size)
+        objects = layout(rng, size, count, look, outside)
+        luminance, level = tissue_ground(rng, size, outside)
+        for obj in objects:
+            paint_tissue(luminance, obj, level, rng)
+        image = luminance[None] * planes(TISSUE_TINTS[int(rng.integers(len(TISSUE_TINTS)))])
+    else:
+        objects = layout(rng, size, count)
+        image = background(rng, size)
+        for obj in objects:
+            paint(image, obj, rng)
     image += rng.standard_normal((size, size), dtype=np.float32) * np.float32(GRAIN)
     pixels = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)  # round half up; values are >= 0
     return CorpusScene(np.ascontiguousarray(pixels.transpose(1, 2, 0)), objects)
@@ -254,14 +338,14 @@ def _pick(objects: tuple[CorpusObject, ...], rng: np.random.Generator) -> Corpus
     return objects[int(rng.integers(len(objects)))]
 
 
-def count_group(objects: tuple[CorpusObject, ...], rng: np.random.Generator) -> tuple[str, int]:
+def count_group(objects: tuple[CorpusObject, ...], rng: np.random.Generator, look: CorpusLook = COLOUR) -> tuple[str, int]:
     """A group to count and its size: all shapes, one shape or one appearance. The shape or appearance is
     half the time that of an object present, so answers are not mostly 0."""
     kind = ("all", "shape", "appearance")[int(rng.integers(3))]
     if kind == "all":
         return "shapes", len(objects)
     present = rng.random() < 0.5
-    values = SHAPES if kind == "shape" else APPEARANCES
+    values = SHAPES if kind == "shape" else look.appearances
     value = getattr(_pick(objects, rng), kind) if present else values[int(rng.integers(len(values)))]
     group = PLURALS[value] if kind == "shape" else f"{value} shapes"
     return group, sum(getattr(obj, kind) == value for obj in objects)
@@ -275,7 +359,7 @@ def caption(objects: tuple[CorpusObject, ...]) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def make_turn(task: str, objects: tuple[CorpusObject, ...], rng: np.random.Generator) -> Turn:
+def make_turn(task: str, objects: tuple[CorpusObject, ...], rng: np.random.Generator, look: CorpusLook = COLOUR) -> Turn:
     """One QA turn of ``task`` about a scene's ``objects`` (see the module docstring for the four tasks)."""
     if task not in TEMPLATES:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -287,7 +371,7 @@ def make_turn(task: str, objects: tuple[CorpusObject, ...], rng: np.random.Gener
         target = _pick(objects, rng)
         return Turn(template.format(box=target.box.to_text(BoxStyle.QWEN_VL)), target.name)
     if task == "counting":
-        group, count = count_group(objects, rng)
+        group, count = count_group(objects, rng, look)
         return Turn(template.format(group=group), str(count))
     return Turn(template, caption(objects))
 
@@ -310,8 +394,11 @@ class LanguageStream(Dataset):
     """The language stage's examples: example ``i`` is one turn about a fresh scene of training step
     ``i // batch_size`` (read in order, so its curriculum level is that of the step it is trained at)."""
 
-    def __init__(self, seed: int, steps: int, batch_size: int, image_size: int, max_objects: int, curriculum_steps: int, tasks: Mapping[str, float]):
-        self.seed, self.steps, self.batch_size, self.image_size = seed, steps, batch_size, image_size
+    def __init__(
+        self, seed: int, steps: int, batch_size: int, image_size: int, max_objects: int, curriculum_steps: int,
+        tasks: Mapping[str, float], look: CorpusLook = COLOUR,
+    ):
+        self.seed, self.steps, self.batch_size, self.image_size, self.look = seed, steps, batch_size, image_size, look
         self.max_objects, self.curriculum_steps = max_objects, curriculum_steps
         self.weights = task_weights(tasks)
 
@@ -322,22 +409,22 @@ class LanguageStream(Dataset):
         """Scene ``index`` and its generator (which then draws the turn)."""
         rng = scene_rng(self.seed, "language", index)
         bound = objects_allowed(index // self.batch_size, self.max_objects, self.curriculum_steps)
-        return draw_scene(rng, self.image_size, int(rng.integers(1, bound + 1))), rng
+        return draw_scene(rng, self.image_size, int(rng.integers(1, bound + 1)), self.look), rng
 
     def __getitem__(self, index: int) -> ChatExample:
         scene, rng = self.scene(index)
         task = TASKS[int(rng.choice(len(TASKS), p=self.weights))]
-        return ChatExample(png(scene.pixels), (make_turn(task, scene.objects, rng),))
+        return ChatExample(png(scene.pixels), (make_turn(task, scene.objects, rng, self.look),))
 
 
-def tokenizer_texts(seed: int, image_size: int, max_objects: int, scenes: int = TOKENIZER_SCENES) -> list[str]:
-    """The texts the base's tokenizer learns from: a turn of every task on ``scenes`` laid-out scenes (no pixels
-    needed), every name, and the generic English word list (:mod:`clinkd.pretrain.words`)."""
-    texts = [" ".join(WORDS), " ".join(NAMES)]
+def tokenizer_texts(seed: int, image_size: int, max_objects: int, scenes: int = TOKENIZER_SCENES, look: CorpusLook = COLOUR) -> list[str]:
+    """The texts the base's tokenizer learns from: a turn of every task on ``scenes`` laid-out scenes of ``look``
+    (no pixels needed), every name, and the generic English word list (:mod:`clinkd.pretrain.words`)."""
+    texts = [" ".join(WORDS), " ".join(look.names)]
     for index in range(scenes):
         rng = scene_rng(seed, "tokenizer", index)
-        objects = layout(rng, image_size, int(rng.integers(1, max_objects + 1)))
+        objects = layout(rng, image_size, int(rng.integers(1, max_objects + 1)), look)
         for task in TASKS:
-            turn = make_turn(task, objects, rng)
+            turn = make_turn(task, objects, rng, look)
             texts += [turn.question, turn.answer]
     return texts

@@ -3,7 +3,7 @@
 The merger emits one token per cell of the image, in raster order (a 4×4 grid of 28-px cells at 112 px). Each
 token is taught, through linear heads that are thrown away afterwards:
 
-* ``name``: the name (``1 + NAMES.index``) of the object covering the largest share of the cell, when that share
+* ``name``: the name (``1 +`` its index among the look's names) of the object covering the largest share of the cell, when that share
   is at least :data:`MIN_COVER`; else 0, background;
 * ``row``, ``column``: the cell's own row and column;
 * ``box``: the covering object's 0–1000 box / 1000 (L1, object cells only).
@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
-from clinkd.pretrain.corpus import NAMES, CorpusScene, draw_scene, scene_rng
+from clinkd.pretrain.corpus import COLOUR, CorpusLook, CorpusScene, draw_scene, scene_rng
 from clinkd.progress import make_progress
 
 MIN_COVER = 0.25  # an object owns a cell from a quarter of its pixels: the smallest objects still own one
@@ -44,14 +44,14 @@ class CellLabels:
         return CellLabels(self.names.to(device), self.rows.to(device), self.columns.to(device), self.boxes.to(device))
 
 
-def cell_labels(scene: CorpusScene, grid: tuple[int, int]) -> CellLabels:
+def cell_labels(scene: CorpusScene, grid: tuple[int, int], names: Sequence[str] = COLOUR.names) -> CellLabels:
     """The targets of one scene's ``grid = (rows, columns)`` cells (see the module docstring)."""
     size = scene.pixels.shape[0]
     owner = np.zeros((size, size), dtype=np.int64)  # 0 background, k + 1 object k (objects never overlap)
     for index, obj in enumerate(scene.objects):
         owner[obj.mask] = index + 1
     row_edges, column_edges = (np.linspace(0, size, cells + 1).round().astype(int) for cells in grid)
-    names, rows, columns, boxes = [], [], [], []
+    labels, rows, columns, boxes = [], [], [], []
     for row in range(grid[0]):
         for column in range(grid[1]):
             cell = owner[row_edges[row] : row_edges[row + 1], column_edges[column] : column_edges[column + 1]]
@@ -59,11 +59,11 @@ def cell_labels(scene: CorpusScene, grid: tuple[int, int]) -> CellLabels:
             best = int(counts.argmax()) if counts.size else 0
             covered = counts.size > 0 and counts[best] >= MIN_COVER * cell.size
             obj = scene.objects[best] if covered else None
-            names.append(NAMES.index(obj.name) + 1 if obj else 0)
+            labels.append(names.index(obj.name) + 1 if obj else 0)
             boxes.append([obj.box.x1, obj.box.y1, obj.box.x2, obj.box.y2] if obj else [0.0] * 4)
             rows.append(row)
             columns.append(column)
-    return CellLabels(torch.tensor(names), torch.tensor(rows), torch.tensor(columns), torch.tensor(boxes, dtype=torch.float32) / 1000)
+    return CellLabels(torch.tensor(labels), torch.tensor(rows), torch.tensor(columns), torch.tensor(boxes, dtype=torch.float32) / 1000)
 
 
 def stack_labels(labels: Sequence[CellLabels]) -> CellLabels:
@@ -73,9 +73,9 @@ def stack_labels(labels: Sequence[CellLabels]) -> CellLabels:
 class DenseHeads(nn.Module):
     """Linear name, row, column and box heads over merged visual tokens of width ``width``."""
 
-    def __init__(self, width: int, grid: tuple[int, int]):
+    def __init__(self, width: int, grid: tuple[int, int], names: int):
         super().__init__()
-        self.name = nn.Linear(width, len(NAMES) + 1)
+        self.name = nn.Linear(width, names + 1)
         self.row = nn.Linear(width, grid[0])
         self.column = nn.Linear(width, grid[1])
         self.box = nn.Linear(width, 4)
@@ -114,31 +114,33 @@ def cell_grid(processor, image_size: int) -> tuple[int, int]:
     return height // merge, width // merge
 
 
-def dense_batch(seed: int, step: int, batch_size: int, image_size: int, max_objects: int) -> list[CorpusScene]:
-    """Step ``step``'s fresh scenes, 1 to ``max_objects`` objects each."""
+def dense_batch(seed: int, step: int, batch_size: int, image_size: int, max_objects: int, look: CorpusLook) -> list[CorpusScene]:
+    """Step ``step``'s fresh scenes of ``look``, 1 to ``max_objects`` objects each."""
     scenes = []
     for index in range(step * batch_size, (step + 1) * batch_size):
         rng = scene_rng(seed, "dense", index)
-        scenes.append(draw_scene(rng, image_size, int(rng.integers(1, max_objects + 1))))
+        scenes.append(draw_scene(rng, image_size, int(rng.integers(1, max_objects + 1)), look))
     return scenes
 
 
-def train_dense(model, processor, *, seed: int, steps: int, batch_size: int, lr: float, image_size: int, max_objects: int) -> DenseHeads | None:
+def train_dense(
+    model, processor, *, seed: int, steps: int, batch_size: int, lr: float, image_size: int, max_objects: int, look: CorpusLook = COLOUR
+) -> DenseHeads | None:
     """Train the vision tower + merger with fresh dense heads for ``steps`` steps; returns the heads (None: no step)."""
     if steps == 0:
         return None
     visual = model.model.visual
     torch.manual_seed(seed)
-    heads = DenseHeads(model.config.vision_config.hidden_size, cell_grid(processor, image_size)).to(model.device)
+    heads = DenseHeads(model.config.vision_config.hidden_size, cell_grid(processor, image_size), len(look.names)).to(model.device)
     parameters = [*visual.parameters(), *heads.parameters()]
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimiser, round(WARMUP * steps), steps)
     with make_progress() as progress:
         bar = progress.add_task("dense", total=steps, info="")
         for step in range(steps):
-            scenes = dense_batch(seed, step, batch_size, image_size, max_objects)
+            scenes = dense_batch(seed, step, batch_size, image_size, max_objects, look)
             tokens, grid = visual_tokens(model, processor, scenes)
-            loss = dense_loss(heads(tokens), stack_labels([cell_labels(scene, grid) for scene in scenes]).to(model.device))
+            loss = dense_loss(heads(tokens), stack_labels([cell_labels(scene, grid, look.names) for scene in scenes]).to(model.device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -149,7 +151,9 @@ def train_dense(model, processor, *, seed: int, steps: int, batch_size: int, lr:
 
 
 @torch.no_grad()
-def head_scores(model, processor, heads: DenseHeads, scenes: Sequence[CorpusScene], batch_size: int = 32) -> dict[str, float]:
+def head_scores(
+    model, processor, heads: DenseHeads, scenes: Sequence[CorpusScene], names: Sequence[str] = COLOUR.names, batch_size: int = 32
+) -> dict[str, float]:
     """How well ``heads`` read the tower on ``scenes``: name accuracy on all cells and on object cells, row and
     column accuracy, and the mean box L1 on object cells in 0–1000 units."""
     predicted, target = [], []
@@ -157,7 +161,7 @@ def head_scores(model, processor, heads: DenseHeads, scenes: Sequence[CorpusScen
         chunk = scenes[start : start + batch_size]
         tokens, grid = visual_tokens(model, processor, chunk)
         predicted.append(heads(tokens))
-        target.append(stack_labels([cell_labels(scene, grid) for scene in chunk]).to(model.device))
+        target.append(stack_labels([cell_labels(scene, grid, names) for scene in chunk]).to(model.device))
     predicted, target = stack_labels(predicted), stack_labels(target)
     objects = target.names > 0
     names_right = predicted.names.argmax(-1) == target.names

@@ -21,7 +21,7 @@ from clinkd.engine.generate import generate_responses
 from clinkd.metrics.baselines import CENTRE_BOX
 from clinkd.metrics.cleanup import clean_response
 from clinkd.metrics.rules import score_grounding
-from clinkd.pretrain.corpus import CorpusScene, draw_scene, make_turn, png, scene_rng
+from clinkd.pretrain.corpus import COLOUR, CorpusLook, CorpusScene, draw_scene, make_turn, png, scene_rng
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,13 @@ class HeldOut:
     samples: list[Sample]
 
 
-def held_out_set(seed: int, count: int, image_size: int, max_objects: int) -> HeldOut:
+def held_out_set(seed: int, count: int, image_size: int, max_objects: int, look: CorpusLook = COLOUR) -> HeldOut:
     scenes, samples = [], []
     for index in range(count):
         rng = scene_rng(seed, "heldout", index)
-        scene = draw_scene(rng, image_size, int(rng.integers(1, max_objects + 1)))
+        scene = draw_scene(rng, image_size, int(rng.integers(1, max_objects + 1)), look)
         scenes.append(scene)
-        samples.append(Sample(f"heldout-{index}", png(scene.pixels), "", [make_turn("grounding", scene.objects, rng)], task="VG"))
+        samples.append(Sample(f"heldout-{index}", png(scene.pixels), "", [make_turn("grounding", scene.objects, rng, look)], task="VG"))
     return HeldOut(scenes, samples)
 
 

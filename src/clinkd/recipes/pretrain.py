@@ -26,7 +26,7 @@ from clinkd.doctor import device_description
 from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from clinkd.model.loading import build_tiny, is_checkpoint, load_checkpoint, save_checkpoint
-from clinkd.pretrain.corpus import NAMES, LanguageStream, tokenizer_texts
+from clinkd.pretrain.corpus import LOOKS, LanguageStream, tokenizer_texts
 from clinkd.pretrain.dense import head_scores, train_dense
 from clinkd.pretrain.heldout import HeldOut, grounding_recall, held_out_set
 from clinkd.progress import console
@@ -56,7 +56,7 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     clock = StageClock(out / STAGE_TIMES_FILE)
-    held_out = held_out_set(settings.seed, settings.eval_scenes, settings.image_size, settings.max_objects)
+    held_out = held_out_set(settings.seed, settings.eval_scenes, settings.image_size, settings.max_objects, LOOKS[settings.look])
     model, processor, dense = clock.time("dense", lambda: dense_stage(cfg, out / "dense", held_out))
     language = clock.time("language", lambda: language_stage(cfg, model, processor, out, held_out))
     final = clock.time("evaluate", lambda: score_held_out(cfg, model, processor, held_out))
@@ -75,7 +75,7 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
         "dense_heads": dense,
         "heldout": final,
         "heldout_curve": held_out_curve(out / CURVE_FILE),
-        "names": list(NAMES),
+        "names": list(LOOKS[settings.look].names),
     }
     atomic_write_json(out / "pretrain.json", record)
     return PretrainResult(out / "model", record)
@@ -95,13 +95,14 @@ def dense_stage(cfg: RecipeConfig, stage_dir: Path, held_out: HeldOut):
         model, processor = load_checkpoint(model_dir, cfg.model.dtype)
         return model, processor, json.loads((stage_dir / "dense.json").read_text(encoding="utf-8"))
     settings = cfg.pretrain
-    texts = tokenizer_texts(settings.seed, settings.image_size, settings.max_objects)
+    look = LOOKS[settings.look]
+    texts = tokenizer_texts(settings.seed, settings.image_size, settings.max_objects, look=look)
     model, processor = build_tiny(cfg.model, [convert_markup(text, cfg.data.box_style) for text in texts], settings.seed, cfg.rope)
     heads = train_dense(
         model, processor, seed=settings.seed, steps=settings.dense_steps, batch_size=settings.batch_size,
-        lr=settings.lr, image_size=settings.image_size, max_objects=settings.max_objects,
+        lr=settings.lr, image_size=settings.image_size, max_objects=settings.max_objects, look=look,
     )
-    scores = {"steps": settings.dense_steps, **({} if heads is None else head_scores(model, processor, heads, held_out.scenes))}
+    scores = {"steps": settings.dense_steps, **({} if heads is None else head_scores(model, processor, heads, held_out.scenes, look.names))}
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stage_dir / "dense.json", scores)
     save_checkpoint(model, processor, model_dir)  # last: the model folder marks the stage finished
@@ -127,7 +128,7 @@ def language_stage(cfg: RecipeConfig, model, processor, out: Path, held_out: Hel
     settings = cfg.pretrain
     stream = LanguageStream(
         settings.seed, settings.steps, settings.batch_size, settings.image_size, settings.max_objects,
-        settings.curriculum_steps, settings.tasks,
+        settings.curriculum_steps, settings.tasks, LOOKS[settings.look],
     )
     # Every parameter is in the optimiser, so the vision tower can join at unfreeze_after (a frozen one gets no grad, no update).
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=cfg.train.weight_decay)
