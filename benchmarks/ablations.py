@@ -60,16 +60,16 @@ ROW_NAMES = {
 
 
 def headlines(metrics: dict, row: str) -> dict[str, float]:
-    """One row's task headlines (×100) from a run's ``metrics.json``, plus their mean as ``average``."""
+    """One row's task headlines ×100 (``metrics.json`` keeps fractions), plus their mean as ``average``."""
     document = metrics["model"] if row == "model" else metrics["others"][row]
-    scores = {task: document["tasks"][task]["headline"]["value"] for task in TASKS}
+    scores = {task: 100 * document["tasks"][task]["headline"]["value"] for task in TASKS}
     return scores | {"average": statistics.fmean(scores.values())}
 
 
 def mean_std(values: Sequence[float]) -> str:
     """``mean ± sample std`` to two decimals (a single value has no spread: ``± –``)."""
     spread = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "–"
-    return f"{statistics.fmean(values):.2f} ± {spread}"
+    return f"{round(statistics.fmean(values), 2) + 0.0:.2f} ± {spread}"  # + 0.0: no "-0.00"
 
 
 def seed_rows(seeded: dict[int, dict[str, dict]]) -> dict[tuple[str, str], dict[str, list[float]]]:

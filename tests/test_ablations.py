@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from clinkd.data.records import TASKS
 from conftest import load_benchmark
 
@@ -9,10 +11,10 @@ ablations = load_benchmark("ablations")
 
 
 def metrics(model: dict[str, float], others: dict[str, dict[str, float]]) -> dict:
-    """A metrics.json with only the task headlines set."""
+    """A metrics.json with only the task headlines set (as fractions, like the real file)."""
 
     def document(scores: dict[str, float]) -> dict:
-        return {"tasks": {task: {"headline": {"value": scores[task]}} for task in TASKS}}
+        return {"tasks": {task: {"headline": {"value": scores[task] / 100}} for task in TASKS}}
 
     return {"model": document(model), "others": {label: document(scores) for label, scores in others.items()}}
 
@@ -32,8 +34,8 @@ def seed_documents(offset: float) -> dict[str, dict]:
 
 def test_rows_are_mean_and_sample_std_over_seeds_and_comparisons_pair_by_seed():
     rows = ablations.seed_rows({0: seed_documents(0.0), 1: seed_documents(2.0), 2: seed_documents(4.0)})
-    assert rows[("clinkd", "model")]["VG"] == [40.0, 42.0, 44.0]
-    assert rows[("clinkd", "model")]["average"] == [40.0, 42.0, 44.0]
+    assert rows[("clinkd", "model")]["VG"] == pytest.approx([40.0, 42.0, 44.0])
+    assert rows[("clinkd", "model")]["average"] == pytest.approx([40.0, 42.0, 44.0])
     scores = ablations.scores_table(rows)
     assert "| ClinKD (MCG-RoPE, KD, reflection, SASG) | 42.00 ± 2.00 |" in scores
     assert "| plain SFT, greedy | 25.00 ± 0.00 |" in scores
@@ -47,3 +49,4 @@ def test_rows_are_mean_and_sample_std_over_seeds_and_comparisons_pair_by_seed():
 
 def test_one_seed_has_no_spread():
     assert ablations.mean_std([3.0]) == "3.00 ± –"
+    assert ablations.mean_std([-1e-9, 1e-9, -2e-9]) == "0.00 ± 0.00"

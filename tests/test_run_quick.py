@@ -13,7 +13,7 @@ from clinkd.recipes.run import slug
 
 def test_quick_run_from_an_empty_folder_writes_a_complete_clinkd_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ here: the recipe and its quick preset come from the code
-    result = CliRunner().invoke(app, ["run", "--preset", "quick", "report.greedy=true"])
+    result = CliRunner().invoke(app, ["run", "--preset", "quick", "report.greedy=true", "report.sft_baseline=true"])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "quick"
     for name in ("config.resolved.yaml", "data_issues.txt", "metrics.json", "report.md", "stage_times.json"):
@@ -31,7 +31,9 @@ def test_quick_run_from_an_empty_folder_writes_a_complete_clinkd_report(tmp_path
     assert "| training | distillation (teacher → pseudo labels → student) |" in report
     assert "## Reflective correction" in report and "`sasg` (N = 3" in report
     assert "| teacher |" in report and "| student (distilled) |" in report and "| ClinKD, greedy |" in report
-    assert sorted(path.name for path in (run_dir / "comparisons").iterdir()) == ["clinkd-greedy", "student-distilled", "teacher"]
+    assert sorted(path.name for path in (run_dir / "comparisons").iterdir()) == ["clinkd-greedy", "plain-sft", "student-distilled", "teacher"]
+    sft_steps = json.loads((run_dir / "sft/train_log.json").read_text())["log_history"][-1]["step"]
+    assert sft_steps == json.loads((run_dir / "distill/info.json").read_text())["student"]["steps"]  # equal optimiser steps
     greedy = [json.loads(line) for line in (run_dir / "comparisons" / "clinkd-greedy" / "VG.jsonl").open()]
     selected = [json.loads(line) for line in (run_dir / "predictions" / "VG.jsonl").open()]
     assert [row["id"] for row in greedy] == [row["id"] for row in selected]  # the same model on the same test turns

@@ -331,7 +331,7 @@ class ReportConfig(_Section):
     teacher: bool = Field(True, description="the distillation teacher (when distill.enabled)")
     student: bool = Field(True, description="the distilled student before reflective correction and selection")
     sft_baseline: bool = Field(
-        False, description="a plain-SFT model trained from the same initialisation for the student's epochs (costs one training)"
+        False, description="a plain-SFT model trained from the same initialisation for the KD student's optimiser steps (costs one training)"
     )
     greedy: bool = Field(
         False, description="the final model decoded greedily (select.method sasg or beam): what the selection adds, on the same model"

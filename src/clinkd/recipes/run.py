@@ -88,8 +88,9 @@ def run(cfg: RecipeConfig) -> dict | None:
             comparisons["teacher"] = lambda: load_checkpoint(info["teacher"]["dir"], cfg.model.dtype)
         if cfg.report.student and cfg.reflect.enabled and cfg.reflect.rounds:
             comparisons["student (distilled)"] = lambda: load_checkpoint(info["student"]["dir"], cfg.model.dtype)
-        if cfg.report.sft_baseline:
-            comparisons["plain SFT"] = lambda: clock.time("sft baseline", lambda: sft_model(cfg, dataset.train, run_dir / "sft"))
+        if cfg.report.sft_baseline:  # equal optimiser steps: the student's turns include the pseudo labels
+            equal_steps = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": info["student"]["steps"]})})
+            comparisons["plain SFT"] = lambda: clock.time("sft baseline", lambda: sft_model(equal_steps, dataset.train, run_dir / "sft"))
     else:
         model, processor = clock.time("sft", lambda: sft_model(cfg, dataset.train, run_dir / "sft"))
 
