@@ -69,7 +69,6 @@ PATTERN_BASES: tuple[str, ...] = tuple(colour for colour in COLOURS if colour !=
 PATTERN_ACCENT: RGB = (0.97, 0.97, 0.97)
 
 
-
 @dataclass(frozen=True)
 class CorpusLook:
     """How a corpus draws its scenes: the appearance words (a name is ``appearance shape``) and object sizes
@@ -234,6 +233,16 @@ def _try_layout(
     return tuple(objects)
 
 
+def clouds(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Zero-mean, unit-std smooth noise on a grid of about 16-px cells (at least 4 per side)."""
+    return smooth_noise(rng, size, max(4, size // 16))
+
+
+def shading(rng: np.random.Generator, size: int) -> np.ndarray:
+    """An object's ±5 % brightness clouds, clipped to ``[0.9, 1.1]``."""
+    return np.clip(1 + 0.05 * clouds(rng, size), 0.9, 1.1)
+
+
 def background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Planar ``(3, S, S)``: a grey level U(0.05, 0.3) tinted per channel by U(−0.05, 0.05), plus a texture
     (flat, a linear gradient of ±0.06 or clouds of std 0.04), clipped to ``[0, BACKGROUND_MAX]``."""
@@ -245,7 +254,7 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
         angle = rng.uniform(0, 2 * math.pi)
         image += (0.12 * ((xs * math.cos(angle) + ys * math.sin(angle)) / size - 0.5)).astype(np.float32)
     elif texture == "clouds":
-        image += 0.04 * smooth_noise(rng, size, max(4, size // 16))
+        image += 0.04 * clouds(rng, size)
     return np.clip(image, 0, BACKGROUND_MAX)
 
 
@@ -266,12 +275,12 @@ def pattern_mask(appearance: str, size: int, rng: np.random.Generator) -> np.nda
 def paint(image: np.ndarray, obj: CorpusObject, rng: np.random.Generator) -> None:
     """Paint ``obj`` into the planar ``image``: its colour shaded by ±10 % clouds, or a pattern's base and accent."""
     size = image.shape[1]
-    shading = np.clip(1 + 0.05 * smooth_noise(rng, size, max(4, size // 16)), 0.9, 1.1)
+    shade = shading(rng, size)
     if obj.appearance in COLOURS:
-        blend(image, obj.mask, planes(COLOURS[obj.appearance]) * shading)
+        blend(image, obj.mask, planes(COLOURS[obj.appearance]) * shade)
         return
     base = COLOURS[PATTERN_BASES[int(rng.integers(len(PATTERN_BASES)))]]
-    blend(image, obj.mask, planes(base) * shading)
+    blend(image, obj.mask, planes(base) * shade)
     blend(image, obj.mask & pattern_mask(obj.appearance, size, rng), PATTERN_ACCENT)
 
 
@@ -289,7 +298,7 @@ def tissue_ground(rng: np.random.Generator, size: int, outside: np.ndarray) -> t
     """Grey luminance ``(S, S)``: a tissue level U(0.25, 0.5) with clouds of std 0.06 inside the field of view,
     :data:`OUTSIDE_LEVEL` outside; returns it and the level."""
     level = float(rng.uniform(0.25, 0.5))
-    luminance = (level + 0.06 * smooth_noise(rng, size, max(4, size // 16))).astype(np.float32)
+    luminance = (level + 0.06 * clouds(rng, size)).astype(np.float32)
     luminance[outside] = OUTSIDE_LEVEL
     return luminance, level
 
@@ -299,9 +308,9 @@ def paint_tissue(luminance: np.ndarray, obj: CorpusObject, level: float, rng: np
     (:data:`TISSUE_LEVELS`) shaded by ±5 % clouds, bands of +0.2/−0.15, dark ground with bright 3-px dots, or
     +0.1 with per-pixel grain of std 0.12."""
     size = luminance.shape[0]
-    shading = np.clip(1 + 0.05 * smooth_noise(rng, size, max(4, size // 16)), 0.9, 1.1)
+    shade = shading(rng, size)
     if obj.appearance in TISSUE_LEVELS:
-        value = (level + rng.uniform(*TISSUE_LEVELS[obj.appearance])) * shading
+        value = (level + rng.uniform(*TISSUE_LEVELS[obj.appearance])) * shade
     elif obj.appearance == "striped":
         value = np.where(pattern_mask("striped", size, rng), level + 0.2, level - 0.15)
     elif obj.appearance == "spotted":
@@ -322,7 +331,7 @@ def draw_scene(rng: np.random.Generator, size: int, count: int, look: CorpusLook
             paint_tissue(luminance, obj, level, rng)
         image = luminance[None] * planes(TISSUE_TINTS[int(rng.integers(len(TISSUE_TINTS)))])
     else:
-        objects = layout(rng, size, count)
+        objects = layout(rng, size, count, look)
         image = background(rng, size)
         for obj in objects:
             paint(image, obj, rng)
