@@ -9,13 +9,13 @@ initialisation, the sampling of the teacher's and reflection's subsets, and the 
 
 * ``clinkd-s<seed>``: the default recipe with ``report.sft_baseline`` and ``report.greedy``, whose report holds
   ClinKD (SASG), the same final model greedy, the distilled student before reflection (greedy) and plain SFT
-  from the same initialisation for the student's epochs (greedy);
+  from the same initialisation for the student's optimiser steps (greedy);
 * ``stock-s<seed>``: the default recipe with ``rope.name=qwen2vl`` (stock positions), no extra rows.
 
 Each comparison pairs two rows of the same seed:
 
 * MCG-RoPE vs stock positions: ClinKD against the stock run's ClinKD (the whole pipeline);
-* KD student vs plain SFT: the distilled student against plain SFT (both greedy, one epoch each);
+* KD student vs plain SFT: the distilled student against plain SFT (both greedy, equal optimiser steps);
 * reflective correction on vs off: the final model greedy against the distilled student greedy (the model that
   entered reflection);
 * SASG vs greedy: ClinKD against the final model greedy (the same weights).
@@ -36,8 +36,10 @@ from pathlib import Path
 
 from clinkd.data.records import TASKS
 from clinkd.markdown import table
+from clinkd.recipes.run import GREEDY_ROW
 
-HEADLINES = {"VG": "VG R@0.5", "ROC": "ROC Recall", "RC": "RC SPICE-approx", "MIA": "MIA mBMR"}
+HEADLINES = {"VG": "VG R@0.5", "ROC": "ROC Recall", "RC": "RC SPICE-approx", "MIA": "MIA mBMR", "average": "average"}
+COLUMNS = tuple(HEADLINES)  # the four task headlines, then their mean
 RUNS = {
     "clinkd": ["report.sft_baseline=true", "report.greedy=true"],
     "stock": ["rope.name=qwen2vl", "report.teacher=false", "report.student=false"],
@@ -46,12 +48,12 @@ RUNS = {
 COMPARISONS = (
     ("MCG-RoPE vs stock positions", ("clinkd", "model"), ("stock", "model")),
     ("KD student vs plain SFT", ("clinkd", "student (distilled)"), ("clinkd", "plain SFT")),
-    ("reflective correction on vs off", ("clinkd", "ClinKD, greedy"), ("clinkd", "student (distilled)")),
-    ("SASG vs greedy", ("clinkd", "model"), ("clinkd", "ClinKD, greedy")),
+    ("reflective correction on vs off", ("clinkd", GREEDY_ROW), ("clinkd", "student (distilled)")),
+    ("SASG vs greedy", ("clinkd", "model"), ("clinkd", GREEDY_ROW)),
 )
 ROW_NAMES = {
     ("clinkd", "model"): "ClinKD (MCG-RoPE, KD, reflection, SASG)",
-    ("clinkd", "ClinKD, greedy"): "same model, greedy",
+    ("clinkd", GREEDY_ROW): "same model, greedy",
     ("clinkd", "student (distilled)"): "KD student before reflection, greedy",
     ("clinkd", "plain SFT"): "plain SFT, greedy",
     ("clinkd", "teacher"): "teacher (11.1 % of the data), greedy",
@@ -85,22 +87,20 @@ def seed_rows(seeded: dict[int, dict[str, dict]]) -> dict[tuple[str, str], dict[
 
 
 def scores_table(rows: dict[tuple[str, str], dict[str, list[float]]]) -> str:
-    columns = [*TASKS, "average"]
-    body = [[ROW_NAMES[key], *(mean_std(rows[key][column]) for column in columns)] for key in ROW_NAMES]
-    return table(["row (mean ± std over seeds)", *(HEADLINES.get(c, c) for c in columns)], body, "lr")
+    body = [[ROW_NAMES[key], *(mean_std(rows[key][column]) for column in COLUMNS)] for key in ROW_NAMES]
+    return table(["row (mean ± std over seeds)", *HEADLINES.values()], body, "lr")
 
 
 def comparisons_table(rows: dict[tuple[str, str], dict[str, list[float]]]) -> str:
     """Each comparison's per-seed paired difference (with − without), as mean ± std."""
-    columns = [*TASKS, "average"]
     body = []
     for name, with_part, without_part in COMPARISONS:
         cells = []
-        for column in columns:
+        for column in COLUMNS:
             differences = [a - b for a, b in zip(rows[with_part][column], rows[without_part][column], strict=True)]
             cells.append(mean_std(differences))
         body.append([name, *cells])
-    return table(["comparison (with − without, paired by seed)", *(HEADLINES.get(c, c) for c in columns)], body, "lr")
+    return table(["comparison (with − without, paired by seed)", *HEADLINES.values()], body, "lr")
 
 
 def run_folder(out: Path, run: str, seed: int, threads: int | None, config: str) -> Path:
