@@ -22,6 +22,7 @@ from clinkd.metrics.captions import (
     unregister_caption_scorer,
 )
 from clinkd.metrics.cleanup import clean_response, extract_information, strip_chat_tokens
+from clinkd.metrics.fidelity import has_parseable_box, modality_classes, names_asked, question_fidelity
 from clinkd.metrics.protocol import score_predictions
 from clinkd.metrics.report import render_comparison, render_markdown
 from clinkd.metrics.rules import bird_iou, box_strings, classification_correct, corners, score_grounding
@@ -353,7 +354,7 @@ def make_samples():
         ("r", "ROC", Turn(region, "liver")),
         ("s", "ROC", Turn(region, "kidney")),
         ("t", "ROC", Turn(region, "kidney")),
-        ("c", "RC", Turn("Describe <box>(1,1),(5,5)</box>.", "A small round cyst.")),
+        ("c", "RC", Turn("Describe <box>(1,1),(5,5)</box>.", "A small round cyst in the upper left region.")),
         ("m", "MIA", Turn("What does it show?", "CT image of the abdomen.")),
     ]
     samples = []
@@ -363,8 +364,18 @@ def make_samples():
     return samples
 
 
+def training_records(samples):
+    """The test samples' turns as training records: one multi-turn record per modality, without a task."""
+    records = {}
+    for sample in samples:
+        records.setdefault(sample.modality, Sample(f"{sample.modality}_train", sample.image, sample.modality, []))
+        records[sample.modality].turns.append(sample.turns[0])
+    return list(records.values())
+
+
 def test_baselines_answer_only_their_own_tasks():
-    baselines = baseline_predictions(make_samples())
+    samples = make_samples()
+    baselines = baseline_predictions(samples, training_records(samples))
     assert {name: sorted({row.task for row in rows}) for name, rows in baselines.items()} == {
         "centre box": ["VG"],
         "name prior box": ["VG"],
@@ -381,38 +392,64 @@ def test_baselines_answer_only_their_own_tasks():
     assert scores["majority class"]["tasks"]["ROC"]["macro"]["Recall"] == pytest.approx(2 / 3)
     assert set(scores["most frequent answer"]["tasks"]) == {"RC", "MIA"}
     assert CENTRE_BOX.area == 250_000
+    assert set(baseline_predictions(samples)) == {"centre box"}  # nothing to fit the others on
 
 
-def test_name_prior_box_is_the_median_gt_box_per_modality_and_phrase():
-    def vg(index, modality, phrase, box):
-        answer = f"<ref>{phrase}</ref><box>{box}</box>" if box else "no box here"
-        return Sample(f"{modality}_{index}", Path("x.png"), modality, [Turn(f"Where is <ref>{phrase}</ref>?", answer)], task="VG")
-
-    samples = [
-        vg(0, "ct", "liver", "(100,200),(300,600)"),
-        vg(1, "ct", "liver", "(120,100),(500,500)"),
-        vg(2, "ct", "liver", "(900,0),(1000,400)"),
-        vg(3, "ct", "cyst", "(10,10),(20,21)"),
-        vg(4, "ct", "cyst", "(30,30),(40,40)"),  # even count: the mean of the two middle values, rounded
-        vg(5, "mr", "liver", "(0,0),(10,10)"),  # another modality: its own prior
-        vg(6, "mr", "tumor", None),  # no GT box in its group: the centre box
+def test_baselines_are_fitted_on_the_training_turns_never_on_the_test_labels():
+    region = "What is in <box>(1,1),(5,5)</box>?"
+    tests = [
+        Sample("ct_0", Path("ct_0.png"), "ct", [Turn("Where is <ref>liver</ref>?", "<ref>liver</ref><box>(0,0),(50,50)</box>")], task="VG"),
+        Sample("ct_1", Path("ct_1.png"), "ct", [Turn(region, "cyst")], task="ROC"),
+        Sample("ct_2", Path("ct_2.png"), "ct", [Turn(region, "cyst")], task="ROC"),
     ]
-    answers = [row.response for row in baseline_predictions(samples)["name prior box"]]
+    train = [Sample("ct_t", Path("ct_t.png"), "ct", [
+        Turn("Where is <ref>liver</ref>?", "<ref>liver</ref><box>(500,500),(900,900)</box>"),
+        Turn(region, "kidney"),
+        Turn("Describe <box>(1,1),(5,5)</box>.", "A small round cyst in the left region."),  # RC, not a class
+    ])]
+    baselines = baseline_predictions(tests, train)
+    assert [row.response for row in baselines["name prior box"]] == ["<box>(500,500),(900,900)</box>"]
+    assert [row.response for row in baselines["majority class"]] == ["kidney", "kidney"]
+    assert score_predictions(baselines["majority class"])["tasks"]["ROC"]["macro"]["Recall"] == 0.0
+
+
+def test_name_prior_box_is_the_median_training_box_per_modality_and_phrase():
+    def vg(phrase, box):
+        answer = f"<ref>{phrase}</ref><box>{box}</box>" if box else "no box here"
+        return Turn(f"Where is <ref>{phrase}</ref>?", answer)
+
+    train = [
+        Sample("ct_t", Path("x.png"), "ct", [
+            vg("liver", "(100,200),(300,600)"),
+            vg("liver", "(120,100),(500,500)"),
+            vg("liver", "(900,0),(1000,400)"),
+            vg("cyst", "(10,10),(20,21)"),
+            vg("cyst", "(30,30),(40,40)"),  # even count: the mean of the two middle values, rounded
+        ]),
+        Sample("mr_t", Path("x.png"), "mr", [vg("liver", "(0,0),(10,10)")]),  # another modality: its own prior
+        Sample("x_t", Path("x.png"), "x", [Turn("What does it show?", "A chest.")]),  # no VG turn in x
+    ]
+
+    def test(index, modality, phrase):
+        return Sample(f"{modality}_{index}", Path("x.png"), modality, [vg(phrase, "(1,1),(2,2)")], task="VG")
+
+    tests = [test(0, "ct", "liver"), test(1, "ct", "cyst"), test(2, "mr", "liver"), test(3, "ct", "tumor"), test(4, "x", "heart")]
+    answers = [row.response for row in baseline_predictions(tests, train)["name prior box"]]
     assert answers == [
         "<box>(120,100),(500,500)</box>",
-        "<box>(120,100),(500,500)</box>",
-        "<box>(120,100),(500,500)</box>",
         "<box>(20,20),(30,30)</box>",  # medians 20, 20, 30, 30.5 → 30 (round half to even)
-        "<box>(20,20),(30,30)</box>",
         "<box>(0,0),(10,10)</box>",
-        "<box>(250,250),(750,750)</box>",
+        "<box>(100,30),(300,400)</box>",  # a name never asked in training: its modality's median VG box
+        "<box>(250,250),(750,750)</box>",  # a modality without VG training turns: the centre box
     ]
 
 
 def test_majority_ties_go_to_the_first_answer_and_a_sample_without_task_is_refused():
     image = Path("ct_1.png")
-    tied = [Sample(f"ct_{i}", image, "ct", [Turn("q", answer)], task="ROC") for i, answer in enumerate(["b", "a", "a", "b"])]
-    assert {row.response for row in baseline_predictions(tied)["majority class"]} == {"b"}
+    region = "What is in <box>(1,1),(5,5)</box>?"
+    train = [Sample("ct_t", image, "ct", [Turn(region, answer) for answer in ["b", "a", "a", "b"]])]
+    tests = [Sample("ct_1", image, "ct", [Turn(region, "a")], task="ROC")]
+    assert {row.response for row in baseline_predictions(tests, train)["majority class"]} == {"b"}
     with pytest.raises(ValueError, match="ct_9"):
         baseline_predictions([Sample("ct_9", image, "ct", [Turn("q", "a")])])
 
@@ -440,7 +477,7 @@ def test_full_report_and_comparison_with_baselines():
     )
     report = render_markdown(metrics, "all tasks")
     assert report.count("| 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 |") >= 4
-    baselines = {name: score_predictions(rows) for name, rows in baseline_predictions(samples).items()}
+    baselines = {name: score_predictions(rows) for name, rows in baseline_predictions(samples, training_records(samples)).items()}
     table = render_comparison({"model": metrics, **baselines})
     lines = table.splitlines()
     assert lines[0] == "|  | VG (Recall@0.5) | ROC (Recall) | RC (ROUGE_L) | MIA (mBR) | Average |"
@@ -462,9 +499,63 @@ def test_run_evaluate_writes_metrics_and_report(tmp_path):
     path = tmp_path / "pred.jsonl"
     append_jsonl(path, [prediction(s.task, s.modality, s.turns[0].answer, "kidney", i).to_json() for i, s in enumerate(samples)])
     tests = {task: [s for s in samples if s.task == task] for task in TASKS}
-    document = run_evaluate([path], tmp_path / "out", tests=tests, label="model")
+    document = run_evaluate([path], tmp_path / "out", tests=tests, train=training_records(samples), label="model")
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written == json.loads(json.dumps(document))
     assert set(written["baselines"]) == {"centre box", "name prior box", "majority class", "most frequent answer"}
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Model vs comparisons and trivial baselines" in report and "| majority class |" in report
+
+
+# ---- question fidelity ----------------------------------------------------------------------------
+def test_names_asked_reads_the_ref_or_else_the_words():
+    question = "Please locate the <ref>left lung</ref>."
+    assert names_asked(question, "<|object_ref_start|>Left  Lung<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>")
+    assert not names_asked(question, "<ref>heart</ref><box>(1,2),(3,4)</box>")
+    assert names_asked(question, "The left lung is at <box>(1,2),(3,4)</box>.")  # no ref: the phrase in its words
+    assert not names_asked(question, "The lung is at <box>(1,2),(3,4)</box>.")
+    assert names_asked("Where is the lesion?", "<box>(1,2),(3,4)</box>") is None  # nothing asked by name
+    assert has_parseable_box("<|box_start|>(1,2),(3,4)<|box_end|>") and not has_parseable_box("<box>(5,2),(3,4)</box>")
+
+
+def test_question_fidelity_counts_each_share_over_the_answers_it_applies_to():
+    ask = "Where is the <ref>liver</ref>?"
+
+    def row(task, modality, question, response):
+        return Prediction(f"{modality}_{task}_{len(response)}", "x.png", task, modality, question, "gt", response + "<|im_end|>")
+
+    rows = [
+        row("VG", "ct", ask, "<ref>liver</ref><box>(1,2),(30,40)</box>"),
+        row("VG", "ct", ask, "<ref>spleen</ref><box>(1,2),(30,40)</box>"),
+        row("VG", "ct", ask, "<ref>liver</ref> somewhere"),
+        row("VG", "ct", "Where is the lesion?", "<box>(1,2),(30,40)</box>"),
+        row("ROC", "ct", "What is in <box>(1,1),(5,5)</box>?", "Liver"),
+        row("ROC", "ct", "What is in <box>(1,1),(5,5)</box>?", "left lung"),  # an X-ray class, not a CT one
+        row("RC", "ct", "Describe <box>(1,1),(5,5)</box>.", "A liver."),
+    ]
+    train = [
+        Sample("ct_t", Path("x.png"), "ct", [Turn("What is in <box>(1,1),(5,5)</box>?", "liver")]),
+        Sample("x_t", Path("x.png"), "x", [Turn("What is in <box>(1,1),(5,5)</box>?", "left lung")]),
+    ]
+    classes = modality_classes(train)
+    assert classes == {"ct": {"liver"}, "x": {"left lung"}}
+    assert question_fidelity(rows, classes) == {
+        "names_asked": {"value": 2 / 3, "n": 3},
+        "parseable_box": {"value": 3 / 4, "n": 4},
+        "modality_class": {"value": 1 / 2, "n": 2},
+    }
+    assert question_fidelity(rows, {})["modality_class"] == {"value": None, "n": 0}  # no training split: unknown
+
+
+def test_run_evaluate_reports_question_fidelity_per_row(tmp_path):
+    samples = make_samples()
+    path = tmp_path / "pred.jsonl"
+    append_jsonl(path, [prediction(s.task, s.modality, s.turns[0].answer, s.turns[0].answer, i).to_json() for i, s in enumerate(samples)])
+    tests = {task: [s for s in samples if s.task == task] for task in TASKS}
+    document = run_evaluate([path], tmp_path / "out", tests=tests, train=training_records(samples), label="model",
+                            others={"teacher": [path]}, figures=False)
+    assert set(document["fidelity"]) == {"model", "teacher"}
+    assert document["fidelity"]["model"]["modality_class"] == {"value": 1.0, "n": 24}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Question fidelity" in report and "### Trivial baselines" in report
+    assert "| name prior box | training split: median VG box per modality and asked name |" in report

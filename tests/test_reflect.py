@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clinkd.boxes import Box, BoxStyle
+from clinkd.boxes import Box, BoxStyle, answer_text
 from clinkd.config import ConfigError, load_config
-from clinkd.data.records import Sample, Turn
+from clinkd.data.records import Sample, Turn, infer_task
 from clinkd.reflect.corrections import correct_weak, correction_examples
 from clinkd.reflect.correctors import (
     FRAMINGS,
@@ -41,13 +41,11 @@ from clinkd.reflect.similarity import (
     Judgement,
     LexicalSimilarity,
     SimilarityError,
-    answer_text,
     build_similarity,
     content_f1,
     grounding,
     judge,
 )
-from clinkd.reflect.tasks import infer_task
 
 LEXICAL = LexicalSimilarity()
 VG_GT = "<ref>liver</ref><box>(112,305),(498,702)</box>"

@@ -206,6 +206,15 @@ def referred_phrase(text: str) -> str | None:
     return phrase or None
 
 
+# Box spans (either tag style) go entirely; ref tags and any other special token go but leave their text.
+_MARKUP = re.compile(rf"{ANY_TAGGED_BOX.pattern}|</?ref>|<\|[a-z_]+\|>", re.DOTALL)
+
+
+def answer_text(text: str) -> str:
+    """The words of an answer: box spans removed, ref tags and other special tokens dropped, spaces squeezed."""
+    return " ".join(_MARKUP.sub(" ", text).split())
+
+
 def format_ref(phrase: str, style: BoxStyle | str = BoxStyle.QWEN_VL) -> str:
     style = BoxStyle(style)
     open_tag, close_tag = REF_TAGS[style]

@@ -208,7 +208,7 @@ def clip_train(
 def evaluate(
     pred: list[Path] = typer.Option(..., "--pred", help="prediction JSONL file(s)"),
     out: Path = typer.Option(..., "--out", help="folder for metrics.json and report.md"),
-    data: Optional[Path] = typer.Option(None, "--data", help="data dir with test_*.json: adds the trivial baselines"),
+    data: Optional[Path] = typer.Option(None, "--data", help="data dir with test_*.json: adds the trivial baselines (fitted on its train.json)"),
     on_error: OnError = typer.Option("skip", "--on-error", help="for bad test records"),
     meteor: str = typer.Option("auto", "--meteor", help="auto|java|nltk|off (auto: METEOR 1.5 jar, else meteor-nltk)"),
     spice: str = typer.Option("auto", "--spice", help="auto|official|approx|off (auto: real SPICE if its jars are found, else SPICE-approx)"),
@@ -223,16 +223,18 @@ def evaluate(
     The report (or with --json the metrics) goes to stdout; progress and messages to stderr.
     """
     import json
-    from clinkd.data.medgrit import load_test_split
+    from clinkd.data.medgrit import load_medgrit, load_test_split
     from clinkd.data.validation import ISSUES_FILE, DataIssues
     from clinkd.metrics.backends import BackendChoice, caption_scorers
     from clinkd.metrics.meteor import BackendUnavailable
     from clinkd.recipes.evaluate import run_evaluate
 
-    tests = None
+    tests, train = None, []
     if data is not None:
         issues = DataIssues()
         tests = load_test_split(data, data / "images", on_error=on_error, issues=issues)
+        if (data / "train.json").is_file():  # the fitted baselines learn from it; without it only the centre box
+            train = load_medgrit(data / "train.json", data / "images", on_error=on_error, issues=issues)
         console.print(issues.record(out / ISSUES_FILE))
         issues.raise_for_unusable_files()
     try:
@@ -240,7 +242,7 @@ def evaluate(
     except (ValueError, BackendUnavailable) as error:
         console.print(f"[red]error:[/red] {escape(str(error))} (clinkd env lists what is available)")
         raise typer.Exit(2) from None
-    document = run_evaluate(pred, out, tests=tests, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir)
+    document = run_evaluate(pred, out, tests=tests, train=train, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir)
     typer.echo(json.dumps(document, indent=2, ensure_ascii=False) if as_json else (out / "report.md").read_text(encoding="utf-8"))
 
 

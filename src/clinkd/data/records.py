@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from clinkd.boxes import answer_text, parse_boxes
+
 # Med-GRIT id prefixes, in the paper's table order, with their display names.
 MODALITY_NAMES: dict[str, str] = {
     "ct": "CT",
@@ -67,6 +69,26 @@ class Turn:
 
     question: str
     answer: str
+
+
+# A referring answer of at most this many words is a class name (ROC); a longer one is a caption (RC).
+LABEL_MAX_WORDS = 4
+
+
+def infer_task(turn: Turn) -> str:
+    """``VG | ROC | RC | MIA`` of one training turn, read off the turn itself (training records mix the four
+    tasks in one conversation and do not name them; Med-GRIT's conventions, ``docs/data.md``):
+
+    * the answer has a box                                   → VG (grounding)
+    * the question has a box, the answer ≤ ``LABEL_MAX_WORDS``  → ROC (a class name)
+    * the question has a box, a longer answer                → RC (a caption)
+    * no box anywhere                                        → MIA (whole-image analysis)
+    """
+    if parse_boxes(turn.answer):
+        return "VG"
+    if parse_boxes(turn.question):
+        return "ROC" if len(answer_text(turn.answer).split()) <= LABEL_MAX_WORDS else "RC"
+    return "MIA"
 
 
 @dataclass

@@ -13,8 +13,10 @@ from pathlib import Path
 from clinkd.data.records import Prediction, Sample
 from clinkd.data.validation import DataError
 from clinkd.io import atomic_write_json, atomic_write_text, numbered_jsonl
-from clinkd.metrics.baselines import baseline_predictions
+from clinkd.markdown import table
+from clinkd.metrics.baselines import FITTED_ON, baseline_predictions
 from clinkd.metrics.captions import CaptionScorer
+from clinkd.metrics.fidelity import FIDELITY_LABELS, modality_classes, question_fidelity
 from clinkd.metrics.protocol import group_predictions, score_predictions
 from clinkd.metrics.report import render_comparison, render_markdown
 from clinkd.metrics.tables import write_tables
@@ -45,14 +47,36 @@ def prediction_of(row, where: str) -> Prediction:
 
 
 def score_baselines(
-    tests: dict[str, list[Sample]], *, scorers: Sequence[CaptionScorer] | None = None, bird_exact: bool = False
+    tests: dict[str, list[Sample]],
+    train: Sequence[Sample] = (),
+    *,
+    scorers: Sequence[CaptionScorer] | None = None,
+    bird_exact: bool = False,
 ) -> dict[str, dict]:
-    """Metrics of every trivial baseline on the same test set, with the model's backends."""
+    """Metrics of every trivial baseline (fitted on ``train``) on the same test set, with the model's backends."""
     samples = [sample for task_samples in tests.values() for sample in task_samples]
     return {
         name: score_predictions(rows, scorers=scorers, bird_exact=bird_exact)
-        for name, rows in baseline_predictions(samples).items()
+        for name, rows in baseline_predictions(samples, train).items()
     }
+
+
+def fidelity_section(fidelity: dict[str, dict]) -> str:
+    """Per row: the shares of answers that address what was asked (:mod:`clinkd.metrics.fidelity`)."""
+    header = ["", *(f"{text} (%)" for text in FIDELITY_LABELS.values())]
+    rows = [[label, *(_share(shares[name]) for name in FIDELITY_LABELS)] for label, shares in fidelity.items()]
+    return ("## Question fidelity\n\nDoes the answer address what was asked? Shares of the answers each applies to "
+            "(n in brackets); ROC classes are the training split's.\n\n" + table(header, rows, "lr"))
+
+
+def _share(share: dict) -> str:
+    return "–" if share["value"] is None else f"{100 * share['value']:.1f} ({share['n']})"
+
+
+def baselines_section(baselines: dict[str, dict]) -> str:
+    """Where each scored baseline was fitted (none reads a test label)."""
+    rows = [(name, FITTED_ON[name]) for name in baselines]
+    return "### Trivial baselines\n\n" + table(["baseline", "fitted on"], rows, "l")
 
 
 def run_evaluate(
@@ -61,6 +85,7 @@ def run_evaluate(
     *,
     title: str = "clinkd evaluation",
     tests: dict[str, list[Sample]] | None = None,
+    train: Sequence[Sample] = (),
     label: str = "model",
     others: dict[str, Iterable[Path]] | None = None,
     extra_sections: Iterable[str] = (),
@@ -71,25 +96,29 @@ def run_evaluate(
 ) -> dict:
     """Write the files of the module docstring into ``out_dir``; returns the ``metrics.json`` document.
 
-    With ``tests``, the trivial baselines are scored on the same test set and shown beside the model;
+    With ``tests``, the trivial baselines (fitted on the ``train`` records) are scored on the same test set and shown
+    beside the model;
     ``others`` maps more labels (teacher, plain SFT, ...) to their prediction files, scored the same way.
     ``scorers`` are the caption backends (default: the registered ones, see
     :func:`clinkd.metrics.backends.caption_scorers` for METEOR and SPICE); ``run_dir`` (default
     ``out_dir``) is searched for ``train_log.json`` files for the loss figure.
     """
-    metrics = score_predictions(read_predictions(prediction_paths), scorers=scorers, bird_exact=bird_exact)
-    document = {"model": metrics}
-    named = {label: metrics}
-    for other, paths in (others or {}).items():
-        named[other] = score_predictions(read_predictions(paths), scorers=scorers, bird_exact=bird_exact)
-    document["others"] = {other: named[other] for other in others or {}}
+    rows = {label: read_predictions(prediction_paths)} | {other: read_predictions(paths) for other, paths in (others or {}).items()}
+    named = {row_label: score_predictions(predictions, scorers=scorers, bird_exact=bird_exact) for row_label, predictions in rows.items()}
+    metrics = named[label]
+    classes = modality_classes(train)
+    fidelity = {row_label: question_fidelity(predictions, classes) for row_label, predictions in rows.items()}
+    document = {"model": metrics, "others": {other: named[other] for other in others or {}}, "fidelity": fidelity}
     sections = [render_markdown(metrics, title)]
     if tests is not None:
-        baselines = score_baselines(tests, scorers=scorers, bird_exact=bird_exact)
+        baselines = score_baselines(tests, train, scorers=scorers, bird_exact=bird_exact)
         document["baselines"] = baselines
         named.update(baselines)
     if len(named) > 1:
         sections.append("## Model vs comparisons and trivial baselines\n\n" + render_comparison(named))
+    sections.append(fidelity_section(fidelity))
+    if tests is not None:
+        sections.append(baselines_section(document["baselines"]))
     if figures:
         sections.append(_figure_section(named, out_dir, run_dir or out_dir))
     sections.extend(extra_sections)

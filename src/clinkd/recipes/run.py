@@ -124,6 +124,7 @@ def run(cfg: RecipeConfig) -> dict | None:
         run_dir,
         title=f"clinkd run `{cfg.name}`",
         tests=dataset.tests,
+        train=dataset.train,
         label=f"ClinKD ({cfg.model.path or 'tiny-' + cfg.model.size + ('-base' if cfg.model.init == 'base' else '')})",
         others=others,
         extra_sections=sections,

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clinkd.data.records import TASKS, Sample, Turn
-from clinkd.reflect.tasks import infer_task
+from clinkd.data.records import TASKS, Sample, Turn, infer_task
 
 
 @dataclass(frozen=True)

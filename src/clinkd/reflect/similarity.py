@@ -26,11 +26,9 @@ from typing import Protocol
 
 import numpy as np
 
-from clinkd.boxes import ANY_TAGGED_BOX, BoxError, parse_boxes
+from clinkd.boxes import BoxError, answer_text, parse_boxes
 from clinkd.config import ConfigError
 
-# Box spans (either tag style) go entirely; ref tags and any other special token go but leave their text.
-_MARKUP = re.compile(rf"{ANY_TAGGED_BOX.pattern}|</?ref>|<\|[a-z_]+\|>", re.DOTALL)
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 # Function words and the framing vocabulary answers wrap their facts in ("It is …", "This region shows …").
@@ -55,11 +53,6 @@ class Similarity(Protocol):
     name: str
 
     def scores(self, outputs: Sequence[str], references: Sequence[str]) -> list[float]: ...
-
-
-def answer_text(text: str) -> str:
-    """The words of an answer: box spans removed, ref tags and other special tokens dropped, spaces squeezed."""
-    return " ".join(_MARKUP.sub(" ", text).split())
 
 
 def content_words(text: str) -> list[str]:
