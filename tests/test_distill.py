@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from clinkd.batching import TrainCollator, training_examples
 from clinkd.boxes import convert_markup
-from clinkd.config import DistillConfig, PredictConfig, RecipeConfig
+from clinkd.config import DistillConfig, PredictConfig, RecipeConfig, TrainConfig
 from clinkd.data.medgrit import load_medgrit
-from clinkd.data.records import Turn
+from clinkd.data.records import Sample, Turn
 from clinkd.distill import (
     CacheMismatchError,
     CacheSpec,
@@ -29,14 +30,21 @@ from clinkd.distill import (
     kd_loss_config,
     read_pseudo_labels,
     aligned_pseudo_labels,
+    PseudoChecks,
+    PseudoLabel,
+    pseudo_problem,
+    curriculum_order,
     seeded_subset,
     teacher_fingerprint,
     tokenizer_fingerprint,
     write_teacher_cache,
 )
+from clinkd.distill import pseudo as pseudo_module
 from clinkd.distill.batches import model_inputs
+from clinkd.distill.pseudo import DROP_REASONS
 from clinkd.distill.teacher_cache import MANIFEST
 from clinkd.engine import generate as generate_module
+from clinkd.engine.generate import answer_margins
 from clinkd.engine.sft import SftSettings, training_arguments
 from clinkd.losses import KDLossConfig, distillation_loss
 from clinkd.model.box_convention import RelativeBoxes
@@ -327,11 +335,15 @@ def test_pseudo_label_generation_resumes_after_an_interruption(tmp_path, process
     lines = reference.read_text().splitlines(keepends=True)
     (out / reference.name).write_text("".join(lines[:5]))  # interrupted after 5 rows
     prompts = []
-    real = generate_module.generate_responses
-    monkeypatch.setattr(generate_module, "generate_responses", lambda *a: prompts.append(len(a[3])) or real(*a))
+    real = pseudo_module.generate_with_margins
+    monkeypatch.setattr(pseudo_module, "generate_with_margins", lambda *a: prompts.append(len(a[3])) or real(*a))
     generate_pseudo_labels(teacher, processor, records, out, predict_cfg, max_new_tokens=3)
     assert sum(prompts) == len(expected) - 5
-    assert read_pseudo_labels(out, records) == expected
+    resumed = read_pseudo_labels(out, records)
+    assert [label.answer for label in resumed] == [label.answer for label in expected]
+    # Greedy labels carry their margin; another batch (its padding) may move it in the last float digits.
+    assert [label.margin for label in resumed] == pytest.approx([label.margin for label in expected], abs=1e-5)
+    assert all(0 <= label.margin <= 1 for label in expected)
 
 
 def test_pseudo_labels_for_other_data_are_refused(tmp_path, processor, train_records):
@@ -348,28 +360,74 @@ def test_distillation_examples_for_each_target_kind(train_records):
     # Records 0 and 2 were pseudo-labelled (turns 0-3 and 8-11); record 1 was not.
     answers = ["teacher says liver", "", "<|box_start|>(1,2<|box_end|>", convert_markup(gt[3], BOX_STYLE)]
     answers += ["teacher answer 8", gt[9], "teacher answer 10", "teacher answer 11"]
-    pseudo = aligned_pseudo_labels(records, [0, 2], answers)
-    assert pseudo == answers[:4] + [None] * 4 + answers[4:]
+    labels = [PseudoLabel(answer, 0.1 * index) for index, answer in enumerate(answers)]
+    pseudo = aligned_pseudo_labels(records, [0, 2], labels)
+    assert pseudo == labels[:4] + [None] * 4 + labels[4:]
     answers_of = lambda exs: [ex.turns[0].answer for ex in exs]
 
-    ground, counts = distillation_examples(records, None, "ground_truth", "split", BOX_STYLE)
-    assert answers_of(ground) == gt and counts["pseudo_labelled"] == 0
+    ground = distillation_examples(records, None, "ground_truth", "split", BOX_STYLE)
+    assert answers_of(ground.examples) == gt and ground.counts["pseudo_labelled"] == 0 and ground.margins == [None] * 12
 
-    relabelled, counts = distillation_examples(records, pseudo, "pseudo", "split", BOX_STYLE)
+    relabelled = distillation_examples(records, pseudo, "pseudo", "split", BOX_STYLE)
     # Empty and unparseable answers fall back to the GT; an answer equal up to markup keeps the GT text.
     teacher_answers = ["teacher says liver", "teacher answer 8", "teacher answer 10", "teacher answer 11"]
     expected = ["teacher says liver", *gt[1:8], "teacher answer 8", gt[9], "teacher answer 10", "teacher answer 11"]
-    assert answers_of(relabelled) == expected
-    assert counts == {"examples": 12, "pseudo_labelled": 8, "pseudo_fallback": 2, "pseudo_equal_gt": 2, "pseudo_used": 4}
+    assert answers_of(relabelled.examples) == expected
+    assert relabelled.counts == {
+        "examples": 12, "pseudo_labelled": 8, "pseudo_dropped_unusable": 2, "pseudo_dropped_wrong_structure": 0,
+        "pseudo_dropped_no_box": 0, "pseudo_dropped_low_confidence": 0, "pseudo_equal_gt": 2, "pseudo_used": 4,
+    }
+    assert relabelled.margins == pytest.approx([0.0, None, None, None, None, None, None, None, 0.4, None, 0.6, 0.7])
 
-    both, counts = distillation_examples(records, pseudo, "both", "split", BOX_STYLE)
-    assert answers_of(both) == gt + teacher_answers and counts["examples"] == 16
+    both = distillation_examples(records, pseudo, "both", "split", BOX_STYLE)
+    assert answers_of(both.examples) == gt + teacher_answers and both.counts["examples"] == 16
+    assert both.margins == pytest.approx([None] * 12 + [0.0, 0.4, 0.6, 0.7])
 
-    multi, _ = distillation_examples(records, pseudo, "pseudo", "multi", BOX_STYLE)
-    ground_multi, _ = distillation_examples(records, None, "ground_truth", "multi", BOX_STYLE)
-    assert [t.answer for t in multi[0].turns] == expected[:4] and multi[1] == ground_multi[1]
+    multi = distillation_examples(records, pseudo, "pseudo", "multi", BOX_STYLE)
+    ground_multi = distillation_examples(records, None, "ground_truth", "multi", BOX_STYLE)
+    assert [t.answer for t in multi.examples[0].turns] == expected[:4] and multi.examples[1] == ground_multi.examples[1]
+    assert multi.margins == [0.0, None, pytest.approx(17 / 30)]  # the mean margin of a record's used labels
     with pytest.raises(ValueError, match="one pseudo-label entry per training turn"):
         distillation_examples(records, pseudo[:-1], "both", "split", BOX_STYLE)
+
+
+def test_pseudo_labels_that_name_another_structure_lack_a_box_or_doubt_themselves_do_not_teach():
+    image = Path("ct_0.png")
+    turns = [
+        Turn("Where is the <ref>liver</ref>?", "<ref>liver</ref><box>(100,100),(400,400)</box>"),
+        Turn("What is in <box>(100,100),(400,400)</box>?", "liver"),
+        Turn("Describe <box>(100,100),(400,400)</box>.", "The liver appears large and bright in the left region."),
+        Turn("What can you diagnose from this image?", "CT image of the abdomen showing the liver and kidney."),
+    ]
+    record = Sample("ct_0", image, "ct", turns)
+    checks = PseudoChecks(classes={"ct": {"liver", "kidney", "spleen"}}, min_margin=0.5)
+
+    def problems(*answers, margin=0.9):
+        return [pseudo_problem(turn, PseudoLabel(answer, margin), "ct", BOX_STYLE, checks) for turn, answer in zip(turns, answers)]
+
+    good = ("<ref>liver</ref><box>(110,90),(400,420)</box>", "liver", "The liver appears large in the left region.",
+            "CT image of the abdomen showing the liver.")
+    assert problems(*good) == [None] * 4
+    assert problems("<ref>spleen</ref><box>(110,90),(400,420)</box>", "kidney", "The spleen appears bright.",
+                    "CT image showing the liver and spleen.") == ["wrong_structure"] * 4
+    assert problems("<ref>liver</ref> is on the left", *good[1:]) == ["no_box", None, None, None]
+    assert problems(*good, margin=0.4) == ["low_confidence"] * 4
+    assert pseudo_problem(turns[1], PseudoLabel("kidney", None), "ct", BOX_STYLE, PseudoChecks(filter=False)) is None
+    assert pseudo_problem(turns[1], PseudoLabel("kidney", None), "ct", BOX_STYLE, PseudoChecks(filter=False, min_margin=0.1)) == "low_confidence"
+
+    labels = [PseudoLabel(answer, 0.9) for answer in ("<ref>spleen</ref><box>(1,1),(9,9)</box>", "kidney", good[2], good[3])]
+    targets = distillation_examples([record], labels, "both", "split", BOX_STYLE, checks)
+    assert [example.turns[0].answer for example in targets.examples[4:]] == [good[2], good[3]]
+    assert targets.counts["pseudo_dropped_wrong_structure"] == 2 and targets.counts["pseudo_used"] == 2
+
+
+def test_answer_margins_average_top1_minus_top2_up_to_the_end_of_turn():
+    logits = torch.log(torch.tensor([
+        [[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.9, 0.05, 0.05]],  # ends at step 1: steps 0 and 1 count
+        [[0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1]],  # never ends: every step counts
+    ]))
+    tokens = torch.tensor([[0, 2, 1], [0, 0, 0]])
+    assert answer_margins(logits, tokens, end_id=2) == pytest.approx([(0.5 + 0.1) / 2, 0.3])
 
 
 # --- the whole stage ---------------------------------------------------------------------------
@@ -408,6 +466,10 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
     assert len((root / "pseudo" / "train.jsonl").read_text().splitlines()) == n_turns == info["pseudo"]["turns"]
     assert info["targets"]["pseudo_labelled"] == n_turns
     assert info["student"]["examples"] == info["targets"]["examples"] == 32 + info["targets"]["pseudo_used"]
+    dropped = sum(info["targets"][f"pseudo_dropped_{reason}"] for reason in DROP_REASONS)
+    assert dropped + info["targets"]["pseudo_equal_gt"] + info["targets"]["pseudo_used"] == n_turns
+    assert set(info["pseudo"]["fidelity"]) == {"names_asked", "parseable_box", "modality_class"}
+    assert all(0 <= label["margin"] <= 1 for label in map(json.loads, (root / "pseudo" / "train.jsonl").read_text().splitlines()))
     manifest = json.loads((root / "cache" / MANIFEST).read_text())
     assert manifest["complete"] and manifest["spec"]["n_examples"] == info["student"]["examples"]
     assert (root / "student" / "model" / "config.json").is_file() and info["student"]["steps"] > 0
@@ -435,3 +497,16 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, train_records, co
 
     with pytest.raises(CheckpointError, match="tokenizer .* differs from the student's"):
         run_distill(cfg, Dataset.train, cfg.run_dir, lambda recipe: build_tiny(recipe.model, corpus, recipe.seed, recipe.rope))
+
+
+def test_the_curriculum_releases_pseudo_labels_from_the_most_confident_on():
+    margins = [None] * 200 + [0.1, 0.9, 0.5, None]
+    order = curriculum_order(margins, seed=3)
+    assert sorted(order) == list(range(204)) and order == curriculum_order(margins, seed=3)
+    position = {index: rank for rank, index in enumerate(order)}
+    # The least confident label (release 2/3) comes after about two thirds of the ground truth.
+    assert position[200] > 110
+    assert all(margins[index] is None or margins[index] > 0.05 for index in order[:60])
+    settings = SftSettings(TrainConfig(), 0, "float32", "qwen2-vl", None, Path("logs"), in_order=True)
+    assert training_arguments(settings, Path("out")).train_sampling_strategy == "sequential"
+    assert training_arguments(replace(settings, in_order=False), Path("out")).train_sampling_strategy == "random"

@@ -256,6 +256,15 @@ class DistillConfig(_Section):
         0.111, gt=0, le=1, description="share of the train records the teacher answers (seeded; paper: 30K of 270K)"
     )
     pseudo_max_new_tokens: int | None = Field(None, gt=0, description="null = the largest predict.max_new_tokens")
+    pseudo_filter: bool = Field(
+        True, description="drop pseudo labels that name another structure than their turn, or lack a box where it needs one"
+    )
+    min_margin: float = Field(
+        0.0, ge=0, le=1, description="drop pseudo labels whose mean top-1 − top-2 token probability is below this (0: keep all)"
+    )
+    curriculum: bool = Field(
+        False, description="order the student's examples so that the most confident pseudo labels come first (docs/distill.md)"
+    )
     mode: Literal["online", "cached"] = Field(
         "cached", description="online: teacher forward every step; cached: one pass to top-k log-probs on disk"
     )

@@ -4,9 +4,19 @@ See docs/distill.md.
 """
 
 from clinkd.distill.batches import EXAMPLE_INDEX, IndexedCollator, IndexedExample, batch_position_ids, indexed
-from clinkd.distill.pseudo import aligned_pseudo_labels, distillation_examples, generate_pseudo_labels, read_pseudo_labels, turn_samples
+from clinkd.distill.pseudo import (
+    PseudoChecks,
+    PseudoLabel,
+    StudentTargets,
+    aligned_pseudo_labels,
+    distillation_examples,
+    generate_pseudo_labels,
+    pseudo_problem,
+    read_pseudo_labels,
+    turn_samples,
+)
 from clinkd.distill.settings import kd_loss_config
-from clinkd.distill.subset import PSEUDO_SEED_OFFSET, seeded_subset
+from clinkd.distill.subset import PSEUDO_SEED_OFFSET, curriculum_order, seeded_subset
 from clinkd.distill.teacher_cache import (
     CacheMismatchError,
     CacheSpec,
@@ -26,15 +36,20 @@ __all__ = [
     "IndexedCollator",
     "IndexedExample",
     "KDTrainer",
+    "PseudoChecks",
+    "PseudoLabel",
+    "StudentTargets",
     "TeacherCache",
     "aligned_pseudo_labels",
     "batch_position_ids",
     "check_teacher_vocab",
+    "curriculum_order",
     "dataset_fingerprint",
     "distillation_examples",
     "generate_pseudo_labels",
     "indexed",
     "kd_loss_config",
+    "pseudo_problem",
     "read_pseudo_labels",
     "seeded_subset",
     "teacher_fingerprint",

@@ -91,21 +91,53 @@ def clean_generation(text: str) -> str:
     return strip_chat_tokens(text).strip()
 
 
-@torch.inference_mode()
-def generate_responses(model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int, num_beams: int = 1) -> list[str]:
-    """Greedy (or beam) answers for one batch of one-turn samples, boxes on the 0–1000 scale."""
+def _generate(model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int, **settings):
+    """``(output, prompt length)`` of ``model.generate`` on one batch, with neutral decoding and ``settings``."""
     batch = {key: value.to(model.device) for key, value in collator(samples).items()}
     tokenizer = processor.tokenizer
     output = model.generate(
         **batch,
-        **decoding(do_sample=False, num_beams=num_beams),
+        **decoding(**settings),
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.convert_tokens_to_ids(TURN_END),
     )
-    continuations = output[:, batch["input_ids"].shape[1] :]
-    texts = tokenizer.batch_decode(continuations, skip_special_tokens=False)
+    return output, batch["input_ids"].shape[1]
+
+
+def _texts(processor, collator: PromptCollator, continuations: torch.Tensor, samples: Sequence[Sample]) -> list[str]:
+    texts = processor.tokenizer.batch_decode(continuations, skip_special_tokens=False)
     return [collator.relative(clean_generation(text), sample) for text, sample in zip(texts, samples)]
+
+
+@torch.inference_mode()
+def generate_responses(model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int, num_beams: int = 1) -> list[str]:
+    """Greedy (or beam) answers for one batch of one-turn samples, boxes on the 0–1000 scale."""
+    output, prompt = _generate(model, processor, collator, samples, max_new_tokens, do_sample=False, num_beams=num_beams)
+    return _texts(processor, collator, output[:, prompt:], samples)
+
+
+@torch.inference_mode()
+def generate_with_margins(model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int) -> list[tuple[str, dict]]:
+    """Greedy answers, each with ``{"margin": m}``: the mean over its generated tokens (up to and including the end
+    of turn) of the top-1 minus the top-2 next-token probability, the model's confidence in its own answer."""
+    output, prompt = _generate(
+        model, processor, collator, samples, max_new_tokens,
+        do_sample=False, num_beams=1, output_logits=True, return_dict_in_generate=True,
+    )
+    continuations = output.sequences[:, prompt:]
+    margins = answer_margins(torch.stack(output.logits, dim=1), continuations, processor.tokenizer.convert_tokens_to_ids(TURN_END))
+    return [(text, {"margin": margin}) for text, margin in zip(_texts(processor, collator, continuations, samples), margins)]
+
+
+def answer_margins(logits: torch.Tensor, tokens: torch.Tensor, end_id: int) -> list[float]:
+    """Per row of ``logits`` ``(B, T, V)``: the mean of ``p₁ − p₂`` (the two largest softmax probabilities) over the
+    steps up to and including the first ``end_id`` of ``tokens`` ``(B, T)`` (all ``T`` steps when it never ends)."""
+    top = logits.float().softmax(dim=-1).topk(2, dim=-1).values
+    margin = top[..., 0] - top[..., 1]
+    ended = (tokens == end_id).int().cumsum(dim=1)
+    keep = (ended == 0) | ((ended == 1) & (tokens == end_id))  # before the end, and the end itself
+    return ((margin * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)).tolist()
 
 
 class Selector(Protocol):

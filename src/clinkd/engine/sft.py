@@ -38,6 +38,7 @@ class SftSettings:
     box_style: str
     square_size: int | None
     logs_dir: Path
+    in_order: bool = False  # read the examples in the order given (a curriculum), not shuffled
 
     @classmethod
     def of(cls, cfg: RecipeConfig) -> SftSettings:
@@ -99,6 +100,7 @@ def training_arguments(settings: SftSettings, output_dir: Path) -> TrainingArgum
         save_total_limit=train.save_total_limit,
         seed=settings.seed,
         data_seed=settings.seed,
+        train_sampling_strategy="sequential" if settings.in_order else "random",
         remove_unused_columns=False,
         dataloader_num_workers=train.num_workers,
         report_to=[],

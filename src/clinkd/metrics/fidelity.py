@@ -63,21 +63,33 @@ def modality_classes(train: Iterable[Sample]) -> dict[str, set[str]]:
     return classes
 
 
+def named_classes(text: str, classes: set[str]) -> set[str]:
+    """The ``classes`` (folded names) whose name occurs as whole words in the answer text of ``text``."""
+    words = folded(answer_text(text))
+    return {name for name in classes if re.search(rf"\b{re.escape(name)}\b", words)}
+
+
 def question_fidelity(predictions: Iterable[Prediction], classes: Mapping[str, set[str]]) -> dict[str, dict]:
     """``{share name: {"value": share or None, "n": answers it applies to}}`` for the three shares above."""
+    return answer_fidelity(((canonical_task(row.task), row.modality, row.question, row.response) for row in predictions), classes)
+
+
+def answer_fidelity(answers: Iterable[tuple[str, str, str, str]], classes: Mapping[str, set[str]]) -> dict[str, dict]:
+    """:func:`question_fidelity` of ``(task, modality, question, response)`` tuples (pseudo labels carry their
+    training turn's task, read with :func:`~clinkd.data.records.infer_task`)."""
     counts = {name: [0, 0] for name in FIDELITY_LABELS}
 
     def note(name: str, passed: bool) -> None:
         counts[name][0] += passed
         counts[name][1] += 1
 
-    for row in predictions:
-        task, answer = canonical_task(row.task), clean_response(row.response)
+    for task, modality, question, response in answers:
+        answer = clean_response(response)
         if task == "VG":
-            named = names_asked(row.question, answer)
+            named = names_asked(question, answer)
             if named is not None:
                 note("names_asked", named)
             note("parseable_box", has_parseable_box(answer))
         elif task == "ROC" and classes:
-            note("modality_class", folded(answer_text(answer)) in classes.get(row.modality, set()))
+            note("modality_class", folded(answer_text(answer)) in classes.get(modality, set()))
     return {name: {"value": passed / total if total else None, "n": total} for name, (passed, total) in counts.items()}

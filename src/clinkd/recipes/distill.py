@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,19 @@ import torch
 
 from clinkd.batching import ChatExample, TrainCollator, collator_for, training_examples
 from clinkd.config import RecipeConfig
-from clinkd.data.records import Sample
+from clinkd.data.records import Sample, infer_task
 from clinkd.distill.pseudo import (
+    PseudoChecks,
+    PseudoLabel,
     aligned_pseudo_labels,
     distillation_examples,
     generate_pseudo_labels,
     pseudo_labels_complete,
     read_pseudo_labels,
+    turn_samples,
 )
 from clinkd.distill.settings import kd_loss_config
-from clinkd.distill.subset import PSEUDO_SEED_OFFSET, seeded_subset
+from clinkd.distill.subset import PSEUDO_SEED_OFFSET, curriculum_order, seeded_subset
 from clinkd.distill.teacher_cache import (
     CacheSpec,
     TeacherCache,
@@ -50,6 +53,7 @@ from clinkd.distill.trainer import check_teacher_vocab, output_vocab_size, train
 from clinkd.engine.sft import SftSettings, run_sft
 from clinkd.io import atomic_write_json
 from clinkd.losses import KDLossConfig
+from clinkd.metrics.fidelity import answer_fidelity, modality_classes
 from clinkd.model.box_convention import box_coordinates
 from clinkd.model.loading import CheckpointError, is_checkpoint, load_checkpoint
 from clinkd.model.processor import load_processor
@@ -106,7 +110,7 @@ def ensure_teacher(cfg: RecipeConfig, train: Sequence[Sample], stage_dir: Path, 
     }
 
 
-def ensure_pseudo_labels(cfg: RecipeConfig, train: Sequence[Sample], teacher_dir: Path, out_dir: Path) -> tuple[list[str | None], dict]:
+def ensure_pseudo_labels(cfg: RecipeConfig, train: Sequence[Sample], teacher_dir: Path, out_dir: Path) -> tuple[list[PseudoLabel | None], dict]:
     """One entry per training turn: the teacher's answer for the turns of the seeded ``distill.pseudo_fraction``
     of the records, None for the others. Missing rows are generated; a complete file is reused."""
     chosen = seeded_subset(len(train), cfg.distill.pseudo_fraction, cfg.seed + PSEUDO_SEED_OFFSET, "distill.pseudo_fraction")
@@ -117,9 +121,19 @@ def ensure_pseudo_labels(cfg: RecipeConfig, train: Sequence[Sample], teacher_dir
         generate_pseudo_labels(
             teacher, processor, records, out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size, cfg.distill.pseudo_max_new_tokens
         )
-    answers = read_pseudo_labels(out_dir, records)
-    info = {"file": str(out_dir / "train.jsonl"), "records": len(records), "turns": len(answers), "reused": reused}
-    return aligned_pseudo_labels(train, chosen, answers), info
+    labels = read_pseudo_labels(out_dir, records)
+    info = {"file": str(out_dir / "train.jsonl"), "records": len(records), "turns": len(labels), "reused": reused,
+            "fidelity": pseudo_fidelity(records, labels, modality_classes(train))}
+    return aligned_pseudo_labels(train, chosen, labels), info
+
+
+def pseudo_fidelity(records: Sequence[Sample], labels: Sequence[PseudoLabel], classes: dict[str, set[str]]) -> dict:
+    """The question fidelity of the teacher's answers (:mod:`clinkd.metrics.fidelity`), each turn's task read off its ground truth."""
+    turns = turn_samples(records)
+    return answer_fidelity(
+        ((infer_task(sample.turns[0]), sample.modality, sample.turns[0].question, label.answer) for sample, label in zip(turns, labels)),
+        classes,
+    )
 
 
 def cache_spec(cfg: RecipeConfig, examples: Sequence[ChatExample], student, processor, teacher_dir: Path, kd: KDLossConfig) -> CacheSpec:
@@ -184,12 +198,17 @@ def ensure_student(
     if cfg.distill.mode == "cached":
         cache_dir = cfg.distill.cache_dir or stage_dir.parent / "cache"
         cache, info["cache"] = ensure_teacher_cache(cfg, examples, student, processor, teacher_dir, kd, cache_dir)
-        result = train_student(SftSettings.of(cfg), student, processor, examples, stage_dir, kd, teacher_cache=cache)
+        result = train_student(student_settings(cfg), student, processor, examples, stage_dir, kd, teacher_cache=cache)
     else:
         teacher, _ = load_teacher(cfg, teacher_dir)
         check_teacher_vocab(output_vocab_size(teacher), output_vocab_size(student), len(processor.tokenizer))
-        result = train_student(SftSettings.of(cfg), student, processor, examples, stage_dir, kd, teacher=teacher)
+        result = train_student(student_settings(cfg), student, processor, examples, stage_dir, kd, teacher=teacher)
     return student, processor, info | {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 1)}
+
+
+def student_settings(cfg: RecipeConfig) -> SftSettings:
+    """The recipe's training settings; with ``distill.curriculum`` the examples are read in the order given."""
+    return replace(SftSettings.of(cfg), in_order=cfg.distill.curriculum)
 
 
 def merge_info(previous: dict, current: dict) -> dict:
@@ -219,7 +238,11 @@ def run_distill(cfg: RecipeConfig, train: Sequence[Sample], run_dir: Path, build
     if cfg.distill.targets != "ground_truth":
         pseudo_labels, pseudo = ensure_pseudo_labels(cfg, train, teacher_dir, root / "pseudo")
         pseudo |= {} if pseudo["reused"] else {"seconds": round(time.perf_counter() - started, 1)}
-    examples, counts = distillation_examples(train, pseudo_labels, cfg.distill.targets, cfg.data.train_turns, cfg.data.box_style)
+    checks = PseudoChecks(cfg.distill.pseudo_filter, modality_classes(train), cfg.distill.min_margin)
+    targets = distillation_examples(train, pseudo_labels, cfg.distill.targets, cfg.data.train_turns, cfg.data.box_style, checks)
+    examples, counts = targets.examples, targets.counts
+    if cfg.distill.curriculum:  # the cache and the student read the examples in this order
+        examples = [examples[index] for index in curriculum_order(targets.margins, cfg.seed)]
 
     started = time.perf_counter()
     model, processor, student = ensure_student(cfg, examples, root / "student", teacher_dir, build_model, kd)
