@@ -24,6 +24,7 @@ from clinkd.pretrain.corpus import (
     PLURALS,
     TASKS,
     TEMPLATES,
+    SCAN,
     TISSUE,
     CorpusObject,
     CorpusScene,
@@ -37,7 +38,7 @@ from clinkd.pretrain.corpus import (
     tokenizer_texts,
 )
 from clinkd.pretrain.dense import cell_labels
-from clinkd.pretrain.words import WORDS
+from clinkd.pretrain.words import MEDICAL_WORDS, WORDS
 from clinkd.synth.modalities import MODALITY_SPECS
 
 MIX = {"grounding": 1, "referring": 1, "counting": 1, "captioning": 1}
@@ -103,7 +104,8 @@ def test_every_task_answers_from_the_scene(look):
 
 
 def test_no_benchmark_class_or_modality_name_is_in_the_corpus_vocabulary():
-    texts = [text for look in LOOKS.values() for text in tokenizer_texts(0, 112, 6, scenes=200, look=look)]  # every task's turns, the names, the words
+    medical = " ".join(MEDICAL_WORDS)  # the scan tokenizer's extra words, never drawn into a scene or a turn
+    texts = [text for look in LOOKS.values() for text in tokenizer_texts(0, 112, 6, scenes=200, look=look) if text != medical]
     names = [name for look in LOOKS.values() for name in look.names]
     corpus = " ".join([*texts, *WORDS, *names, *(t for task in TASKS for t in TEMPLATES[task])]).lower()
     benchmark = {cls.name for spec in MODALITY_SPECS.values() for cls in (*spec.structures, *spec.lesions)}
@@ -111,7 +113,7 @@ def test_no_benchmark_class_or_modality_name_is_in_the_corpus_vocabulary():
     assert len(benchmark) > 40
     found = sorted(name for name in benchmark if re.search(rf"(?<![\w-]){re.escape(name.lower())}(?![\w-])", corpus))
     assert found == []
-    assert all(30 <= len(look.names) <= 60 for look in LOOKS.values())
+    assert all(24 <= len(look.names) <= 60 for look in LOOKS.values())
 
 
 def test_tissue_objects_lie_in_the_field_of_view_and_stand_out_by_grey_level_or_texture():
@@ -136,6 +138,33 @@ def test_tissue_objects_lie_in_the_field_of_view_and_stand_out_by_grey_level_or_
             small += max(x2 - x1, y2 - y1) < 28
             total += 1
     assert small / total > 0.2  # many objects are smaller than one 28-px token cell, as lesions are
+
+
+def test_scan_objects_lie_in_their_canvas_region_and_stand_out_from_it():
+    from clinkd.pretrain.corpus import luminance_of, scan_canvas
+
+    for index in range(16):
+        scene = draw_scene(scene_rng(5, "heldout", index), 112, 3, SCAN)
+        canvas, _ = scan_canvas(scene_rng(5, "heldout", index), 112)  # the same draw: the scene's canvas
+        assert not any((obj.mask & ~canvas.region).any() for obj in scene.objects)
+        luminance = luminance_of(scene.pixels.transpose(2, 0, 1).astype(float) / 255)
+        for obj in scene.objects:
+            assert obj.name in SCAN.names
+            x1, y1, x2, y2 = obj.pixel_box
+            ring = np.zeros_like(obj.mask)
+            ring[max(0, y1 - 3) : y2 + 3, max(0, x1 - 3) : x2 + 3] = True
+            ring[y1:y2, x1:x2] = False
+            ring &= canvas.region
+            inside, around = luminance[obj.mask], luminance[ring]
+            spreads = sorted([inside.std(), around.std()])
+            assert abs(inside.mean() - around.mean()) > 0.04 or spreads[1] > 1.5 * spreads[0], (index, obj.name)
+
+
+def test_the_scan_tokenizer_knows_medical_words_but_its_corpus_never_says_them():
+    benchmark = {word for spec in MODALITY_SPECS.values() for cls in (*spec.structures, *spec.lesions) for word in cls.name.split()}
+    assert benchmark <= set(MEDICAL_WORDS) | set(WORDS)
+    assert " ".join(MEDICAL_WORDS) in tokenizer_texts(0, 112, 3, scenes=5, look=SCAN)
+    assert " ".join(MEDICAL_WORDS) not in tokenizer_texts(0, 112, 3, scenes=5, look=TISSUE)
 
 
 def test_the_curriculum_grows_the_objects_per_scene_from_one_to_max():

@@ -361,8 +361,9 @@ class PretrainConfig(_Section):
     unfreeze_after: int | None = Field(
         None, ge=0, description="language step from which the vision tower and merger train too; null: frozen throughout"
     )
-    look: Literal["colour", "tissue"] = Field(
-        "colour", description="colour: bright coloured shapes on a dim ground; tissue: grey-level and texture classes in textured tissue, many smaller than a token cell"
+    look: Literal["colour", "tissue", "scan"] = Field(
+        "colour", description="colour: bright coloured shapes on a dim ground; tissue: grey-level and texture classes in textured tissue, "
+        "many smaller than a token cell; scan: such classes on the benchmark's eight kinds of canvas, with a medical tokenizer vocabulary"
     )
     max_objects: int = Field(3, ge=1, le=6, description="most objects per scene")
     curriculum_steps: int = Field(

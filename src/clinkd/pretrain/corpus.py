@@ -48,12 +48,13 @@ from clinkd.batching import ChatExample
 from clinkd.boxes import Box, BoxStyle, format_ref
 from clinkd.config import PRETRAIN_TASKS
 from clinkd.data.records import Turn
-from clinkd.pretrain.words import WORDS
+from clinkd.pretrain.words import MEDICAL_WORDS, WORDS
 from clinkd.synth.draw import RGB, Blob, MaskCounter, blend, ellipse_mask, pixel_centres, planes, smooth_noise
 from clinkd.synth.scene import location_word
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross", "blob")
-PLURALS: dict[str, str] = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
+SCAN_SHAPES: tuple[str, ...] = ("disc", "oval", "blob")  # the benchmark's kinds of outline: round, elongated, irregular
+PLURALS: dict[str, str] = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in (*SHAPES, *SCAN_SHAPES)}
 COLOURS: dict[str, RGB] = {
     "red": (0.92, 0.16, 0.14),
     "green": (0.18, 0.86, 0.24),
@@ -77,17 +78,23 @@ class CorpusLook:
     name: str
     appearances: tuple[str, ...]
     extent_range: tuple[float, float]
+    shapes: tuple[str, ...] = SHAPES
+    vocabulary: tuple[str, ...] = ()  # more words for the base's tokenizer only, never drawn into the corpus
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(f"{appearance} {shape}" for appearance in self.appearances for shape in SHAPES)
+        return tuple(f"{appearance} {shape}" for appearance in self.appearances for shape in self.shapes)
 
 
 # the smallest colour object still covers most of a 28-px cell; tissue objects go down to 11 px, like small lesions
 COLOUR = CorpusLook("colour", APPEARANCES, (0.2, 0.4))
 TISSUE_LEVELS: dict[str, tuple[float, float]] = {"bright": (0.3, 0.45), "dark": (-0.25, -0.2), "pale": (0.12, 0.18), "dim": (-0.14, -0.1)}
 TISSUE = CorpusLook("tissue", (*TISSUE_LEVELS, "striped", "spotted", "grainy"), (0.1, 0.4))
-LOOKS: dict[str, CorpusLook] = {look.name: look for look in (COLOUR, TISSUE)}
+# scan: the benchmark's eight kinds of canvas (clinkd.synth.modalities' painters), objects of its sizes and outlines
+SCAN = CorpusLook("scan", (*TISSUE_LEVELS, "mottled", "striped", "spotted", "ringed"), (0.12, 0.42), SCAN_SHAPES, MEDICAL_WORDS)
+LOOKS: dict[str, CorpusLook] = {look.name: look for look in (COLOUR, TISSUE, SCAN)}
+DARK_CANVAS = 0.25  # below this luminance a canvas has no room for dark or dim objects (PET's dim torso)
+MIN_CONTRAST = 0.08  # least luminance step between a solid scan object and the canvas under it
 TISSUE_TINTS: tuple[RGB, ...] = ((1.0, 1.0, 1.0), (1.0, 0.62, 0.45), (1.0, 0.72, 0.7), (1.0, 0.78, 0.4))  # grey, warm, rose, amber
 FIELDS: tuple[str, ...] = ("frame", "ellipse", "disc")
 OUTSIDE_LEVEL = 0.02  # the black around a field of view
@@ -166,7 +173,11 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, extent: float, rng: 
         return ((dx <= half) & (np.abs(dy) <= arm)) | ((dx <= arm) & (np.abs(dy) <= half))
     if shape == "blob":
         return _blob(size, cx, cy, half, rng)
-    raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+    if shape == "disc":
+        return ellipse_mask(size, cx, cy, half, half)
+    if shape == "oval":  # the benchmark's oval: axis ratio 1.45–2 at any angle (a ≤ half keeps it in the square)
+        return Blob(cx, cy, half, half / rng.uniform(1.45, 2.0), rng.uniform(0, math.pi)).raster(size).full_mask(size)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join((*SHAPES, *SCAN_SHAPES))}")
 
 
 def _blob(size: int, cx: float, cy: float, half: float, rng: np.random.Generator) -> np.ndarray:
@@ -201,12 +212,14 @@ def place(shape: str, size: int, blocked: np.ndarray, rng: np.random.Generator, 
 
 
 def layout(
-    rng: np.random.Generator, size: int, count: int, look: CorpusLook = COLOUR, outside: np.ndarray | None = None
+    rng: np.random.Generator, size: int, count: int, look: CorpusLook = COLOUR, outside: np.ndarray | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> tuple[CorpusObject, ...]:
-    """``count`` objects with distinct names of ``look``, their boxes at least ``GAP`` (scaled to ``size``) apart
-    and off the ``outside`` pixels (a field of view's black); a layout where an object finds no room is redrawn
-    (the names stay)."""
-    names = [look.names[index].split(" ") for index in rng.choice(len(look.names), size=count, replace=False)]
+    """``count`` objects with distinct names (of ``names``, default all of ``look``'s), their boxes at least ``GAP``
+    (scaled to ``size``) apart and off the ``outside`` pixels (a field of view's black); a layout where an object finds
+    no room is redrawn (the names stay)."""
+    names = look.names if names is None else names
+    names = [names[index].split(" ") for index in rng.choice(len(names), size=count, replace=False)]
     outside = np.zeros((size, size), dtype=bool) if outside is None else outside
     for _ in range(MAX_LAYOUTS):
         objects = _try_layout(names, size, rng, look.extent_range, outside)
@@ -320,10 +333,74 @@ def paint_tissue(luminance: np.ndarray, obj: CorpusObject, level: float, rng: np
     luminance[obj.mask] = np.clip(value, 0.03, 1.0)[obj.mask]
 
 
+def luminance_of(image: np.ndarray) -> np.ndarray:
+    """Rec. 601 luminance ``(S, S)`` of a planar ``(3, S, S)`` image."""
+    return 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
+
+
+def scan_canvas(rng: np.random.Generator, size: int):
+    """One of the benchmark's eight canvases (background, and its overlay to draw last), no object of its own."""
+    from clinkd.synth.modalities import MODALITY_SPECS
+
+    spec = list(MODALITY_SPECS.values())[int(rng.integers(len(MODALITY_SPECS)))]
+    canvas = spec.background(rng, size)
+    spec.underlay(canvas, {}, rng)  # anatomy tied to objects (fundus vessels) starts anywhere
+    return canvas, spec.finish
+
+
+def scan_names(canvas_level: float) -> tuple[str, ...]:
+    """The scan names visible on a canvas of mean luminance ``canvas_level``: no dark or dim object on a dark one."""
+    hidden = ("dark", "dim") if canvas_level < DARK_CANVAS else ()
+    return tuple(name for name in SCAN.names if name.split(" ")[0] not in hidden)
+
+
+def paint_scan(image: np.ndarray, obj: CorpusObject, rng: np.random.Generator) -> None:
+    """Paint ``obj`` into the planar ``image`` relative to the canvas under it, keeping its hue: the mean colour
+    ``c`` under the mask, of luminance ``L``, is scaled to a target luminance ``L + Δ``. Solid appearances take the
+    tissue offsets (:data:`TISSUE_LEVELS`, at least :data:`MIN_CONTRAST` away); ``mottled`` is +0.15 with smooth
+    clouds of std 0.12, ``striped`` bands of +0.2/−0.15, ``spotted`` bright dots on −0.12, ``ringed`` a bright rim
+    (outer 40 % of the radius, +0.35) round a dark core (−0.15)."""
+    size = image.shape[1]
+    colour = image[:, obj.mask].mean(axis=1)
+    level = max(float(luminance_of(colour[:, None, None])[0, 0]), 0.05)
+    if obj.appearance in TISSUE_LEVELS:
+        delta = float(rng.uniform(*TISSUE_LEVELS[obj.appearance]))
+        delta = math.copysign(max(abs(delta), MIN_CONTRAST), delta) * shading(rng, size)
+    elif obj.appearance == "mottled":
+        delta = 0.15 + 0.12 * clouds(rng, size)
+    elif obj.appearance == "striped":
+        delta = np.where(pattern_mask("striped", size, rng), 0.2, -0.15)
+    elif obj.appearance == "spotted":
+        delta = np.where(pattern_mask("dotted", size, rng), 0.3, -0.12)
+    else:
+        delta = np.where(_rim(obj.mask), 0.35, -0.15)
+    target = np.clip(level + delta, 0.03, 1.0) / level
+    painted = np.clip(colour[:, None, None] * np.broadcast_to(target, (size, size))[None], 0, 1).astype(np.float32)
+    image[:, obj.mask] = painted[:, obj.mask]
+
+
+def _rim(mask: np.ndarray) -> np.ndarray:
+    """The outer 40 % of a mask's radius (distance to its centroid over the largest such distance)."""
+    rows, cols = np.nonzero(mask)
+    cy, cx = rows.mean(), cols.mean()
+    ys, xs = np.indices(mask.shape)
+    distance = np.hypot(ys - cy, xs - cx)
+    return distance >= 0.6 * distance[mask].max()
+
+
 def draw_scene(rng: np.random.Generator, size: int, count: int, look: CorpusLook = COLOUR) -> CorpusScene:
     """A scene of ``count`` objects of ``look``: layout, background, objects, then grain N(0, GRAIN²), rounded
-    to ``uint8``. A tissue scene is drawn grey and tinted as a whole."""
-    if look.name == "tissue":
+    to ``uint8``. A tissue scene is drawn grey and tinted as a whole; a scan scene on one of the benchmark's
+    canvases, its objects inside the canvas's region, with the canvas's overlay (ribs, hairs, speckle) on top."""
+    if look.name == "scan":
+        canvas, finish = scan_canvas(rng, size)
+        level = float(luminance_of(canvas.image)[canvas.region].mean())
+        objects = layout(rng, size, count, look, ~canvas.region, scan_names(level))
+        for obj in objects:
+            paint_scan(canvas.image, obj, rng)
+        finish(canvas, rng)
+        image = canvas.image
+    elif look.name == "tissue":
         outside = field_of_view(rng, size)
         objects = layout(rng, size, count, look, outside)
         luminance, level = tissue_ground(rng, size, outside)
@@ -354,7 +431,7 @@ def count_group(objects: tuple[CorpusObject, ...], rng: np.random.Generator, loo
     if kind == "all":
         return "shapes", len(objects)
     present = rng.random() < 0.5
-    values = SHAPES if kind == "shape" else look.appearances
+    values = look.shapes if kind == "shape" else look.appearances
     value = getattr(_pick(objects, rng), kind) if present else values[int(rng.integers(len(values)))]
     group = PLURALS[value] if kind == "shape" else f"{value} shapes"
     return group, sum(getattr(obj, kind) == value for obj in objects)
@@ -428,8 +505,9 @@ class LanguageStream(Dataset):
 
 def tokenizer_texts(seed: int, image_size: int, max_objects: int, scenes: int = TOKENIZER_SCENES, look: CorpusLook = COLOUR) -> list[str]:
     """The texts the base's tokenizer learns from: a turn of every task on ``scenes`` laid-out scenes of ``look``
-    (no pixels needed), every name, and the generic English word list (:mod:`clinkd.pretrain.words`)."""
-    texts = [" ".join(WORDS), " ".join(look.names)]
+    (no pixels needed), every name, the generic English word list and the look's own ``vocabulary``
+    (:mod:`clinkd.pretrain.words`; the scan look's medical words)."""
+    texts = [" ".join(WORDS), *([" ".join(look.vocabulary)] if look.vocabulary else []), " ".join(look.names)]
     for index in range(scenes):
         rng = scene_rng(seed, "tokenizer", index)
         objects = layout(rng, image_size, int(rng.integers(1, max_objects + 1)), look)

@@ -43,3 +43,40 @@ WORDS: tuple[str, ...] = tuple(
     """.split()
     )
 )
+
+
+# General medical-imaging vocabulary (anatomy, findings, modalities, reading and reporting words), written for
+# clinkd, so that a fine-tune on medical text finds its words whole in the base's tokenizer (only the ``scan``
+# look's tokenizer learns from it; the corpus itself never uses these words).
+MEDICAL_WORDS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+    """
+    medical clinical patient image scan study series slice axial coronal sagittal frontal lateral view projection
+    ct mr mri pet spect x-ray radiograph radiography ultrasound sonography doppler endoscopy colonoscopy
+    gastroscopy dermoscopy dermatoscope fundus retina retinal ophthalmoscopy mammography angiography fluoroscopy
+    contrast enhanced enhancing enhancement uptake tracer echo echoes echogenic anechoic hypoechoic hyperechoic
+    isoechoic attenuation density dense hypodense hyperdense signal intensity intense hyperintense hypointense
+    weighted t1 t2 flair diffusion bright dark faint warm hot cold mottled striated speckled glossy patchy
+    homogeneous heterogeneous well-defined ill-defined ring ring-enhancing thick-walled thin-walled calcified
+    head neck brain skull scalp cortex ventricle ventricles thalamus cerebellum brainstem hippocampus pituitary
+    sinus orbit eye lens optic disc cup macula fovea vessel vessels artery arteries vein veins capillary aorta
+    heart atrium cardiac chest thorax lung lungs lobe bronchus trachea pleura rib ribs spine vertebra vertebral
+    diaphragm mediastinum abdomen abdominal pelvis liver hepatic gallbladder bile duct pancreas spleen stomach
+    gastric bowel intestine colon rectum duodenum esophagus kidney kidneys renal ureter bladder adrenal prostate
+    uterus ovary breast thyroid lymph node nodes muscle bone bones joint tendon skin dermis epidermis hair nail
+    mucosa mucosal lumen fold folds papilla villi wall tissue fat fluid blood portal lobar segmental
+    lesion lesions mass masses tumor tumour tumors nodule nodules cyst cysts polyp polyps ulcer ulcers stone stones
+    calculus calcification calcifications hemorrhage haemorrhage bleeding hematoma infarct infarction ischemia
+    edema effusion abscess cavity cavities necrosis necrotic metastasis metastases lymphoma carcinoma cancer
+    malignant benign melanoma nevus naevus mole freckle keratosis scar wart exudate exudates cotton wool spot spots
+    aneurysm stenosis thrombus embolism fracture pneumonia consolidation atelectasis fibrosis cirrhosis
+    inflammation infection erosion lesion-free normal abnormal abnormality abnormalities finding findings
+    diagnosis diagnose diagnostic impression suspected likely consistent suggest suggests showing shows seen
+    visible present absent located locate localise localize bounding box boxes region regions classify
+    classification describe description caption analyse analyze analysis summarise summarize summary report
+    upper lower central peripheral proximal distal anterior posterior superior inferior medial bilateral
+    unilateral irregular oval round lobulated spiculated small medium large tiny huge focal diffuse multiple
+    single solitary photograph photo
+    """.split()
+    )
+)
