@@ -130,12 +130,16 @@ def test_the_processor_follows_the_published_files(hub_checkpoints, name, paddin
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8]]
 
 
-@pytest.fixture()
-def two_prompts(tmp_path):
-    image = tmp_path / "scan.png"
+def prompts_in(folder: Path) -> list[Sample]:
+    image = folder / "scan.png"
     Image.new("RGB", (112, 112), (40, 40, 40)).save(image)
     return [Sample(f"s{i}", image, "CT", [Turn(question, "")], "VG") for i, question in
             enumerate(["Where is the liver?", "Where is the <ref>left kidney</ref> in this abdominal CT image?"])]
+
+
+@pytest.fixture()
+def two_prompts(tmp_path):
+    return prompts_in(tmp_path)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -250,48 +254,59 @@ def run_outside_clinkd(tmp_path, folders, models, samples) -> dict:
     return {Path(folder).name: result for folder, result in torch.load(tmp_path / "out.pt").items()}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_an_export_loads_with_the_stock_processor_and_reproduces_clinkds_logits_without_clinkd(hub_checkpoints, tmp_path, two_prompts, family):
-    """A model trained from the hub fixture, saved in a run folder and exported with MCG-RoPE and with stock positions:
-    in a process where clinkd cannot be imported, transformers resolves each folder's processor and video processor
-    as for the hub checkpoint, the folder's own processor builds the inputs clinkd builds, and the exported model's
-    logits and greedy continuation equal clinkd's on them."""
+@pytest.fixture(scope="module")
+def exports_outside_clinkd(hub_checkpoints, tmp_path_factory):
+    """For each family, a model trained from the hub fixture, saved as in a run folder and exported with MCG-RoPE and
+    with stock positions (``<family>-trained-<strategy>``, ``<family>-export-<strategy>``), and what one process without
+    clinkd made of those folders and of the hub fixture's: ``(folder, prompts, trained models, results by folder name)``."""
     from clinkd.model.export import export_model
     from clinkd.model.positions import RopeStrategy
+
+    folder = tmp_path_factory.mktemp("exports")
+    prompts, trained = prompts_in(folder), {}
+    for family in FAMILIES:
+        for strategy in ("mcg", "qwen2vl"):
+            model, processor = load_checkpoint(hub_checkpoints[family], rope=RopeStrategy(name=strategy))
+            one_training_step(model, processor, prompts)
+            save_checkpoint(model, processor, folder / f"{family}-trained-{strategy}")
+            assert export_model(folder / f"{family}-trained-{strategy}", folder / f"{family}-export-{strategy}").remote_code == (strategy == "mcg")
+            trained[family, strategy] = model
+    exports = [folder / f"{family}-export-{strategy}" for family, strategy in trained]
+    processors_only = [path for family in FAMILIES for path in (hub_checkpoints[family], folder / f"{family}-trained-mcg")]
+    return folder, prompts, trained, run_outside_clinkd(folder, [*processors_only, *exports], exports, prompts)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_export_loads_with_the_stock_processor_and_reproduces_clinkds_logits_without_clinkd(exports_outside_clinkd, hub_checkpoints, family):
+    """In a process where clinkd cannot be imported, transformers resolves the processor and video processor of the run
+    folder and of both exports as for the hub checkpoint, the folder's own processor builds the inputs clinkd builds,
+    and the exported model's logits and greedy continuation equal clinkd's on them."""
     from clinkd.model.rope import GUARDED_ROPE_TYPE
 
-    trained = {}
-    for strategy in ("mcg", "qwen2vl"):
-        model, processor = load_checkpoint(hub_checkpoints[family], rope=RopeStrategy(name=strategy))
-        one_training_step(model, processor, two_prompts)
-        save_checkpoint(model, processor, tmp_path / f"trained-{strategy}")
-        assert export_model(tmp_path / f"trained-{strategy}", tmp_path / f"export-{strategy}").remote_code == (strategy == "mcg")
-        trained[strategy] = model
-    exports = [tmp_path / f"export-{strategy}" for strategy in trained]
-    outside = run_outside_clinkd(tmp_path, [hub_checkpoints[family], tmp_path / "trained-mcg", *exports], exports, two_prompts)
-
+    folder, prompts, trained, outside = exports_outside_clinkd
     stock_processor = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}[family]
     hub = outside[hub_checkpoints[family].name]
     assert hub["processor"] == stock_processor and hub["video_processor"].strip().startswith("Qwen2VLVideoProcessor requires the Torchvision")
-    clinkd_inputs = PromptCollator(load_processor(tmp_path / "trained-mcg"))(two_prompts)
+    clinkd_inputs = PromptCollator(load_processor(folder / f"{family}-trained-mcg"))(prompts)
     for name in ("trained-mcg", "export-mcg", "export-qwen2vl"):
-        result = outside[name]
+        result = outside[f"{family}-{name}"]
         assert (result["processor"], result["video_processor"]) == (stock_processor, hub["video_processor"]), name
         assert result["inputs"].keys() == clinkd_inputs.keys() == hub["inputs"].keys()
         assert all(torch.equal(result["inputs"][key], clinkd_inputs[key]) for key in clinkd_inputs), name
-    for strategy, model in trained.items():
-        result, inputs = outside[f"export-{strategy}"], outside[f"export-{strategy}"]["inputs"]
+    for strategy in ("mcg", "qwen2vl"):
+        export, model = folder / f"{family}-export-{strategy}", trained[family, strategy]
+        result, inputs = outside[export.name], outside[export.name]["inputs"]
         with torch.no_grad():
             assert torch.allclose(result["logits"], model(**inputs).logits, atol=1e-5, rtol=0)
             assert torch.equal(result["generated"], model.generate(**inputs, **GREEDY))
         if strategy == "mcg":
             assert result["class"] == f"ClinKD{STOCK_NAMES[family]}" and GUARDED_ROPE_TYPE in result["stock"]
-            assert {"modeling_clinkd.py", "positions.py"} <= {p.name for p in (tmp_path / "export-mcg").iterdir()}
+            assert {"modeling_clinkd.py", "positions.py"} <= {p.name for p in export.iterdir()}
         else:
-            config = json.loads((tmp_path / "export-qwen2vl" / "config.json").read_text())
+            config = json.loads((export / "config.json").read_text())
             assert (result["class"], result["stock"]) == (STOCK_NAMES[family], "loaded")
             assert config["architectures"] == [STOCK_NAMES[family]] and "clinkd_rope" not in config
-        reloaded, _ = load_checkpoint(tmp_path / f"export-{strategy}")  # clinkd reads its own export back
+        reloaded, _ = load_checkpoint(export)  # clinkd reads its own export back
         with torch.no_grad():
             assert torch.allclose(reloaded.eval()(**inputs).logits, result["logits"], atol=1e-5, rtol=0)
 

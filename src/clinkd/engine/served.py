@@ -113,9 +113,23 @@ def write_served_predictions(served: ServedModel, tests: dict[str, list[Sample]]
     """Every task's missing rows from ``served`` (module docstring); returns the JSONL path per task and the run record.
     Raises EndpointError, after writing what arrived and the run record, when a request failed after its retries."""
     paths = {task: out_dir / f"{task}.jsonl" for task in tests}
+    stats = ServedStats(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    clock, sent_before = time.monotonic(), served.endpoint.requests_sent
+    stats.failed = _ask_missing(served, tests, paths, stats, out_dir)
+    stats.seconds, stats.requests = time.monotonic() - clock, served.endpoint.requests_sent - sent_before
+    record = record_run(out_dir, served.cfg, served.endpoint.url, stats, paths.values())
+    if stats.failed:
+        raise EndpointError(stats.failed)
+    for task, samples in tests.items():
+        renumber(paths[task], samples)
+    return paths, record
+
+
+def _ask_missing(served: ServedModel, tests: dict[str, list[Sample]], paths: dict[str, Path], stats: ServedStats, out_dir: Path) -> str | None:
+    """Ask every record without a row, ``concurrency`` at a time, appending each answer as it arrives; the first
+    failure cancels the requests not yet sent and is returned."""
     todo = {task: pending_samples(paths[task], samples) for task, samples in tests.items()}
-    stats, clock, failure = ServedStats(datetime.now(timezone.utc).isoformat(timespec="seconds")), time.monotonic(), None
-    sent_before = served.endpoint.requests_sent
+    clock, failure = time.monotonic(), None
     pool = ThreadPoolExecutor(max_workers=served.cfg.concurrency, thread_name_prefix="served")
     try:
         with make_progress() as progress:
@@ -136,13 +150,7 @@ def write_served_predictions(served: ServedModel, tests: dict[str, list[Sample]]
                 progress.update(bars[task], advance=1, info=f"{stats.answers / (time.monotonic() - clock):.1f} answers/s")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # an interrupt drops the queued requests
-    stats.seconds, stats.requests, stats.failed = time.monotonic() - clock, served.endpoint.requests_sent - sent_before, failure
-    record = record_run(out_dir, served.cfg, served.endpoint.url, stats, paths.values())
-    if failure:
-        raise EndpointError(failure)
-    for task, samples in tests.items():
-        renumber(paths[task], samples)
-    return paths, record
+    return failure
 
 
 def _failure_message(served: ServedModel, task: str, sample: Sample, reply: ChatReply, out_dir: Path) -> str:
