@@ -4,6 +4,7 @@ vocabulary, the authors' config/tokenizer/processor files, hub weight names at r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ KNOWN_IDS = {
     "你好": [108386],
 }
 FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+STOCK_NAMES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -128,12 +130,16 @@ def test_the_processor_follows_the_published_files(hub_checkpoints, name, paddin
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8]]
 
 
-@pytest.fixture()
-def two_prompts(tmp_path):
-    image = tmp_path / "scan.png"
+def prompts_in(folder: Path) -> list[Sample]:
+    image = folder / "scan.png"
     Image.new("RGB", (112, 112), (40, 40, 40)).save(image)
     return [Sample(f"s{i}", image, "CT", [Turn(question, "")], "VG") for i, question in
             enumerate(["Where is the liver?", "Where is the <ref>left kidney</ref> in this abdominal CT image?"])]
+
+
+@pytest.fixture()
+def two_prompts(tmp_path):
+    return prompts_in(tmp_path)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -154,62 +160,170 @@ def test_greedy_answers_ignore_the_checkpoints_sampling_defaults(hub_checkpoints
 
 
 # ---- clinkd export: the model leaves clinkd ----
-OUTSIDE_CLINKD = """
-import json, sys
-sys.modules["clinkd"] = None  # clinkd cannot be imported here
-import torch
-from transformers import AutoModelForImageTextToText, Qwen2VLForConditionalGeneration
-
-export, inputs = sys.argv[1], torch.load(sys.argv[2])
-remote = json.load(open(export + "/config.json")).get("auto_map") is not None
-model = AutoModelForImageTextToText.from_pretrained(export, trust_remote_code=remote).eval()
-with torch.no_grad():
-    logits = model(**inputs).logits
-    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+# Run with -I -S and site-packages appended by hand: its .pth files (clinkd's editable install) are not read.
+OUTSIDE_CLINKD = r"""
+import json, os, sys
+site_packages, request_file, out_file = sys.argv[1:]
+sys.path.append(site_packages)
 try:
-    Qwen2VLForConditionalGeneration.from_pretrained(export)
-    stock = "loaded"
-except KeyError as error:
-    stock = str(error)
-torch.save({"class": type(model).__name__, "logits": logits, "generated": generated, "stock": stock}, sys.argv[3])
+    import clinkd
+    raise SystemExit(f"clinkd is importable here: {clinkd.__file__}")
+except ImportError:
+    pass
+import torch, transformers
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+STOCK_MODELS = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+
+def stock_processor(folder):
+    # AutoProcessor resolves the folder's processor and video processor classes; on a CPU-only torch (no torchvision) it
+    # cannot build that video processor (the error names it), so the folder's processor class gets its image processor
+    # and tokenizer alone.
+    try:
+        return AutoProcessor.from_pretrained(folder), "built"
+    except ImportError as error:
+        reason = str(error)
+    named_in = next(f"{folder}/{name}" for name in ("processor_config.json", "preprocessor_config.json") if os.path.isfile(f"{folder}/{name}"))
+    processor_class = getattr(transformers, json.load(open(named_in))["processor_class"])
+
+    class ImagesOnly(processor_class):
+        def check_argument_for_proper_class(self, name, argument):
+            return None if name == "video_processor" else super().check_argument_for_proper_class(name, argument)
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return ImagesOnly(AutoImageProcessor.from_pretrained(folder), tokenizer, None, chat_template=tokenizer.chat_template), reason
+
+
+request = json.load(open(request_file))
+results = {}
+for folder in request["folders"]:
+    processor, video_processor = stock_processor(folder)
+    messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}] for text in request["questions"]]
+    texts = [processor.apply_chat_template(turns, add_generation_prompt=True) for turns in messages]
+    images = [Image.open(path).convert("RGB") for path in request["images"]]
+    inputs = dict(processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"))
+    result = {"processor": type(processor).__mro__[int(video_processor != "built")].__name__, "video_processor": video_processor,
+              "inputs": inputs}
+    config = json.load(open(f"{folder}/config.json"))
+    if folder in request["models"]:
+        remote = config.get("auto_map") is not None
+        model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=remote).eval()
+        with torch.no_grad():
+            result["logits"] = model(**inputs).logits
+            result["generated"] = model.generate(**inputs, **request["greedy"])
+        try:
+            getattr(transformers, STOCK_MODELS[config["model_type"]]).from_pretrained(folder)
+            result["stock"] = "loaded"
+        except KeyError as error:
+            result["stock"] = str(error)
+        result["class"] = type(model).__name__
+    results[folder] = result
+torch.save(results, out_file)
 """
+GREEDY = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "repetition_penalty": 1.0}
 
 
-@pytest.mark.parametrize("strategy_name", ["mcg", "qwen2vl"])
-def test_an_export_reproduces_clinkds_logits_without_clinkd(hub_checkpoints, tmp_path, two_prompts, strategy_name):
-    import os
+def one_training_step(model, processor, samples) -> None:
+    """An optimiser step on the samples' prompts answered ``liver``: the export is of a trained model, not of the hub's weights."""
+    from clinkd.batching import ChatExample, TrainCollator
+
+    batch = TrainCollator(processor)([ChatExample(sample.image, (Turn(sample.turns[0].question, "liver"),)) for sample in samples])
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()(**batch).loss.backward()
+    optimiser.step()
+    model.eval()
+
+
+def run_outside_clinkd(tmp_path, folders, models, samples) -> dict:
     import subprocess
     import sys
+    import sysconfig
 
-    from clinkd.model.export import export_model
-    from clinkd.model.positions import RopeStrategy
-    from clinkd.model.rope import GUARDED_ROPE_TYPE
+    from clinkd.boxes import convert_markup
 
-    model, processor = load_checkpoint(hub_checkpoints["qwen2_vl"], rope=RopeStrategy(name=strategy_name))
-    save_checkpoint(model, processor, tmp_path / "trained")
-    exported = export_model(tmp_path / "trained", tmp_path / "export")
-    assert exported.remote_code == (strategy_name == "mcg")
-    inputs = dict(PromptCollator(processor)(two_prompts))
-    torch.save(inputs, tmp_path / "inputs.pt")
-    with torch.no_grad():
-        expected = model.eval()(**inputs).logits
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    args = [sys.executable, "-c", OUTSIDE_CLINKD, str(tmp_path / "export"), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
+    request = {"folders": [str(f) for f in folders], "models": [str(m) for m in models], "greedy": GREEDY,
+               "questions": [convert_markup(sample.turns[0].question, "qwen2-vl") for sample in samples],
+               "images": [str(sample.image) for sample in samples]}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    args = [sys.executable, "-I", "-S", "-c", OUTSIDE_CLINKD, sysconfig.get_paths()["purelib"], str(tmp_path / "request.json"), str(tmp_path / "out.pt")]
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    outside = torch.load(tmp_path / "out.pt")
-    assert torch.allclose(outside["logits"], expected, atol=1e-5, rtol=0)
-    assert outside["generated"].shape == (2, inputs["input_ids"].shape[1] + 4)
-    if strategy_name == "mcg":
-        assert outside["class"] == "ClinKDQwen2VLForConditionalGeneration" and GUARDED_ROPE_TYPE in outside["stock"]
-        assert {"modeling_clinkd.py", "positions.py"} <= {p.name for p in (tmp_path / "export").iterdir()}
-    else:
-        config = json.loads((tmp_path / "export" / "config.json").read_text())
-        assert (outside["class"], outside["stock"]) == ("Qwen2VLForConditionalGeneration", "loaded")
-        assert config["architectures"] == ["Qwen2VLForConditionalGeneration"] and "clinkd_rope" not in config
-    reloaded, _ = load_checkpoint(tmp_path / "export")  # clinkd reads its own export back
-    with torch.no_grad():
-        assert torch.allclose(reloaded.eval()(**inputs).logits, expected, atol=1e-5, rtol=0)
+    return {Path(folder).name: result for folder, result in torch.load(tmp_path / "out.pt").items()}
+
+
+@pytest.fixture(scope="module")
+def exports_outside_clinkd(hub_checkpoints, tmp_path_factory):
+    """For each family, a model trained from the hub fixture, saved as in a run folder and exported with MCG-RoPE and
+    with stock positions (``<family>-trained-<strategy>``, ``<family>-export-<strategy>``), and what one process without
+    clinkd made of those folders and of the hub fixture's: ``(folder, prompts, trained models, results by folder name)``."""
+    from clinkd.model.export import export_model
+    from clinkd.model.positions import RopeStrategy
+
+    folder = tmp_path_factory.mktemp("exports")
+    prompts, trained = prompts_in(folder), {}
+    for family in FAMILIES:
+        for strategy in ("mcg", "qwen2vl"):
+            model, processor = load_checkpoint(hub_checkpoints[family], rope=RopeStrategy(name=strategy))
+            one_training_step(model, processor, prompts)
+            save_checkpoint(model, processor, folder / f"{family}-trained-{strategy}")
+            assert export_model(folder / f"{family}-trained-{strategy}", folder / f"{family}-export-{strategy}").remote_code == (strategy == "mcg")
+            trained[family, strategy] = model
+    exports = [folder / f"{family}-export-{strategy}" for family, strategy in trained]
+    processors_only = [path for family in FAMILIES for path in (hub_checkpoints[family], folder / f"{family}-trained-mcg")]
+    return folder, prompts, trained, run_outside_clinkd(folder, [*processors_only, *exports], exports, prompts)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_export_loads_with_the_stock_processor_and_reproduces_clinkds_logits_without_clinkd(exports_outside_clinkd, hub_checkpoints, family):
+    """In a process where clinkd cannot be imported, transformers resolves the processor and video processor of the run
+    folder and of both exports as for the hub checkpoint, the folder's own processor builds the inputs clinkd builds,
+    and the exported model's logits and greedy continuation equal clinkd's on them."""
+    from clinkd.model.rope import GUARDED_ROPE_TYPE
+
+    folder, prompts, trained, outside = exports_outside_clinkd
+    stock_processor = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}[family]
+    hub = outside[hub_checkpoints[family].name]
+    assert hub["processor"] == stock_processor and hub["video_processor"].strip().startswith("Qwen2VLVideoProcessor requires the Torchvision")
+    clinkd_inputs = PromptCollator(load_processor(folder / f"{family}-trained-mcg"))(prompts)
+    for name in ("trained-mcg", "export-mcg", "export-qwen2vl"):
+        result = outside[f"{family}-{name}"]
+        assert (result["processor"], result["video_processor"]) == (stock_processor, hub["video_processor"]), name
+        assert result["inputs"].keys() == clinkd_inputs.keys() == hub["inputs"].keys()
+        assert all(torch.equal(result["inputs"][key], clinkd_inputs[key]) for key in clinkd_inputs), name
+    for strategy in ("mcg", "qwen2vl"):
+        export, model = folder / f"{family}-export-{strategy}", trained[family, strategy]
+        result, inputs = outside[export.name], outside[export.name]["inputs"]
+        with torch.no_grad():
+            assert torch.allclose(result["logits"], model(**inputs).logits, atol=1e-5, rtol=0)
+            assert torch.equal(result["generated"], model.generate(**inputs, **GREEDY))
+        if strategy == "mcg":
+            assert result["class"] == f"ClinKD{STOCK_NAMES[family]}" and GUARDED_ROPE_TYPE in result["stock"]
+            assert {"modeling_clinkd.py", "positions.py"} <= {p.name for p in export.iterdir()}
+        else:
+            config = json.loads((export / "config.json").read_text())
+            assert (result["class"], result["stock"]) == (STOCK_NAMES[family], "loaded")
+            assert config["architectures"] == [STOCK_NAMES[family]] and "clinkd_rope" not in config
+        reloaded, _ = load_checkpoint(export)  # clinkd reads its own export back
+        with torch.no_grad():
+            assert torch.allclose(reloaded.eval()(**inputs).logits, result["logits"], atol=1e-5, rtol=0)
+
+
+def test_saved_models_hold_a_stock_checkpoint_s_processor_files(hub_checkpoints, tmp_path):
+    model, processor = load_checkpoint(hub_checkpoints["qwen2_5_vl"])
+    save_checkpoint(model, processor, tmp_path / "saved")
+    files = {name: json.loads((tmp_path / "saved" / name).read_text()) for name in
+             ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")}
+    published = json.loads((hub_checkpoints["qwen2_5_vl"] / "preprocessor_config.json").read_text())
+    image, video = files["processor_config.json"]["image_processor"], files["processor_config.json"]["video_processor"]
+    assert {document["processor_class"] for document in files.values()} == {"Qwen2_5_VLProcessor"}
+    assert files["preprocessor_config.json"] == {**image, "processor_class": "Qwen2_5_VLProcessor"}
+    assert files["video_preprocessor_config.json"] == {**video, "processor_class": "Qwen2_5_VLProcessor"}
+    assert video == {"video_processor_type": "Qwen2VLVideoProcessor", "size": {"shortest_edge": 3136, "longest_edge": 12845056},
+                     **{key: published[key] for key in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")}}
+    assert load_processor(tmp_path / "saved").image_processor.size == processor.image_processor.size  # clinkd reads them back
 
 
 # ---- every ClinKD stage on the published format ----

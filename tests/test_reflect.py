@@ -6,11 +6,8 @@ import json
 import re
 import socket
 import sys
-import threading
-import time
 from collections import Counter
 from contextlib import closing
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +16,16 @@ import pytest
 from clinkd.boxes import Box, BoxStyle, answer_text
 from clinkd.config import ConfigError, load_config
 from clinkd.data.records import Sample, Turn, infer_task
+from clinkd.endpoint import ChatEndpoint, EndpointFault, parse_reply
 from clinkd.reflect.corrections import correct_weak, correction_examples
 from clinkd.reflect.correctors import (
     FRAMINGS,
     CorrectionRequest,
-    CorrectorError,
-    CorrectorFault,
     OpenAICorrector,
     TemplateCorrector,
     build_corrector,
     check_correction,
     frame,
-    reply_content,
     tagged_boxes,
 )
 from clinkd.reflect.items import ReflectItem, reflect_items, seeded_sample
@@ -46,6 +41,7 @@ from clinkd.reflect.similarity import (
     grounding,
     judge,
 )
+from clinkd.testing.loopback import LoopbackChatServer, Reply, completion
 
 LEXICAL = LexicalSimilarity()
 VG_GT = "<ref>liver</ref><box>(112,305),(498,702)</box>"
@@ -289,80 +285,36 @@ SLOW_S = 6.0
 TIMEOUT_S = 2.0  # generous, so that only the deliberately slow reply times out on a loaded machine
 
 
-class ChatServer:
+class ChatServer(LoopbackChatServer):
     """A chat-completions endpoint on 127.0.0.1 whose behaviour per request is set by ``case <name>`` in the prompt."""
 
     def __init__(self, delay: float = 0.0):
         self.counts: Counter = Counter()
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.max_in_flight = 0
         self.delay = delay
-        server = self
+        super().__init__(self.reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                case = re.search(r"case (\w+)", body["messages"][-1]["content"]).group(1)
-                with server.lock:
-                    server.counts[case] += 1
-                    nth = server.counts[case]
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    time.sleep(server.delay)
-                    server.respond(self, case, nth)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    @staticmethod
-    def completion(content) -> bytes:
-        return json.dumps({
-            "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "test",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-        }).encode()
-
-    def respond(self, handler, case: str, nth: int) -> None:
+    def reply(self, body: dict, headers: dict) -> Reply:
+        case = re.search(r"case (\w+)", body["messages"][-1]["content"]).group(1)
+        with self.lock:
+            self.counts[case] += 1
+            nth = self.counts[case]
         truth = GROUND_TRUTH.get(case, "liver")
-        status, body = 200, self.completion(f"It is {truth}")
+        reply = Reply(completion(f"It is {truth}"), delay=self.delay)
         if case == "flaky500" and nth == 1 or case in ("always500",):
-            status, body = 500, b'{"error": {"message": "boom"}}'
+            reply = Reply(b'{"error": {"message": "boom"}}', 500, delay=self.delay)
         elif case == "bad_request":
-            status, body = 400, b'{"error": {"message": "bad request"}}'
+            reply = Reply(b'{"error": {"message": "bad request"}}', 400, delay=self.delay)
         elif case == "slow_once" and nth == 1:
-            time.sleep(SLOW_S)
+            reply = Reply(reply.body, delay=self.delay + SLOW_S)
         elif case == "garbage_once" and nth == 1 or case == "always_garbage":
-            body = b"{this is not json"
+            reply = Reply(b"{this is not json", delay=self.delay)
         elif case == "empty_once" and nth == 1 or case == "always_empty":
-            body = self.completion("")
+            reply = Reply(completion(""), delay=self.delay)
         elif case == "drop_box":
-            body = self.completion("It is the tumor.")
+            reply = Reply(completion("It is the tumor."), delay=self.delay)
         elif case == "alter_box":
-            body = self.completion("It is <ref>polyp</ref><box>(300,300),(400,401)</box>.")
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+            reply = Reply(completion("It is <ref>polyp</ref><box>(300,300),(400,401)</box>."), delay=self.delay)
+        return reply
 
 
 @pytest.fixture()
@@ -372,10 +324,9 @@ def chat_server():
     server.close()
 
 
-def _openai(base_url: str, cache_dir: Path, **kwargs) -> OpenAICorrector:
-    settings = dict(concurrency=4, timeout=10.0, retries=2, backoff=0.01)
-    settings.update(kwargs)
-    return OpenAICorrector(base_url=base_url, model="test", api_key="test-key", cache_dir=cache_dir, **settings)
+def _openai(base_url: str, cache_dir: Path, concurrency: int = 4, timeout: float = 10.0) -> OpenAICorrector:
+    endpoint = ChatEndpoint(base_url, "test-key", timeout=timeout, retries=2, backoff=0.01, connections=concurrency)
+    return OpenAICorrector(endpoint, model="test", cache_dir=cache_dir, concurrency=concurrency)
 
 
 def _request(case: str, round_index: int = 1) -> CorrectionRequest:
@@ -433,11 +384,11 @@ def test_openai_corrector_survives_a_dead_endpoint(tmp_path):
     assert not any((tmp_path / "cache").rglob("*.json"))  # failures are not cached: a rerun tries again
 
 
-def test_reply_content_and_damaged_cache_entries(chat_server, tmp_path):
-    assert reply_content(ChatServer.completion("  It is the liver. ").decode()) == "It is the liver."
-    for bad in ("[1, 2]", '{"choices": []}', '{"choices": null}', ChatServer.completion(None).decode()):
-        with pytest.raises(CorrectorFault, match="choices|empty"):
-            reply_content(bad)
+def test_parse_reply_and_damaged_cache_entries(chat_server, tmp_path):
+    assert parse_reply(completion("  It is the liver. ").decode()) == ("It is the liver.", {})
+    for bad in ("[1, 2]", '{"choices": []}', '{"choices": null}', completion(None).decode()):
+        with pytest.raises(EndpointFault, match="choices|empty"):
+            parse_reply(bad)
     corrector = _openai(chat_server.base_url, tmp_path / "cache")
     list(corrector.correct([_request("ok")]))
     [entry] = list((tmp_path / "cache").rglob("*.json"))
@@ -449,12 +400,12 @@ def test_reply_content_and_damaged_cache_entries(chat_server, tmp_path):
 def test_openai_corrector_from_config_reads_the_key_from_the_environment(tmp_path, monkeypatch):
     cfg = load_config(overrides=["reflect.corrector=openai", "reflect.openai.api_key_env=CLINKD_TEST_KEY", "reflect.openai.base_url=http://127.0.0.1:9/v1"])
     monkeypatch.delenv("CLINKD_TEST_KEY", raising=False)
-    with pytest.raises(CorrectorError, match="CLINKD_TEST_KEY is not set"):
+    with pytest.raises(ConfigError, match="reflect.openai.api_key_env: environment variable CLINKD_TEST_KEY is not set"):
         build_corrector(cfg.reflect, tmp_path)
     monkeypatch.setenv("CLINKD_TEST_KEY", "secret")
     corrector = build_corrector(cfg.reflect, tmp_path / "cache")
     assert isinstance(corrector, OpenAICorrector) and corrector.cache.root == tmp_path / "cache"
-    assert corrector.client.api_key == "secret" and corrector.client.max_retries == 0
+    assert corrector.endpoint.client.headers["Authorization"] == "Bearer secret"
     assert build_corrector(load_config(overrides=["reflect.corrector=none"]).reflect, tmp_path) is None
     request = CorrectionRequest("t0", 1, "ROC", "What is the object in <box>(1,2),(3,4)</box>?", "right kidney", "liver")
     ((_, reply),) = list(build_corrector(load_config().reflect, tmp_path).correct([request]))  # the default: offline template

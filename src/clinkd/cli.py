@@ -32,13 +32,14 @@ def _fail_cleanly(command):
         from clinkd.boxes import BoxError
         from clinkd.config import ConfigError
         from clinkd.data.validation import DataError
+        from clinkd.endpoint import EndpointError
         from clinkd.interactive.infer import InferInputError
         from clinkd.io import JsonlError
         from clinkd.model.loading import CheckpointError
 
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError) as error:
+        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError, EndpointError) as error:
             console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # one line; escaped: `clinkd[demo]` is not markup
             raise typer.Exit(2) from None
 
@@ -158,20 +159,52 @@ def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] =
 @app.command()
 @_fail_cleanly
 def predict(
-    model: Path = typer.Option(..., "--model", help="a trained clinkd or Qwen2-VL checkpoint directory"),
     out: Path = typer.Option(..., "--out", help="folder for <TASK>.jsonl (existing rows are kept: resumable)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="a trained clinkd or Qwen2-VL checkpoint directory (or --endpoint)"),
     select: Optional[str] = typer.Option(
         None, "--select", help="greedy|beam|sasg (default: select.method); sasg scores with select.scorer_path or <run>/clip"
     ),
+    endpoint: Optional[str] = typer.Option(
+        None, "--endpoint", help="score a served model instead: an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (predict.endpoint.base_url)"
+    ),
+    served_model: Optional[str] = typer.Option(None, "--served-model", help="the served model's name (predict.endpoint.model)"),
+    boxes: Optional[str] = typer.Option(
+        None, "--boxes", help="how the served model writes boxes: medgrit|qwen2.5-vl|qwen3-vl|auto (predict.endpoint.boxes; docs/served.md)"
+    ),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="requests in flight at once (predict.endpoint.concurrency)"),
     config: Optional[Path] = ConfigArg,
     overrides: Optional[list[str]] = OverridesArg,
     preset: Optional[str] = PresetOpt,
 ):
-    """Batched generation on the test files of data.dir, to resumable JSONL."""
-    from clinkd.recipes.predict import run_predict
+    """Batched generation on the test files of data.dir, to resumable JSONL; with --endpoint, a served model's answers."""
+    import json
 
-    overrides = [*(overrides or []), *([f"select.method={select}"] if select else [])]
-    paths = run_predict(_load(config, overrides, preset), model, out)
+    from clinkd.config import ConfigError
+
+    flags = {"base_url": endpoint, "model": served_model, "boxes": boxes, "concurrency": concurrency}
+    overrides = [*(overrides or []), *([f"select.method={select}"] if select else []),
+                 *(f"predict.endpoint.{key}={json.dumps(value)}" for key, value in flags.items() if value is not None)]
+    cfg = _load(config, overrides, preset)
+    served = cfg.predict.endpoint.base_url is not None
+    if served == (model is not None):
+        raise ConfigError("give --model DIR (a local model) or --endpoint URL (a served model), not both" if served
+                          else "give --model DIR (a local model) or --endpoint URL (a served model)")
+    if served and select:
+        raise ConfigError("--select chooses among a local model's candidates; a served model answers greedily")
+    if served:
+        from clinkd.recipes.predict import run_predict_served
+
+        paths, record = run_predict_served(cfg, out)
+        last, rows = record["invocations"][-1], record["rows"]
+        console.print(f"{last['answers']} answers, {last['requests']} requests in {last['seconds']:.1f} s "
+                      f"({last['requests_per_s'] or 0:.2f} requests/s), {last['prompt_tokens']} + {last['completion_tokens']} tokens")
+        if rows["multi_line"]:
+            console.print(f"[yellow]{rows['multi_line']} of {rows['answers']} answers span several lines: BiRD's clean-up scores only the "
+                          "text between the first two newlines; ask for one line (predict.endpoint.instructions, docs/served.md)")
+    else:
+        from clinkd.recipes.predict import run_predict
+
+        paths = run_predict(cfg, model, out)
     for task, path in paths.items():
         console.print(f"{task}: {path}")
 

@@ -162,10 +162,58 @@ class TrainConfig(_Section):
     retrieval_head: int = Field(0, ge=0, description="the supervised head of that layer")
 
 
+class EndpointConfig(_Section):
+    """An OpenAI-compatible chat-completions endpoint (``clinkd.endpoint``): a hosted API, vLLM, SGLang, llama.cpp server."""
+
+    base_url: str | None = Field(None, description="the OpenAI client's base URL, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="the served model's name in the requests")
+    api_key_env: str | None = Field(None, description="env variable holding the key (never written anywhere); null for a keyless local server")
+    concurrency: int = Field(4, gt=0, description="requests in flight at once")
+    timeout: float = Field(60.0, gt=0, description="seconds per request")
+    retries: int = Field(4, ge=0, description="extra attempts after a failed request")
+    backoff: float = Field(1.0, ge=0, description="seconds before the first retry; doubles at each retry (a Retry-After header wins)")
+
+
+# How a served model writes boxes (clinkd.model.box_convention.SERVED_SCALES): the scale its coordinates are on.
+ServedBoxes = Literal["medgrit", "qwen2.5-vl", "qwen3-vl", "auto"]
+
+
+class ServedModelConfig(EndpointConfig):
+    """A model behind an OpenAI-compatible endpoint, scored like a local one (``clinkd predict --endpoint``, docs/served.md)."""
+
+    concurrency: int = Field(8, gt=0, description="requests in flight at once")
+    timeout: float = Field(120.0, gt=0, description="seconds per request")
+    boxes: ServedBoxes = Field(
+        "medgrit", description="medgrit/qwen3-vl: 0–1000; qwen2.5-vl: pixels of the resized image; auto: decided per answer"
+    )
+    min_pixels: int | None = Field(None, gt=0, description="the served model's pixel budget (boxes qwen2.5-vl and auto)")
+    max_pixels: int | None = Field(None, gt=0)
+    instructions: dict[str, str] = Field(
+        default_factory=dict, description="text appended to each task's question on a new line, e.g. how to write a box"
+    )
+
+    @field_validator("instructions")
+    @classmethod
+    def _instruction_tasks(cls, value: dict[str, str]) -> dict[str, str]:
+        return only_known_tasks(value, TASKS)
+
+    @model_validator(mode="after")
+    def _complete_when_used(self) -> ServedModelConfig:
+        if self.base_url is not None and not self.model:
+            raise ValueError("base_url is set but model is not: name the served model (--served-model, e.g. Qwen/Qwen2.5-VL-7B-Instruct)")
+        if self.boxes in ("qwen2.5-vl", "auto") and (self.min_pixels is None or self.max_pixels is None):
+            raise ValueError(f"boxes {self.boxes} reads pixels of the image the server resized: set min_pixels and max_pixels to the "
+                             "served model's budget (a stock Qwen2.5-VL: 3136 and 12845056)")
+        return self
+
+
 class PredictConfig(_Section):
     batch_size: int = Field(32, gt=0)
     max_new_tokens: dict[str, int] = Field(default_factory=lambda: {"VG": 40, "ROC": 16, "RC": 40, "MIA": 48})
     num_beams: int = Field(1, gt=0)
+    endpoint: ServedModelConfig = Field(
+        ServedModelConfig(), description="predict through a served model instead of a local one (base_url set)"
+    )
 
     @field_validator("max_new_tokens")
     @classmethod
@@ -196,16 +244,12 @@ class SimilarityConfig(_Section):
     path: Path | None = Field(None, description="local sentence-transformers checkpoint dir (kind: embedding)")
 
 
-class OpenAICorrectorConfig(_Section):
-    """Any OpenAI-compatible chat-completions endpoint (GPT-4o, vLLM, llama.cpp server)."""
+class OpenAICorrectorConfig(EndpointConfig):
+    """The corrector's endpoint (GPT-4o, vLLM, llama.cpp server)."""
 
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4o"
     api_key_env: str | None = Field("OPENAI_API_KEY", description="env variable holding the key; null for a keyless local server")
-    concurrency: int = Field(4, gt=0, description="requests in flight at once")
-    timeout: float = Field(60.0, gt=0, description="seconds per request")
-    retries: int = Field(4, ge=0, description="extra attempts after a failed request")
-    backoff: float = Field(1.0, ge=0, description="seconds before the first retry; doubles at each retry")
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(256, gt=0)
     cache_dir: Path | None = Field(None, description="reply cache shared by runs; default <output_dir>/cache/corrector")

@@ -79,10 +79,17 @@ def written_rows(path: Path, samples: Sequence[Sample]) -> dict[int, dict]:
     return rows
 
 
+def pending_samples(path: Path, samples: Sequence[Sample]) -> list[tuple[int, Sample]]:
+    """``(position, sample)`` of every sample without a row in ``path`` yet (:func:`written_rows`)."""
+    done = written_rows(path, samples)
+    return [(index, sample) for index, sample in enumerate(samples) if index not in done]
+
+
 def renumber(path: Path, samples: Sequence[Sample]) -> None:
-    """Rewrite a finished file in input order with ``index`` = position, when the input moved between runs."""
+    """Rewrite a finished file in input order with ``index`` = position, when the input moved between runs or the
+    rows were written out of order (served answers, :mod:`clinkd.engine.served`, are written as they arrive)."""
     rows = written_rows(path, samples)
-    if any(row.get("index") != index for index, row in rows.items()):
+    if list(rows) != sorted(rows) or any(row.get("index") != index for index, row in rows.items()):
         atomic_write_jsonl(path, ({**rows[index], "index": index} for index in sorted(rows)))
 
 
@@ -167,9 +174,8 @@ def write_predictions(
         for task, samples in tests.items():
             path = out_dir / f"{task}.jsonl"
             paths[task] = path
-            done = written_rows(path, samples)
-            todo = [(index, sample) for index, sample in enumerate(samples) if index not in done]
-            bar = progress.add_task(f"predict {task}", total=len(samples), completed=len(done), info="")
+            todo = pending_samples(path, samples)
+            bar = progress.add_task(f"predict {task}", total=len(samples), completed=len(samples) - len(todo), info="")
             for start in range(0, len(todo), predict_cfg.batch_size):
                 chunk = todo[start : start + predict_cfg.batch_size]
                 chunk_samples = [s for _, s in chunk]
@@ -180,11 +186,12 @@ def write_predictions(
                     outputs = [(response, {}) for response in responses]
                 else:
                     outputs = selector(model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task])
-                append_jsonl(path, (_row(task, index, sample, *output) for (index, sample), output in zip(chunk, outputs)))
+                append_jsonl(path, (prediction_row(task, index, sample, *output) for (index, sample), output in zip(chunk, outputs)))
                 progress.advance(bar, len(chunk))
             renumber(path, samples)
     return paths
 
 
-def _row(task: str, index: int, sample: Sample, response: str, extra: dict) -> dict:
+def prediction_row(task: str, index: int, sample: Sample, response: str, extra: dict) -> dict:
+    """The JSONL row of the sample at position ``index`` of ``task``'s samples, answered ``response``."""
     return Prediction.for_sample(task, sample, response, {"index": index, **extra}).to_json()

@@ -1,14 +1,17 @@
 """``clinkd export``: a trained model as a folder that loads without clinkd installed.
 
 * Stock positions (``rope.name: qwen2vl``, no paper frequencies): a plain ``Qwen2VLForConditionalGeneration``
-  (or ``Qwen2_5_VL…``) checkpoint: ``architectures`` and ``processor_class`` name the stock classes and
-  no clinkd key is left in ``config.json``.
+  (or ``Qwen2_5_VL…``) checkpoint: ``architectures`` names the stock class and no clinkd key is left in
+  ``config.json``.
 * Any other strategy (MCG-RoPE, the released patch, paper frequencies): the same weights plus clinkd's
   own modeling file and position maths as remote code (``modeling_clinkd.py`` = :mod:`clinkd.model.rope`,
   ``positions.py`` = :mod:`clinkd.model.positions`, copied as they are) and an ``auto_map``, so
   ``AutoModelForImageTextToText.from_pretrained(dir, trust_remote_code=True)`` rebuilds the same positions.
   The text ``rope_type`` is guarded (:data:`clinkd.model.rope.GUARDED_ROPE_TYPE`): stock transformers
   refuses the folder instead of silently running stock positions.
+
+Either way the processor files are a stock checkpoint's (:func:`clinkd.model.loading.save_checkpoint` writes them
+for every saved model), so ``AutoProcessor.from_pretrained(dir)`` resolves the stock processor and video processor.
 """
 
 from __future__ import annotations
@@ -23,10 +26,7 @@ from clinkd.model.loading import CheckpointError, is_checkpoint, load_checkpoint
 from clinkd.model.positions import STOCK
 
 REMOTE_MODELING = "modeling_clinkd"
-STOCK_NAMES = {
-    "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
-    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
-}
+STOCK_MODELS = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
 
 @dataclass(frozen=True)
@@ -59,22 +59,19 @@ def export_model(run_or_model: str | Path, out: str | Path) -> Export:
     model, processor = load_checkpoint(source)
     strategy = rope.rope_strategy_of(model.config)
     remote_code = strategy != STOCK
-    stock_model, stock_processor = STOCK_NAMES[model.config.model_type]
 
     def as_exported(config: dict) -> None:
         if remote_code:
             _as_remote_code(config, type(model).__name__, type(model.model).__name__)
         else:
             config.pop(rope.ROPE_CONFIG_KEY, None)
-            config["architectures"] = [stock_model]
+            config["architectures"] = [STOCK_MODELS[model.config.model_type]]
 
     def rewrite(staging: Path) -> None:
         if remote_code:  # clinkd's own files, copied unchanged, are the remote code
             shutil.copyfile(rope.__file__, staging / f"{REMOTE_MODELING}.py")
             shutil.copyfile(positions.__file__, staging / "positions.py")
         _edit_json(staging / "config.json", as_exported)
-        # clinkd's processor only drops the video half (torchvision); a served model names the stock one.
-        _edit_json(staging / "processor_config.json", lambda processor_config: processor_config.update(processor_class=stock_processor))
 
     save_checkpoint(model, processor, out, before_publish=rewrite)
     return Export(source, Path(out), remote_code, strategy.to_dict())

@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLC
 from clinkd.config import ModelConfig
 from clinkd.io import match_umask
 from clinkd.model.positions import STOCK, RopeStrategy
-from clinkd.model.processor import build_processor, load_processor
+from clinkd.model.processor import build_processor, load_processor, save_processor
 from clinkd.model.rope import MODEL_CLASSES, load_model_class, set_rope_strategy
 from clinkd.model.tiny import tiny_config
 from clinkd.model.tokenizer import train_tokenizer
@@ -144,13 +144,14 @@ def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:
 
 
 def save_checkpoint(model, processor, path: str | Path, before_publish: Callable[[Path], None] | None = None) -> None:
-    """Save into a temporary sibling, then rename: a crash never leaves a half-written model.
+    """Save into a temporary sibling, then rename: a crash never leaves a half-written model. The processor files are
+    those of a stock checkpoint (:func:`clinkd.model.processor.save_processor`).
     ``before_publish(staging_dir)`` may rewrite the saved files before the rename (``clinkd export``)."""
     path = Path(path)
     staging = path.with_name(f".{path.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(str(staging))
-    processor.save_pretrained(str(staging))
+    save_processor(processor, staging, model.config.model_type)
     match_umask(staging)  # safetensors writes 0600: another user or container could not read the model
     if before_publish is not None:
         before_publish(staging)

@@ -137,11 +137,12 @@ def export_lora(model, processor, path: Path, adapter_path: Path | None = None, 
     from clinkd.model.loading import save_checkpoint
 
     from clinkd.io import atomic_write_json
+    from clinkd.model.processor import save_processor
     from clinkd.model.rope import rope_strategy_of
 
     if adapter_path is not None:
         model.save_pretrained(str(adapter_path))
-        processor.save_pretrained(str(adapter_path))
+        save_processor(processor, adapter_path, model.config.model_type)
         atomic_write_json(Path(adapter_path) / ADAPTER_POSITIONS_FILE, rope_strategy_of(model.config).to_dict())
     if merge:
         save_checkpoint(merge_lora(model), processor, path)

@@ -1,7 +1,9 @@
-"""The Qwen2-VL processor without torchvision, and the image preparation both paths share."""
+"""The Qwen2-VL processor without torchvision, the processor files stock tools load, and the image preparation both
+paths share."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from PIL import Image
@@ -51,6 +53,41 @@ def build_processor(tokenizer, min_pixels: int, max_pixels: int) -> ClinKDProces
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )
+
+
+# The processor and video processor classes of each family's published checkpoints: the names stock tools resolve.
+STOCK_PROCESSORS = {
+    "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLVideoProcessor"),
+    "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor"),
+}
+# The keys of a published video_preprocessor_config.json (Qwen3-VL's), taken from the image processor: one vision
+# tower reads both, and a Qwen2-VL hub folder gives its video processor the image processor's file too.
+VIDEO_KEYS = ("size", "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")
+
+
+def stock_processor_files(processor_config: dict, model_type: str) -> dict[str, dict]:
+    """The processor files of a stock checkpoint of ``model_type``, from the ``processor_config.json`` that
+    :class:`ClinKDProcessor` saves (image processor only): transformers 5's nested ``processor_config.json`` and the
+    hub's flat ``preprocessor_config.json`` and ``video_preprocessor_config.json``, all naming the stock classes."""
+    processor_class, video_class = STOCK_PROCESSORS[model_type]
+    image = processor_config["image_processor"]
+    video = {key: image[key] for key in VIDEO_KEYS} | {"video_processor_type": video_class}
+    return {
+        "processor_config.json": {**processor_config, "video_processor": video, "processor_class": processor_class},
+        "preprocessor_config.json": {**image, "processor_class": processor_class},
+        "video_preprocessor_config.json": {**video, "processor_class": processor_class},
+    }
+
+
+def save_processor(processor: ClinKDProcessor, folder: str | Path, model_type: str) -> None:
+    """``processor.save_pretrained(folder)``, then the processor files :func:`stock_processor_files` lists, so that
+    ``AutoProcessor.from_pretrained(folder)`` resolves what it does for a published checkpoint (vLLM and
+    LLaMA-Factory load the processor first)."""
+    folder = Path(folder)
+    processor.save_pretrained(str(folder))
+    saved = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
+    for name, document in stock_processor_files(saved, model_type).items():
+        (folder / name).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_processor(path: str | Path) -> ClinKDProcessor:

@@ -2,7 +2,8 @@
 
 ``out_dir`` gets ``metrics.json``, ``report.md`` (which embeds the figures and names every backend),
 ``tables/summary.csv`` (Table 1: model and baselines) and ``tables/per_modality.csv`` (Tables 3/4), and
-``figures/modalities.png`` (Figure 3) and ``figures/loss.png`` (when ``run_dir`` holds training logs).
+``figures/modalities.png`` (Figure 3) and ``figures/loss.png`` (when ``run_dir`` holds training logs). Rows a served
+model answered (``clinkd predict --endpoint``) add how their boxes were read, the ambiguous ones counted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from clinkd.data.records import Prediction, Sample
 from clinkd.data.validation import DataError
+from clinkd.engine.served import served_row_totals
 from clinkd.io import atomic_write_json, atomic_write_text, numbered_jsonl
 from clinkd.markdown import table
 from clinkd.metrics.baselines import FITTED_ON, baseline_predictions
@@ -105,11 +107,15 @@ def run_evaluate(
     """
     rows = {label: read_predictions(prediction_paths)} | {other: read_predictions(paths) for other, paths in (others or {}).items()}
     named = {row_label: score_predictions(predictions, scorers=scorers, bird_exact=bird_exact) for row_label, predictions in rows.items()}
-    metrics = named[label]
+    metrics, predictions = named[label], rows[label]
     classes = modality_classes(train)
-    fidelity = {row_label: question_fidelity(predictions, classes) for row_label, predictions in rows.items()}
+    fidelity = {row_label: question_fidelity(row_predictions, classes) for row_label, row_predictions in rows.items()}
     document = {"model": metrics, "others": {other: named[other] for other in others or {}}, "fidelity": fidelity}
     sections = [render_markdown(metrics, title)]
+    served = [prediction.extra for prediction in predictions if "box_scale" in prediction.extra]
+    if served:
+        document["served"] = served_row_totals(served)
+        sections.append(_served_section(document["served"]))
     if tests is not None:
         baselines = score_baselines(tests, train, scorers=scorers, bird_exact=bird_exact)
         document["baselines"] = baselines
@@ -126,6 +132,16 @@ def run_evaluate(
     atomic_write_json(out_dir / "metrics.json", document)
     atomic_write_text(out_dir / "report.md", "\n\n".join(sections) + "\n")
     return document
+
+
+def _served_section(totals: dict) -> str:
+    """How a served model's answers' boxes were read (docs/served.md), the ambiguous ones counted."""
+    rows = [[reading, str(count)] for reading, count in totals["box_readings"].items()]
+    return (
+        "## Served answers: how their boxes were read\n\n" + table(["written as, on the scale", "answers"], rows, "lr") +
+        f"\n\n{totals['ambiguous']} answer(s) fitted both 0–1000 and the pixels of the image the server resized "
+        "(`--boxes auto`) and were read on 0–1000, without looking at the ground truth; name `--boxes` to settle them."
+    )
 
 
 def _figure_section(named: dict[str, dict], out_dir: Path, run_dir: Path) -> str:

@@ -2,12 +2,11 @@
 
 * :class:`TemplateCorrector` (offline default): the ground truth, verbatim, inside a task-specific framing
   sentence drawn per (item, round), so boxes survive by construction and labels gain varied phrasings.
-* :class:`OpenAICorrector`: any OpenAI-compatible chat-completions endpoint through the official ``openai``
-  client, with the prompt below (:data:`SYSTEM_PROMPT`, :data:`USER_PROMPT`). Requests run on a bounded
-  thread pool with a per-request timeout; timeouts, connection errors, HTTP 408/409/429/5xx, malformed JSON
-  and empty replies are retried with exponential backoff (``backoff · 2^(k−1)`` seconds before retry k);
-  other HTTP errors fail at once. Every well-formed reply is stored in a :class:`ReplyCache` keyed by the
-  SHA-256 of the request, so a rerun never sends the same request twice.
+* :class:`OpenAICorrector`: any OpenAI-compatible chat-completions endpoint through :class:`clinkd.endpoint.ChatEndpoint`
+  (per-request timeout; timeouts, connection errors, HTTP 408/409/429/5xx, malformed JSON and empty replies retried
+  with backoff, other HTTP errors failing at once), with the prompt below (:data:`SYSTEM_PROMPT`,
+  :data:`USER_PROMPT`), on a bounded thread pool. Every well-formed reply is stored in a :class:`ReplyCache` keyed
+  by the SHA-256 of the request, so a rerun never sends the same request twice.
 
 :func:`check_correction` accepts a reply only if its tagged boxes are exactly the ground truth's (as a
 multiset of :class:`clinkd.boxes.Box`) and its similarity to the ground truth is at least the accept threshold.
@@ -17,10 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import threading
-import time
 from collections import Counter
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -31,6 +27,7 @@ from typing import Protocol
 from clinkd.boxes import Box, BoxError, BoxStyle, convert_markup, convert_markup_leniently, parse_boxes
 from clinkd.chat import END_OF_TURN_TOKENS, TURN_START
 from clinkd.config import ConfigError
+from clinkd.endpoint import ChatEndpoint
 from clinkd.io import atomic_write_json
 from clinkd.reflect.similarity import Similarity
 
@@ -53,20 +50,10 @@ FRAMINGS: dict[str, tuple[str, ...]] = {
     "MIA": ("This image shows: {answer}", "Here is what is seen in this image: {answer}", "In this image: {answer}", "As seen here: {answer}"),
 }
 CONTROL_TOKENS = (TURN_START, *END_OF_TURN_TOKENS)
-RETRYABLE_STATUS = frozenset({408, 409, 429})
-MAX_BACKOFF_S = 60.0
 
 
 class CorrectorError(ConfigError):
     """A corrector that cannot be built from the config."""
-
-
-class CorrectorFault(Exception):
-    """One failed request; ``retryable`` faults are tried again."""
-
-    def __init__(self, message: str, retryable: bool = True):
-        super().__init__(message)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -181,21 +168,6 @@ def render_messages(request: CorrectionRequest) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def reply_content(raw: str) -> str:
-    """``choices[0].message.content`` of a chat-completions body; CorrectorFault when malformed or empty."""
-    try:
-        body = json.loads(raw)
-    except ValueError as error:
-        raise CorrectorFault(f"malformed JSON reply: {error}") from None
-    try:
-        content = body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise CorrectorFault("reply has no choices[0].message.content") from None
-    if not isinstance(content, str) or not content.strip():
-        raise CorrectorFault("empty reply")
-    return content.strip()
-
-
 class ReplyCache:
     """Well-formed replies on disk, one JSON file per request hash (``<root>/<h[:2]>/<h>.json``), written atomically."""
 
@@ -224,54 +196,28 @@ class OpenAICorrector:
     name = "openai"
 
     def __init__(
-        self,
-        *,
-        base_url: str,
-        model: str,
-        api_key: str,
-        cache_dir: str | Path,
-        concurrency: int = 4,
-        timeout: float = 60.0,
-        retries: int = 4,
-        backoff: float = 1.0,
-        temperature: float = 0.7,
+        self, endpoint: ChatEndpoint, *, model: str, cache_dir: str | Path, concurrency: int = 4, temperature: float = 0.7,
         max_tokens: int = 256,
     ):
-        import openai
-
-        self.base_url = base_url
+        self.endpoint = endpoint
+        self.base_url = endpoint.base_url
         self.model = model
         self.concurrency = concurrency
-        self.retries = retries
-        self.backoff = backoff
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.cache = ReplyCache(cache_dir)
-        # Retries are ours (they also cover malformed and empty replies), so the client's are off.
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
-        self._lock = threading.Lock()
-        self.requests_sent = 0  # HTTP requests actually made (cache hits excluded)
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests actually made (cache hits excluded)."""
+        return self.endpoint.requests_sent
 
     @classmethod
     def from_config(cls, cfg, default_cache_dir: Path) -> "OpenAICorrector":
         """From a :class:`clinkd.config.OpenAICorrectorConfig`; the key is read from ``cfg.api_key_env``."""
-        if cfg.api_key_env is None:
-            api_key = "EMPTY"  # keyless local servers (vLLM, llama.cpp) accept any key
-        else:
-            api_key = os.environ.get(cfg.api_key_env, "")
-            if not api_key:
-                raise CorrectorError(f"reflect.openai.api_key_env: environment variable {cfg.api_key_env} is not set")
         return cls(
-            base_url=cfg.base_url,
-            model=cfg.model,
-            api_key=api_key,
-            cache_dir=cfg.cache_dir or default_cache_dir,
-            concurrency=cfg.concurrency,
-            timeout=cfg.timeout,
-            retries=cfg.retries,
-            backoff=cfg.backoff,
-            temperature=cfg.temperature,
-            max_tokens=cfg.max_tokens,
+            ChatEndpoint.from_config(cfg, "reflect.openai"), model=cfg.model, cache_dir=cfg.cache_dir or default_cache_dir,
+            concurrency=cfg.concurrency, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
         )
 
     def payload(self, request: CorrectionRequest) -> dict:
@@ -293,47 +239,17 @@ class OpenAICorrector:
             executor.shutdown(wait=True, cancel_futures=True)
 
     def complete(self, request: CorrectionRequest) -> CorrectorReply:
-        """One request: from the cache, else up to ``1 + retries`` attempts."""
+        """One request: from the cache, else from the endpoint (up to ``1 + retries`` attempts)."""
         payload = self.payload(request)
         key = self.cache_key(payload)
         hit = self.cache.get(key)
         if hit is not None:
             return CorrectorReply(hit["text"], hit["raw"], None, 0, cached=True)
-        attempts, error = 0, None
-        while attempts <= self.retries:
-            attempts += 1
-            try:
-                raw = self._send(payload)
-                text = reply_content(raw)
-            except CorrectorFault as fault:
-                error = str(fault)
-                if not fault.retryable:
-                    break
-                if attempts <= self.retries:
-                    time.sleep(min(self.backoff * 2 ** (attempts - 1), MAX_BACKOFF_S))
-                continue
-            self.cache.put(key, {"request": payload, "raw": raw, "text": text})
-            return CorrectorReply(text, raw, None, attempts)
-        return CorrectorReply(None, None, error, attempts)
-
-    def _send(self, payload: dict) -> str:
-        """The raw body of one chat-completions call; client errors become :class:`CorrectorFault`."""
-        import openai
-
-        with self._lock:
-            self.requests_sent += 1
-        try:
-            response = self.client.chat.completions.with_raw_response.create(**payload)
-        except openai.APITimeoutError:
-            raise CorrectorFault("timeout") from None
-        except openai.APIConnectionError as error:
-            raise CorrectorFault(f"connection error: {error}") from None
-        except openai.APIStatusError as error:
-            status = error.status_code
-            raise CorrectorFault(f"HTTP {status}", retryable=status in RETRYABLE_STATUS or status >= 500) from None
-        except openai.APIError as error:
-            raise CorrectorFault(f"{type(error).__name__}: {error}") from None
-        return response.http_response.text
+        reply = self.endpoint.complete(payload)
+        if reply.text is None:
+            return CorrectorReply(None, None, reply.error, reply.attempts)
+        self.cache.put(key, {"request": payload, "raw": reply.raw, "text": reply.text})
+        return CorrectorReply(reply.text, reply.raw, None, reply.attempts)
 
 
 def build_corrector(reflect_cfg, default_cache_dir: Path) -> Corrector | None:
