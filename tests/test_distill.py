@@ -42,6 +42,7 @@ from clinkd.distill import (
 from clinkd.distill import pseudo as pseudo_module
 from clinkd.distill.batches import model_inputs
 from clinkd.distill.pseudo import DROP_REASONS
+from clinkd.distill.report import render_distill
 from clinkd.distill.teacher_cache import MANIFEST
 from clinkd.engine import generate as generate_module
 from clinkd.engine.generate import answer_margins
@@ -510,3 +511,17 @@ def test_the_curriculum_releases_pseudo_labels_from_the_most_confident_on():
     settings = SftSettings(TrainConfig(), 0, "float32", "qwen2-vl", None, Path("logs"), in_order=True)
     assert training_arguments(settings, Path("out")).train_sampling_strategy == "sequential"
     assert training_arguments(replace(settings, in_order=False), Path("out")).train_sampling_strategy == "random"
+
+
+def test_the_distillation_section_says_what_became_of_the_pseudo_labels():
+    info = {
+        "targets": {"kind": "both", "examples": 120, "pseudo_labelled": 20, "pseudo_dropped_unusable": 1,
+                    "pseudo_dropped_wrong_structure": 6, "pseudo_dropped_no_box": 2, "pseudo_dropped_low_confidence": 0,
+                    "pseudo_equal_gt": 5, "pseudo_used": 6},
+        "pseudo": {"fidelity": {"names_asked": {"value": 0.5, "n": 8}, "parseable_box": {"value": 0.75, "n": 8},
+                                "modality_class": {"value": None, "n": 0}}},
+    }
+    text = render_distill(info)
+    assert "| VG names the asked structure | 50.0 (8) |" in text and "| ROC answers a class of the modality | – |" in text
+    assert "| dropped: name another structure than their turn | 6 |" in text and "| used as extra targets | 6 |" in text
+    assert "pseudo labels" not in render_distill({"targets": {"kind": "ground_truth", "examples": 3, "pseudo_labelled": 0}})

@@ -29,6 +29,7 @@ import transformers
 
 from clinkd.config import ModelConfig, RecipeConfig, dump_config
 from clinkd.data.validation import ISSUES_FILE
+from clinkd.distill.report import render_distill
 from clinkd.engine.distributed import is_main_process, main_process_first, write_predictions_sharded
 from clinkd.io import atomic_write_text
 from clinkd.markdown import table
@@ -84,6 +85,7 @@ def run(cfg: RecipeConfig) -> dict | None:
     if cfg.distill.enabled:
         build = lambda recipe: initial_model(recipe, dataset.train)  # noqa: E731 (the student and teacher start here)
         model, processor, info = clock.time("distill", lambda: run_distill(cfg, dataset.train, run_dir, build))
+        sections.append(render_distill(info))
         if cfg.report.teacher:
             comparisons["teacher"] = lambda: load_checkpoint(info["teacher"]["dir"], cfg.model.dtype)
         if cfg.report.student and cfg.reflect.enabled and cfg.reflect.rounds:
