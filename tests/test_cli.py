@@ -153,7 +153,7 @@ def test_convert_writes_16_bit_images_as_clinkd_reads_them(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 3 + 1000)).save(images / "ct_wide.png")
-    Image.new("L", (8, 8), 90).save(images / "mr_narrow.png")
+    Image.new("L", (16, 16), 90).save(images / "mr_narrow.png")
     question = "Picture 1: <img>{}.png</img>\nWhat can you diagnose from the overall findings in this image?"
     records = [{"id": name, "conversations": [[question.format(name), "A small cyst."]]} for name in ("ct_wide", "mr_narrow")]
     (tmp_path / "in.json").write_text(json.dumps(records), encoding="utf-8")

@@ -359,7 +359,7 @@ def infer(
     from clinkd.interactive.infer import load_model, named_selector, parse_ground_truth, prepare_request, render_overlay, run_request, without_markup
 
     cfg = _load(config, overrides, preset)
-    request = prepare_request(image, question, task)  # every input check before the (slow) model load
+    request = prepare_request(image, question, task, cfg.data.max_image_pixels)  # every input check before the (slow) model load
     truth = parse_ground_truth(gt)
     selector = named_selector(select, cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
     loaded, processor = load_model(model, cfg.model.dtype)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from clinkd.boxes import ModelBoxStyle
 from clinkd.data.records import TASKS
+from clinkd.images import PIL_PIXEL_LIMIT
 from clinkd.model.bases import base_dir, shipped_sizes
 from clinkd.model.positions import PAPER, RopeStrategy
 
@@ -26,8 +27,6 @@ from clinkd.model.positions import PAPER, RopeStrategy
 _EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 # numpy seeds must stay below 2**32, and stages add small offsets to the recipe's seed.
 MAX_SEED = 2**31 - 1
-# PIL refuses to open an image above this many pixels (Image.MAX_IMAGE_PIXELS × 2, its DecompressionBombError).
-PIL_PIXEL_LIMIT = 178_956_970
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+def unreachable_reason(path: str | Path) -> str | None:
+    """Why ``path`` leads nowhere (``does not exist``, ``is a broken link to …``, ``is a symlink loop``), or ``None``
+    when it exists, whatever it is."""
+    path = Path(path)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"is a broken link to {os.readlink(path)}" if path.is_symlink() else "does not exist"
+    except OSError as error:
+        return "is a symlink loop" if error.errno == errno.ELOOP else f"cannot be reached ({error.strerror})"
+    return None
 
 
 def new_file_mode() -> int:
