@@ -73,6 +73,9 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config(path, preset="nope")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    with pytest.raises(ConfigError, match="loop.yaml is a symlink loop"):
+        load_config(tmp_path / "loop.yaml")
 
 
 def test_resolved_config_round_trips(tmp_path):

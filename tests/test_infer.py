@@ -200,6 +200,7 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, png):
         (["--model", empty_dir, "--image", wide, "--question", "liver"], "cannot be fed to the model: 4000×10 px"),
         (["--model", empty_dir, "--image", png, "--question", "liver", "data.max_image_pixels=1000"], "1024 pixels, above data.max_image_pixels=1000"),
         (["--model", empty_dir, "--image", loop, "--question", "liver"], "is a symlink loop"),
+        (["--model", loop, "--image", png, "--question", "liver"], "model directory " + str(loop) + " is a symlink loop"),
         (["--model", empty_dir, "--image", tmp_path / "none.png", "--question", "liver"], "does not exist"),
         (["--model", empty_dir, "--image", tmp_path, "--question", "liver"], "is not a file"),
         (["--model", empty_dir, "--image", not_an_image, "--question", "liver"], "is not an image"),

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from clinkd.boxes import ModelBoxStyle
 from clinkd.data.records import TASKS
 from clinkd.images import PIL_PIXEL_LIMIT
+from clinkd.io import unreachable_reason
 from clinkd.model.bases import base_dir, shipped_sizes
 from clinkd.model.positions import PAPER, RopeStrategy
 
@@ -485,7 +486,7 @@ def preset_names(path: str | Path | None = None) -> list[str]:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} {unreachable_reason(path) or 'is not a file'}")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:

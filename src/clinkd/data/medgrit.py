@@ -31,7 +31,7 @@ from clinkd.data.validation import (
     validated_sample,
     warn_if_unobserved,
 )
-from clinkd.io import atomic_write_json
+from clinkd.io import atomic_write_json, unreachable_reason
 
 # Qwen-VL's image reference: an optional "Picture N: " label, the tag, and one following newline.
 _IMAGE_TAG = re.compile(r"(?:Picture\s*\d+:\s*)?<img>.*?</img>\n?", re.DOTALL)
@@ -143,7 +143,7 @@ def find_test_files(data_dir: str | Path) -> dict[str, Path]:
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {data_dir} does not exist")
+        raise FileNotFoundError(f"data directory {data_dir} {unreachable_reason(data_dir) or 'is not a directory'}")
     found: dict[str, Path] = {}
     for path in sorted(data_dir.iterdir()):
         match = _TEST_FILE.fullmatch(path.name)

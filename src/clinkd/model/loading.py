@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig
 
 from clinkd.config import ModelConfig
-from clinkd.io import match_umask
+from clinkd.io import match_umask, unreachable_reason
 from clinkd.model.positions import STOCK, RopeStrategy
 from clinkd.model.processor import build_processor, load_processor
 from clinkd.model.rope import MODEL_CLASSES, load_model_class, set_rope_strategy
@@ -80,7 +80,7 @@ def load_checkpoint(
 
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"model directory {path} does not exist")
+        raise CheckpointError(f"model directory {path} {unreachable_reason(path) or 'is not a directory'}")
     missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"{path} is not a clinkd or Qwen2-VL checkpoint: no {', '.join(missing)}")
