@@ -184,3 +184,59 @@ def test_config_from_an_empty_folder_is_the_clinkd_recipe_with_its_built_in_pres
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load(result.stdout)
     assert (resolved["name"], resolved["distill"]["enabled"], resolved["select"]["method"]) == ("quick", True, "sasg")
+
+
+def _roc_rows(data) -> list[dict]:
+    """One perfect ROC prediction row per test record of ``data``."""
+    from clinkd.data.medgrit import load_test_split
+    from clinkd.data.records import Prediction
+
+    return [Prediction.for_sample("ROC", sample, sample.turns[0].answer).to_json() for sample in load_test_split(data, tasks=["ROC"])["ROC"]]
+
+
+def _evaluate(tmp_path, rows, *args):
+    path = tmp_path / "P.jsonl"
+    path.write_text(_jsonl(*rows), encoding="utf-8")
+    out = tmp_path / "out"
+    return runner.invoke(app, ["evaluate", "--pred", str(path), "--out", str(out), "--meteor", "off", "--spice", "off", "--no-figures", *args]), path, out
+
+
+def test_evaluate_refuses_a_record_scored_twice_with_or_without_data(small_data, tmp_path):
+    rows = _roc_rows(small_data)
+    for args in (["--data", str(small_data)], []):
+        result, path, out = _evaluate(tmp_path, [*rows, rows[3]], *args)
+        assert result.exit_code == 2, result.output
+        last = " ".join(result.output.split())
+        assert f"error: {path}:{len(rows) + 1}: a second ROC row for id {rows[3]['id']!r} (the first is {path}:4)" in last
+        assert "Traceback" not in result.output and not (out / "report.md").exists()
+
+
+def test_evaluate_with_data_refuses_foreign_ids_and_rows_of_another_task(small_data, tmp_path):
+    rows = _roc_rows(small_data)
+    for bad, message in [
+        ({**rows[0], "id": "ct_not-in-the-test"}, "id 'ct_not-in-the-test' is not a ROC test record"),
+        ({**_roc_rows(small_data)[1], "task": "MIA", "id": "ct_nowhere"}, "id 'ct_nowhere' is not a MIA test record"),
+    ]:
+        result, path, _ = _evaluate(tmp_path, [*rows[1:], bad] if bad["task"] == "ROC" else [*rows, bad], "--data", str(small_data))
+        assert result.exit_code == 2, result.output
+        assert f"error: {path}:{len(rows) if bad['task'] == 'ROC' else len(rows) + 1}: {message}" in " ".join(result.output.split())
+
+
+def test_evaluate_with_data_names_the_first_missing_record_unless_partial(small_data, tmp_path):
+    rows = _roc_rows(small_data)
+    result, _, _ = _evaluate(tmp_path, rows[2:], "--data", str(small_data))
+    assert result.exit_code == 2, result.output
+    assert f"2 of {len(rows)} ROC test records have no prediction row, the first id {rows[0]['id']!r}" in " ".join(result.output.split())
+    result, _, out = _evaluate(tmp_path, rows[2:], "--data", str(small_data), "--partial", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["coverage"] == {"ROC": {"records": len(rows), "scored": len(rows) - 2, "missing": 2}}
+    assert f"- ROC: {len(rows) - 2} of {len(rows)} test records scored, 2 without a prediction row" in (out / "report.md").read_text()
+    assert json.loads(result.stdout)["model"]["tasks"]["ROC"]["macro_present"]["Recall"] == pytest.approx(1.0)
+
+
+def test_evaluate_names_a_nan_ground_truth_box_in_one_line(tmp_path):
+    row = {**ROW, "task": "VG", "annotation": "<ref>liver</ref><box>(nan,1),(20,30)</box>", "response": "<box>(1,1),(20,30)</box>"}
+    result, path, _ = _evaluate(tmp_path, [ROW, row])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1].startswith(f"error: {path}:2: prediction 'ct_1': unparseable ground-truth box '(nan,1),(20,30)'")
+    assert "Traceback" not in result.output

@@ -208,7 +208,12 @@ def clip_train(
 def evaluate(
     pred: list[Path] = typer.Option(..., "--pred", help="prediction JSONL file(s)"),
     out: Path = typer.Option(..., "--out", help="folder for metrics.json and report.md"),
-    data: Optional[Path] = typer.Option(None, "--data", help="data dir with test_*.json: adds the trivial baselines"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="data dir with test_*.json: every row must answer one test record of its task; adds the trivial baselines"
+    ),
+    partial: bool = typer.Option(
+        False, "--partial", help="with --data: score the rows there are when test records have none (counted in the report)"
+    ),
     on_error: OnError = typer.Option("skip", "--on-error", help="for bad test records"),
     meteor: str = typer.Option("auto", "--meteor", help="auto|java|nltk|off (auto: METEOR 1.5 jar, else meteor-nltk)"),
     spice: str = typer.Option("auto", "--spice", help="auto|official|approx|off (auto: real SPICE if its jars are found, else SPICE-approx)"),
@@ -220,7 +225,9 @@ def evaluate(
 ):
     """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures.
 
-    The report (or with --json the metrics) goes to stdout; progress and messages to stderr.
+    A second row for one task and id is an error; with --data so is a row that answers no test record of its task,
+    and (unless --partial) a test record of a task the rows cover that has no row. The report (or with --json the
+    metrics) goes to stdout; progress and messages to stderr.
     """
     import json
     from clinkd.data.medgrit import load_test_split
@@ -240,7 +247,7 @@ def evaluate(
     except (ValueError, BackendUnavailable) as error:
         console.print(f"[red]error:[/red] {escape(str(error))} (clinkd env lists what is available)")
         raise typer.Exit(2) from None
-    document = run_evaluate(pred, out, tests=tests, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir)
+    document = run_evaluate(pred, out, tests=tests, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir, partial=partial)
     typer.echo(json.dumps(document, indent=2, ensure_ascii=False) if as_json else (out / "report.md").read_text(encoding="utf-8"))
 
 
