@@ -240,3 +240,41 @@ def test_evaluate_names_a_nan_ground_truth_box_in_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     assert result.output.splitlines()[-1].startswith(f"error: {path}:2: prediction 'ct_1': unparseable ground-truth box '(nan,1),(20,30)'")
     assert "Traceback" not in result.output
+
+
+@pytest.fixture()
+def damaged_checkpoint(trained_checkpoint, tmp_path):
+    """A copy of the tiny trained checkpoint whose model.safetensors was cut in half (a kill mid-copy, a full disk)."""
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(trained_checkpoint, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
+
+
+def test_damaged_weights_behind_predict_and_infer_are_one_line_naming_the_file(damaged_checkpoint, small_data, overfit_image, tmp_path):
+    settings = [f"data.dir={small_data}", "data.synth.enabled=false", "select.method=greedy"]
+    for args in (
+        ["predict", "--model", str(damaged_checkpoint), "--out", str(tmp_path / "p"), *settings],
+        ["infer", "--model", str(damaged_checkpoint), "--image", str(overfit_image), "--question", "liver"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"error: {damaged_checkpoint / 'model.safetensors'} is damaged (SafetensorError: " in " ".join(result.output.split())
+        assert "Traceback" not in result.output
+
+
+def test_a_damaged_finished_stage_is_named_before_any_stage_runs(damaged_checkpoint, tmp_path):
+    import shutil
+
+    teacher = tmp_path / "runs" / "r" / "distill" / "teacher" / "model"
+    shutil.copytree(damaged_checkpoint, teacher)
+    result = runner.invoke(app, ["run", f"output_dir={tmp_path / 'runs'}", "name=r", f"data.dir={tmp_path / 'data'}"])
+    assert result.exit_code == 2, result.output
+    assert f"error: {teacher / 'model.safetensors'} is damaged (SafetensorError: " in " ".join(result.output.split())
+    assert f"delete {teacher} to redo the stage that wrote it" in " ".join(result.output.split())
+    assert not (tmp_path / "data").exists()  # not even the data was synthesised
+    result = runner.invoke(app, ["run", f"output_dir={tmp_path / 'other'}", f"distill.teacher={damaged_checkpoint}", f"data.dir={tmp_path / 'data'}"])
+    assert result.exit_code == 2 and f"error: distill.teacher: {damaged_checkpoint / 'model.safetensors'} is damaged" in " ".join(result.output.split())
