@@ -278,3 +278,32 @@ def test_a_damaged_finished_stage_is_named_before_any_stage_runs(damaged_checkpo
     assert not (tmp_path / "data").exists()  # not even the data was synthesised
     result = runner.invoke(app, ["run", f"output_dir={tmp_path / 'other'}", f"distill.teacher={damaged_checkpoint}", f"data.dir={tmp_path / 'data'}"])
     assert result.exit_code == 2 and f"error: distill.teacher: {damaged_checkpoint / 'model.safetensors'} is damaged" in " ".join(result.output.split())
+
+
+HOLD_THE_LOCK = "import sys, time\nfrom clinkd.io import folder_lock\nwith folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n"
+
+
+def test_a_second_command_on_a_folder_in_use_stops_at_once_naming_the_process_that_holds_it(tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "runs" / "r"
+    settings = [f"output_dir={tmp_path / 'runs'}", "name=r", f"data.dir={tmp_path / 'data'}"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for args in (["run", *settings], ["train", *settings], ["distill", *settings], ["clip-train", *settings],
+                     ["reflect", "--model", str(tmp_path / "none"), *settings], ["predict", "--model", str(tmp_path / "none"), "--out", str(run_dir)]):
+            result = runner.invoke(app, args)
+            said = " ".join(result.output.split())
+            assert result.exit_code == 2, (args, result.output)
+            assert f"error: {run_dir} is in use by process {holder.pid} (" in said and f"(lock: {run_dir / 'clinkd.lock'})" in said, args
+        assert not (tmp_path / "data").exists()  # nothing ran
+    finally:
+        holder.kill()
+        holder.wait()
+    result = runner.invoke(app, ["run", *settings, "data.synth.enabled=false"])  # takes the lock, then stops: no data
+    said = " ".join(result.output.split())
+    assert f"{run_dir}: taking over the lock left by process {holder.pid} (" in said and "which ended without releasing it (killed?)" in said
+    assert result.exit_code == 2 and "does not exist" in said
+    assert (run_dir / "clinkd.lock").read_text() == ""  # released on the way out, error or not

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -33,16 +34,32 @@ def _fail_cleanly(command):
         from clinkd.config import ConfigError
         from clinkd.data.validation import DataError
         from clinkd.interactive.infer import InferInputError
-        from clinkd.io import JsonlError
+        from clinkd.io import FolderInUse, JsonlError
         from clinkd.model.loading import CheckpointError
 
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError) as error:
+        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError, FolderInUse) as error:
             console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # one line; escaped: `clinkd[demo]` is not markup
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+@contextmanager
+def _writing(folder: Path):
+    """Hold ``folder``'s lock while a command writes there (:func:`clinkd.io.folder_lock`; the main process holds it
+    for every rank of a multi-process run), and say when a killed run left it behind."""
+    from clinkd.engine.distributed import is_main_process
+    from clinkd.io import folder_lock
+
+    if not is_main_process():
+        yield
+        return
+    with folder_lock(folder) as left:
+        if left is not None:
+            console.print(f"[yellow]{escape(str(folder))}: taking over the lock left by {escape(left)}, which ended without releasing it (killed?)", soft_wrap=True)
+        yield
 
 
 def _load(config: Optional[Path], overrides: Optional[list[str]], preset: Optional[str]):
@@ -63,7 +80,9 @@ def run(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = Ove
     from clinkd.recipes.run import run as run_recipe
 
     cfg = _load(config, overrides, preset)
-    if run_recipe(cfg) is not None:  # rank 0 wrote the report
+    with _writing(cfg.run_dir):
+        finished = run_recipe(cfg) is not None  # rank 0 wrote the report
+    if finished:
         console.print((cfg.run_dir / "report.md").read_text(encoding="utf-8"), markup=False)
         console.print(f"[green]done:[/green] {cfg.run_dir}")
 
@@ -74,7 +93,9 @@ def train(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = O
     """Supervised fine-tuning only; the model goes to <run>/sft/model."""
     from clinkd.recipes.train import run_train
 
-    result = run_train(_load(config, overrides, preset))
+    cfg = _load(config, overrides, preset)
+    with _writing(cfg.run_dir):
+        result = run_train(cfg)
     console.print(f"[green]trained {result.steps} steps in {result.seconds:.0f} s → {result.model_dir}")
 
 
@@ -95,7 +116,8 @@ def pretrain(
     from clinkd.recipes.pretrain import pretrain_dir, run_pretrain
 
     cfg = _load(config, overrides, preset)
-    result = run_pretrain(cfg)
+    with _writing(pretrain_dir(cfg)):
+        result = run_pretrain(cfg)
     steps, heldout = result.record["steps"], result.record["heldout"]
     console.print(f"[green]pretrained {steps['dense']} dense + {steps['language']} language steps → {result.model_dir}; "
                   f"held-out grounding Recall@0.5 {heldout['recall']:.1%} on {heldout['scenes']} scenes")
@@ -124,10 +146,11 @@ def reflect(
     from clinkd.recipes.reflect import run_reflect
 
     cfg = _load(config, overrides, preset)
-    ensure_synth(cfg)
-    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)  # data problems before the slow load
-    loaded, processor = load_checkpoint(model, cfg.model.dtype)
-    result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
+    with _writing(cfg.run_dir):
+        ensure_synth(cfg)
+        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)  # data problems before the slow load
+        loaded, processor = load_checkpoint(model, cfg.model.dtype)
+        result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
     console.print(result.markdown(), markup=False)
     console.print(f"[green]done:[/green] {result.model_dir or 'no round ran (reflect.rounds=0)'}")
 
@@ -145,13 +168,14 @@ def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] =
     from clinkd.recipes.inputs import ensure_synth, initial_model, load_dataset
 
     cfg = _load(config, overrides, preset)
-    ensure_synth(cfg)
-    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
-    try:
-        _, _, info = run_distill(cfg, dataset.train, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
-    except CacheMismatchError as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(2) from None
+    with _writing(cfg.run_dir):
+        ensure_synth(cfg)
+        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+        try:
+            _, _, info = run_distill(cfg, dataset.train, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
+        except CacheMismatchError as error:
+            console.print(f"[red]error:[/red] {escape(str(error))}")
+            raise typer.Exit(2) from None
     console.print(f"[green]distilled student → {info['student']['dir']}")
 
 
@@ -171,7 +195,9 @@ def predict(
     from clinkd.recipes.predict import run_predict
 
     overrides = [*(overrides or []), *([f"select.method={select}"] if select else [])]
-    paths = run_predict(_load(config, overrides, preset), model, out)
+    cfg = _load(config, overrides, preset)
+    with _writing(out):
+        paths = run_predict(cfg, model, out)
     for task, path in paths.items():
         console.print(f"{task}: {path}")
 
@@ -194,10 +220,11 @@ def clip_train(
     from clinkd.sasg import scorer_dir
 
     cfg = _load(config, overrides, preset)
-    ensure_synth(cfg)
-    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
-    clip_tokenizer = text_tokenizer(cfg, dataset.train, tokenizer)
-    result, rates = run_clip_train(cfg, dataset.train, clip_tokenizer, out or scorer_dir(cfg.select, cfg.run_dir), all_tests(dataset))
+    with _writing(cfg.run_dir):
+        ensure_synth(cfg)
+        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+        clip_tokenizer = text_tokenizer(cfg, dataset.train, tokenizer)
+        result, rates = run_clip_train(cfg, dataset.train, clip_tokenizer, out or scorer_dir(cfg.select, cfg.run_dir), all_tests(dataset))
     console.print(f"[green]clip: {result.steps} steps on {result.pairs} pairs in {result.seconds:.0f} s → {result.model_dir}")
     if rates:
         console.print("held-out matching rate (true text above a mismatched one): " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
