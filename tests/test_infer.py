@@ -208,7 +208,7 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, png):
         (["--model", empty_dir, "--image", png, "--question", "liver", "--gt", "(1,2),(3"], "ground-truth box"),
         (["--model", tmp_path / "nowhere", "--image", png, "--question", "liver"], "does not exist"),
         (["--model", empty_dir, "--image", png, "--question", "liver"], "not a clinkd or Qwen2-VL checkpoint"),
-        (["--model", broken, "--image", png, "--question", "liver"], "not a loadable clinkd or Qwen2-VL checkpoint"),
+        (["--model", broken, "--image", png, "--question", "liver"], f"{broken / 'config.json'} is damaged (JSONDecodeError: "),
         (["--model", weightless, "--image", png, "--question", "liver"], "not a loadable clinkd or Qwen2-VL checkpoint"),
         (["--model", other, "--image", png, "--question", "liver"], "neither qwen2_vl nor qwen2_5_vl"),
         (["--model", empty_dir, "--image", png, "--question", "liver", "--select", "vote"], "only selector is sasg"),

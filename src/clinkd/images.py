@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -57,23 +58,29 @@ def decoded_size(size: tuple[int, int], max_pixels: int | None) -> tuple[int, in
     return size if factor < 2 else (math.ceil(width / factor), math.ceil(height / factor))
 
 
-def read_rgb(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """The image at ``path`` as RGB, decoded at :func:`decoded_size` for a reader of ``max_pixels`` (``None``: all)."""
-    path = Path(path)
-    with Image.open(path) as image:
+def read_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """The image in ``source`` (a path, or an open file such as an in-memory PNG) as RGB, decoded at
+    :func:`decoded_size` for a reader of ``max_pixels`` (``None``: every pixel)."""
+    with Image.open(source) as image:
         size = decoded_size(image.size, max_pixels)
         if size == image.size:
             return to_rgb(image)
-    status = path.stat()
-    return _reduced(path, status.st_mtime_ns, status.st_size, size).copy()  # a copy: callers may draw on it
+        if not isinstance(source, (str, Path)):  # no file to key a cache by
+            return _reduce(image, size)
+    status = Path(source).stat()
+    return _reduced(Path(source), status.st_mtime_ns, status.st_size, size).copy()  # a copy: callers may draw on it
 
 
 @lru_cache(maxsize=REDUCED_CACHE)
 def _reduced(path: Path, mtime_ns: int, file_size: int, size: tuple[int, int]) -> Image.Image:
     """``path`` decoded reduced to ``size``; the file's mtime and size are in the key, so an edited file is read again."""
     with Image.open(path) as image:
-        image.draft(image.mode, size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below size; other formats: no-op
-        return to_rgb(image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0))
+        return _reduce(image, size)
+
+
+def _reduce(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    image.draft(image.mode, size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below size; other formats: no-op
+    return to_rgb(image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0))
 
 
 def eight_bit_file(path: Path, folder: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
@@ -62,7 +63,7 @@ def pixel_budget(processor) -> int:
     return processor.image_processor.size["longest_edge"]
 
 
-def load_image(path: str | Path, square_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
+def load_image(path: str | Path | BinaryIO, square_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Open an image as RGB (grayscale and 16-bit inputs are converted), a huge one decoded reduced for a reader of
     ``max_pixels`` (:func:`clinkd.images.read_rgb`; ``None``: at full size).
 

@@ -79,12 +79,12 @@ def _test_file(records: list[Sample] | None) -> str | None:
     return records[0].source.rsplit("#", 1)[0] if records else None
 
 
-def coverage_section(coverage: dict[str, dict]) -> str | None:
-    """The report's note on test records left unscored (``--partial``), or ``None`` when every record has a row."""
-    short = {task: counts for task, counts in coverage.items() if counts["missing"]}
-    if not short:
-        return None
-    lines = [f"- {task}: {counts['scored']} of {counts['records']} test records scored, {counts['missing']} without a prediction row" for task, counts in short.items()]
+def coverage_section(coverage: dict[str, dict]) -> str:
+    """The report's note on the test records left unscored (``--partial``), task by task."""
+    lines = [
+        f"- {task}: {counts['scored']} of {counts['records']} test records scored, {counts['missing']} without a prediction row"
+        for task, counts in coverage.items() if counts["missing"]
+    ]
     return "## Coverage\n\nScored the rows there are (`--partial`); each task's metrics cover its scored records only.\n\n" + "\n".join(lines)
 
 
@@ -140,7 +140,7 @@ def run_evaluate(
     sections = [render_markdown(metrics, title)]
     if coverage is not None:
         document["coverage"] = coverage
-        sections += filter(None, [coverage_section(coverage)])
+        sections += [coverage_section(coverage)] if any(counts["missing"] for counts in coverage.values()) else []
     if tests is not None:
         baselines = score_baselines(tests, scorers=scorers, bird_exact=bird_exact)
         document["baselines"] = baselines
