@@ -91,7 +91,8 @@ def run(cfg: RecipeConfig) -> dict | None:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     check_finished_outputs(cfg)
-    atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
+    if is_main_process():  # the rank holding the folder's lock; the others wait for it below
+        atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
     clock = StageClock(run_dir / STAGE_TIMES_FILE)
 
     with main_process_first():
