@@ -153,7 +153,7 @@ def test_convert_writes_16_bit_images_as_clinkd_reads_them(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 3 + 1000)).save(images / "ct_wide.png")
-    Image.new("L", (8, 8), 90).save(images / "mr_narrow.png")
+    Image.new("L", (16, 16), 90).save(images / "mr_narrow.png")
     question = "Picture 1: <img>{}.png</img>\nWhat can you diagnose from the overall findings in this image?"
     records = [{"id": name, "conversations": [[question.format(name), "A small cyst."]]} for name in ("ct_wide", "mr_narrow")]
     (tmp_path / "in.json").write_text(json.dumps(records), encoding="utf-8")
@@ -184,3 +184,126 @@ def test_config_from_an_empty_folder_is_the_clinkd_recipe_with_its_built_in_pres
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load(result.stdout)
     assert (resolved["name"], resolved["distill"]["enabled"], resolved["select"]["method"]) == ("quick", True, "sasg")
+
+
+def _roc_rows(data) -> list[dict]:
+    """One perfect ROC prediction row per test record of ``data``."""
+    from clinkd.data.medgrit import load_test_split
+    from clinkd.data.records import Prediction
+
+    return [Prediction.for_sample("ROC", sample, sample.turns[0].answer).to_json() for sample in load_test_split(data, tasks=["ROC"])["ROC"]]
+
+
+def _evaluate(tmp_path, rows, *args):
+    path = tmp_path / "P.jsonl"
+    path.write_text(_jsonl(*rows), encoding="utf-8")
+    out = tmp_path / "out"
+    return runner.invoke(app, ["evaluate", "--pred", str(path), "--out", str(out), "--meteor", "off", "--spice", "off", "--no-figures", *args]), path, out
+
+
+def test_evaluate_refuses_a_record_scored_twice_with_or_without_data(small_data, tmp_path):
+    rows = _roc_rows(small_data)
+    for args in (["--data", str(small_data)], []):
+        result, path, out = _evaluate(tmp_path, [*rows, rows[3]], *args)
+        assert result.exit_code == 2, result.output
+        last = " ".join(result.output.split())
+        assert f"error: {path}:{len(rows) + 1}: a second ROC row for id {rows[3]['id']!r} (the first is {path}:4)" in last
+        assert "Traceback" not in result.output and not (out / "report.md").exists()
+
+
+def test_evaluate_with_data_refuses_foreign_ids_and_rows_of_another_task(small_data, tmp_path):
+    rows = _roc_rows(small_data)
+    for bad, message in [
+        ({**rows[0], "id": "ct_not-in-the-test"}, "id 'ct_not-in-the-test' is not a ROC test record"),
+        ({**_roc_rows(small_data)[1], "task": "MIA", "id": "ct_nowhere"}, "id 'ct_nowhere' is not a MIA test record"),
+    ]:
+        result, path, _ = _evaluate(tmp_path, [*rows[1:], bad] if bad["task"] == "ROC" else [*rows, bad], "--data", str(small_data))
+        assert result.exit_code == 2, result.output
+        assert f"error: {path}:{len(rows) if bad['task'] == 'ROC' else len(rows) + 1}: {message}" in " ".join(result.output.split())
+
+
+def test_evaluate_with_data_names_the_first_missing_record_unless_partial(small_data, tmp_path):
+    rows = _roc_rows(small_data)
+    result, _, _ = _evaluate(tmp_path, rows[2:], "--data", str(small_data))
+    assert result.exit_code == 2, result.output
+    assert f"2 of {len(rows)} ROC test records have no prediction row, the first id {rows[0]['id']!r}" in " ".join(result.output.split())
+    result, _, out = _evaluate(tmp_path, rows[2:], "--data", str(small_data), "--partial", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["coverage"] == {"ROC": {"records": len(rows), "scored": len(rows) - 2, "missing": 2}}
+    assert f"- ROC: {len(rows) - 2} of {len(rows)} test records scored, 2 without a prediction row" in (out / "report.md").read_text()
+    assert json.loads(result.stdout)["model"]["tasks"]["ROC"]["macro_present"]["Recall"] == pytest.approx(1.0)
+
+
+def test_evaluate_names_a_nan_ground_truth_box_in_one_line(tmp_path):
+    row = {**ROW, "task": "VG", "annotation": "<ref>liver</ref><box>(nan,1),(20,30)</box>", "response": "<box>(1,1),(20,30)</box>"}
+    result, path, _ = _evaluate(tmp_path, [ROW, row])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1].startswith(f"error: {path}:2: prediction 'ct_1': unparseable ground-truth box '(nan,1),(20,30)'")
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture()
+def damaged_checkpoint(trained_checkpoint, tmp_path):
+    """A copy of the tiny trained checkpoint whose model.safetensors was cut in half (a kill mid-copy, a full disk)."""
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(trained_checkpoint, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
+
+
+def test_damaged_weights_behind_predict_and_infer_are_one_line_naming_the_file(damaged_checkpoint, small_data, overfit_image, tmp_path):
+    settings = [f"data.dir={small_data}", "data.synth.enabled=false", "select.method=greedy"]
+    for args in (
+        ["predict", "--model", str(damaged_checkpoint), "--out", str(tmp_path / "p"), *settings],
+        ["infer", "--model", str(damaged_checkpoint), "--image", str(overfit_image), "--question", "liver"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"error: {damaged_checkpoint / 'model.safetensors'} is damaged (SafetensorError: " in " ".join(result.output.split())
+        assert "Traceback" not in result.output
+
+
+def test_a_damaged_finished_stage_is_named_before_any_stage_runs(damaged_checkpoint, tmp_path):
+    import shutil
+
+    teacher = tmp_path / "runs" / "r" / "distill" / "teacher" / "model"
+    shutil.copytree(damaged_checkpoint, teacher)
+    result = runner.invoke(app, ["run", f"output_dir={tmp_path / 'runs'}", "name=r", f"data.dir={tmp_path / 'data'}"])
+    assert result.exit_code == 2, result.output
+    assert f"error: {teacher / 'model.safetensors'} is damaged (SafetensorError: " in " ".join(result.output.split())
+    assert f"delete {teacher} to redo the stage that wrote it" in " ".join(result.output.split())
+    assert not (tmp_path / "data").exists()  # not even the data was synthesised
+    result = runner.invoke(app, ["run", f"output_dir={tmp_path / 'other'}", f"distill.teacher={damaged_checkpoint}", f"data.dir={tmp_path / 'data'}"])
+    assert result.exit_code == 2 and f"error: distill.teacher: {damaged_checkpoint / 'model.safetensors'} is damaged" in " ".join(result.output.split())
+
+
+HOLD_THE_LOCK = "import sys, time\nfrom clinkd.io import folder_lock\nwith folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n"
+
+
+def test_a_second_command_on_a_folder_in_use_stops_at_once_naming_the_process_that_holds_it(tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "runs" / "r"
+    settings = [f"output_dir={tmp_path / 'runs'}", "name=r", f"data.dir={tmp_path / 'data'}"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for args in (["run", *settings], ["train", *settings], ["distill", *settings], ["clip-train", *settings],
+                     ["reflect", "--model", str(tmp_path / "none"), *settings], ["predict", "--model", str(tmp_path / "none"), "--out", str(run_dir)]):
+            result = runner.invoke(app, args)
+            said = " ".join(result.output.split())
+            assert result.exit_code == 2, (args, result.output)
+            assert f"error: {run_dir} is in use by process {holder.pid} (" in said and f"(lock: {run_dir / 'clinkd.lock'})" in said, args
+        assert not (tmp_path / "data").exists()  # nothing ran
+    finally:
+        holder.kill()
+        holder.wait()
+    result = runner.invoke(app, ["run", *settings, "data.synth.enabled=false"])  # takes the lock, then stops: no data
+    said = " ".join(result.output.split())
+    assert f"{run_dir}: taking over the lock left by process {holder.pid} (" in said and "which ended without releasing it (killed?)" in said
+    assert result.exit_code == 2 and "does not exist" in said
+    assert (run_dir / "clinkd.lock").read_text() == ""  # released on the way out, error or not

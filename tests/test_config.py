@@ -73,6 +73,9 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config(path, preset="nope")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    with pytest.raises(ConfigError, match="loop.yaml is a symlink loop"):
+        load_config(tmp_path / "loop.yaml")
 
 
 def test_resolved_config_round_trips(tmp_path):
@@ -130,3 +133,73 @@ def test_the_readme_configuration_table_matches_the_code_defaults():
                 node = node[part]
             assert parse_override(f"{key}={text}")[1] == node, f"README says {key} = {text}, the code says {node!r}"
     assert {key.split(".")[0] for keys, _ in rows for key in keys} == set(RecipeConfig.model_fields)
+
+
+# Numeric keys whose range depends on the model: checked against it when the model is built.
+MODEL_BOUNDED = {"train.retrieval_layer": "negative counts from the top; RetrievalSupervision checks it against the text layers"}
+
+
+def _numeric_leaves(model_class, prefix: str = ""):
+    """``(dotted key, bound metadata, int or float)`` of every number-valued key under ``model_class`` (a dict of
+    numbers counts as one key: its values' bounds)."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    for name, field in model_class.model_fields.items():
+        key = f"{prefix}{name}"
+        kind = field.annotation
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: X
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield from _numeric_leaves(kind, key + ".")
+        elif kind in (int, float):
+            yield key, field.metadata, kind
+        elif typing.get_origin(kind) is dict:
+            value_type, *infos = typing.get_args(typing.get_args(kind)[1]) or (typing.get_args(kind)[1],)
+            if value_type in (int, float):
+                yield key, [item for info in infos for item in info.metadata], value_type
+
+
+def _dict_key(key: str) -> str:
+    """``key`` with the first entry of its default dict appended when it is a dict of numbers."""
+    node = RecipeConfig().model_dump()
+    for part in key.split("."):
+        node = node[part] if isinstance(node, dict) else None  # under a null section (train.lora): no default
+    return f"{key}.{next(iter(node))}" if isinstance(node, dict) else key
+
+
+NUMERIC_KEYS = sorted(_numeric_leaves(RecipeConfig), key=lambda leaf: leaf[0])
+
+
+def test_the_walk_finds_every_kind_of_numeric_key():
+    keys = {key for key, _, _ in NUMERIC_KEYS}
+    assert {"seed", "train.epochs", "predict.max_new_tokens", "pretrain.tasks", "data.synth.turns", "data.max_image_pixels"} <= keys
+
+
+@pytest.mark.parametrize("key, metadata, kind", NUMERIC_KEYS, ids=[leaf[0] for leaf in NUMERIC_KEYS])
+def test_every_numeric_key_has_bounds_and_refuses_values_outside_them(key, metadata, kind):
+    import annotated_types
+
+    key = _dict_key(key)
+    for value in (".nan", ".inf", "-.inf"):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            load_config(None, [f"{key}={value}"])
+    lower = [item for item in metadata if isinstance(item, (annotated_types.Gt, annotated_types.Ge))]
+    if key in MODEL_BOUNDED:
+        return
+    assert lower, f"{key} has no lower bound"
+    below = lower[0].gt if isinstance(lower[0], annotated_types.Gt) else lower[0].ge - (1 if kind is int else 1e-9)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(None, [f"{key}={below}"])
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [(["predict.max_new_tokens.VG=0"], "predict.max_new_tokens.VG"), (["train.epochs=.inf"], "train.epochs"),
+     (["rope.name=mcg", "rope.alpha=[.inf, 2]"], "rope: .*alpha"), (["seed=-1"], "seed")],
+)
+def test_values_that_used_to_fail_late_are_refused_when_the_recipe_loads(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, overrides)

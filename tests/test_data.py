@@ -35,7 +35,7 @@ XRAY = "x_ray--ChestX--Case_9"
 IDS = (CT, MR, XRAY)
 
 
-def png_bytes(size: int = 8, fmt: str = "PNG") -> bytes:
+def png_bytes(size: int = 16, fmt: str = "PNG") -> bytes:
     """A deterministic textured grey image, encoded as ``fmt``."""
     pixels = bytes((i * 37 + (i // size) * 11) % 256 for i in range(size * size))
     buffer = io.BytesIO()
@@ -155,12 +155,30 @@ BAD_RECORDS = {
         "bad_box",
         "x2 < x1",
     ),
+    "id climbing out of the image folder": (record("mr_1/../../secret", ("Where?", "Here.")), "bad_record", "path separator or '..'"),
+    "id with a backslash": (record("mr_1\\x", ("Where?", "Here.")), "bad_record", "path separator"),
+    "id with ..": (record("mr_..x", ("Where?", "Here.")), "bad_record", "'..'"),
 }
+
+
+def image_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 90).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def symlink_loop(path: Path) -> None:
+    path.symlink_to(path.name)  # a link to itself: opening it fails with ELOOP
 BAD_IMAGES = {
     "missing image": (b"", "missing_image", "does not exist"),
     "not an image": (b"this is not a PNG", "corrupt_image", "UnidentifiedImageError"),
     "truncated PNG": (cut(png_bytes(64)), "corrupt_image", "OSError: Truncated File Read"),  # caught by verify()
     "truncated JPEG named .png": (cut(png_bytes(64, "JPEG")), "corrupt_image", "image file is truncated"),  # by load()
+    "4000×10 image": (image_bytes(4000, 10), "unusable_image", "4000×10 px: a side is below one 14-px patch"),
+    "aspect ratio above 200": (image_bytes(3000, 14), "unusable_image", "aspect ratio 214, above the processor's 200"),
+    "thinner than a patch": (image_bytes(13, 50), "unusable_image", "13×50 px: a side is below one 14-px patch"),
+    "symlink loop": (symlink_loop, "missing_image", "is a symlink loop"),
+    "broken link": (lambda path: path.symlink_to("gone.png"), "missing_image", "is a broken link to gone.png"),
 }
 
 
@@ -173,7 +191,9 @@ def _bad_case(name: str, tmp_path: Path, images: Path) -> tuple[Path, str, str]:
         data, kind, fragment = BAD_IMAGES[name]
         image = images / f"{MR}.png"
         image.unlink()
-        if data:
+        if callable(data):
+            data(image)
+        elif data:
             image.write_bytes(data)
     return write_json(tmp_path / "test_VG.json", records), kind, fragment
 
@@ -205,6 +225,24 @@ def test_bad_record_stops_with_file_and_record(name: str, tmp_path: Path, images
     assert message.startswith(f"{path} record 1")
     assert fragment in message
     assert raised.value.issue.kind.value == kind
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header_without_a_decode(tmp_path: Path, images: Path) -> None:
+    (images / f"{MR}.png").write_bytes(cut(image_bytes(300, 200)))  # damaged pixels: a decode would call it corrupt
+    issues = DataIssues()
+    samples = load_medgrit(write_json(tmp_path / "train.json", GOOD), images, issues=issues, check_images=ImageChecker("verify", 50_000))
+    assert [s.id for s in samples] == [CT, XRAY]
+    (issue,) = issues.issues
+    assert issue.kind.value == "unusable_image" and "300×200 px: 60000 pixels, above data.max_image_pixels=50000" in issue.message
+
+
+def test_a_run_checks_images_against_data_max_image_pixels(small_data: Path) -> None:
+    from clinkd.config import load_config
+    from clinkd.recipes.inputs import load_dataset
+
+    cfg = load_config(None, [f"data.dir={small_data}", "data.synth.enabled=false", "data.max_image_pixels=1000"])
+    with pytest.raises(DataError, match=r"no usable record .*48×48 px: 2304 pixels, above data.max_image_pixels=1000"):
+        load_dataset(cfg)
 
 
 def test_stop_message_names_record_id_and_box(tmp_path: Path, images: Path) -> None:

@@ -104,7 +104,7 @@ def test_a_given_task_builds_its_template():
 )
 def test_questions_that_do_not_fit_are_refused(tmp_path, question, task, message):
     image = tmp_path / "x.png"
-    Image.new("RGB", (8, 8)).save(image)
+    Image.new("RGB", (16, 16)).save(image)
     with pytest.raises(InferInputError, match=message):
         prepare_request(image, question, task)
 
@@ -118,14 +118,22 @@ def test_answer_boxes_are_labelled_with_their_ref_phrase_or_their_number():
 
 
 # ---- images -------------------------------------------------------------------------------------
+QUADRANT_CORNERS = ((0, 0), (8, 0), (8, 8))  # the top-left corner of three quadrants of a 16 px image
+
+
+def quadrants(values) -> np.ndarray:
+    """A 16×16 array of four 8 px quadrants of ``values`` (2×2): the smallest image the model takes is one 14 px patch."""
+    return np.kron(np.array(values), np.ones((8, 8), dtype=int))
+
+
 def test_grayscale_and_16_bit_pngs_are_converted_to_rgb(tmp_path):
     gray = tmp_path / "gray.png"
-    Image.new("L", (4, 4), 77).save(gray)
+    Image.new("L", (16, 16), 77).save(gray)
     assert open_image(gray).getpixel((0, 0)) == (77, 77, 77)
     deep = tmp_path / "deep.png"
-    Image.fromarray(np.array([[1000, 3000], [3000, 5000]], dtype=np.uint16)).save(deep)
+    Image.fromarray(quadrants([[1000, 3000], [3000, 5000]]).astype(np.uint16)).save(deep)
     assert Image.open(deep).mode.startswith("I")
-    assert [open_image(deep).getpixel(xy)[0] for xy in ((0, 0), (1, 0), (1, 1))] == [0, 127, 255]  # used range → 0–255
+    assert [open_image(deep).getpixel(xy)[0] for xy in QUADRANT_CORNERS] == [0, 127, 255]  # used range → 0–255
 
 
 def _write_dicom(path, pixels):
@@ -150,10 +158,10 @@ def _write_dicom(path, pixels):
 def test_a_dicom_file_is_read_through_pydicom(tmp_path):
     pytest.importorskip("pydicom")
     path = tmp_path / "scan.dcm"
-    _write_dicom(path, np.array([[0, 2000], [2000, 4000]]))
+    _write_dicom(path, quadrants([[0, 2000], [2000, 4000]]))
     image = open_image(path)
-    assert image.mode == "RGB" and image.size == (2, 2)
-    assert [image.getpixel(xy)[0] for xy in ((0, 0), (1, 0), (1, 1))] == [0, 127, 255]
+    assert image.mode == "RGB" and image.size == (16, 16)
+    assert [image.getpixel(xy)[0] for xy in QUADRANT_CORNERS] == [0, 127, 255]
 
 
 # ---- the command: every bad input is one red line and exit code 2 --------------------------------
@@ -184,7 +192,15 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, png):
     other = tmp_path / "bert"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    wide = tmp_path / "ct_wide.png"
+    Image.new("RGB", (4000, 10)).save(wide)
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop.name)
     cases = [
+        (["--model", empty_dir, "--image", wide, "--question", "liver"], "cannot be fed to the model: 4000×10 px"),
+        (["--model", empty_dir, "--image", png, "--question", "liver", "data.max_image_pixels=1000"], "1024 pixels, above data.max_image_pixels=1000"),
+        (["--model", empty_dir, "--image", loop, "--question", "liver"], "is a symlink loop"),
+        (["--model", loop, "--image", png, "--question", "liver"], "model directory " + str(loop) + " is a symlink loop"),
         (["--model", empty_dir, "--image", tmp_path / "none.png", "--question", "liver"], "does not exist"),
         (["--model", empty_dir, "--image", tmp_path, "--question", "liver"], "is not a file"),
         (["--model", empty_dir, "--image", not_an_image, "--question", "liver"], "is not an image"),
@@ -192,7 +208,7 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, png):
         (["--model", empty_dir, "--image", png, "--question", "liver", "--gt", "(1,2),(3"], "ground-truth box"),
         (["--model", tmp_path / "nowhere", "--image", png, "--question", "liver"], "does not exist"),
         (["--model", empty_dir, "--image", png, "--question", "liver"], "not a clinkd or Qwen2-VL checkpoint"),
-        (["--model", broken, "--image", png, "--question", "liver"], "not a loadable clinkd or Qwen2-VL checkpoint"),
+        (["--model", broken, "--image", png, "--question", "liver"], f"{broken / 'config.json'} is damaged (JSONDecodeError: "),
         (["--model", weightless, "--image", png, "--question", "liver"], "not a loadable clinkd or Qwen2-VL checkpoint"),
         (["--model", other, "--image", png, "--question", "liver"], "neither qwen2_vl nor qwen2_5_vl"),
         (["--model", empty_dir, "--image", png, "--question", "liver", "--select", "vote"], "only selector is sasg"),
@@ -290,6 +306,35 @@ def test_a_demo_question_shows_errors_as_a_status_line_and_answers_as_text_and_i
     assert shown.overlay.size == (448, 448) and shown.status.startswith("**VG**")
     x1, y1, x2, y2 = pixel_rect(Box(600, 50, 950, 250), 448, 448)
     assert _colour(shown.overlay, x1, (y1 + y2) // 2) == ROLE_COLOURS[BoxRole.GROUND_TRUTH]
+
+
+def test_the_demo_serves_the_images_it_shows_and_no_other_file_of_the_data(tiny_model, tiny_processor, small_data):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from clinkd.interactive.demo import build_demo, launch_demo, load_examples
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    blocks = build_demo(tiny_model, tiny_processor, data_dir=small_data)
+    url = launch_demo(blocks, port=port, data_dir=small_data)
+
+    def status(path) -> int:
+        try:
+            with urllib.request.urlopen(f"{url}gradio_api/file={path.resolve()}") as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        shown = load_examples(small_data)[0].image
+        unshown = next(path for path in (small_data / "images").iterdir() if path not in {e.image for e in load_examples(small_data)})
+        assert status(shown) == 200
+        assert status(small_data / "train.json") == status(unshown) == status(small_data / "test_VG.json") == 403
+    finally:
+        blocks.close()
 
 
 def test_the_demo_command_checks_its_model_before_serving(tmp_path):

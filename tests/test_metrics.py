@@ -497,7 +497,7 @@ def test_bird_exact_mode_is_recorded_and_changes_only_what_it_should():
 def test_run_evaluate_writes_metrics_and_report(tmp_path):
     samples = make_samples()
     path = tmp_path / "pred.jsonl"
-    append_jsonl(path, [prediction(s.task, s.modality, s.turns[0].answer, "kidney", i).to_json() for i, s in enumerate(samples)])
+    append_jsonl(path, [Prediction.for_sample(s.task, s, "kidney").to_json() for s in samples])
     tests = {task: [s for s in samples if s.task == task] for task in TASKS}
     document = run_evaluate([path], tmp_path / "out", tests=tests, train=training_records(samples), label="model")
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -550,7 +550,7 @@ def test_question_fidelity_counts_each_share_over_the_answers_it_applies_to():
 def test_run_evaluate_reports_question_fidelity_per_row(tmp_path):
     samples = make_samples()
     path = tmp_path / "pred.jsonl"
-    append_jsonl(path, [prediction(s.task, s.modality, s.turns[0].answer, s.turns[0].answer, i).to_json() for i, s in enumerate(samples)])
+    append_jsonl(path, [Prediction.for_sample(s.task, s, s.turns[0].answer).to_json() for s in samples])
     tests = {task: [s for s in samples if s.task == task] for task in TASKS}
     document = run_evaluate([path], tmp_path / "out", tests=tests, train=training_records(samples), label="model",
                             others={"teacher": [path]}, figures=False)

@@ -40,18 +40,47 @@ def fresh_model(processor):
     return model_class_for(config)(config)
 
 
-@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8, "dropout": 0.0}], ids=["full", "lora"])
-def test_a_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tiny_processor, examples, tmp_path, lora):
-    cfg = RecipeConfig.model_validate({
+def settings(tmp_path, lora=None, save_steps=2) -> SftSettings:
+    return SftSettings.of(RecipeConfig.model_validate({
         "output_dir": str(tmp_path / "runs"),
         "model": {"min_pixels": 56 * 56, "max_pixels": 56 * 56},
-        "train": {"max_steps": 4, "save_steps": 2, "batch_size": 4, "lr": 2e-2, "warmup_ratio": 0.0, "threads": 1, "lora": lora},
-    })
-    run_sft(SftSettings.of(cfg), fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "straight")
+        "train": {"max_steps": 4, "save_steps": save_steps, "batch_size": 4, "lr": 2e-2, "warmup_ratio": 0.0, "threads": 1, "lora": lora},
+    }))
+
+
+def train_straight_and_killed(processor, examples, tmp_path, sft: SftSettings) -> None:
+    """``straight/``: four steps in one go; ``killed/``: stopped after step 2, its checkpoints on disk."""
+    run_sft(sft, fresh_model(processor), processor, examples, tmp_path / "straight")
     with pytest.raises(RuntimeError, match="killed"):
-        run_sft(SftSettings.of(cfg), fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed", trainer_class=KilledAtStep2)
+        run_sft(sft, fresh_model(processor), processor, examples, tmp_path / "killed", trainer_class=KilledAtStep2)
     assert (tmp_path / "killed" / "checkpoints" / "checkpoint-2").is_dir()
-    run_sft(SftSettings.of(cfg), fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed")  # the rerun resumes
+
+
+def assert_same_weights(tmp_path) -> None:
     straight = load_checkpoint(tmp_path / "straight" / "model")[0].state_dict()
     resumed = load_checkpoint(tmp_path / "killed" / "model")[0].state_dict()
     assert all(torch.allclose(resumed[name], weight, atol=1e-6, rtol=0) for name, weight in straight.items())
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8, "dropout": 0.0}], ids=["full", "lora"])
+def test_a_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tiny_processor, examples, tmp_path, lora):
+    sft = settings(tmp_path, lora)
+    train_straight_and_killed(tiny_processor, examples, tmp_path, sft)
+    run_sft(sft, fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed")  # the rerun resumes
+    assert_same_weights(tmp_path)
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(tiny_processor, examples, tmp_path, capsys):
+    sft = settings(tmp_path, save_steps=1)
+    train_straight_and_killed(tiny_processor, examples, tmp_path, sft)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    weights = checkpoints / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # cut mid-save
+    capsys.readouterr()
+    run_sft(sft, fresh_model(tiny_processor), tiny_processor, examples, tmp_path / "killed")
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"killed: {weights} is damaged (SafetensorError: " in said
+    assert f"set aside as {checkpoints / 'damaged-checkpoint-2'}, falling back to the previous checkpoint" in said
+    assert "killed: resuming from checkpoint 1 (" in said
+    assert (checkpoints / "damaged-checkpoint-2" / "model.safetensors").is_file()
+    assert_same_weights(tmp_path)

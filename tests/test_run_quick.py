@@ -4,20 +4,39 @@ from __future__ import annotations
 
 import json
 
+from PIL import Image
 from typer.testing import CliRunner
 
 from clinkd.cli import app
+from clinkd.config import load_config
 from clinkd.data.records import MODALITIES, MODALITY_NAMES, TASKS
+from clinkd.recipes.inputs import ensure_synth
 from clinkd.recipes.run import slug
+
+
+def add_a_4000x10_training_image(cfg) -> str:
+    """One more training record, whose image the processor cannot take (aspect ratio 400); returns its file name."""
+    ensure_synth(cfg)
+    name = "ct_wide--strip"
+    Image.new("L", (4000, 10), 80).save(cfg.data.images_dir / f"{name}.png")
+    train_file = cfg.data.dir / cfg.data.train_file
+    records = json.loads(train_file.read_text(encoding="utf-8"))
+    records.append({"id": name, "conversations": [[f"Picture 1: <img>{name}.png</img>\nWhere is the <ref>liver</ref>?", "<ref>liver</ref><box>(1,2),(3,4)</box>"]]})
+    train_file.write_text(json.dumps(records), encoding="utf-8")
+    return f"{name}.png"
 
 
 def test_quick_run_from_an_empty_folder_writes_a_complete_clinkd_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ here: the recipe and its quick preset come from the code
+    wide = add_a_4000x10_training_image(load_config(None, preset="quick"))
     result = CliRunner().invoke(app, ["run", "--preset", "quick", "report.greedy=true", "report.sft_baseline=true"])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "quick"
     for name in ("config.resolved.yaml", "data_issues.txt", "metrics.json", "report.md", "stage_times.json"):
         assert (run_dir / name).is_file(), name
+    assert f"[unusable_image] data/synth-quick/train.json record 64 (id 'ct_wide--strip'): image data/synth-quick/images/{wide} cannot be fed" in (
+        run_dir / "data_issues.txt"
+    ).read_text(encoding="utf-8")
     for task in TASKS:
         assert sum(1 for _ in (run_dir / "predictions" / f"{task}.jsonl").open()) > 0
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -81,3 +81,20 @@ def test_a_resumed_trainer_stage_says_from_which_checkpoint(tmp_path, capsys):
         (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
     assert resume_point(tmp_path / "checkpoints", "student") == str(tmp_path / "checkpoints" / "checkpoint-140")
     assert "student: resuming from checkpoint 140 (" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_stage_terminated_before_its_first_save_keeps_its_time(tmp_path):
+    path = tmp_path / "stage_times.json"
+    script = (
+        "import pathlib, time; from clinkd.recipes.stage_clock import StageClock; "
+        f"StageClock(pathlib.Path({str(path)!r}), save_every=600).time('train', lambda: print('started', flush=True) or time.sleep(60))"
+    )
+    stage = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert stage.stdout.readline() == "started\n"
+        time.sleep(0.5)
+        stage.send_signal(signal.SIGTERM)
+        assert stage.wait(timeout=30) == -signal.SIGTERM  # still ended by the signal, as before
+    finally:
+        stage.kill()
+    assert json.loads(path.read_text())["train"] >= 0.5

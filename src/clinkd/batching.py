@@ -18,7 +18,7 @@ from clinkd.boxes import convert_markup
 from clinkd.chat import TURN_END
 from clinkd.data.records import Sample, Turn
 from clinkd.model.box_convention import BoxCoordinates, RelativeBoxes, box_coordinates, image_size
-from clinkd.model.processor import load_image
+from clinkd.model.processor import load_image, pixel_budget
 
 IGNORE_INDEX = -100
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
@@ -75,7 +75,7 @@ class TrainCollator:
         self.end_id = tokenizer.convert_tokens_to_ids(TURN_END)
 
     def __call__(self, examples: Sequence[ChatExample]) -> dict[str, torch.Tensor]:
-        images = [load_image(ex.image, self.square_size) for ex in examples]
+        images = [load_image(ex.image, self.square_size, pixel_budget(self.processor)) for ex in examples]
         texts = [
             self.processor.apply_chat_template(
                 build_messages(ex.turns, self.box_style, True, partial(self.boxes.to_model, image_size=image.size)), tokenize=False
@@ -121,7 +121,7 @@ class PromptCollator:
         self.boxes = boxes
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
-        images = [load_image(sample.image, self.square_size) for sample in samples]
+        images = [load_image(sample.image, self.square_size, pixel_budget(self.processor)) for sample in samples]
         texts = [
             self.processor.apply_chat_template(
                 build_messages(sample.turns[:1], self.box_style, False, partial(self.boxes.to_model, image_size=image.size)),
@@ -134,7 +134,7 @@ class PromptCollator:
 
     def relative(self, answer: str, sample: Sample) -> str:
         """``answer`` with its boxes on the 0–1000 scale (Qwen2.5-VL: from pixels of the resized image)."""
-        return self.boxes.from_model(answer, image_size(sample.image, self.square_size))
+        return self.boxes.from_model(answer, image_size(sample.image, self.square_size, pixel_budget(self.processor)))
 
 
 def collator_for(collator_class: type, model, processor, box_style: str = "qwen2-vl", square_size: int | None = None):

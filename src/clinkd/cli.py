@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -34,16 +35,33 @@ def _fail_cleanly(command):
         from clinkd.data.validation import DataError
         from clinkd.endpoint import EndpointError
         from clinkd.interactive.infer import InferInputError
-        from clinkd.io import JsonlError
+        from clinkd.io import FolderInUse, JsonlError
         from clinkd.model.loading import CheckpointError
 
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError, EndpointError) as error:
+        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError, EndpointError,
+                FolderInUse) as error:
             console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # one line; escaped: `clinkd[demo]` is not markup
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+@contextmanager
+def _writing(folder: Path):
+    """Hold ``folder``'s lock while a command writes there (:func:`clinkd.io.folder_lock`; the main process holds it
+    for every rank of a multi-process run), and say when a killed run left it behind."""
+    from clinkd.engine.distributed import is_main_process
+    from clinkd.io import folder_lock
+
+    if not is_main_process():
+        yield
+        return
+    with folder_lock(folder) as left:
+        if left is not None:
+            console.print(f"[yellow]{escape(str(folder))}: taking over the lock left by {escape(left)}, which ended without releasing it (killed?)", soft_wrap=True)
+        yield
 
 
 def _load(config: Optional[Path], overrides: Optional[list[str]], preset: Optional[str]):
@@ -64,7 +82,9 @@ def run(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = Ove
     from clinkd.recipes.run import run as run_recipe
 
     cfg = _load(config, overrides, preset)
-    if run_recipe(cfg) is not None:  # rank 0 wrote the report
+    with _writing(cfg.run_dir):
+        finished = run_recipe(cfg) is not None  # rank 0 wrote the report
+    if finished:
         console.print((cfg.run_dir / "report.md").read_text(encoding="utf-8"), markup=False)
         console.print(f"[green]done:[/green] {cfg.run_dir}")
 
@@ -75,7 +95,9 @@ def train(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = O
     """Supervised fine-tuning only; the model goes to <run>/sft/model."""
     from clinkd.recipes.train import run_train
 
-    result = run_train(_load(config, overrides, preset))
+    cfg = _load(config, overrides, preset)
+    with _writing(cfg.run_dir):
+        result = run_train(cfg)
     console.print(f"[green]trained {result.steps} steps in {result.seconds:.0f} s → {result.model_dir}")
 
 
@@ -96,7 +118,8 @@ def pretrain(
     from clinkd.recipes.pretrain import pretrain_dir, run_pretrain
 
     cfg = _load(config, overrides, preset)
-    result = run_pretrain(cfg)
+    with _writing(pretrain_dir(cfg)):
+        result = run_pretrain(cfg)
     steps, heldout = result.record["steps"], result.record["heldout"]
     console.print(f"[green]pretrained {steps['dense']} dense + {steps['language']} language steps → {result.model_dir}; "
                   f"held-out grounding Recall@0.5 {heldout['recall']:.1%} on {heldout['scenes']} scenes")
@@ -125,10 +148,11 @@ def reflect(
     from clinkd.recipes.reflect import run_reflect
 
     cfg = _load(config, overrides, preset)
-    ensure_synth(cfg)
-    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)  # data problems before the slow load
-    loaded, processor = load_checkpoint(model, cfg.model.dtype)
-    result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
+    with _writing(cfg.run_dir):
+        ensure_synth(cfg)
+        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)  # data problems before the slow load
+        loaded, processor = load_checkpoint(model, cfg.model.dtype)
+        result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
     console.print(result.markdown(), markup=False)
     console.print(f"[green]done:[/green] {result.model_dir or 'no round ran (reflect.rounds=0)'}")
 
@@ -146,13 +170,14 @@ def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] =
     from clinkd.recipes.inputs import ensure_synth, initial_model, load_dataset
 
     cfg = _load(config, overrides, preset)
-    ensure_synth(cfg)
-    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
-    try:
-        _, _, info = run_distill(cfg, dataset.train, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
-    except CacheMismatchError as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(2) from None
+    with _writing(cfg.run_dir):
+        ensure_synth(cfg)
+        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+        try:
+            _, _, info = run_distill(cfg, dataset.train, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
+        except CacheMismatchError as error:
+            console.print(f"[red]error:[/red] {escape(str(error))}")
+            raise typer.Exit(2) from None
     console.print(f"[green]distilled student → {info['student']['dir']}")
 
 
@@ -194,7 +219,8 @@ def predict(
     if served:
         from clinkd.recipes.predict import run_predict_served
 
-        paths, record = run_predict_served(cfg, out)
+        with _writing(out):
+            paths, record = run_predict_served(cfg, out)
         last, rows = record["invocations"][-1], record["rows"]
         console.print(f"{last['answers']} answers, {last['requests']} requests in {last['seconds']:.1f} s "
                       f"({last['requests_per_s'] or 0:.2f} requests/s), {last['prompt_tokens']} + {last['completion_tokens']} tokens")
@@ -204,7 +230,8 @@ def predict(
     else:
         from clinkd.recipes.predict import run_predict
 
-        paths = run_predict(cfg, model, out)
+        with _writing(out):
+            paths = run_predict(cfg, model, out)
     for task, path in paths.items():
         console.print(f"{task}: {path}")
 
@@ -227,10 +254,11 @@ def clip_train(
     from clinkd.sasg import scorer_dir
 
     cfg = _load(config, overrides, preset)
-    ensure_synth(cfg)
-    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
-    clip_tokenizer = text_tokenizer(cfg, dataset.train, tokenizer)
-    result, rates = run_clip_train(cfg, dataset.train, clip_tokenizer, out or scorer_dir(cfg.select, cfg.run_dir), all_tests(dataset))
+    with _writing(cfg.run_dir):
+        ensure_synth(cfg)
+        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+        clip_tokenizer = text_tokenizer(cfg, dataset.train, tokenizer)
+        result, rates = run_clip_train(cfg, dataset.train, clip_tokenizer, out or scorer_dir(cfg.select, cfg.run_dir), all_tests(dataset))
     console.print(f"[green]clip: {result.steps} steps on {result.pairs} pairs in {result.seconds:.0f} s → {result.model_dir}")
     if rates:
         console.print("held-out matching rate (true text above a mismatched one): " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
@@ -241,7 +269,13 @@ def clip_train(
 def evaluate(
     pred: list[Path] = typer.Option(..., "--pred", help="prediction JSONL file(s)"),
     out: Path = typer.Option(..., "--out", help="folder for metrics.json and report.md"),
-    data: Optional[Path] = typer.Option(None, "--data", help="data dir with test_*.json: adds the trivial baselines (fitted on its train.json)"),
+    data: Optional[Path] = typer.Option(
+        None, "--data",
+        help="data dir with test_*.json: every row must answer one test record of its task; adds the trivial baselines (fitted on its train.json)",
+    ),
+    partial: bool = typer.Option(
+        False, "--partial", help="with --data: score the rows there are when test records have none (counted in the report)"
+    ),
     on_error: OnError = typer.Option("skip", "--on-error", help="for bad test records"),
     meteor: str = typer.Option("auto", "--meteor", help="auto|java|nltk|off (auto: METEOR 1.5 jar, else meteor-nltk)"),
     spice: str = typer.Option("auto", "--spice", help="auto|official|approx|off (auto: real SPICE if its jars are found, else SPICE-approx)"),
@@ -253,7 +287,9 @@ def evaluate(
 ):
     """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures.
 
-    The report (or with --json the metrics) goes to stdout; progress and messages to stderr.
+    A second row for one task and id is an error; with --data so is a row that answers no test record of its task,
+    and (unless --partial) a test record of a task the rows cover that has no row. The report (or with --json the
+    metrics) goes to stdout; progress and messages to stderr.
     """
     import json
     from clinkd.data.medgrit import load_medgrit, load_test_split
@@ -275,7 +311,9 @@ def evaluate(
     except (ValueError, BackendUnavailable) as error:
         console.print(f"[red]error:[/red] {escape(str(error))} (clinkd env lists what is available)")
         raise typer.Exit(2) from None
-    document = run_evaluate(pred, out, tests=tests, train=train, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir)
+    document = run_evaluate(
+        pred, out, tests=tests, train=train, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir, partial=partial
+    )
     typer.echo(json.dumps(document, indent=2, ensure_ascii=False) if as_json else (out / "report.md").read_text(encoding="utf-8"))
 
 
@@ -394,7 +432,7 @@ def infer(
     from clinkd.interactive.infer import load_model, named_selector, parse_ground_truth, prepare_request, render_overlay, run_request, without_markup
 
     cfg = _load(config, overrides, preset)
-    request = prepare_request(image, question, task)  # every input check before the (slow) model load
+    request = prepare_request(image, question, task, cfg.data.max_image_pixels)  # every input check before the (slow) model load
     truth = parse_ground_truth(gt)
     selector = named_selector(select, cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
     loaded, processor = load_model(model, cfg.model.dtype)

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clinkd.boxes import ModelBoxStyle
 from clinkd.data.records import TASKS
+from clinkd.images import PIL_PIXEL_LIMIT
+from clinkd.io import unreachable_reason
 from clinkd.model.bases import base_dir, shipped_sizes
 from clinkd.model.positions import PAPER, RopeStrategy
 
 
 _EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+# numpy seeds must stay below 2**32, and stages add small offsets to the recipe's seed.
+MAX_SEED = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class ConfigError(ValueError):
@@ -39,18 +44,18 @@ def only_known_tasks(value: dict, known: tuple[str, ...]) -> dict:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # no key takes inf or NaN
 
 
 class SynthConfig(_Section):
     """Generate the embedded synthetic benchmark into ``data.dir`` when it is missing."""
 
     enabled: bool = True
-    seed: int = 0
+    seed: Seed = 0
     images: int = Field(1600, gt=0, description="training images, spread over the 8 modalities")
     test_per_cell: int = Field(25, gt=0, description="test records per (task, modality)")
     image_size: int = Field(112, ge=28)
-    turns: dict[str, int] = Field(
+    turns: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=lambda: {"VG": 2, "ROC": 2, "RC": 2, "MIA": 1},
         description="training turns per image and task (a referring task asks at most one per object)",
     )
@@ -77,6 +82,9 @@ class DataConfig(_Section):
     )
     max_train_samples: int | None = Field(None, gt=0)
     max_test_per_task: int | None = Field(None, gt=0)
+    max_image_pixels: int = Field(
+        PIL_PIXEL_LIMIT, gt=0, le=PIL_PIXEL_LIMIT, description="an image with more pixels is a data issue (never decoded)"
+    )
 
     @property
     def images_dir(self) -> Path:
@@ -136,7 +144,7 @@ class LoraConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0, description="the student's epochs (paper: 2 distillation epochs, then 2 reflective rounds)")
-    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    max_steps: int = Field(-1, ge=-1, description="overrides epochs when > 0")
     batch_size: int = Field(16, gt=0)
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -209,7 +217,7 @@ class ServedModelConfig(EndpointConfig):
 
 class PredictConfig(_Section):
     batch_size: int = Field(32, gt=0)
-    max_new_tokens: dict[str, int] = Field(default_factory=lambda: {"VG": 40, "ROC": 16, "RC": 40, "MIA": 48})
+    max_new_tokens: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: {"VG": 40, "ROC": 16, "RC": 40, "MIA": 48})
     num_beams: int = Field(1, gt=0)
     endpoint: ServedModelConfig = Field(
         ServedModelConfig(), description="predict through a served model instead of a local one (base_url set)"
@@ -399,7 +407,7 @@ class PretrainConfig(_Section):
     """Generic grounding pre-training of the tiny base (``clinkd pretrain``, docs/pretrain.md): a dense vision stage,
     then SFT on fresh scenes of a synthetic corpus that shares nothing with the benchmark. The size is ``model.size``."""
 
-    seed: int = Field(0, description="seed of the scenes, the initialisation and the held-out set")
+    seed: Seed = Field(0, description="seed of the scenes, the initialisation and the held-out set")
     steps: int = Field(3000, gt=0, description="language-stage optimiser steps, fresh scenes every step")
     dense_steps: int = Field(500, ge=0, description="dense vision steps before the language stage (0: none)")
     unfreeze_after: int | None = Field(
@@ -419,7 +427,7 @@ class PretrainConfig(_Section):
     save_steps: int = Field(500, gt=0, description="language-stage checkpoint interval (train.save_total_limit are kept)")
     eval_steps: int | None = Field(None, gt=0, description="held-out grounding recall every N language steps; null: at the end only")
     eval_scenes: int = Field(100, gt=0, description="held-out scenes (a fixed seeded set) for the recall")
-    tasks: dict[str, float] = Field(
+    tasks: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"grounding": 0.5, "referring": 0.2, "counting": 0.15, "captioning": 0.15},
         description="share of each task among the language-stage turns (weights, normalised)",
     )
@@ -429,14 +437,14 @@ class PretrainConfig(_Section):
     @classmethod
     def _known_tasks(cls, value: dict[str, float]) -> dict[str, float]:
         only_known_tasks(value, PRETRAIN_TASKS)
-        if any(weight < 0 for weight in value.values()) or not sum(value.values()) > 0:
-            raise ValueError(f"weights must be >= 0 and not all 0, got {value}")
+        if not sum(value.values()) > 0:
+            raise ValueError(f"weights must not all be 0, got {value}")
         return value
 
 
 class RecipeConfig(_Section):
     name: str = "default"
-    seed: int = 0
+    seed: Seed = 0
     output_dir: Path = Path("runs")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -532,7 +540,7 @@ def preset_names(path: str | Path | None = None) -> list[str]:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} {unreachable_reason(path) or 'is not a file'}")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:

@@ -1,13 +1,70 @@
-"""Small file helpers: atomic writes and JSONL, so an interrupted stage never leaves half a file."""
+"""Small file helpers: atomic writes and JSONL, so an interrupted stage never leaves half a file; the folder lock, so
+two runs never write one folder."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import shlex
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+LOCK_FILE = "clinkd.lock"  # in a folder a command writes; names the process that holds it
+
+
+class FolderInUse(RuntimeError):
+    """Another process holds a folder's lock (:func:`folder_lock`)."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[str | None]:
+    """Hold ``folder/clinkd.lock`` while the block runs; yields the holder a killed run left in the file (or ``None``).
+
+    A second process stops at once with :class:`FolderInUse` naming the folder and the process that holds it. The
+    kernel drops the lock when its process ends, however it ends (``flock``); a lock file that still names a process
+    is then the note of a run that was killed before it could clear it, and is taken over.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    with path.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text(encoding="utf-8").strip() or "another process"
+            raise FolderInUse(f"{folder} is in use by {holder}; wait for it to end, or give this run another name (lock: {path})") from None
+        handle.seek(0)
+        left = handle.read().strip() or None
+        handle.seek(0)
+        handle.truncate()
+        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        handle.write(f"process {os.getpid()} ({command}) on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield left
+        finally:
+            handle.truncate(0)  # released: the next holder finds no note of a killed run
+
+
+def unreachable_reason(path: str | Path) -> str | None:
+    """Why ``path`` leads nowhere (``does not exist``, ``is a broken link to …``, ``is a symlink loop``), or ``None``
+    when it exists, whatever it is."""
+    path = Path(path)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"is a broken link to {os.readlink(path)}" if path.is_symlink() else "does not exist"
+    except OSError as error:
+        return "is a symlink loop" if error.errno == errno.ELOOP else f"cannot be reached ({error.strerror})"
+    return None
 
 
 def new_file_mode() -> int:

@@ -31,7 +31,7 @@ from clinkd.data.validation import (
     validated_sample,
     warn_if_unobserved,
 )
-from clinkd.io import atomic_write_json
+from clinkd.io import atomic_write_json, unreachable_reason
 
 # Qwen-VL's image reference: an optional "Picture N: " label, the tag, and one following newline.
 _IMAGE_TAG = re.compile(r"(?:Picture\s*\d+:\s*)?<img>.*?</img>\n?", re.DOTALL)
@@ -61,6 +61,8 @@ def _conversation_pairs(record: Any, first_only: bool) -> list[tuple[str, str]]:
         raise RecordProblem(IssueKind.BAD_RECORD, f"record is a {type(record).__name__}, expected an object")
     if not medgrit_id(record):
         raise RecordProblem(IssueKind.BAD_RECORD, f"'id' must be a non-empty string, got {record.get('id')!r}")
+    if any(part in record["id"] for part in ("/", "\\", "..")):  # the id names the image file <images>/<id>.png
+        raise RecordProblem(IssueKind.BAD_RECORD, f"'id' {record['id']!r} holds a path separator or '..'; it must name a file in the image folder")
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         raise RecordProblem(
@@ -107,13 +109,14 @@ def load_medgrit(
     first_conversation_only: bool = False,
     on_error: OnError = "skip",
     issues: DataIssues | None = None,
-    check_images: bool | ImageCheck | str = True,
+    check_images: bool | ImageCheck | str | ImageChecker = True,
 ) -> list[Sample]:
     """Samples of a BiRD/Med-GRIT JSON file, in file order.
 
     ``task`` (a paper name or BiRD tag) is stored canonicalised on every sample;
     ``first_conversation_only`` keeps ``conversations[0]`` (the test-file rule). ``check_images``:
-    ``True``/``"verify"``, ``"exists"`` or ``False``/``"none"`` (see :class:`ImageCheck`).
+    ``True``/``"verify"``, ``"exists"`` or ``False``/``"none"`` (see :class:`ImageCheck`), or an :class:`ImageChecker`
+    (its pixel limit, and its cache shared with other loaders).
     """
     path = Path(path)
     collector = DataIssues() if issues is None else issues
@@ -122,7 +125,7 @@ def load_medgrit(
         records,
         path,
         Path(images_dir),
-        checker=ImageChecker(check_images),
+        checker=ImageChecker.of(check_images),
         task=None if task is None else canonical_task(task),
         first_conversation_only=first_conversation_only,
         on_error=on_error,
@@ -140,7 +143,7 @@ def find_test_files(data_dir: str | Path) -> dict[str, Path]:
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {data_dir} does not exist")
+        raise FileNotFoundError(f"data directory {data_dir} {unreachable_reason(data_dir) or 'is not a directory'}")
     found: dict[str, Path] = {}
     for path in sorted(data_dir.iterdir()):
         match = _TEST_FILE.fullmatch(path.name)
@@ -163,7 +166,7 @@ def load_test_split(
     tasks: Iterable[str] | None = None,
     on_error: OnError = "skip",
     issues: DataIssues | None = None,
-    check_images: bool | ImageCheck | str = True,
+    check_images: bool | ImageCheck | str | ImageChecker = True,
 ) -> dict[str, list[Sample]]:
     """``{task: samples}`` from the per-task test files, first conversation only, ``Sample.task`` set.
 
@@ -181,7 +184,7 @@ def load_test_split(
             "(expected test_VG|ROC|RC|MIA.json or test_VG|RO|GC|MII.json)"
         )
     collector = DataIssues() if issues is None else issues
-    checker = ImageChecker(check_images)  # shared, so an image used by several tasks is checked once
+    checker = ImageChecker.of(check_images)  # shared, so an image used by several tasks is checked once
     split = {}
     for task in wanted:
         records = read_json_records(files[task], check_on_error(on_error), collector)

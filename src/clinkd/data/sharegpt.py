@@ -156,7 +156,7 @@ def load_sharegpt(
     *,
     on_error: OnError = "skip",
     issues: DataIssues | None = None,
-    check_images: bool | ImageCheck | str = True,
+    check_images: bool | ImageCheck | str | ImageChecker = True,
 ) -> list[Sample]:
     """Samples of a ShareGPT JSON file, in file order; ``Sample.id`` is the image's file stem.
 
@@ -170,7 +170,7 @@ def load_sharegpt(
         records,
         path,
         path.parent if images_dir is None else Path(images_dir),
-        checker=ImageChecker(check_images),
+        checker=ImageChecker.of(check_images),
         on_error=on_error,
         issues=collector,
     )
@@ -323,7 +323,7 @@ def convert(
     box_style: BoxStyle | str = BoxStyle.QWEN2_VL,
     on_error: OnError = "skip",
     issues: DataIssues | None = None,
-    check_images: bool | ImageCheck | str = True,
+    check_images: bool | ImageCheck | str | ImageChecker = True,
     image_paths: ImagePaths = "absolute",
 ) -> ConvertSummary:
     """Read a Med-GRIT or ShareGPT file (detected from content), validate it, write LLaMA-Factory ShareGPT.
@@ -343,7 +343,7 @@ def convert(
     input_format = detect_format(records, input_path)
     load = medgrit_samples if input_format == "medgrit" else sharegpt_samples
     samples = load(
-        records, input_path, images_dir, checker=ImageChecker(check_images), on_error=on_error, issues=collector
+        records, input_path, images_dir, checker=ImageChecker.of(check_images), on_error=on_error, issues=collector
     )
     if not samples:
         raise DataError(f"no valid record in {input_path}:\n{collector.summary()}")

@@ -26,7 +26,8 @@ from PIL import Image
 
 from clinkd.boxes import BOX_TAGS, REF_TAGS, BoxError, BoxStyle, parse_boxes
 from clinkd.data.records import Sample, Turn, UnknownModalityError, modality_of
-from clinkd.io import atomic_write_text
+from clinkd.images import PIL_PIXEL_LIMIT, unusable_reason
+from clinkd.io import atomic_write_text, unreachable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ class IssueKind(str, Enum):
     UNKNOWN_MODALITY = "unknown_modality"  # id prefix is not one of the 8 Med-GRIT modalities
     EMPTY_TEXT = "empty_text"  # a question or answer is empty or blank
     BAD_BOX = "bad_box"  # a box does not parse, leaves 0–1000, has x2<x1 or y2<y1, or tags are unbalanced
-    MISSING_IMAGE = "missing_image"  # the image file does not exist
+    MISSING_IMAGE = "missing_image"  # the image file does not exist (or is a broken link, a symlink loop)
     CORRUPT_IMAGE = "corrupt_image"  # PIL cannot identify or verify the image
+    UNUSABLE_IMAGE = "unusable_image"  # the model cannot take it: a side below one patch, aspect ratio, too many pixels
     DUPLICATE_ID = "duplicate_id"  # a usable record whose id an earlier record of the file already has
 
 
@@ -174,6 +176,9 @@ def read_json_records(path: Path, on_error: OnError, issues: DataIssues) -> list
 
     A missing file is a usage error, not a data issue: it raises FileNotFoundError under either policy.
     """
+    reason = unreachable_reason(path)
+    if reason is not None:
+        raise FileNotFoundError(f"data file {path} {reason}")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -276,20 +281,27 @@ class ImageCheck(str, Enum):
 
     NONE = "none"  # nothing; for reading annotations where images are absent
     EXISTS = "exists"  # the file exists
-    VERIFY = "verify"  # exists, PIL identifies it and verify() passes; non-PNG files are also decoded
+    VERIFY = "verify"  # exists, PIL identifies it, verify() passes, the model can take its size; non-PNG files are also decoded
 
 
 class ImageChecker:
-    """Checks image files at one :class:`ImageCheck` level, each path once (results are cached)."""
+    """Checks image files at one :class:`ImageCheck` level, each path once (results are cached); under ``verify`` an
+    image above ``max_pixels`` (``data.max_image_pixels``) is refused from its header, never decoded."""
 
-    def __init__(self, level: ImageCheck | str | bool = ImageCheck.VERIFY) -> None:
+    def __init__(self, level: ImageCheck | str | bool = ImageCheck.VERIFY, max_pixels: int = PIL_PIXEL_LIMIT) -> None:
         if isinstance(level, bool):
             level = ImageCheck.VERIFY if level else ImageCheck.NONE
         self.level = ImageCheck(level)
+        self.max_pixels = max_pixels
         self._outcomes: dict[Path, RecordProblem | None] = {}
 
+    @classmethod
+    def of(cls, check: ImageChecker | ImageCheck | str | bool) -> ImageChecker:
+        """``check`` itself when it is a checker (shared across loaders), else a new checker at that level."""
+        return check if isinstance(check, ImageChecker) else cls(check)
+
     def check(self, path: Path) -> None:
-        """Raise ``MISSING_IMAGE`` or ``CORRUPT_IMAGE`` for a bad file."""
+        """Raise ``MISSING_IMAGE``, ``CORRUPT_IMAGE`` or ``UNUSABLE_IMAGE`` for a bad file."""
         if self.level is ImageCheck.NONE:
             return
         if path not in self._outcomes:
@@ -298,17 +310,24 @@ class ImageChecker:
             raise self._outcomes[path]
 
     def _problem(self, path: Path) -> RecordProblem | None:
-        if not path.is_file():
-            return RecordProblem(IssueKind.MISSING_IMAGE, f"image {path} does not exist")
+        missing = unreachable_reason(path) or (None if path.is_file() else "is not a file")
+        if missing is not None:
+            return RecordProblem(IssueKind.MISSING_IMAGE, f"image {path} {missing}")
         if self.level is ImageCheck.EXISTS:
             return None
         try:
             with Image.open(path) as image:
+                unusable = unusable_reason(image.size, self.max_pixels)
+                if unusable is not None:  # before any decode: a huge image is refused from its header
+                    return RecordProblem(IssueKind.UNUSABLE_IMAGE, f"image {path} cannot be fed to the model: {unusable}")
                 image_format = image.format
                 image.verify()  # PNG: reads every chunk to IEND and checks its CRC, so truncation fails here
             if image_format != "PNG":
                 with Image.open(path) as image:
+                    image.draft(image.mode, (image.width // 8, image.height // 8))  # JPEG: decodes every block, at 1/8 scale
                     image.load()  # other formats' verify() skips pixel data; decode to catch truncation
+        except Image.DecompressionBombError as error:  # above PIL's own limit, which data.max_image_pixels never exceeds
+            return RecordProblem(IssueKind.UNUSABLE_IMAGE, f"image {path} cannot be fed to the model: {error}")
         except Exception as error:  # PIL reports damage as OSError, SyntaxError, ValueError, struct.error…
             reason = f"{type(error).__name__}: {error}"
             return RecordProblem(IssueKind.CORRUPT_IMAGE, f"image {path} is unreadable: {reason}")

@@ -7,6 +7,8 @@ run is restarted, TensorBoard logs under ``<run>/logs``.
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +17,13 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from clinkd.batching import ChatExample, TrainCollator, collator_for
 from clinkd.config import RecipeConfig, TrainConfig
-from clinkd.engine.distributed import deepspeed_cpu_state, save_trained
+from clinkd.engine.distributed import deepspeed_cpu_state, is_main_process, save_trained
 from clinkd.io import atomic_write_json, match_umask
-from clinkd.model.loading import checked_from_pretrained
+from clinkd.model.loading import checked_from_pretrained, folder_damage
 from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, trainable_parameters
 from clinkd.progress import RichProgressCallback, console
 from clinkd.retrieval import RetrievalSupervision
@@ -66,6 +68,9 @@ def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
             param.requires_grad_(not frozen[part])
     # lm_head is tied to the embeddings: count each tensor once.
     return {part: sum(p.numel() for p in {id(p): p for p in params}.values() if p.requires_grad) for part, params in parts.items()}
+
+
+CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")  # what the Trainer saves and resumes from
 
 
 class UmaskCheckpoints(TrainerCallback):
@@ -116,13 +121,30 @@ def training_arguments(settings: SftSettings, output_dir: Path) -> TrainingArgum
     )
 
 
+def trainer_checkpoints(checkpoints: Path) -> list[Path]:
+    """The Trainer's ``checkpoint-N`` folders under ``checkpoints``, newest first."""
+    steps = {int(match.group(1)): path for path in checkpoints.iterdir() if path.is_dir() and (match := CHECKPOINT_NAME.fullmatch(path.name))}
+    return [steps[step] for step in sorted(steps, reverse=True)]
+
+
 def resume_point(checkpoints: Path, stage: str) -> str | None:
-    """The newest Trainer checkpoint under ``checkpoints`` (None: start afresh), announced on the console."""
-    newest = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if newest is not None:
-        step = Path(newest).name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
-        console.print(f"{stage}: resuming from checkpoint {step} ({newest})", markup=False, highlight=False)
-    return newest
+    """The newest intact Trainer checkpoint under ``checkpoints`` (None: start afresh), announced on the console.
+
+    A newer one with a damaged file (cut by a kill mid-save, a full disk; :func:`~clinkd.model.loading.folder_damage`)
+    is said in one line and set aside as ``damaged-checkpoint-N`` (by the main process), so the Trainer never sees it.
+    """
+    for checkpoint in trainer_checkpoints(checkpoints) if checkpoints.is_dir() else []:
+        damaged = folder_damage(checkpoint)
+        if damaged is None:
+            step = checkpoint.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+            console.print(f"{stage}: resuming from checkpoint {step} ({checkpoint})", markup=False, highlight=False)
+            return str(checkpoint)
+        aside = checkpoint.with_name(f"damaged-{checkpoint.name}")
+        console.print(f"{stage}: {damaged}; set aside as {aside}, falling back to the previous checkpoint", markup=False, highlight=False, soft_wrap=True)
+        if is_main_process():
+            shutil.rmtree(aside, ignore_errors=True)
+            checkpoint.rename(aside)
+    return None
 
 
 class ClinKDTrainer(Trainer):

@@ -23,6 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from clinkd.boxes import Box, BoxError
+from clinkd.images import PIL_PIXEL_LIMIT
 from clinkd.interactive.infer import (
     DEFAULT_MAX_NEW_TOKENS,
     CandidateRanker,
@@ -50,10 +51,11 @@ class DemoSettings:
     square_size: int | None = None
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
     num_beams: int = 1
+    max_image_pixels: int = PIL_PIXEL_LIMIT
 
     @classmethod
     def from_config(cls, cfg) -> "DemoSettings":
-        return cls(cfg.data.box_style, cfg.model.square_size, dict(cfg.predict.max_new_tokens), cfg.predict.num_beams)
+        return cls(cfg.data.box_style, cfg.model.square_size, dict(cfg.predict.max_new_tokens), cfg.predict.num_beams, cfg.data.max_image_pixels)
 
     def run_options(self, task: str) -> dict:
         """Keyword arguments of :func:`run_request` for ``task``."""
@@ -118,7 +120,7 @@ def answer_question(
     if not image:
         return DemoAnswer("", None, [], "**error:** upload an image or pick an example first")
     try:
-        request = prepare_request(image, question or "", None if task == "auto" else task)
+        request = prepare_request(image, question or "", None if task == "auto" else task, settings.max_image_pixels)
         truth = parse_ground_truth(ground_truth)
         result = run_request(model, processor, request, selector, **settings.run_options(request.task))
     except (InferInputError, BoxError) as error:
@@ -196,10 +198,10 @@ def build_demo(
 def launch_demo(blocks, host: str = "127.0.0.1", port: int | None = None, data_dir: str | Path | None = None, block: bool = False) -> str:
     """Serve ``blocks`` on ``host:port`` and return its URL; ``block=False`` returns at once (tests).
 
-    ``data_dir``'s images are allowed to be served (the picker loads them); server-side rendering
-    is off, so no Node process is started.
+    Of ``data_dir`` only the example images are served (the picker loads them), not its annotations or other images;
+    server-side rendering is off, so no Node process is started.
     """
-    allowed: Sequence[str] = [str(Path(data_dir).resolve())] if data_dir else []
+    allowed: Sequence[str] = [str(example.image.resolve()) for example in load_examples(data_dir)] if data_dir else []
     blocks.queue(default_concurrency_limit=1)  # one generation at a time: the model is not shared across threads
     blocks.launch(
         server_name=host,

@@ -45,7 +45,9 @@ from clinkd.boxes import (
 )
 from clinkd.config import PredictConfig, SelectConfig
 from clinkd.data.records import MODALITY_NAMES, Sample, Turn, UnknownTaskError, canonical_task
+from clinkd.images import PIL_PIXEL_LIMIT, VIEW_PIXELS, unusable_reason
 from clinkd.interactive.overlay import BoxRole, LabelledBox, draw_boxes
+from clinkd.io import unreachable_reason
 from clinkd.model.loading import CheckpointError, load_checkpoint
 from clinkd.model.processor import load_image
 from clinkd.synth.tasks import TEMPLATES
@@ -151,23 +153,30 @@ def is_dicom(path: Path) -> bool:
     return head[DICOM_MAGIC_OFFSET:] == b"DICM"
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """The image at ``path`` as RGB (grayscale, 16-bit and, with pydicom, DICOM files are converted).
+def open_image(path: str | Path, max_pixels: int = PIL_PIXEL_LIMIT) -> Image.Image:
+    """The image at ``path`` as RGB (grayscale, 16-bit and, with pydicom, DICOM files are converted), decoded reduced to
+    :data:`~clinkd.images.VIEW_PIXELS` when it is much larger.
 
-    Raises :class:`InferInputError` naming the file when it is missing, not a file, or not an image.
+    Raises :class:`InferInputError` naming the file when it is missing, not a file, not an image, or an image the model
+    cannot take (:func:`~clinkd.images.unusable_reason`, ``max_pixels``: ``data.max_image_pixels``).
     """
     path = Path(path)
-    if not path.exists():
-        raise InferInputError(f"image file {path} does not exist")
+    missing = unreachable_reason(path)
+    if missing is not None:
+        raise InferInputError(f"image file {path} {missing}")
     if not path.is_file():
         raise InferInputError(f"image path {path} is not a file")
     if is_dicom(path):
         with tempfile.TemporaryDirectory(prefix="clinkd-dicom-") as scratch:
-            return load_image(dicom_to_png(path, Path(scratch)))
+            return open_image(dicom_to_png(path, Path(scratch)), max_pixels)
     try:
-        return load_image(path)
+        with Image.open(path) as image:
+            unusable = unusable_reason(image.size, max_pixels)
+        if unusable is None:
+            return load_image(path, max_pixels=VIEW_PIXELS)
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise InferInputError(f"{path} is not an image that PIL can read ({type(error).__name__}: {error})") from None
+    raise InferInputError(f"image {path} cannot be fed to the model: {unusable}")
 
 
 def dicom_to_png(path: Path, out_dir: Path) -> Path:
@@ -274,14 +283,15 @@ def complete_question(task: str, question: str) -> str:
     return tag_bare_boxes(question)
 
 
-def prepare_request(image: str | Path, question: str, task: str | None = None) -> InferRequest:
+def prepare_request(image: str | Path, question: str, task: str | None = None, max_image_pixels: int = PIL_PIXEL_LIMIT) -> InferRequest:
     """Check the inputs (no model needed) and complete the task and question.
 
-    Raises :class:`InferInputError` for a missing/unreadable image, an empty question (unless the
-    task is MIA), an unknown task, or a question that does not fit the task.
+    Raises :class:`InferInputError` for a missing/unreadable image or one the model cannot take (see
+    :func:`open_image`), an empty question (unless the task is MIA), an unknown task, or a question that does not fit
+    the task.
     """
     image = Path(image)
-    open_image(image)
+    open_image(image, max_image_pixels)
     question = " ".join(question.split())
     if task:
         try:

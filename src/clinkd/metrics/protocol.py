@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from clinkd.data.records import MODALITIES, TASKS, Prediction, canonical_task
 from clinkd.metrics.captions import CaptionScorer, metric_backends, registered_caption_scorers, score_captions
 from clinkd.metrics.cleanup import clean_response
-from clinkd.metrics.rules import classification_correct, score_grounding
+from clinkd.metrics.rules import classification_correct, ground_truth_corners, score_grounding
 from clinkd.metrics.tokenize import PTB_TOKENIZER, CaptionTokenizer
 
 VG_METRIC = "Recall@0.5"
@@ -119,6 +119,16 @@ def group_predictions(predictions: Iterable[Prediction]) -> dict[str, dict[str, 
             raise ValueError(f"{where}: unknown modality {prediction.modality!r}; expected one of {', '.join(MODALITIES)}")
         grouped.setdefault(task, {}).setdefault(prediction.modality, []).append(prediction)
     return grouped
+
+
+def check_prediction(prediction: Prediction, bird_exact: bool = False) -> None:
+    """``ValueError`` naming the row when it cannot be scored: an unknown task or modality, or a VG ground-truth box
+    that does not parse (:func:`~clinkd.metrics.rules.ground_truth_corners`)."""
+    if "VG" in group_predictions([prediction]):
+        try:
+            ground_truth_corners(prediction.annotation, bird_exact)
+        except ValueError as error:
+            raise ValueError(f"prediction {prediction.id!r}: {error}") from None
 
 
 def _score_grounding_task(groups: TaskGroups, bird_exact: bool) -> dict:

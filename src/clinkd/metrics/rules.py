@@ -68,16 +68,23 @@ class GroundingOutcome:
     malformed: int
 
 
-def score_grounding(annotation: str, response: str, bird_exact: bool = False) -> GroundingOutcome:
-    """A GT box is found iff some predicted box has IoU **strictly above** 0.5 with it; predictions may
-    serve several GT boxes and extra predictions cost nothing. Raises ``ValueError`` for a GT box that
-    does not parse (BiRD crashes there too)."""
+def ground_truth_corners(annotation: str, bird_exact: bool = False) -> list[Corners]:
+    """The boxes of a VG annotation; ``ValueError`` for one that does not parse into four finite numbers (a NaN
+    included), which BiRD crashes on too."""
     gt = []
     for content in box_strings(annotation, bird_exact, fallback=False):
         box = corners(content)
         if box is None:
             raise ValueError(f"unparseable ground-truth box {content!r} in annotation {annotation!r}")
         gt.append(box)
+    return gt
+
+
+def score_grounding(annotation: str, response: str, bird_exact: bool = False) -> GroundingOutcome:
+    """A GT box is found iff some predicted box has IoU **strictly above** 0.5 with it; predictions may
+    serve several GT boxes and extra predictions cost nothing. Raises ``ValueError`` for a GT box that
+    does not parse (:func:`ground_truth_corners`)."""
+    gt = ground_truth_corners(annotation, bird_exact)
     predicted = [corners(content) for content in box_strings(response, bird_exact)]
     boxes = [box for box in predicted if box is not None]
     hits = sum(any(bird_iou(p, g) > IOU_THRESHOLD for p in boxes) for g in gt)

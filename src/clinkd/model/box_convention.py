@@ -39,6 +39,7 @@ from pathlib import Path
 from PIL import Image
 
 from clinkd.boxes import BOX_TAGS, SCALE, UNSIGNED_PAIR, UNSIGNED_TAGGED_BOX, format_ref
+from clinkd.images import decoded_size
 
 Size = tuple[int, int]  # (width, height) in pixels
 
@@ -101,13 +102,13 @@ def box_coordinates(model_config, processor) -> BoxCoordinates:
     return RelativeBoxes()
 
 
-def image_size(path: str | Path, square_size: int | None = None) -> Size:
-    """The ``(width, height)`` of the image given to the processor: ``square_size`` when set, else the file's
-    (read from the header only)."""
+def image_size(path: str | Path, square_size: int | None = None, max_pixels: int | None = None) -> Size:
+    """The ``(width, height)`` of the image given to the processor: ``square_size`` when set, else the file's as
+    :func:`clinkd.model.processor.load_image` decodes it for ``max_pixels`` (read from the header only)."""
     if square_size:
         return square_size, square_size
     with Image.open(path) as image:
-        return image.size
+        return decoded_size(image.size, max_pixels)
 
 
 def _clamp(value: int) -> int:

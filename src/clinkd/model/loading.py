@@ -6,16 +6,19 @@ embedded default and on a real Qwen2-VL/Qwen2.5-VL checkpoint.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig
 
 from clinkd.config import ModelConfig
-from clinkd.io import match_umask
+from clinkd.io import match_umask, unreachable_reason
 from clinkd.model.positions import STOCK, RopeStrategy
 from clinkd.model.processor import build_processor, load_processor, save_processor
 from clinkd.model.rope import MODEL_CLASSES, load_model_class, set_rope_strategy
@@ -38,6 +41,62 @@ def is_checkpoint(path: str | Path) -> bool:
 
 class CheckpointError(ValueError):
     """A model directory that is not a clinkd or Qwen2-VL checkpoint."""
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # weights and Trainer state (torch.save writes a zip)
+ZIP_MAGIC = b"PK"  # a legacy (pre-zip) torch pickle starts otherwise and is not checked
+
+
+def damage(path: Path) -> str | None:
+    """Why a weight, Trainer-state or JSON file does not open (truncated, overwritten), or ``None``: the header of a
+    safetensors file, the central directory of a torch zip (at its end, so a cut shows), a JSON file's text. Cheap:
+    no tensor is read."""
+    from safetensors import safe_open
+
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), "pt"):
+                pass
+        elif path.suffix in WEIGHT_SUFFIXES:
+            with path.open("rb") as handle:
+                if handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
+                    zipfile.ZipFile(path).close()
+        elif path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+    except Exception as error:  # SafetensorError, BadZipFile, JSONDecodeError, UnicodeDecodeError, OSError
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else 'unreadable'}"
+    return None
+
+
+class Damage(NamedTuple):
+    """A file that does not open, and why; its text is the one-line report."""
+
+    path: Path
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path} is damaged ({self.why})"
+
+
+def first_damaged(paths: Iterable[Path]) -> Damage | None:
+    """The first of ``paths`` that does not open (:func:`damage`), or ``None``."""
+    for path in paths:
+        why = damage(path)
+        if why is not None:
+            return Damage(path, why)
+    return None
+
+
+def folder_damage(folder: str | Path) -> Damage | None:
+    """The first damaged file of a model or checkpoint folder (not its subfolders), or ``None``."""
+    return first_damaged(sorted(path for path in Path(folder).iterdir() if path.is_file()))
+
+
+def check_files(folder: str | Path) -> None:
+    """:class:`CheckpointError` naming the first damaged file of a model or checkpoint folder (:func:`folder_damage`)."""
+    damaged = folder_damage(folder)
+    if damaged is not None:
+        raise CheckpointError(str(damaged))
 
 
 def model_class_for(config):
@@ -75,15 +134,17 @@ def load_checkpoint(
     transformers quantisation config (QLoRA: :func:`clinkd.model.lora.quantization_config`).
     Every weight must load exactly (:func:`checked_from_pretrained`); ``allow_partial`` lists regexes
     of weight names that may be missing or unexpected (a deliberate partial load, e.g. a new head).
+    A damaged file (truncated weights, a cut config) is a :class:`CheckpointError` naming it (:func:`check_files`).
     """
     from transformers import AutoConfig
 
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"model directory {path} does not exist")
+        raise CheckpointError(f"model directory {path} {unreachable_reason(path) or 'is not a directory'}")
     missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"{path} is not a clinkd or Qwen2-VL checkpoint: no {', '.join(missing)}")
+    check_files(path)  # a truncated weight file: one line naming it, not the loader's nameless error
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     if rope is not None:
         set_rope_strategy(config, rope)

@@ -35,6 +35,7 @@ For ``mcg`` an image consumes exactly ``n`` positions, so its deltas are all zer
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -72,8 +73,8 @@ class RopeStrategy:
             if value not in allowed:
                 raise ValueError(f"{field}: {value!r} is not one of {', '.join(allowed)}")
         alpha = tuple(float(a) for a in self.alpha)
-        if len(alpha) != 2 or any(a <= 0 for a in alpha):
-            raise ValueError(f"alpha: steps must be positive, two of them (α₁, α₂), got {self.alpha}")
+        if len(alpha) != 2 or not all(0 < a < math.inf for a in alpha):  # NaN fails the comparison too
+            raise ValueError(f"alpha: steps must be positive and finite, two of them (α₁, α₂), got {self.alpha}")
         object.__setattr__(self, "alpha", alpha)
         if self.name != "mcg" and (alpha != PAPER_ALPHA or self.rounding != "none"):
             raise ValueError(f"alpha/rounding only apply to name='mcg', not {self.name!r}")

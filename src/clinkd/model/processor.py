@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from clinkd.images import to_rgb
+from clinkd.images import PATCH_SIZE, read_rgb
 
-PATCH_SIZE = 14
 MERGE_SIZE = 2
 
 
@@ -95,14 +95,19 @@ def load_processor(path: str | Path) -> ClinKDProcessor:
     return ClinKDProcessor.from_pretrained(str(path))
 
 
-def load_image(path: str | Path, square_size: int | None = None) -> Image.Image:
-    """Open an image as RGB (grayscale and 16-bit inputs are converted).
+def pixel_budget(processor) -> int:
+    """The most pixels ``processor`` feeds the model per image (``model.max_pixels``)."""
+    return processor.image_processor.size["longest_edge"]
+
+
+def load_image(path: str | Path | BinaryIO, square_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Open an image as RGB (grayscale and 16-bit inputs are converted), a huge one decoded reduced for a reader of
+    ``max_pixels`` (:func:`clinkd.images.read_rgb`; ``None``: at full size).
 
     ``square_size`` resamples to ``square_size``×``square_size`` (MCG-RoPE's w = h option); boxes
     are relative 0–1000 coordinates, so they stay correct.
     """
-    with Image.open(path) as opened:
-        image = to_rgb(opened)
+    image = read_rgb(path, max_pixels and max(max_pixels, (square_size or 0) ** 2))
     if square_size:
         image = image.resize((square_size, square_size), Image.Resampling.BICUBIC)
     return image

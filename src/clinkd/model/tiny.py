@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from transformers import Qwen2VLConfig
 
-from clinkd.model.processor import MERGE_SIZE, PATCH_SIZE
+from clinkd.images import PATCH_SIZE
+from clinkd.model.processor import MERGE_SIZE
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig
 from clinkd.data.medgrit import load_medgrit, load_test_split
 from clinkd.data.records import Sample
-from clinkd.data.validation import DataIssues
+from clinkd.data.validation import DataIssues, ImageCheck, ImageChecker
 from clinkd.model.loading import DTYPES, build_tiny, load_checkpoint
 from clinkd.progress import console, make_progress
 
@@ -63,12 +63,13 @@ def load_dataset(cfg: RecipeConfig, with_train: bool = True, issues_file: Path |
     """
     issues = DataIssues()
     data = cfg.data
+    checker = ImageChecker(ImageCheck.VERIFY, data.max_image_pixels)  # one, so an image in train and test is checked once
     train = []
     if with_train:
-        train = load_medgrit(data.dir / data.train_file, data.images_dir, on_error=data.on_error, issues=issues)
+        train = load_medgrit(data.dir / data.train_file, data.images_dir, on_error=data.on_error, issues=issues, check_images=checker)
         if data.max_train_samples:
             train = train[: data.max_train_samples]
-    tests = load_test_split(data.dir, data.images_dir, on_error=data.on_error, issues=issues)
+    tests = load_test_split(data.dir, data.images_dir, on_error=data.on_error, issues=issues, check_images=checker)
     if data.max_test_per_task:
         tests = {task: samples[: data.max_test_per_task] for task, samples in tests.items()}
     if issues_file is not None:

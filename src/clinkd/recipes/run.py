@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import transformers
 
@@ -34,7 +35,7 @@ from clinkd.engine.distributed import is_main_process, main_process_first, write
 from clinkd.io import atomic_write_text
 from clinkd.markdown import table
 from clinkd.metrics.backends import BackendChoice, caption_scorers
-from clinkd.model.loading import load_checkpoint
+from clinkd.model.loading import WEIGHT_SUFFIXES, CheckpointError, first_damaged, folder_damage, load_checkpoint
 from clinkd.recipes.clip_train import ensure_embedded_clip
 from clinkd.recipes.distill import run_distill
 from clinkd.recipes.evaluate import run_evaluate
@@ -67,13 +68,32 @@ def recipe_section(cfg: RecipeConfig) -> str:
     return "## Recipe\n\n" + table(["part", "setting"], rows, "l")
 
 
+def check_finished_outputs(cfg: RecipeConfig) -> None:
+    """Before any stage runs: a damaged weight file of a finished stage in the run folder (the newest Trainer checkpoint
+    falls back on its own, ``clinkd.engine.sft.resume_point``), or of a model the recipe names, is a
+    :class:`CheckpointError` naming it, not a crash when that model is loaded hours later."""
+    finished = (
+        path for path in sorted(cfg.run_dir.rglob("*"))
+        if path.suffix in WEIGHT_SUFFIXES and not any(part == "checkpoints" or part.startswith(".") for part in path.relative_to(cfg.run_dir).parts)
+    )
+    damaged = first_damaged(finished)
+    if damaged is not None:
+        raise CheckpointError(f"{damaged}; delete {damaged.path.parent} to redo the stage that wrote it")
+    for key, folder in (("model.path", cfg.model.path), ("distill.teacher", cfg.distill.teacher), ("distill.teacher_init", cfg.distill.teacher_init)):
+        damaged = folder_damage(folder) if folder is not None and Path(folder).is_dir() else None
+        if damaged is not None:
+            raise CheckpointError(f"{key}: {damaged}")
+
+
 def run(cfg: RecipeConfig) -> dict | None:
     """Run the whole recipe; returns the evaluation document (``None`` on ranks other than 0)."""
     transformers.set_seed(cfg.seed)
     transformers.utils.logging.disable_progress_bar()
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
+    check_finished_outputs(cfg)
+    if is_main_process():  # the rank holding the folder's lock; the others wait for it below
+        atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
     clock = StageClock(run_dir / STAGE_TIMES_FILE)
 
     with main_process_first():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from clinkd.engine.distributed import is_main_process
@@ -20,9 +22,9 @@ class StageClock:
     """Seconds per stage for the report, summed over every invocation on one run folder.
 
     With ``path`` (``<run>/stage_times.json``) the sums are saved while a stage runs (every ``save_every``
-    seconds) and when it ends, failed or not, and read back by the next invocation: a resumed run reports what
-    its outputs cost in all, a killed stage included, not the seconds of the last restart; a stage whose
-    outputs are reused adds almost nothing.
+    seconds), when a SIGTERM ends it, and when it ends, failed or not, and read back by the next invocation: a
+    resumed run reports what its outputs cost in all, a killed stage included, not the seconds of the last restart;
+    a stage whose outputs are reused adds almost nothing.
     """
 
     def __init__(self, path: Path | None = None, save_every: float = 30.0):
@@ -50,7 +52,8 @@ class StageClock:
 
         ticker = _Ticker(self.save_every, record) if self.path is not None else None  # a killed stage keeps its time
         try:
-            return work()
+            with _saving_on_sigterm(record) if self.path is not None else nullcontext():
+                return work()
         finally:
             if ticker is not None:
                 ticker.stop()
@@ -61,6 +64,28 @@ class StageClock:
         total = ["**total**", f"**{sum(self.seconds.values()):.1f}**"]
         note = "Summed over every invocation on this run folder (`stage_times.json`); a reused stage adds almost nothing."
         return f"## Stage times\n\n{note}\n\n" + table(["stage", "seconds"], [*rows, total], "lr")
+
+
+@contextmanager
+def _saving_on_sigterm(save: Callable[[], None]) -> Iterator[None]:
+    """Call ``save`` when a SIGTERM arrives, then let the signal end the process as it would have (its default action
+    runs no ``finally``, so a stage killed before its first periodic save would lose its time)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.SIG_DFL if previous is None else previous  # None: set outside Python, i.e. the default
+
+    def handler(signum, frame) -> None:
+        save()
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Ticker:

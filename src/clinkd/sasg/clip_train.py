@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from clinkd.chat import TURN_END
 from clinkd.config import ClipTrainConfig
 from clinkd.data.records import Sample
 from clinkd.io import atomic_write_json, match_umask
+from clinkd.images import VIEW_PIXELS
 from clinkd.model.processor import load_image
 from clinkd.sasg.scorer import PREPROCESSOR_FILE, ImagePrep, MedClipScorer, encode_texts
 from clinkd.sasg.views import TASK_KINDS, answer_views, crop, turn_kind
@@ -160,7 +161,7 @@ def train_clip(
     text_config = model.config.text_config
     optimizer = torch.optim.AdamW(_decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * cfg.steps), cfg.steps)
-    image = lru_cache(maxsize=IMAGE_CACHE)(load_image)
+    image = lru_cache(maxsize=IMAGE_CACHE)(partial(load_image, max_pixels=VIEW_PIXELS))
     batch_size = min(cfg.batch_size, len(pairs))
     order: list[int] = []
     losses = []
@@ -224,7 +225,7 @@ def matching_rate(scorer: MedClipScorer, pairs: Sequence[ClipPair], margin: floa
         others = [other.text for other in pairs if other.kind == pair.kind and other.text != pair.text]
         if not others:
             continue
-        view = crop(load_image(pair.image), pair.box, margin)
+        view = crop(load_image(pair.image, max_pixels=VIEW_PIXELS), pair.box, margin)
         views.append(view)
         true_texts.append(pair.text)
         wrong_texts.append(others[int(rng.integers(len(others)))])

@@ -10,6 +10,7 @@ import torch
 from clinkd.batching import PromptCollator
 from clinkd.config import SelectConfig
 from clinkd.data.records import Sample
+from clinkd.images import VIEW_PIXELS
 from clinkd.engine.generate import Selector, generate_responses
 from clinkd.model.processor import load_image
 from clinkd.sasg.candidates import generate_candidates
@@ -63,7 +64,7 @@ class SasgSelector:
         candidate_lists = generate_candidates(model, processor, collator, samples, max_new_tokens, self.select_cfg, self.seed)
         scores = score_candidates(
             self.scorer,
-            [load_image(sample.image) for sample in samples],  # the original pixels: boxes are relative
+            [load_image(sample.image, max_pixels=VIEW_PIXELS) for sample in samples],  # not the model's budget: boxes are relative
             tasks,
             [sample.turns[0].question for sample in samples],
             [[candidate.text for candidate in candidates] for candidates in candidate_lists],

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from clinkd.config import ConfigError
+from clinkd.model.loading import folder_damage
 
 SCORER_KINDS = ("embedded", "hf", "open_clip")
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -285,6 +286,9 @@ def load_scorer(kind: str, path: str | Path, device: str | torch.device = "cpu",
     if not path.is_dir():
         hint = " (train it with `clinkd clip-train`)" if kind == "embedded" else ""
         raise ScorerError(f"select.scorer={kind}: directory {path} does not exist{hint}")
+    damaged = folder_damage(path)
+    if damaged is not None:
+        raise ScorerError(f"select.scorer={kind}: {damaged}")
     if kind in ("embedded", "hf"):
         return HFClipScorer.from_dir(path, device, batch_size)
     if kind == "open_clip":
