@@ -164,3 +164,29 @@ def test_checkpoints_are_read_in_step_order_with_the_stage_processor(
     rows = digit_ce.main(["--model", str(trained_checkpoint), "--checkpoints", str(stage), "--data", str(own_question)])
     assert [row["model"] for row in rows] == [str(trained_checkpoint), "step 2", "step 10"]
     assert rows[0]["ce"] == rows[1]["ce"] == rows[2]["ce"]  # the same weights, read the same way
+
+
+@pytest.fixture(scope="module")
+def learning_curve():
+    return load_benchmark("learning_curve")
+
+
+def test_the_learning_curve_scores_what_the_model_answers_greedily(learning_curve, trained_checkpoint, own_question, tmp_path, one_thread):
+    out = tmp_path / "curve.json"
+    [row] = learning_curve.main(["--model", str(trained_checkpoint), "--data", str(own_question), "--blind", "--json", str(out)])
+    # The overfitted model repeats its one answer to its own question: the asked name, a hit, its centre inside.
+    assert {key: row[key] for key in ("records", "names_asked", "recall", "centre_in")} == {
+        "records": 1, "names_asked": 1.0, "recall": 1.0, "centre_in": 1.0}
+    assert row["first_digit"] < row["first_digit_blind"] and json.loads(out.read_text()) == [row]
+
+
+def test_answer_scores_count_names_hits_and_centres(learning_curve):
+    def vg(phrase, box):
+        return Sample("ct_0", Path("x.png"), "ct", [Turn(f"Where is the <ref>{phrase}</ref>?", f"<ref>{phrase}</ref><box>{box}</box>")])
+
+    samples = [vg("liver", "(100,100),(500,500)")] * 3 + [vg("cyst", "(0,0),(100,100)")]
+    answers = ["<ref>liver</ref><box>(110,100),(500,480)</box>",  # named, a hit
+               "<ref>spleen</ref><box>(200,200),(300,300)</box>",  # another name; centre inside, no hit
+               "<ref>liver</ref><box>(600,600),(700,700)</box>",  # named, missed
+               "<ref>cyst</ref> nowhere"]  # named, no box
+    assert learning_curve.answer_scores(samples, answers) == {"names_asked": 0.75, "recall": 0.25, "centre_in": 0.5}
