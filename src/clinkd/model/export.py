@@ -1,8 +1,9 @@
 """``clinkd export``: a trained model as a folder that loads without clinkd installed.
 
 * Stock positions (``rope.name: qwen2vl``, no paper frequencies): a plain ``Qwen2VLForConditionalGeneration``
-  (or ``Qwen2_5_VL…``) checkpoint: ``architectures`` and ``processor_class`` name the stock classes and
-  no clinkd key is left in ``config.json``.
+  (or ``Qwen2_5_VL…``, ``Qwen3VL…``, ``Qwen3_5…``) checkpoint: ``architectures`` and ``processor_class`` name the
+  stock classes and no clinkd key is left in ``config.json``. A Qwen3.5 export keeps its MTP layer (``mtp.*``),
+  which stock transformers skips on load and serving engines use for speculative decoding.
 * Any other strategy (MCG-RoPE, the released patch, paper frequencies): the same weights plus clinkd's
   own modeling file and position maths as remote code (``modeling_clinkd.py`` = :mod:`clinkd.model.rope`,
   ``positions.py`` = :mod:`clinkd.model.positions`, copied as they are) and an ``auto_map``, so
@@ -26,6 +27,8 @@ REMOTE_MODELING = "modeling_clinkd"
 STOCK_NAMES = {
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+    "qwen3_5": ("Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor"),
 }
 
 
