@@ -213,7 +213,10 @@ def json_to_markup(text: str, style: BoxStyle | str = BoxStyle.QWEN_VL) -> str:
     objects = list(JSON_OBJECT.finditer(text))
 
     def markup(match: re.Match) -> str:
-        boxes, label = json_boxes(match.group(0)), JSON_LABEL.search(match.group(0))
+        try:
+            boxes, label = json_boxes(match.group(0)), JSON_LABEL.search(match.group(0))
+        except BoxError:
+            return match.group(0)
         if len(boxes) != 1:
             return match.group(0)
         return (format_ref(json.loads(f'"{label.group(1)}"'), style) if label else "") + boxes[0].to_text(style)
