@@ -413,6 +413,18 @@ def test_a_qwen3_family_trains_on_its_json_answers(hub_checkpoints, tmp_path, na
         RetrievalTargets.for_model(model, processor)
 
 
+def test_kd_pairs_need_one_tokenizer_so_families_do_not_mix(hub_checkpoints):
+    """A larger Qwen3-VL teaches a Qwen3-VL (the run above); across families the added tokens (Qwen2-VL → Qwen3-VL)
+    or the whole vocabulary (Qwen3-VL → Qwen3.5) differ, and distillation refuses before any training."""
+    from clinkd.recipes.distill import check_same_tokenizer
+
+    processors = {name: load_processor(hub_checkpoints[name]) for name in ("qwen2_vl", "qwen3_vl", "qwen3_vl_teacher", "qwen3_5")}
+    check_same_tokenizer(processors["qwen3_vl"], processors["qwen3_vl_teacher"], hub_checkpoints["qwen3_vl_teacher"])
+    for student, teacher in [("qwen3_vl", "qwen2_vl"), ("qwen3_5", "qwen3_vl")]:
+        with pytest.raises(CheckpointError, match="differs from the student's"):
+            check_same_tokenizer(processors[student], processors[teacher], hub_checkpoints[teacher])
+
+
 @pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl"])
 def test_the_retrieval_targets_follow_each_family_s_box_convention(hub_checkpoints, tmp_path, name):
     """Qwen2-VL writes boxes on 0–1000, Qwen2.5-VL in pixels of the resized image: both point at the same cells."""

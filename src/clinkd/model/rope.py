@@ -147,7 +147,8 @@ class _RopeStrategyModel:
 
     paper_rotary: type  # the family's rotary embedding with the paper's frequencies
 
-    def _use_rope_strategy(self, config) -> None:
+    def __init__(self, config):
+        super().__init__(config)
         self.rope_strategy = rope_strategy_of(config)
         if self.rope_strategy.frequency == "paper":
             self.language_model.rotary_emb = self.paper_rotary(config.text_config)
@@ -184,33 +185,17 @@ class _RopeStrategyModel:
 class ClinKDQwen2VLModel(_RopeStrategyModel, Qwen2VLModel):
     paper_rotary = PaperFrequencyRotaryEmbedding
 
-    def __init__(self, config: Qwen2VLConfig):
-        super().__init__(config)
-        self._use_rope_strategy(config)
-
 
 class ClinKDQwen2_5_VLModel(_RopeStrategyModel, Qwen2_5_VLModel):
     paper_rotary = PaperFrequencyRotaryEmbedding
-
-    def __init__(self, config: Qwen2_5_VLConfig):
-        super().__init__(config)
-        self._use_rope_strategy(config)
 
 
 class ClinKDQwen3VLModel(_RopeStrategyModel, Qwen3VLModel):
     paper_rotary = Qwen3VLPaperFrequencyRotaryEmbedding
 
-    def __init__(self, config: Qwen3VLConfig):
-        super().__init__(config)
-        self._use_rope_strategy(config)
-
 
 class ClinKDQwen3_5Model(_RopeStrategyModel, Qwen3_5Model):
     paper_rotary = Qwen3_5PaperFrequencyRotaryEmbedding
-
-    def __init__(self, config: Qwen3_5Config):
-        super().__init__(config)
-        self._use_rope_strategy(config)
 
 
 class MultiTokenPredictionWeights(nn.Module):
