@@ -418,8 +418,7 @@ def test_kd_pairs_need_one_tokenizer_so_families_do_not_mix(hub_checkpoints):
     or the whole vocabulary (Qwen3-VL → Qwen3.5) differ, and distillation refuses before any training."""
     from clinkd.recipes.distill import check_same_tokenizer
 
-    processors = {name: load_processor(hub_checkpoints[name]) for name in ("qwen2_vl", "qwen3_vl", "qwen3_vl_teacher", "qwen3_5")}
-    check_same_tokenizer(processors["qwen3_vl"], processors["qwen3_vl_teacher"], hub_checkpoints["qwen3_vl_teacher"])
+    processors = {name: load_processor(hub_checkpoints[name]) for name in ("qwen2_vl", "qwen3_vl", "qwen3_5")}
     for student, teacher in [("qwen3_vl", "qwen2_vl"), ("qwen3_5", "qwen3_vl")]:
         with pytest.raises(CheckpointError, match="differs from the student's"):
             check_same_tokenizer(processors[student], processors[teacher], hub_checkpoints[teacher])
