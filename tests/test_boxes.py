@@ -49,7 +49,8 @@ def test_med_grit_markup_becomes_qwen3_vl_json_and_back():
     assert json_to_markup(as_json) == answer
     assert json_to_markup(QWEN3_VL_ANSWER) == '<ref>left "kidney"</ref><box>(112,305),(498,702)</box><box>(40,60),(40,60)</box>'
     assert json_to_markup('It is {"bbox_2d": [1, 2, 3, 4]}.', "qwen2-vl") == "It is <|box_start|>(1,2),(3,4)<|box_end|>."
-    assert json_to_markup('{"bbox_2d": [9, 9, 1, 1]}') == '{"bbox_2d": [9, 9, 1, 1]}'  # a broken box is left as written
+    for broken in ('{"bbox_2d": [9, 9, 1, 1]}', '{"bbox_2d": [1, 2, 3, 4], "label": "a\\q"}'):  # a bad box or label
+        assert json_to_markup(broken) == broken  # is left as written
 
 
 def test_pixel_round_trip_is_lossless_in_float_and_for_integer_boxes():

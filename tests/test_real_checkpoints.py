@@ -394,6 +394,8 @@ def test_lora_resume_merge_and_infer_on_a_published_format_checkpoint(hub_checkp
 def test_a_qwen3_family_trains_on_its_json_answers(hub_checkpoints, tmp_path, name):
     """One optimiser step on Qwen3-VL's native answer format: the labels are the JSON box and <|im_end|>."""
     from clinkd.batching import IGNORE_INDEX, collator_for
+    from clinkd.config import TrainConfig
+    from clinkd.engine.sft import apply_freeze
     from clinkd.retrieval import RetrievalTargets
 
     model, processor = load_checkpoint(hub_checkpoints[name], min_pixels=112 * 112, max_pixels=112 * 112)
@@ -404,7 +406,9 @@ def test_a_qwen3_family_trains_on_its_json_answers(hub_checkpoints, tmp_path, na
     answer = batch["input_ids"][0][batch["labels"][0] != IGNORE_INDEX]
     assert processor.tokenizer.decode(answer) == '{"bbox_2d": [0, 0, 250, 500], "label": "liver"}<|im_end|>'
     assert "Where is the liver?<|im_end|>" in processor.tokenizer.decode(batch["input_ids"][0])
-    optimiser = torch.optim.SGD(model.parameters(), lr=1e-2)
+    apply_freeze(model, TrainConfig())  # Qwen3.5's MTP layer, loaded trainable, is frozen: it never runs
+    assert not any(param.requires_grad for param in getattr(model, "mtp", torch.nn.Module()).parameters())
+    optimiser = torch.optim.SGD([param for param in model.parameters() if param.requires_grad], lr=1e-2)
     model.train()(**batch).loss.backward()
     before = model.model.language_model.norm.weight.detach().clone()
     optimiser.step()

@@ -213,13 +213,15 @@ def json_to_markup(text: str, style: BoxStyle | str = BoxStyle.QWEN_VL) -> str:
     objects = list(JSON_OBJECT.finditer(text))
 
     def markup(match: re.Match) -> str:
+        found = match.group(0)
+        label = JSON_LABEL.search(found)
         try:
-            boxes, label = json_boxes(match.group(0)), JSON_LABEL.search(match.group(0))
-        except BoxError:
-            return match.group(0)
+            boxes, phrase = json_boxes(found), json.loads(f'"{label.group(1)}"') if label else None
+        except ValueError:  # a box off the 0–1000 grid, or a label that is no JSON string
+            return found
         if len(boxes) != 1:
-            return match.group(0)
-        return (format_ref(json.loads(f'"{label.group(1)}"'), style) if label else "") + boxes[0].to_text(style)
+            return found
+        return (format_ref(phrase, style) if phrase is not None else "") + boxes[0].to_text(style)
 
     rest = JSON_OBJECT.sub("", text)
     if objects and not re.sub(r"```(?:json)?|[\[\],\s]", "", rest):

@@ -53,10 +53,12 @@ class TrainResult:
 
 
 def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
-    """Freeze the requested parts and return the trainable parameter counts per part."""
+    """Freeze the requested parts, and what no part holds (Qwen3.5's MTP layer, kept but never run), and return the
+    trainable parameter counts per part."""
     parts = {part: [p for module in modules for p in module.parameters(recurse=False)] for part, modules in model_parts(model).items()}
     parts["llm"] += list(model.lm_head.parameters())
     frozen = frozen_parts(train_cfg)
+    model.requires_grad_(False)  # from_pretrained leaves loaded weights trainable; only the parts are set below
     for part, params in parts.items():
         for param in params:
             param.requires_grad_(not frozen[part])
