@@ -137,22 +137,40 @@ def caption_corpus(seed: int, size: int, empty_references: bool = False) -> tupl
 # ---- checkpoints in the exact published format (clinkd.testing.real_format), built once per session ----
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 QWEN2_VL, QWEN2_5_VL = REFERENCE / "qwen2-vl-2b-instruct", REFERENCE / "qwen2.5-vl-3b-instruct"
+QWEN3_VL, QWEN3_5 = REFERENCE / "qwen3-vl-4b-instruct", REFERENCE / "qwen3.5-0.8b"
+# A larger teacher of each family shares its student's vocabulary, as the paper's 7B teacher shares the 2B student's.
+HUB_CHECKPOINTS = {
+    "qwen2_vl": dict(reference_dir=QWEN2_VL),
+    "qwen2_vl_sharded": dict(reference_dir=QWEN2_VL, shards=2),
+    "qwen2_5_vl": dict(reference_dir=QWEN2_5_VL),
+    "qwen2_vl_teacher": dict(reference_dir=QWEN2_VL, seed=1,
+                             text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 6}),
+    "qwen3_vl": dict(reference_dir=QWEN3_VL),
+    "qwen3_vl_teacher": dict(reference_dir=QWEN3_VL, seed=1,
+                             text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 4, "num_attention_heads": 6}),
+    "qwen3_5": dict(reference_dir=QWEN3_5, stand_ins=QWEN3_VL),
+}
+
+
+class HubCheckpoints(dict):
+    """``{name: folder}`` of :data:`HUB_CHECKPOINTS`, each built (a few seconds) the first time a test asks for it."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> Path:
+        from clinkd.testing.real_format import build_hub_checkpoint
+
+        self[name] = build_hub_checkpoint(out_dir=self.root / name, **HUB_CHECKPOINTS[name])
+        return self[name]
 
 
 @pytest.fixture(scope="session")
 def hub_checkpoints(tmp_path_factory):
-    """``{name: folder}``: Qwen2-VL in one file and sharded, Qwen2.5-VL, and a larger Qwen2-VL teacher (3 layers,
-    width 96) sharing the vocabulary, as the paper's 7B teacher shares the 2B student's. Random bf16 weights."""
-    from clinkd.testing.real_format import build_hub_checkpoint
-
-    root = tmp_path_factory.mktemp("hub")
-    teacher_text = {"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 6}
-    return {
-        "qwen2_vl": build_hub_checkpoint(QWEN2_VL, root / "qwen2-vl"),
-        "qwen2_vl_sharded": build_hub_checkpoint(QWEN2_VL, root / "qwen2-vl-sharded", shards=2),
-        "qwen2_5_vl": build_hub_checkpoint(QWEN2_5_VL, root / "qwen2.5-vl"),
-        "qwen2_vl_teacher": build_hub_checkpoint(QWEN2_VL, root / "qwen2-vl-teacher", seed=1, text=teacher_text),
-    }
+    """``{name: folder}``: Qwen2-VL in one file and sharded, Qwen2.5-VL, Qwen3-VL, Qwen3.5, and a larger teacher of
+    Qwen2-VL (3 layers, width 96) and of Qwen3-VL (4 layers, width 96). Random bf16 weights, built on first use."""
+    return HubCheckpoints(tmp_path_factory.mktemp("hub"))
 
 
 def load_benchmark(name: str):

@@ -1,4 +1,5 @@
-"""Qwen2.5-VL pixel boxes: the resize matches the processor, rewriting round-trips, the hooks apply it."""
+"""Qwen2.5-VL pixel boxes (the resize matches the processor, rewriting round-trips, the hooks apply it) and
+Qwen3-VL's JSON boxes."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import random
 
 import pytest
 from PIL import Image
-from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3_5Config, Qwen3VLConfig
 
 from clinkd.batching import ChatExample, PromptCollator, TrainCollator
 from clinkd.data.records import Sample, Turn
-from clinkd.model.box_convention import PixelBoxes, RelativeBoxes, box_coordinates, image_size
+from clinkd.model.box_convention import JsonBoxes, PixelBoxes, RelativeBoxes, box_coordinates, image_size
 from clinkd.model.loading import save_checkpoint, set_pixel_budget
 from clinkd.model.processor import build_image_processor, load_processor
 
@@ -66,6 +67,14 @@ def test_qwen2_vl_keeps_relative_boxes_and_qwen2_5_vl_uses_pixels(tiny_processor
     assert box_coordinates(Qwen2VLConfig(), tiny_processor) == RelativeBoxes()
     assert isinstance(box_coordinates(Qwen2_5_VLConfig(), tiny_processor), PixelBoxes)
     assert RelativeBoxes().to_model("<box>(1,2),(3,4)</box>", (5, 5)) == "<box>(1,2),(3,4)</box>"
+
+
+def test_qwen3_families_read_and_write_json_boxes(tiny_processor):
+    assert box_coordinates(Qwen3VLConfig(), tiny_processor) == box_coordinates(Qwen3_5Config(), tiny_processor) == JsonBoxes()
+    answer = "<|object_ref_start|>liver<|object_ref_end|><|box_start|>(112,305),(498,702)<|box_end|>"
+    to_model = JsonBoxes().to_model(answer, (640, 480))
+    assert to_model == '{"bbox_2d": [112, 305, 498, 702], "label": "liver"}'  # relative 0–1000, whatever the size
+    assert JsonBoxes().from_model(to_model, (640, 480)) == "<ref>liver</ref><box>(112,305),(498,702)</box>"
 
 
 def test_image_size_is_the_size_given_to_the_processor(tmp_path):

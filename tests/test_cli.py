@@ -172,8 +172,8 @@ def test_convert_writes_16_bit_images_as_clinkd_reads_them(tmp_path):
 
 
 def test_convert_help_lists_the_box_styles_and_image_path_choices():
-    result = runner.invoke(app, ["convert", "--help"])
-    assert "qwen2-vl|qwen-vl" in result.output and "absolute|relative" in result.output
+    result = runner.invoke(app, ["convert", "--help"], env={"COLUMNS": "160"})  # the choices on one line
+    assert "qwen2-vl|qwen-vl|qwen3-vl" in result.output and "absolute|relative" in result.output
 
 
 def test_config_from_an_empty_folder_is_the_clinkd_recipe_with_its_built_in_presets(tmp_path, monkeypatch):

@@ -464,6 +464,10 @@ def test_dataset_info_is_merged_not_overwritten(tmp_path: Path, images: Path) ->
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
     }
     assert "<ref>liver</ref><box>(112,305),(498,702)</box>" in (tmp_path / "one.json").read_text()
+    write_sharegpt(samples, tmp_path, name="qwen3", box_style="qwen3-vl")  # Qwen3-VL's native JSON answers
+    assert json.loads((tmp_path / "qwen3.json").read_text())[0]["messages"][1]["content"] == (
+        '{"bbox_2d": [112, 305, 498, 702], "label": "liver"}'
+    )
     (tmp_path / DATASET_INFO_FILE).write_text("[1, 2", encoding="utf-8")
     with pytest.raises(DataError, match="not valid JSON.*not overwriting"):
         write_sharegpt(samples, tmp_path, name="three")

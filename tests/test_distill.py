@@ -44,7 +44,6 @@ from clinkd.distill.batches import model_inputs
 from clinkd.distill.pseudo import DROP_REASONS
 from clinkd.distill.report import render_distill
 from clinkd.distill.teacher_cache import MANIFEST
-from clinkd.engine import generate as generate_module
 from clinkd.engine.generate import answer_margins
 from clinkd.engine.sft import SftSettings, training_arguments
 from clinkd.losses import KDLossConfig, distillation_loss

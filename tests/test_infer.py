@@ -210,7 +210,7 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, png):
         (["--model", empty_dir, "--image", png, "--question", "liver"], "not a clinkd or Qwen2-VL checkpoint"),
         (["--model", broken, "--image", png, "--question", "liver"], f"{broken / 'config.json'} is damaged (JSONDecodeError: "),
         (["--model", weightless, "--image", png, "--question", "liver"], "not a loadable clinkd or Qwen2-VL checkpoint"),
-        (["--model", other, "--image", png, "--question", "liver"], "neither qwen2_vl nor qwen2_5_vl"),
+        (["--model", other, "--image", png, "--question", "liver"], "is not one of qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5"),
         (["--model", empty_dir, "--image", png, "--question", "liver", "--select", "vote"], "only selector is sasg"),
     ]
     for args, message in cases:

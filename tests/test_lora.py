@@ -54,6 +54,25 @@ def test_targets_follow_the_freeze_knobs(tiny_model):
         lora_targets(tiny_model, LoraConfig(), TrainConfig(freeze_vision_tower=True, freeze_merger=True, freeze_llm=True))
 
 
+def test_qwen3_vl_deepstack_mergers_belong_to_the_merger():
+    """freeze_merger freezes Qwen3-VL's DeepStack mergers with the merger; freezing the vision tower leaves them alone."""
+    from test_positions import tiny_qwen3vl_config
+
+    from clinkd.engine.sft import apply_freeze
+    from clinkd.model.loading import model_class_for
+
+    model = model_class_for(tiny_qwen3vl_config())(tiny_qwen3vl_config())
+    deepstack = list(model.model.visual.deepstack_merger_list.parameters())
+    counts = apply_freeze(model, TrainConfig(freeze_vision_tower=True))
+    assert all(param.requires_grad for param in deepstack) and counts["vision_tower"] == 0
+    assert counts["merger"] == sum(p.numel() for p in [*model.model.visual.merger.parameters(), *deepstack])
+    apply_freeze(model, TrainConfig(freeze_merger=True))
+    assert not any(param.requires_grad for param in deepstack)
+    assert all(param.requires_grad for param in model.model.visual.blocks.parameters())
+    fc1 = lora_targets(model, LoraConfig(target_modules=["linear_fc1"]), TrainConfig(freeze_vision_tower=True))
+    assert sorted(fc1) == ["model.visual.deepstack_merger_list.0.linear_fc1", "model.visual.merger.linear_fc1"]
+
+
 def test_wrapped_model_starts_at_the_base_and_trains_only_the_adapters(tiny_model, tiny_processor, synth_data):
     cfg = LoraConfig(r=4, alpha=8)
     batch = TrainCollator(tiny_processor)(training_examples(load_medgrit(synth_data / "train.json", synth_data / "images")[:2]))

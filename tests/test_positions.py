@@ -1,12 +1,14 @@
-"""Position ids of the three RoPE strategies: stock equality, the paper's equations, the official rule."""
+"""Position ids of the three RoPE strategies: stock equality (Qwen2-VL, Qwen3-VL and Qwen3.5's own ``get_rope_index``),
+the paper's equations (through each family's clinkd model), the official rule."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen2VLConfig, Qwen2VLModel
+from transformers import Qwen2VLConfig, Qwen2VLModel, Qwen3_5Config, Qwen3_5Model, Qwen3VLConfig, Qwen3VLModel
 
 from clinkd.model.positions import OFFICIAL, PAPER, STOCK, RopeStrategy, build_position_ids
+from clinkd.model.rope import MODEL_CLASSES, set_rope_strategy
 
 IMAGE, VIDEO, VISION_START, VISION_END = 90, 91, 92, 93
 MERGE = 2
@@ -26,6 +28,47 @@ def tiny_qwen2vl_config(**top_level) -> Qwen2VLConfig:
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
         vision_end_token_id=VISION_END, **top_level,
     )
+
+
+def tiny_qwen3vl_config(**top_level) -> Qwen3VLConfig:
+    """A 2-layer Qwen3-VL (head_dim 16: 8 rotation pairs interleaved as [4, 2, 2]) with 2×2-pixel patches, a 4×4
+    learned position grid and one DeepStack feature (vision block 0 into LLM layer 0)."""
+    return Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+            bos_token_id=0, eos_token_id=1, pad_token_id=0,
+        ),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, in_channels=3, patch_size=2,
+                           spatial_merge_size=MERGE, temporal_patch_size=2, out_hidden_size=32, num_position_embeddings=16,
+                           deepstack_visual_indexes=[0]),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END, tie_word_embeddings=True, **top_level,
+    )
+
+
+def tiny_qwen3_5_config(**top_level) -> Qwen3_5Config:
+    """A 2-layer Qwen3.5 (a Gated DeltaNet layer, then full attention: head_dim 32 · partial_rotary_factor 0.25 =
+    4 rotation pairs interleaved as [2, 1, 1]) with one MTP layer and 2×2-pixel patches."""
+    return Qwen3_5Config(
+        text_config=dict(
+            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=32, max_position_embeddings=512, layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=8, linear_value_head_dim=8,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "mrope_interleaved": True,
+                             "partial_rotary_factor": 0.25},
+            mtp_num_hidden_layers=1, bos_token_id=0, eos_token_id=1, pad_token_id=0,
+        ),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, in_channels=3, patch_size=2,
+                           spatial_merge_size=MERGE, temporal_patch_size=2, out_hidden_size=32, num_position_embeddings=16),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END, tie_word_embeddings=True, **top_level,
+    )
+
+
+FAMILY_CONFIGS = {"qwen2_vl": tiny_qwen2vl_config, "qwen3_vl": tiny_qwen3vl_config, "qwen3_5": tiny_qwen3_5_config}
+STOCK_MODELS = {"qwen2_vl": Qwen2VLModel, "qwen3_vl": Qwen3VLModel, "qwen3_5": Qwen3_5Model}
 
 
 def make_batch(specs: list[list], padding_side: str = "left", seed: int = 0) -> dict:
@@ -90,12 +133,20 @@ def image_runs(mm_row: torch.Tensor) -> list[tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def stock_model():
-    return Qwen2VLModel(tiny_qwen2vl_config())
+def stock_models():
+    """transformers' own inner model of each family (``get_rope_index`` reads only the config)."""
+    return {family: STOCK_MODELS[family](FAMILY_CONFIGS[family]()) for family in STOCK_MODELS}
 
 
+@pytest.fixture(scope="module")
+def stock_model(stock_models):
+    return stock_models["qwen2_vl"]
+
+
+@pytest.mark.parametrize("family", STOCK_MODELS)
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_stock_equals_transformers_get_rope_index(stock_model, padding_side):
+def test_stock_equals_transformers_get_rope_index(stock_models, family, padding_side):
+    stock_model = stock_models[family]
     generator = torch.Generator().manual_seed(1)
     for trial in range(40):
         batch = make_batch(random_specs(generator, 1 + trial % 4), padding_side, seed=trial)
@@ -146,17 +197,32 @@ def test_mcg_odd_square_grid_gives_integers():
     ]
 
 
+@pytest.fixture(scope="module")
+def mcg_rope_index():
+    """``{family: get_rope_index}`` of each family's clinkd inner model, by alpha (built once per alpha)."""
+    built = {}
+
+    def rope_index(family: str, alpha: tuple[float, float]):
+        if (family, alpha) not in built:
+            config = FAMILY_CONFIGS[family]()
+            set_rope_strategy(config, RopeStrategy(name="mcg", alpha=alpha))
+            built[family, alpha] = MODEL_CLASSES[family](config).model.get_rope_index
+        return built[family, alpha]
+
+    return rope_index
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
 @pytest.mark.parametrize("alpha", [(2.0, 2.0), (1.0, 1.0), (1.5, 3.0)])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_mcg_matches_the_paper_equations_for_every_image(alpha, padding_side):
+def test_mcg_matches_the_paper_equations_for_every_image(mcg_rope_index, family, alpha, padding_side):
     """Each patch at (α₁v⁽¹⁾ + λ₁, α₂v⁽²⁾ + λ₂) with the paper's λ, the next text at ℓ + wh + 1, and
-    equal gaps before and after the image on both axes."""
-    strategy = RopeStrategy(name="mcg", alpha=alpha)
+    equal gaps before and after the image on both axes: the ids each family's clinkd model computes."""
     generator = torch.Generator().manual_seed(2)
     checked = 0
     for trial in range(15):
         batch = make_batch(random_specs(generator, 3), padding_side, seed=trial)
-        ids, _ = positions(batch, strategy)
+        ids, _ = mcg_rope_index(family, alpha)(**batch)
         grids = iter(batch["image_grid_thw"].tolist() if batch["image_grid_thw"] is not None else [])
         for b in range(ids.shape[1]):
             valid = batch["attention_mask"][b].nonzero().flatten().tolist()

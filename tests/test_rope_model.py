@@ -1,4 +1,5 @@
-"""The clinkd Qwen2-VL / Qwen2.5-VL classes: stock equality, cached decoding, beams, save/load, frequencies."""
+"""The clinkd Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 classes: stock equality, cached decoding, beams, save/load,
+frequencies."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import json
 
 import pytest
 import torch
-from test_positions import IMAGE, MERGE, VIDEO, VISION_END, VISION_START, make_batch, tiny_qwen2vl_config
+from test_positions import (
+    IMAGE,
+    MERGE,
+    VIDEO,
+    VISION_END,
+    VISION_START,
+    make_batch,
+    tiny_qwen2vl_config,
+    tiny_qwen3_5_config,
+    tiny_qwen3vl_config,
+)
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -14,6 +25,8 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLForConditionalGeneration,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
 )
 
 import clinkd.model.loading  # noqa: F401 (registers the clinkd classes with AutoModelForImageTextToText)
@@ -21,7 +34,9 @@ from clinkd.model.positions import OFFICIAL, PAPER, STOCK, RopeStrategy
 from clinkd.model.rope import (
     ClinKDQwen2_5_VLForConditionalGeneration,
     ClinKDQwen2VLForConditionalGeneration,
-    PaperFrequencyRotaryEmbedding,
+    ClinKDQwen3_5ForConditionalGeneration,
+    ClinKDQwen3VLForConditionalGeneration,
+    frequency_axes,
     load_model_class,
     rope_strategy_of,
     set_rope_strategy,
@@ -46,8 +61,11 @@ def tiny_qwen2_5_vl_config() -> Qwen2_5_VLConfig:
     )
 
 
-CONFIGS = {"qwen2_vl": tiny_qwen2vl_config, "qwen2_5_vl": tiny_qwen2_5_vl_config}
-STOCK_CLASSES = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+CONFIGS = {"qwen2_vl": tiny_qwen2vl_config, "qwen2_5_vl": tiny_qwen2_5_vl_config, "qwen3_vl": tiny_qwen3vl_config,
+           "qwen3_5": tiny_qwen3_5_config}
+STOCK_CLASSES = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+                 "qwen3_vl": Qwen3VLForConditionalGeneration, "qwen3_5": Qwen3_5ForConditionalGeneration}
+QWEN3 = ["qwen3_vl", "qwen3_5"]
 
 
 def build(config_name: str = "qwen2_vl", strategy: RopeStrategy | None = None, seed: int = 0):
@@ -77,8 +95,8 @@ def test_stock_strategy_is_plain_transformers(config_name):
     torch.manual_seed(0)
     stock = STOCK_CLASSES[config_name](CONFIGS[config_name]()).eval()
     ours_state, stock_state = ours.state_dict(), stock.state_dict()
-    assert ours_state.keys() == stock_state.keys()
-    assert all(torch.equal(ours_state[key], stock_state[key]) for key in ours_state)
+    assert {key for key in ours_state if not key.startswith("mtp.")} == stock_state.keys()  # Qwen3.5 keeps its MTP layer
+    assert all(torch.equal(ours_state[key], stock_state[key]) for key in stock_state)
     inputs = model_inputs()
     assert torch.equal(logits(ours, inputs), logits(stock, inputs))
     generate = dict(max_new_tokens=3, do_sample=False)
@@ -94,11 +112,13 @@ STRATEGIES = {
 }
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_generate_cached_decoding_equals_a_full_recompute(strategy):
+@pytest.mark.parametrize("config_name, strategy", [("qwen2_vl", name) for name in STRATEGIES] + [
+    (family, name) for family in QWEN3 for name in ("mcg", "mcg-paper-frequency", "stock")])
+def test_generate_cached_decoding_equals_a_full_recompute(config_name, strategy):
     """Every step's logits from generate() (KV cache, positions last+1) equal a teacher-forced forward
-    over the final sequence, whose positions get_rope_index recomputes from scratch."""
-    model, inputs, new = build(strategy=STRATEGIES[strategy]), model_inputs(), 4
+    over the final sequence, whose positions get_rope_index recomputes from scratch (Qwen3.5: the Gated
+    DeltaNet layers' recurrent state too)."""
+    model, inputs, new = build(config_name, STRATEGIES[strategy]), model_inputs(), 4
     out = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                          output_logits=True, return_dict_in_generate=True)
     batch, length = inputs["input_ids"].shape
@@ -112,10 +132,10 @@ def test_generate_cached_decoding_equals_a_full_recompute(strategy):
         assert torch.allclose(step_logits, full[:, length - 1 + step], atol=1e-5, rtol=0), step
 
 
-@pytest.mark.parametrize("strategy", ["mcg", "official"])
-def test_forward_with_cache_continues_from_rope_deltas(strategy):
+@pytest.mark.parametrize("config_name, strategy", [("qwen2_vl", "mcg"), ("qwen2_vl", "official"), ("qwen3_vl", "mcg")])
+def test_forward_with_cache_continues_from_rope_deltas(config_name, strategy):
     """The forward path generate() does not take: no position ids, transformers adds ``rope_deltas``."""
-    model, inputs = build(strategy=STRATEGIES[strategy]), model_inputs([[3, (4, 4), 2, (2, 4), 3]])
+    model, inputs = build(config_name, STRATEGIES[strategy]), model_inputs([[3, (4, 4), 2, (2, 4), 3]])
     del inputs["attention_mask"]
     tokens = torch.tensor([[11, 12, 13]])
     with torch.no_grad():
@@ -138,14 +158,17 @@ def test_beam_search_under_mcg():
     assert torch.equal(sequences[:, :length], inputs["input_ids"].repeat_interleave(3, dim=0))
 
 
-def test_training_forward_backward_with_float_positions():
-    model, inputs = build(strategy=PAPER), model_inputs(padding_side="right")
+@pytest.mark.parametrize("config_name", ["qwen2_vl", *QWEN3])
+def test_training_forward_backward_with_float_positions(config_name):
+    model, inputs = build(config_name, PAPER), model_inputs(padding_side="right")
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     model.train()
     loss = model(**inputs, labels=labels).loss
     loss.backward()
     assert torch.isfinite(loss)
-    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    attention = next(layer.self_attn for layer in model.model.language_model.layers if hasattr(layer, "self_attn"))
+    assert attention.q_proj.weight.grad.abs().sum() > 0
+    assert all(param.grad is None for param in getattr(model, "mtp", torch.nn.Module()).parameters())  # kept, never trained
 
 
 @pytest.mark.parametrize("config_name", CONFIGS)
@@ -161,7 +184,7 @@ def test_save_and_reload_keeps_the_strategy_without_flags(tmp_path, config_name)
         reloaded.eval()
         assert type(reloaded) is clinkd_class
         assert reloaded.model.rope_strategy == strategy
-        assert isinstance(reloaded.model.language_model.rotary_emb, PaperFrequencyRotaryEmbedding)
+        assert isinstance(reloaded.model.language_model.rotary_emb, type(model.model).paper_rotary)
         ids, deltas = reloaded.model.get_rope_index(**inputs)
         assert torch.equal(ids, expected_ids[0]) and torch.equal(deltas, expected_ids[1])
         assert torch.equal(logits(reloaded, inputs), expected_logits)
@@ -170,7 +193,9 @@ def test_save_and_reload_keeps_the_strategy_without_flags(tmp_path, config_name)
 def test_load_model_class_picks_the_family():
     assert load_model_class(tiny_qwen2vl_config()) is ClinKDQwen2VLForConditionalGeneration
     assert load_model_class(tiny_qwen2_5_vl_config()) is ClinKDQwen2_5_VLForConditionalGeneration
-    with pytest.raises(ValueError, match="'llama' is neither"):
+    assert load_model_class(tiny_qwen3vl_config()) is ClinKDQwen3VLForConditionalGeneration
+    assert load_model_class(tiny_qwen3_5_config()) is ClinKDQwen3_5ForConditionalGeneration
+    with pytest.raises(ValueError, match="'llama' is not one of qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5"):
         load_model_class(LlamaConfig())
 
 
@@ -186,6 +211,23 @@ def test_paper_frequencies_restart_in_each_section():
     expected = [1.0, theta ** -0.5] + [1.0, theta ** (-1 / 3), theta ** (-2 / 3)] * 2
     assert torch.allclose(rotary.inv_freq, torch.tensor(expected), rtol=1e-6, atol=0)
     assert torch.equal(rotary.original_inv_freq, rotary.inv_freq)
+
+
+@pytest.mark.parametrize("config_name, sections, expected_axes", [
+    ("qwen3_vl", [4, 2, 2], [0, 1, 2, 0, 1, 2, 0, 0]),
+    ("qwen3_5", [2, 1, 1], [0, 1, 2, 0]),
+])
+def test_interleaved_frequency_axes_are_transformers_layout(config_name, sections, expected_axes):
+    """frequency_axes reproduces the stock rotary's interleaving, and each axis's paper ladder fills its pairs in order."""
+    assert frequency_axes(sections, interleaved=True).tolist() == expected_axes
+    stock_rotary = build(config_name).model.language_model.rotary_emb
+    by_axis = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 1, len(expected_axes)).clone()  # each axis's freqs = its index
+    assert stock_rotary.recomposition_frequencies(by_axis)[0, 0, : len(expected_axes)].tolist() == expected_axes
+    paper = build(config_name, RopeStrategy(name="mcg", frequency="paper")).model.language_model.rotary_emb
+    theta, axes = 10000.0, torch.tensor(expected_axes)
+    for axis, size in enumerate(sections):
+        ladder = [theta ** (-i / size) for i in range(size)]
+        assert torch.allclose(paper.inv_freq[axes == axis], torch.tensor(ladder), rtol=1e-6, atol=0), axis
 
 
 @pytest.mark.parametrize("name", ["qwen2vl", "mcg"])

@@ -9,6 +9,9 @@ Text conventions (``BoxStyle``):
 
 * ``qwen-vl``   — ``<ref>X</ref><box>(x1,y1),(x2,y2)</box>`` (BiRD / Med-GRIT files)
 * ``qwen2-vl``  — ``<|object_ref_start|>X<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``
+* ``qwen3-vl``  — Qwen3-VL's (and Qwen3.5's) native JSON, ``{"bbox_2d": [x1, y1, x2, y2], "label": "X"}``, on
+  the same 0–1000 scale; a lone ``<ref>X</ref>`` is written as plain ``X``. Answers may also hold
+  ``{"point_2d": [x, y]}``, read as the zero-size box at that point (:func:`json_boxes`).
 * ``plain``     — ``(x1,y1),(x2,y2)``
 
 Qwen2.5-VL uses absolute pixels of the resized image instead: see :meth:`Box.to_pixels` and
@@ -18,6 +21,7 @@ the float conversion is exact up to floating-point rounding.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -33,11 +37,12 @@ class BoxError(ValueError):
 class BoxStyle(str, Enum):
     QWEN_VL = "qwen-vl"
     QWEN2_VL = "qwen2-vl"
+    QWEN3_VL = "qwen3-vl"
     PLAIN = "plain"
 
 
 # The styles a model is trained to read and write (plain has no tags to find a box by).
-ModelBoxStyle = Literal["qwen2-vl", "qwen-vl"]
+ModelBoxStyle = Literal["qwen2-vl", "qwen-vl", "qwen3-vl"]
 
 
 def _pair_pattern(signed: bool = True) -> str:
@@ -47,15 +52,22 @@ def _pair_pattern(signed: bool = True) -> str:
 
 
 _PAIR = _pair_pattern()
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 BOX_PATTERNS = {
     BoxStyle.QWEN_VL: re.compile(rf"<box>\s*{_PAIR}\s*</box>"),
     BoxStyle.QWEN2_VL: re.compile(rf"<\|box_start\|>\s*{_PAIR}\s*<\|box_end\|>"),
+    BoxStyle.QWEN3_VL: re.compile(rf'"bbox_2d"\s*:\s*\[{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}\]'),
     BoxStyle.PLAIN: re.compile(_PAIR),
 }
+JSON_POINT = re.compile(rf'"point_2d"\s*:\s*\[{_NUMBER},{_NUMBER}\]')
+# One flat JSON object holding a bbox_2d or a point_2d, as Qwen3-VL writes them (alone, in a list, in a ```json block).
+JSON_OBJECT = re.compile(r'\{[^{}]*"(?:bbox|point)_2d"[^{}]*\}')
+JSON_LABEL = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
 # (opening, closing) markup of each style's boxes and referring phrases (PLAIN has none).
 BOX_TAGS = {BoxStyle.QWEN_VL: ("<box>", "</box>"), BoxStyle.QWEN2_VL: ("<|box_start|>", "<|box_end|>"), BoxStyle.PLAIN: ("", "")}
 REF_TAGS = {
-    BoxStyle.QWEN_VL: ("<ref>", "</ref>"), BoxStyle.QWEN2_VL: ("<|object_ref_start|>", "<|object_ref_end|>"), BoxStyle.PLAIN: ("", "")
+    BoxStyle.QWEN_VL: ("<ref>", "</ref>"), BoxStyle.QWEN2_VL: ("<|object_ref_start|>", "<|object_ref_end|>"),
+    BoxStyle.QWEN3_VL: ("", ""), BoxStyle.PLAIN: ("", ""),
 }
 # Any tagged box, in either tag style, with whatever is inside (validated separately).
 ANY_TAGGED_BOX = re.compile(r"<box>(.*?)</box>|<\|box_start\|>(.*?)<\|box_end\|>", re.DOTALL)
@@ -64,6 +76,10 @@ ANY_TAGGED_BOX = re.compile(r"<box>(.*?)</box>|<\|box_start\|>(.*?)<\|box_end\|>
 UNSIGNED_PAIR = re.compile(_pair_pattern(signed=False))
 UNSIGNED_TAGGED_BOX = re.compile(rf"(<box>|<\|box_start\|>)\s*{UNSIGNED_PAIR.pattern}\s*(</box>|<\|box_end\|>)")
 ANY_REF = re.compile(r"<ref>(.*?)</ref>|<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
+# A referring phrase directly followed by its box (groups: the phrase in either tag style, then the whole box).
+REF_THEN_BOX = re.compile(
+    r"(?:<ref>([^<]*)</ref>|<\|object_ref_start\|>([^<]*)<\|object_ref_end\|>)\s*(<box>.*?</box>|<\|box_start\|>.*?<\|box_end\|>)", re.DOTALL
+)
 
 
 def either_group(match: re.Match) -> str:
@@ -97,9 +113,18 @@ class Box:
     def to_text(self, style: BoxStyle | str = BoxStyle.QWEN2_VL) -> str:
         """Render with integer coordinates, e.g. ``<|box_start|>(1,2),(3,4)<|box_end|>``."""
         style = BoxStyle(style)
+        if style is BoxStyle.QWEN3_VL:
+            return self.to_json()
         coords = f"({round(self.x1)},{round(self.y1)}),({round(self.x2)},{round(self.y2)})"
         open_tag, close_tag = BOX_TAGS[style]
         return f"{open_tag}{coords}{close_tag}"
+
+    def to_json(self, label: str | None = None) -> str:
+        """Qwen3-VL's JSON object: ``{"bbox_2d": [1, 2, 3, 4]}``, with ``"label"`` when given."""
+        fields = {"bbox_2d": [round(self.x1), round(self.y1), round(self.x2), round(self.y2)]}
+        if label is not None:
+            fields["label"] = label
+        return json.dumps(fields, ensure_ascii=False)
 
     @classmethod
     def from_text(cls, text: str) -> "Box":
@@ -147,15 +172,16 @@ class Box:
 def parse_boxes(text: str, style: BoxStyle | str | None = None) -> list[Box]:
     """Every box in ``text``, in order.
 
-    With ``style=None`` tagged boxes of either style are read; bare ``(x1,y1),(x2,y2)`` pairs are
-    read only when the text has no tagged box. Raises :class:`BoxError` for a tagged box whose
-    content does not parse or breaks the 0–1000 corner convention.
+    With ``style=None`` tagged boxes of either style are read; without one, Qwen3-VL's JSON boxes
+    and points (:func:`json_boxes`); without those, bare ``(x1,y1),(x2,y2)`` pairs. Raises
+    :class:`BoxError` for a tagged box whose content does not parse or breaks the 0–1000 corner convention.
     """
     if style is not None:
-        return [_box_from_match(m) for m in BOX_PATTERNS[BoxStyle(style)].finditer(text)]
+        style = BoxStyle(style)
+        return json_boxes(text) if style is BoxStyle.QWEN3_VL else [_box_from_match(m) for m in BOX_PATTERNS[style].finditer(text)]
     tagged = list(ANY_TAGGED_BOX.finditer(text))
     if not tagged:
-        return [_box_from_match(m) for m in BOX_PATTERNS[BoxStyle.PLAIN].finditer(text)]
+        return json_boxes(text) or [_box_from_match(m) for m in BOX_PATTERNS[BoxStyle.PLAIN].finditer(text)]
     boxes = []
     for match in tagged:
         inner = either_group(match)
@@ -170,13 +196,49 @@ def _box_from_match(match: re.Match) -> Box:
     return Box(*(float(v) for v in match.groups()))
 
 
+def json_boxes(text: str) -> list[Box]:
+    """Every ``"bbox_2d": [x1, y1, x2, y2]`` and ``"point_2d": [x, y]`` in ``text`` (Qwen3-VL's answers), in order;
+    a point is the zero-size box at it. The numbers are read where they stand, so a truncated or fenced JSON
+    answer still gives its complete boxes."""
+    found = [(m.start(), _box_from_match(m)) for m in BOX_PATTERNS[BoxStyle.QWEN3_VL].finditer(text)]
+    found += [(m.start(), Box(*(float(v) for v in m.groups() * 2))) for m in JSON_POINT.finditer(text)]
+    return [box for _, box in sorted(found, key=lambda item: item[0])]
+
+
+def json_to_markup(text: str, style: BoxStyle | str = BoxStyle.QWEN_VL) -> str:
+    """Qwen3-VL's JSON boxes rewritten as ``<ref>label</ref><box>…</box>`` (in ``style``'s tags): each object with a
+    ``bbox_2d`` or ``point_2d`` becomes its markup; an answer that is nothing but such objects (in a list or a
+    ```json block) becomes their markup alone. Other text is kept; an object with a broken box is left as it is."""
+    style = BoxStyle(style)
+    objects = list(JSON_OBJECT.finditer(text))
+
+    def markup(match: re.Match) -> str:
+        found = match.group(0)
+        label = JSON_LABEL.search(found)
+        try:
+            boxes, phrase = json_boxes(found), json.loads(f'"{label.group(1)}"') if label else None
+        except ValueError:  # a box off the 0–1000 grid, or a label that is no JSON string
+            return found
+        if len(boxes) != 1:
+            return found
+        return (format_ref(phrase, style) if phrase is not None else "") + boxes[0].to_text(style)
+
+    rest = JSON_OBJECT.sub("", text)
+    if objects and not re.sub(r"```(?:json)?|[\[\],\s]", "", rest):
+        return "".join(markup(match) for match in objects)
+    return JSON_OBJECT.sub(markup, text)
+
+
 def convert_markup(text: str, style: BoxStyle | str) -> str:
     """Rewrite every ``<ref>``/box markup in ``text`` to ``style``; coordinates are unchanged.
 
     Boxes are validated on the way (a bad box raises :class:`BoxError`), so a converted file never
-    carries a box that the loaders would refuse.
+    carries a box that the loaders would refuse. In the ``qwen3-vl`` style a phrase followed by its box becomes
+    one JSON object, ``{"bbox_2d": […], "label": phrase}``.
     """
     style = BoxStyle(style)
+    if style is BoxStyle.QWEN3_VL:
+        text = REF_THEN_BOX.sub(lambda m: Box.from_text(m.group(3)).to_json(either_group(m).strip()), text)
 
     def box(match: re.Match) -> str:
         return Box.from_text(match.group(0)).to_text(style)

@@ -394,7 +394,7 @@ def convert(
     images: Path = typer.Option(..., "--images", help="image folder"),
     out: Path = typer.Option(..., "--out", help="output folder for <name>.json and dataset_info.json"),
     name: str = typer.Option("clinkd_medgrit", "--name", help="dataset name in dataset_info.json"),
-    box_style: ModelBoxStyle = typer.Option("qwen2-vl", "--box-style", help="markup written: qwen2-vl <|box_start|> tokens or Qwen-VL <box> tags"),
+    box_style: ModelBoxStyle = typer.Option("qwen2-vl", "--box-style", help="markup written: qwen2-vl <|box_start|> tokens, Qwen-VL <box> tags or qwen3-vl JSON (Qwen3-VL, Qwen3.5)"),
     image_paths: ImagePaths = typer.Option("absolute", "--image-paths", help="relative: to --out (LLaMA-Factory's default media_dir), so the folder can move"),
     on_error: OnError = typer.Option("skip", "--on-error", help="skip: skip and count bad records; stop: fail on the first"),
 ):

@@ -75,7 +75,7 @@ class DataConfig(_Section):
     synth: SynthConfig = SynthConfig()
     on_error: Literal["skip", "stop"] = "skip"
     box_style: ModelBoxStyle = Field(
-        "qwen2-vl", description="box/ref markup the model is trained to read and write"
+        "qwen2-vl", description="box/ref markup the model is trained to read and write; Qwen3-VL and Qwen3.5 always use their JSON"
     )
     train_turns: Literal["split", "multi"] = Field(
         "split", description="split: one sample per QA turn (matches the one-turn test files); multi: one per image"

@@ -18,7 +18,7 @@ from clinkd.batching import IGNORE_INDEX
 from clinkd.boxes import BOX_TAGS, BoxStyle, parse_boxes
 from clinkd.config import ConfigError, TrainConfig
 from clinkd.losses.retrieval import attention_target_loss, cell_weights
-from clinkd.model.box_convention import PixelBoxes, box_coordinates
+from clinkd.model.box_convention import JsonBoxes, PixelBoxes, box_coordinates
 
 
 @dataclass
@@ -45,7 +45,10 @@ class RetrievalTargets:
     def for_model(cls, model, processor) -> RetrievalTargets:
         tokenizer = processor.tokenizer
         ids = tokenizer.convert_tokens_to_ids
-        pixels = isinstance(box_coordinates(model.config, processor), PixelBoxes)
+        convention = box_coordinates(model.config, processor)
+        if isinstance(convention, JsonBoxes):  # the supervised span is found by the box tokens, which JSON answers lack
+            raise ValueError(f"train.retrieval_loss: {model.config.model_type} answers boxes as JSON, without box tokens to supervise")
+        pixels = isinstance(convention, PixelBoxes)
         box_start, box_end = (ids(tag) for tag in BOX_TAGS[BoxStyle.QWEN2_VL])  # the special tokens both families write
         return cls(box_start, box_end, model.config.image_token_id,
                    model.config.vision_config.spatial_merge_size, tokenizer.decode,

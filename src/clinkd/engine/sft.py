@@ -24,7 +24,7 @@ from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.engine.distributed import deepspeed_cpu_state, is_main_process, save_trained
 from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.loading import checked_from_pretrained, folder_damage
-from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, trainable_parameters
+from clinkd.model.lora import ADAPTER_DIR, apply_lora, frozen_parts, is_lora, model_parts, trainable_parameters
 from clinkd.progress import RichProgressCallback, console
 from clinkd.retrieval import RetrievalSupervision
 
@@ -56,13 +56,12 @@ class TrainResult:
 
 
 def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
-    """Freeze the requested parts and return the trainable parameter counts per part."""
-    parts = {
-        "vision_tower": [p for n, p in model.model.visual.named_parameters() if not n.startswith("merger.")],
-        "merger": list(model.model.visual.merger.parameters()),
-        "llm": list(model.model.language_model.parameters()) + list(model.lm_head.parameters()),
-    }
-    frozen = {"vision_tower": train_cfg.freeze_vision_tower, "merger": train_cfg.freeze_merger, "llm": train_cfg.freeze_llm}
+    """Freeze the requested parts, and what no part holds (Qwen3.5's MTP layer, kept but never run), and return the
+    trainable parameter counts per part."""
+    parts = {part: [p for module in modules for p in module.parameters(recurse=False)] for part, modules in model_parts(model).items()}
+    parts["llm"] += list(model.lm_head.parameters())
+    frozen = frozen_parts(train_cfg)
+    model.requires_grad_(False)  # from_pretrained leaves loaded weights trainable; only the parts are set below
     for part, params in parts.items():
         for param in params:
             param.requires_grad_(not frozen[part])

@@ -1,4 +1,12 @@
-"""Box coordinates as each model family reads and writes them; clinkd's data and metrics stay on 0–1000.
+"""Boxes as each model family reads and writes them; clinkd's data and metrics stay on 0–1000 markup.
+
+One answer format per family (what training answers are rewritten to, and what responses are read back from):
+
+| family | coordinates | answer format | convention |
+|---|---|---|---|
+| Qwen2-VL | 0–1000 of the image | ``data.box_style`` markup, e.g. ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` | :class:`RelativeBoxes` |
+| Qwen2.5-VL | pixels of the resized image | ``data.box_style`` markup, pixel numbers | :class:`PixelBoxes` |
+| Qwen3-VL, Qwen3.5 | 0–1000 of the image, integers | JSON, ``{"bbox_2d": [x1, y1, x2, y2], "label": "liver"}`` | :class:`JsonBoxes` |
 
 * Qwen2-VL: ``(x1,y1),(x2,y2)`` on the 0–1000 scale of the image (clinkd's canonical form), so
   :class:`RelativeBoxes` leaves text unchanged.
@@ -7,6 +15,9 @@
   into ``[min_pixels, max_pixels]``). :class:`PixelBoxes` rewrites prompts and training answers
   0–1000 → pixels on the way in, and responses pixels → 0–1000 on the way out, so evaluation always
   runs on 0–1000.
+* Qwen3-VL and Qwen3.5: integers on a 0–1000 grid relative to the image, as clinkd's, written natively as
+  JSON. :class:`JsonBoxes` rewrites prompts and answers into that JSON on the way in and responses back
+  into Med-GRIT markup on the way out (``{"point_2d": [x, y]}`` reads as the zero-size box at the point).
 
 For a resized image of ``W × H`` pixels: ``x_px = round(x · W / 1000)`` and back
 ``x = clamp(round(x_px · 1000 / W), 0, 1000)`` (likewise ``y`` with ``H``). A 0–1000 integer survives
@@ -38,7 +49,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from clinkd.boxes import BOX_TAGS, SCALE, UNSIGNED_PAIR, UNSIGNED_TAGGED_BOX, format_ref
+from clinkd.boxes import BOX_TAGS, SCALE, UNSIGNED_PAIR, UNSIGNED_TAGGED_BOX, BoxStyle, convert_markup, format_ref, json_to_markup
 from clinkd.images import decoded_size
 
 Size = tuple[int, int]  # (width, height) in pixels
@@ -92,14 +103,27 @@ class PixelBoxes:
         return lambda x, y: (_clamp(round(x * SCALE / width)), _clamp(round(y * SCALE / height)))
 
 
-BoxCoordinates = RelativeBoxes | PixelBoxes
+@dataclass(frozen=True)
+class JsonBoxes:
+    """Qwen3-VL and Qwen3.5: the same 0–1000 numbers, as JSON objects (see the module docstring)."""
+
+    def to_model(self, text: str, image_size: Size) -> str:
+        return convert_markup(text, BoxStyle.QWEN3_VL)
+
+    def from_model(self, text: str, image_size: Size) -> str:
+        return json_to_markup(text)
+
+
+BoxCoordinates = RelativeBoxes | PixelBoxes | JsonBoxes
+JSON_FAMILIES = ("qwen3_vl", "qwen3_5")
 
 
 def box_coordinates(model_config, processor) -> BoxCoordinates:
     """The convention of a model (by its config's ``model_type``) with the budget of its processor."""
-    if getattr(model_config, "model_type", None) == "qwen2_5_vl":
+    model_type = getattr(model_config, "model_type", None)
+    if model_type == "qwen2_5_vl":
         return PixelBoxes.from_processor(processor)
-    return RelativeBoxes()
+    return JsonBoxes() if model_type in JSON_FAMILIES else RelativeBoxes()
 
 
 def image_size(path: str | Path, square_size: int | None = None, max_pixels: int | None = None) -> Size:

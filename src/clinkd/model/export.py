@@ -1,8 +1,10 @@
 """``clinkd export``: a trained model as a folder that loads without clinkd installed.
 
 * Stock positions (``rope.name: qwen2vl``, no paper frequencies): a plain ``Qwen2VLForConditionalGeneration``
-  (or ``Qwen2_5_VL…``) checkpoint: ``architectures`` names the stock class and no clinkd key is left in
-  ``config.json``.
+  (or ``Qwen2_5_VL…``, ``Qwen3VL…``, ``Qwen3_5…``) checkpoint: ``architectures`` names the stock class (the
+  processor files name the stock processors, as every saved model's do) and no clinkd key is left in
+  ``config.json``. A Qwen3.5 export keeps its MTP layer (``mtp.*``), which stock transformers skips on load and
+  serving engines use for speculative decoding.
 * Any other strategy (MCG-RoPE, the released patch, paper frequencies): the same weights plus clinkd's
   own modeling file and position maths as remote code (``modeling_clinkd.py`` = :mod:`clinkd.model.rope`,
   ``positions.py`` = :mod:`clinkd.model.positions`, copied as they are) and an ``auto_map``, so
@@ -26,7 +28,12 @@ from clinkd.model.loading import CheckpointError, is_checkpoint, load_checkpoint
 from clinkd.model.positions import STOCK
 
 REMOTE_MODELING = "modeling_clinkd"
-STOCK_MODELS = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+STOCK_MODELS = {
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_5": "Qwen3_5ForConditionalGeneration",
+}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """One entry point for models: a tiny one built from a config, or a local checkpoint from disk.
 
 Both return the same pair (model, processor), so every stage runs the same code on the
-embedded default and on a real Qwen2-VL/Qwen2.5-VL checkpoint.
+embedded default and on a real Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig
+from transformers import AutoModelForImageTextToText
 
 from clinkd.config import ModelConfig
 from clinkd.io import match_umask, unreachable_reason
@@ -27,8 +27,8 @@ from clinkd.model.tokenizer import train_tokenizer
 
 # AutoModelForImageTextToText.from_pretrained(a clinkd checkpoint) returns the clinkd class (not done in
 # rope.py: as an export's remote code it must not take over stock Qwen2-VL loads in the user's process).
-AutoModelForImageTextToText.register(Qwen2VLConfig, MODEL_CLASSES["qwen2_vl"], exist_ok=True)
-AutoModelForImageTextToText.register(Qwen2_5_VLConfig, MODEL_CLASSES["qwen2_5_vl"], exist_ok=True)
+for _model_class in MODEL_CLASSES.values():
+    AutoModelForImageTextToText.register(_model_class.config_class, _model_class, exist_ok=True)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECKPOINT_FILES = ("config.json",)
@@ -100,7 +100,7 @@ def check_files(folder: str | Path) -> None:
 
 
 def model_class_for(config):
-    """The clinkd class (stock positions unless the config records a strategy) for a Qwen2-VL or Qwen2.5-VL config."""
+    """The clinkd class (stock positions unless the config records a strategy) for a config of a supported family."""
     try:
         return load_model_class(config)
     except ValueError as error:

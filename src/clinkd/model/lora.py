@@ -47,18 +47,32 @@ def _require_peft():
     return peft
 
 
+def model_parts(model) -> dict[str, list[nn.Module]]:
+    """The modules of each part the ``train.freeze_*`` knobs name: the vision tower, the merger (with Qwen3-VL's
+    DeepStack mergers, which also project vision features into the LLM) and the LLM (without ``lm_head``)."""
+    visual = model.model.visual
+    mergers = [visual.merger, *getattr(visual, "deepstack_merger_list", ())]
+    merger = [module for merger in mergers for module in merger.modules()]
+    in_merger = {id(module) for module in merger}
+    return {
+        "vision_tower": [module for module in visual.modules() if id(module) not in in_merger],
+        "merger": merger,
+        "llm": list(model.model.language_model.modules()),
+    }
+
+
+def frozen_parts(train_cfg: TrainConfig) -> dict[str, bool]:
+    """Which of :func:`model_parts` the ``train.freeze_*`` knobs freeze."""
+    return {"vision_tower": train_cfg.freeze_vision_tower, "merger": train_cfg.freeze_merger, "llm": train_cfg.freeze_llm}
+
+
 def lora_targets(model, lora_cfg: LoraConfig, train_cfg: TrainConfig) -> list[str]:
     """Full module names of the ``nn.Linear`` layers that get adapters (see the module docstring).
 
     Raises ``ValueError`` when no layer qualifies, naming the targets and the frozen parts.
     """
-    visual = model.model.visual
-    merger = {id(module) for module in visual.merger.modules()}
-    parts = {
-        "vision_tower": ({id(module) for module in visual.modules()} - merger, train_cfg.freeze_vision_tower),
-        "merger": (merger, train_cfg.freeze_merger),
-        "llm": ({id(module) for module in model.model.language_model.modules()}, train_cfg.freeze_llm),
-    }
+    frozen = frozen_parts(train_cfg)
+    parts = {part: ({id(module) for module in modules}, frozen[part]) for part, modules in model_parts(model).items()}
     allowed = set().union(*(ids for ids, frozen in parts.values() if not frozen))
     wanted = set(lora_cfg.target_modules)
     targets = [

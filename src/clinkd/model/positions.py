@@ -1,4 +1,5 @@
 """M-RoPE position ids for Qwen2-VL: the stock rule, the paper's MCG-RoPE and the released ClinKD patch.
+Qwen2.5-VL, Qwen3-VL and Qwen3.5 place images by the same rule (their ``get_rope_index`` differs for videos only).
 
 One vectorised function, :func:`build_position_ids`, builds the ``3 × B × L`` (temporal, height,
 width) position ids and the ``B × 1`` rope deltas of a padded batch for any of three strategies.

@@ -1,5 +1,5 @@
-"""The Qwen2-VL processor without torchvision, the processor files stock tools load, and the image preparation both
-paths share."""
+"""The Qwen2-VL processor without torchvision (Qwen3-VL's and Qwen3.5's process images the same way), the processor
+files stock tools load, and the image preparation both paths share."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image
-from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
+from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen2VLProcessor, Qwen3_5Config, Qwen3VLConfig
 from transformers.processing_utils import ProcessorMixin
 
 from clinkd.images import PATCH_SIZE, read_rgb
@@ -21,6 +21,8 @@ class ClinKDProcessor(Qwen2VLProcessor):
 
     The stock class always builds a video processor, which needs torchvision; images are all
     Med-GRIT has. ``ProcessorMixin`` reads the attributes from this ``__init__`` signature.
+    ``Qwen3VLProcessor`` (Qwen3-VL, Qwen3.5) differs only in its videos (frames between timestamp texts), so
+    this class serves every family; patch size, merge size, mean/std and budget come from the checkpoint's files.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -32,7 +34,8 @@ class ClinKDProcessor(Qwen2VLProcessor):
 
 
 # Without this, AutoProcessor.from_pretrained silently returns only the tokenizer for our checkpoints.
-AutoProcessor.register(Qwen2VLConfig, ClinKDProcessor, exist_ok=True)
+for _config_class in (Qwen2VLConfig, Qwen2_5_VLConfig, Qwen3VLConfig, Qwen3_5Config):
+    AutoProcessor.register(_config_class, ClinKDProcessor, exist_ok=True)
 
 
 def build_image_processor(min_pixels: int, max_pixels: int):
@@ -59,6 +62,8 @@ def build_processor(tokenizer, min_pixels: int, max_pixels: int) -> ClinKDProces
 STOCK_PROCESSORS = {
     "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLVideoProcessor"),
     "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor"),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
+    "qwen3_5": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
 }
 # The keys of a published video_preprocessor_config.json (Qwen3-VL's), taken from the image processor: one vision
 # tower reads both, and a Qwen2-VL hub folder gives its video processor the image processor's file too.
@@ -91,7 +96,7 @@ def save_processor(processor: ClinKDProcessor, folder: str | Path, model_type: s
 
 
 def load_processor(path: str | Path) -> ClinKDProcessor:
-    """Load a saved clinkd processor or a real Qwen2-VL/Qwen2.5-VL checkpoint's, without torchvision."""
+    """Load a saved clinkd processor or a real checkpoint's (any supported family), without torchvision."""
     return ClinKDProcessor.from_pretrained(str(path))
 
 

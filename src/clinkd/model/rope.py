@@ -1,4 +1,5 @@
-"""Qwen2-VL / Qwen2.5-VL models whose M-RoPE positions follow a :class:`RopeStrategy` recorded in the config.
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 models whose M-RoPE positions follow a :class:`RopeStrategy`
+recorded in the config.
 
 The strategy lives in ``config.clinkd_rope`` (a plain dict, written by :func:`set_rope_strategy`), so
 ``save_pretrained`` → ``from_pretrained`` restores the same positions with no flags. A config without
@@ -10,7 +11,11 @@ Only two things change relative to transformers:
   through ``_prepare_position_ids_for_generation``) builds the ids with
   :func:`clinkd.model.positions.build_position_ids`;
 * with ``frequency="paper"`` the LLM's rotary embedding restarts the frequency ladder inside each
-  t/h/w section (:class:`PaperFrequencyRotaryEmbedding`).
+  t/h/w section (:class:`PaperFrequencyRotaryEmbedding` and its Qwen3 siblings, which keep the interleaved
+  layout of the rotation pairs).
+
+Qwen3.5 checkpoints also hold a multi-token-prediction layer (``mtp.*``) that transformers drops on load;
+the clinkd class keeps it as frozen weights (:class:`MultiTokenPredictionWeights`) so that a save writes it back.
 
 For a config without ``clinkd_rope`` the classes behave exactly like the stock ones. This module imports
 nothing from clinkd but :mod:`clinkd.model.positions`, so an exported model carries both files as its
@@ -32,18 +37,24 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLModel,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5Model,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLModel,
 )
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding
+from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5DecoderLayer, Qwen3_5RMSNorm, Qwen3_5TextRotaryEmbedding
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
 
 # Relative on purpose: ``clinkd export`` ships this file (as modeling_clinkd.py) and positions.py as remote code.
 from .positions import STOCK, RopeStrategy, build_position_ids
 
 ROPE_CONFIG_KEY = "clinkd_rope"
 GUARDED_ROPE_TYPE = "clinkd_positions__load_with_trust_remote_code"
-# transformers' Qwen2VLRotaryEmbedding falls back to this split when the config has no mrope_section.
-DEFAULT_MROPE_SECTION = (16, 24, 24)
 
 
 def rope_strategy_of(config) -> RopeStrategy:
@@ -63,12 +74,28 @@ def set_rope_strategy(config, strategy: RopeStrategy) -> None:
     setattr(config, ROPE_CONFIG_KEY, strategy.to_dict())
 
 
-class PaperFrequencyRotaryEmbedding(Qwen2VLRotaryEmbedding):
+def frequency_axes(sections, interleaved: bool) -> torch.Tensor:
+    """The axis (0 = t, 1 = h, 2 = w) each rotation pair of the rotated head dimensions turns with.
+
+    Qwen2-VL and Qwen2.5-VL cut the pairs into consecutive t, h, w blocks of ``sections`` pairs; Qwen3-VL and
+    Qwen3.5 interleave them (pair ``i`` is h when ``i ≡ 1 (mod 3)`` and ``i < 3·s_h``, w when ``i ≡ 2`` and
+    ``i < 3·s_w``, t otherwise), as their rotary embedding's ``recomposition_frequencies`` does.
+    """
+    t, h, w = sections
+    if not interleaved:
+        return torch.tensor([0] * t + [1] * h + [2] * w)
+    return torch.tensor([1 if i % 3 == 1 and i < 3 * h else 2 if i % 3 == 2 and i < 3 * w else 0 for i in range(t + h + w)])
+
+
+class _PaperFrequencies:
     """M-RoPE with the paper's per-axis frequencies: section ``a`` of ``s_a`` rotation pairs uses
     ``ω_i = θ^(−2i/d_a)``, ``d_a = 2·s_a``, ``i = 0 … s_a−1`` (stock M-RoPE slices one ladder
-    ``θ^(−2i/d)`` over the whole head instead). The t/h/w split is the config's ``mrope_section``;
-    ``θ`` is its ``rope_theta``. Qwen2.5-VL's text rotary embedding is the same computation.
+    ``θ^(−2i/d)`` over the rotated dimensions instead). The t/h/w split is the config's ``mrope_section``;
+    ``θ`` is its ``rope_theta``; each axis's ladder fills that axis's pairs in order (:func:`frequency_axes`).
     """
+
+    interleaved = False  # the family's pair layout (see frequency_axes)
+    default_sections: tuple[int, int, int]  # what the family's rotary embedding uses without mrope_section
 
     def __init__(self, config):
         if config.rope_parameters["rope_type"] != "default":
@@ -78,25 +105,53 @@ class PaperFrequencyRotaryEmbedding(Qwen2VLRotaryEmbedding):
             )
         super().__init__(config)
 
-    @staticmethod
-    def compute_default_rope_parameters(config, **kwargs) -> tuple[torch.Tensor, float]:
+    @classmethod
+    def compute_default_rope_parameters(cls, config, device=None, **kwargs) -> tuple[torch.Tensor, float]:
         """``(inv_freq[d/2], attention_scaling=1)`` with the ladder restarted in every section."""
-        base = config.rope_parameters["rope_theta"]
-        sections = config.rope_parameters.get("mrope_section", DEFAULT_MROPE_SECTION)
+        parameters = config.rope_parameters
+        base = parameters["rope_theta"]
+        sections = parameters.get("mrope_section", cls.default_sections)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        if 2 * sum(sections) != head_dim:
-            raise ValueError(f"rope_parameters.mrope_section {list(sections)} must sum to head_dim/2 = {head_dim // 2}")
-        ladders = [1.0 / base ** (torch.arange(0, 2 * s, 2, dtype=torch.float) / (2 * s)) for s in sections if s]
-        return torch.cat(ladders), 1.0
+        rotated = int(head_dim * parameters.get("partial_rotary_factor", 1.0))
+        if 2 * sum(sections) != rotated:
+            raise ValueError(f"rope_parameters.mrope_section {list(sections)} must sum to the rotated pairs, {rotated // 2}")
+        axes = frequency_axes(sections, cls.interleaved)
+        inv_freq = torch.empty(rotated // 2)
+        for axis, size in enumerate(sections):
+            inv_freq[axes == axis] = 1.0 / base ** (torch.arange(0, 2 * size, 2, dtype=torch.float) / (2 * size))
+        return inv_freq.to(device), 1.0
+
+
+class PaperFrequencyRotaryEmbedding(_PaperFrequencies, Qwen2VLRotaryEmbedding):
+    """Qwen2-VL's (and Qwen2.5-VL's, the same computation) rotary embedding with the paper's frequencies."""
+
+    default_sections = (16, 24, 24)
+
+
+class Qwen3VLPaperFrequencyRotaryEmbedding(_PaperFrequencies, Qwen3VLTextRotaryEmbedding):
+    """Qwen3-VL's interleaved rotary embedding with the paper's frequencies."""
+
+    interleaved = True
+    default_sections = (24, 20, 20)
+
+
+class Qwen3_5PaperFrequencyRotaryEmbedding(_PaperFrequencies, Qwen3_5TextRotaryEmbedding):
+    """Qwen3.5's interleaved, partial (``partial_rotary_factor``) rotary embedding with the paper's frequencies."""
+
+    interleaved = True
+    default_sections = (11, 11, 10)
 
 
 class _RopeStrategyModel:
-    """Mixin for ``Qwen2VLModel``/``Qwen2_5_VLModel``: the strategy's rotary and ``get_rope_index``."""
+    """Mixin for the families' inner models (``Qwen2VLModel`` …): the strategy's rotary and ``get_rope_index``."""
 
-    def _use_rope_strategy(self, config) -> None:
+    paper_rotary: type  # the family's rotary embedding with the paper's frequencies
+
+    def __init__(self, config):
+        super().__init__(config)
         self.rope_strategy = rope_strategy_of(config)
         if self.rope_strategy.frequency == "paper":
-            self.language_model.rotary_emb = PaperFrequencyRotaryEmbedding(config.text_config)
+            self.language_model.rotary_emb = self.paper_rotary(config.text_config)
 
     def get_rope_index(
         self,
@@ -111,6 +166,8 @@ class _RopeStrategyModel:
         """``(position_ids[3, B, L], rope_deltas[B, 1])`` under ``self.rope_strategy``.
 
         Keyword-only ``attention_mask``: Qwen2.5-VL's parent takes ``second_per_grid_ts`` in that slot.
+        Qwen3-VL and Qwen3.5 place images exactly as Qwen2-VL does (their videos, split into frames between
+        timestamp texts, go to the parent under the stock strategy).
         """
         if video_grid_thw is not None and self.rope_strategy.name == "qwen2vl":
             return super().get_rope_index(
@@ -126,15 +183,42 @@ class _RopeStrategyModel:
 
 
 class ClinKDQwen2VLModel(_RopeStrategyModel, Qwen2VLModel):
-    def __init__(self, config: Qwen2VLConfig):
-        super().__init__(config)
-        self._use_rope_strategy(config)
+    paper_rotary = PaperFrequencyRotaryEmbedding
 
 
 class ClinKDQwen2_5_VLModel(_RopeStrategyModel, Qwen2_5_VLModel):
-    def __init__(self, config: Qwen2_5_VLConfig):
-        super().__init__(config)
-        self._use_rope_strategy(config)
+    paper_rotary = PaperFrequencyRotaryEmbedding
+
+
+class ClinKDQwen3VLModel(_RopeStrategyModel, Qwen3VLModel):
+    paper_rotary = Qwen3VLPaperFrequencyRotaryEmbedding
+
+
+class ClinKDQwen3_5Model(_RopeStrategyModel, Qwen3_5Model):
+    paper_rotary = Qwen3_5PaperFrequencyRotaryEmbedding
+
+
+class MultiTokenPredictionWeights(nn.Module):
+    """Qwen3.5's multi-token-prediction layer as published (``mtp.fc``, ``mtp.layers.N`` full-attention decoder
+    layers, ``mtp.norm``, ``mtp.pre_fc_norm_hidden``, ``mtp.pre_fc_norm_embedding``; embeddings and head shared
+    with the model). transformers has no such module and drops ``mtp.*`` on load; clinkd keeps the weights,
+    frozen and never run, so that a saved model still serves with speculative decoding."""
+
+    def __init__(self, config):
+        super().__init__()
+        text_config = config.text_config
+        if getattr(text_config, "mtp_use_dedicated_embeddings", False):
+            raise ValueError("text_config.mtp_use_dedicated_embeddings: an MTP layer with its own embeddings is not supported")
+        hidden, eps = text_config.hidden_size, text_config.rms_norm_eps
+        full_attention = text_config.layer_types.index("full_attention")  # the layer index only picks the layer type
+        self.fc = nn.Linear(2 * hidden, hidden, bias=False)
+        self.layers = nn.ModuleList(
+            Qwen3_5DecoderLayer(text_config, full_attention) for _ in range(text_config.mtp_num_hidden_layers)
+        )
+        self.norm = Qwen3_5RMSNorm(hidden, eps=eps)
+        self.pre_fc_norm_hidden = Qwen3_5RMSNorm(hidden, eps=eps)
+        self.pre_fc_norm_embedding = Qwen3_5RMSNorm(hidden, eps=eps)
+        self.requires_grad_(False)
 
 
 def guard_rope_type(config) -> None:
@@ -142,9 +226,10 @@ def guard_rope_type(config) -> None:
     config.text_config.rope_parameters["rope_type"] = GUARDED_ROPE_TYPE
 
 
-def _build_generation_model(self: PreTrainedModel, config, model_class: type) -> None:
+def _build_generation_model(self: PreTrainedModel, config, model_class: type, **extra_modules) -> None:
     """The body of the stock ``__init__`` with ``model_class`` as the inner model, so no stock inner
     model is built and thrown away and, under a fixed seed, the weights equal the stock class's.
+    ``extra_modules`` (classes built from ``config`` after the stock modules) join before the weights are initialised.
     A guarded rope type is built as ``default`` and recorded again afterwards."""
     rope_parameters = config.text_config.rope_parameters
     guarded = rope_parameters.get("rope_type") == GUARDED_ROPE_TYPE
@@ -154,6 +239,8 @@ def _build_generation_model(self: PreTrainedModel, config, model_class: type) ->
         PreTrainedModel.__init__(self, config)
         self.model = model_class(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        for name, build in extra_modules.items():
+            setattr(self, name, build(config))
         self.post_init()
     finally:
         if guarded:
@@ -170,22 +257,38 @@ class ClinKDQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneratio
         _build_generation_model(self, config, ClinKDQwen2_5_VLModel)
 
 
+class ClinKDQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
+    def __init__(self, config: Qwen3VLConfig):
+        _build_generation_model(self, config, ClinKDQwen3VLModel)
+
+
+class ClinKDQwen3_5ForConditionalGeneration(Qwen3_5ForConditionalGeneration):
+    _keys_to_ignore_on_load_unexpected = None  # the stock class ignores mtp.*: here it loads, and nothing is ignored
+
+    def __init__(self, config: Qwen3_5Config):
+        mtp = {"mtp": MultiTokenPredictionWeights} if getattr(config.text_config, "mtp_num_hidden_layers", 0) else {}
+        _build_generation_model(self, config, ClinKDQwen3_5Model, **mtp)
+
+
 MODEL_CLASSES: dict[str, type] = {
     "qwen2_vl": ClinKDQwen2VLForConditionalGeneration,
     "qwen2_5_vl": ClinKDQwen2_5_VLForConditionalGeneration,
+    "qwen3_vl": ClinKDQwen3VLForConditionalGeneration,
+    "qwen3_5": ClinKDQwen3_5ForConditionalGeneration,
 }
 
 
 def load_model_class(config) -> type:
-    """The clinkd generation class for a Qwen2-VL or Qwen2.5-VL config."""
+    """The clinkd generation class for a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 config."""
     if config.model_type not in MODEL_CLASSES:
-        raise ValueError(f"config.model_type {config.model_type!r} is neither qwen2_vl nor qwen2_5_vl")
+        raise ValueError(f"config.model_type {config.model_type!r} is not one of {', '.join(MODEL_CLASSES)}")
     return MODEL_CLASSES[config.model_type]
 
 
 def _share_stock_weight_names(ours: type, stock: type) -> None:
     """Load published checkpoints (``visual.*``, ``model.*``) into ``ours`` as transformers loads them into
-    ``stock``: its key renaming is registered per class name and skips classes defined outside transformers."""
+    ``stock``: its key renaming is registered per class name and skips classes defined outside transformers.
+    (Qwen3-VL and Qwen3.5 publish their weights under the names transformers uses: nothing to rename.)"""
     if get_checkpoint_conversion_mapping(ours.__name__) is None:
         register_checkpoint_conversion_mapping(ours.__name__, get_checkpoint_conversion_mapping(stock.__name__))
 
