@@ -4,13 +4,15 @@ difference of each comparison (docs/benchmarks.md, "Ablations over three seeds")
     python benchmarks/ablations.py --seeds 0 1 2 --out runs/ablations --threads 1    # runs what is missing, then the table
     python benchmarks/ablations.py --seeds 0 1 2 --out runs/ablations --collect      # only the table, from finished runs
 
-Two ``clinkd run`` folders per seed, on the same data (``data.synth.seed`` stays 0; ``seed`` moves the
+Three ``clinkd run`` folders per seed, on the same data (``data.synth.seed`` stays 0; ``seed`` moves the
 initialisation, the sampling of the teacher's and reflection's subsets, and the training order):
 
 * ``clinkd-s<seed>``: the default recipe with ``report.sft_baseline`` and ``report.greedy``, whose report holds
   ClinKD (SASG), the same final model greedy, the distilled student before reflection (greedy) and plain SFT
   from the same initialisation for the student's optimiser steps (greedy);
-* ``stock-s<seed>``: the default recipe with ``rope.name=qwen2vl`` (stock positions), no extra rows.
+* ``stock-s<seed>``: the default recipe with ``rope.name=qwen2vl`` (stock positions), no extra rows;
+* ``unfiltered-s<seed>``: the default recipe with ``distill.pseudo_filter=false`` (every usable pseudo label teaches),
+  with its distilled student's row.
 
 Each comparison pairs two rows of the same seed:
 
@@ -18,7 +20,8 @@ Each comparison pairs two rows of the same seed:
 * KD student vs plain SFT: the distilled student against plain SFT (both greedy, equal optimiser steps);
 * reflective correction on vs off: the final model greedy against the distilled student greedy (the model that
   entered reflection);
-* SASG vs greedy: ClinKD against the final model greedy (the same weights).
+* SASG vs greedy: ClinKD against the final model greedy (the same weights);
+* pseudo-label filter on vs off: the distilled student (greedy) against the unfiltered run's distilled student.
 
 A run folder already complete is reused (``clinkd run`` skips finished stages), so the script can be stopped and
 started again.
@@ -43,6 +46,7 @@ COLUMNS = tuple(HEADLINES)  # the four task headlines, then their mean
 RUNS = {
     "clinkd": ["report.sft_baseline=true", "report.greedy=true"],
     "stock": ["rope.name=qwen2vl", "report.teacher=false", "report.student=false"],
+    "unfiltered": ["distill.pseudo_filter=false", "report.teacher=false"],
 }
 # (comparison, (run, row) with the part, (run, row) without it); row "model" is the run's final answers.
 COMPARISONS = (
@@ -50,6 +54,7 @@ COMPARISONS = (
     ("KD student vs plain SFT", ("clinkd", "student (distilled)"), ("clinkd", "plain SFT")),
     ("reflective correction on vs off", ("clinkd", GREEDY_ROW), ("clinkd", "student (distilled)")),
     ("SASG vs greedy", ("clinkd", "model"), ("clinkd", GREEDY_ROW)),
+    ("pseudo-label filter on vs off", ("clinkd", "student (distilled)"), ("unfiltered", "student (distilled)")),
 )
 ROW_NAMES = {
     ("clinkd", "model"): "ClinKD (MCG-RoPE, KD, reflection, SASG)",
@@ -58,6 +63,7 @@ ROW_NAMES = {
     ("clinkd", "plain SFT"): "plain SFT, greedy",
     ("clinkd", "teacher"): "teacher (11.1 % of the data), greedy",
     ("stock", "model"): "ClinKD with stock positions",
+    ("unfiltered", "student (distilled)"): "KD student without the pseudo-label filter, greedy",
 }
 
 

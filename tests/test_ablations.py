@@ -29,7 +29,7 @@ def seed_documents(offset: float) -> dict[str, dict]:
         flat(40 + offset),
         {"ClinKD, greedy": flat(30 + offset), "student (distilled)": flat(20 + offset), "plain SFT": flat(25), "teacher": flat(10)},
     )
-    return {"clinkd": clinkd, "stock": metrics(flat(38), {})}
+    return {"clinkd": clinkd, "stock": metrics(flat(38), {}), "unfiltered": metrics(flat(39), {"student (distilled)": flat(18)})}
 
 
 def test_rows_are_mean_and_sample_std_over_seeds_and_comparisons_pair_by_seed():
@@ -45,6 +45,7 @@ def test_rows_are_mean_and_sample_std_over_seeds_and_comparisons_pair_by_seed():
     assert "| -3.00 ± 2.00 |" in by_name["KD student vs plain SFT"]  # 20−25, 22−25, 24−25
     assert "| 10.00 ± 0.00 |" in by_name["reflective correction on vs off"]
     assert "| 10.00 ± 0.00 |" in by_name["SASG vs greedy"]
+    assert "| 4.00 ± 2.00 |" in by_name["pseudo-label filter on vs off"]  # 20−18, 22−18, 24−18
 
 
 def test_one_seed_has_no_spread():
