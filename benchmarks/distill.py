@@ -38,7 +38,8 @@ from clinkd.config import RecipeConfig
 from clinkd.data.medgrit import load_medgrit
 from clinkd.distill import TeacherCache, kd_loss_config, train_student, write_teacher_cache
 from clinkd.engine.sft import run_sft
-from clinkd.model.loading import build_tiny, load_checkpoint, save_checkpoint
+from clinkd.model.loading import load_checkpoint, save_checkpoint
+from clinkd.recipes.inputs import build_tiny_from
 from clinkd.recipes.distill import cache_spec
 
 VARIANTS = ("online", "cached", "sft")
@@ -72,7 +73,7 @@ def load_inputs(args: argparse.Namespace, size: str):
     train = load_medgrit(data / "train.json", data / "images")
     corpus = [convert_markup(text, "qwen2-vl") for s in train for turn in s.turns for text in (turn.question, turn.answer)]
     cfg = recipe(args, size)
-    model, processor = build_tiny(cfg.model, corpus, cfg.seed, cfg.rope)
+    model, processor = build_tiny_from(cfg.model, corpus, cfg.seed, cfg.rope)
     return cfg, training_examples(train, "split"), model, processor
 
 

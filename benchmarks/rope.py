@@ -109,7 +109,7 @@ def training_step_part(steps: int) -> None:
     from clinkd.data.records import Turn
     from clinkd.batching import ChatExample
     from clinkd.config import ModelConfig
-    from clinkd.model.loading import build_tiny
+    from clinkd.recipes.inputs import build_tiny_from
     from clinkd.model.rope import load_model_class, set_rope_strategy
     import tempfile
     from pathlib import Path
@@ -117,7 +117,7 @@ def training_step_part(steps: int) -> None:
     turns = [Turn("Where is the liver?", "<ref>liver</ref><box>(112,305),(498,702)</box>"),
              Turn("What is the object in <box>(540,410),(640,560)</box>?", "right kidney")]
     corpus = [text for turn in turns for text in (turn.question, turn.answer)] * 50
-    model_stock, processor = build_tiny(ModelConfig(size="s"), corpus, seed=0, rope=STOCK)
+    model_stock, processor = build_tiny_from(ModelConfig(size="s"), corpus, seed=0, rope=STOCK)
     config = model_stock.config.__class__.from_dict(model_stock.config.to_dict())
     set_rope_strategy(config, PAPER)
     model_mcg = load_model_class(config)(config)

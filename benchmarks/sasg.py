@@ -30,7 +30,8 @@ from clinkd.batching import PromptCollator
 from clinkd.config import ClipTrainConfig, ModelConfig, PredictConfig, SelectConfig
 from clinkd.data.medgrit import load_test_split
 from clinkd.engine.generate import generate_responses
-from clinkd.model.loading import build_tiny, load_checkpoint
+from clinkd.model.loading import load_checkpoint
+from clinkd.recipes.inputs import build_tiny_from
 from clinkd.sasg import SasgSelector, load_scorer, sample_pairs, train_clip
 from clinkd.synth import generate
 
@@ -46,7 +47,7 @@ def prepare(args: argparse.Namespace, scratch: Path):
         model, processor = load_checkpoint(args.model)
     else:
         corpus = [text for samples in tests.values() for s in samples for turn in s.turns for text in (turn.question, turn.answer)]
-        model, processor = build_tiny(ModelConfig(size=args.size, tokenizer_vocab=512), corpus * 4, seed=0)
+        model, processor = build_tiny_from(ModelConfig(size=args.size, tokenizer_vocab=512), corpus * 4, seed=0)
     clip = args.clip
     if clip is None:
         clip = scratch / "clip"

@@ -48,7 +48,8 @@ from clinkd.engine.generate import answer_margins
 from clinkd.engine.sft import SftSettings, training_arguments
 from clinkd.losses import KDLossConfig, distillation_loss
 from clinkd.model.box_convention import RelativeBoxes
-from clinkd.model.loading import CheckpointError, build_tiny, model_class_for, save_checkpoint
+from clinkd.model.loading import CheckpointError, model_class_for, save_checkpoint
+from clinkd.recipes.inputs import build_tiny_from
 from clinkd.model.positions import PAPER, STOCK
 from clinkd.model.processor import build_processor
 from clinkd.model.rope import set_rope_strategy
@@ -451,7 +452,7 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
 
     def build_model(recipe):
         built.append(recipe.model.size)
-        return build_tiny(recipe.model, corpus, recipe.seed, recipe.rope)
+        return build_tiny_from(recipe.model, corpus, recipe.seed, recipe.rope)
 
     class Dataset:
         train = train_records[:8]
@@ -496,7 +497,7 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, train_records, co
         train = train_records[:2]
 
     with pytest.raises(CheckpointError, match="tokenizer .* differs from the student's"):
-        run_distill(cfg, Dataset.train, cfg.run_dir, lambda recipe: build_tiny(recipe.model, corpus, recipe.seed, recipe.rope))
+        run_distill(cfg, Dataset.train, cfg.run_dir, lambda recipe: build_tiny_from(recipe.model, corpus, recipe.seed, recipe.rope))
 
 
 def test_the_curriculum_releases_pseudo_labels_from_the_most_confident_on():

@@ -24,6 +24,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("boxes", "chat", "losses", "metrics", "markdown", "io", "images", "progress", "model.positions", "data.records"),  # pure maths, plain types
 )
 SIDE_BY_SIDE = frozenset(LAYERS[3])
+# Entries of one layer that must not import one another, though the layers allow it: ``model`` takes plain values,
+# never the recipe (``config`` imports ``model.bases`` and ``model.positions``, so the two would import each other).
+NEVER_IMPORTS: dict[str, frozenset[str]] = {"model": frozenset({"config"})}
 
 
 def layer_of(module: str) -> tuple[int, str]:
@@ -76,6 +79,8 @@ def test_no_import_runs_up_the_layers(module):
         assert theirs >= mine, f"clinkd.{module} (layer {mine}) imports clinkd.{target} from layer {theirs} above it"
         side_by_side = {my_entry.split(".")[0], their_entry.split(".")[0]} <= SIDE_BY_SIDE
         assert not side_by_side or my_entry == their_entry, f"clinkd.{module} imports clinkd.{target}: the ClinKD parts stand apart"
+        forbidden = NEVER_IMPORTS.get(module.split(".")[0], frozenset())
+        assert target.split(".")[0] not in forbidden, f"clinkd.{module} imports clinkd.{target}: model takes plain values, never the recipe"
 
 
 def test_only_the_command_line_imports_the_recipes():
@@ -88,6 +93,7 @@ def test_the_rule_sees_the_imports_it_forbids():
     assert layer_of("model.positions") == (5, "model.positions") and layer_of("model.rope") == (4, "model")
     with pytest.raises(LookupError):
         layer_of("somewhere_new")
+    assert "config" in clinkd_imports("engine.sft", MODULES["engine.sft"])  # what model.* may not do
 
 
 def test_architecture_page_names_every_entry_of_the_table():

@@ -38,8 +38,13 @@ def synth_data(tmp_path_factory):
     return data
 
 
+def with_adapters(model, lora: LoraConfig, train: TrainConfig = TrainConfig()):
+    """:func:`apply_lora` with a recipe's ``train.lora`` and freeze knobs, as the SFT engine calls it."""
+    return apply_lora(model, lora.target_modules, train.frozen_parts, rank=lora.r, alpha=lora.alpha, dropout=lora.dropout)
+
+
 def test_default_targets_are_the_llm_projections(tiny_model):
-    targets = lora_targets(tiny_model, LoraConfig(), TrainConfig())
+    targets = lora_targets(tiny_model, LoraConfig().target_modules, TrainConfig().frozen_parts)
     layers = tiny_model.config.text_config.num_hidden_layers
     assert len(targets) == 7 * layers
     assert all(name.startswith("model.language_model.layers.") for name in targets)
@@ -47,11 +52,11 @@ def test_default_targets_are_the_llm_projections(tiny_model):
 
 def test_targets_follow_the_freeze_knobs(tiny_model):
     vision_only = TrainConfig(freeze_llm=True, freeze_merger=True)
-    targets = lora_targets(tiny_model, LoraConfig(target_modules=["qkv", "fc1", "q_proj"]), vision_only)
+    targets = lora_targets(tiny_model, ["qkv", "fc1", "q_proj"], vision_only.frozen_parts)
     depth = tiny_model.config.vision_config.depth
     assert sorted(targets) == sorted([f"model.visual.blocks.{i}.attn.qkv" for i in range(depth)] + [f"model.visual.blocks.{i}.mlp.fc1" for i in range(depth)])
     with pytest.raises(ValueError, match="frozen: vision_tower, merger, llm"):
-        lora_targets(tiny_model, LoraConfig(), TrainConfig(freeze_vision_tower=True, freeze_merger=True, freeze_llm=True))
+        lora_targets(tiny_model, LoraConfig().target_modules, {"vision_tower": True, "merger": True, "llm": True})
 
 
 def test_qwen3_vl_deepstack_mergers_belong_to_the_merger():
@@ -69,7 +74,7 @@ def test_qwen3_vl_deepstack_mergers_belong_to_the_merger():
     apply_freeze(model, TrainConfig(freeze_merger=True))
     assert not any(param.requires_grad for param in deepstack)
     assert all(param.requires_grad for param in model.model.visual.blocks.parameters())
-    fc1 = lora_targets(model, LoraConfig(target_modules=["linear_fc1"]), TrainConfig(freeze_vision_tower=True))
+    fc1 = lora_targets(model, ["linear_fc1"], TrainConfig(freeze_vision_tower=True).frozen_parts)
     assert sorted(fc1) == ["model.visual.deepstack_merger_list.0.linear_fc1", "model.visual.merger.linear_fc1"]
 
 
@@ -78,9 +83,9 @@ def test_wrapped_model_starts_at_the_base_and_trains_only_the_adapters(tiny_mode
     batch = TrainCollator(tiny_processor)(training_examples(load_medgrit(synth_data / "train.json", synth_data / "images")[:2]))
     with torch.no_grad():
         base_logits = tiny_model(**batch).logits
-    targets = lora_targets(tiny_model, cfg, TrainConfig())
+    targets = lora_targets(tiny_model, cfg.target_modules, TrainConfig().frozen_parts)
     shapes = {name: module.weight.shape for name, module in tiny_model.named_modules() if name in targets}
-    wrapped = apply_lora(tiny_model, cfg, TrainConfig())
+    wrapped = with_adapters(tiny_model, cfg)
     with torch.no_grad():
         assert torch.equal(wrapped(**batch).logits, base_logits)  # B = 0 at init
     # Σ r·(d_in + d_out) over the targets, and nothing else trains.
@@ -124,7 +129,7 @@ def test_lora_run_saves_merges_reloads_and_predicts_the_same(tiny_model, tiny_pr
 
 
 def test_export_without_merge_writes_only_the_adapter(tiny_model, tiny_processor, tmp_path):
-    wrapped = apply_lora(tiny_model, LoraConfig(r=2), TrainConfig())
+    wrapped = with_adapters(tiny_model, LoraConfig(r=2))
     export_lora(wrapped, tiny_processor, tmp_path / "model", tmp_path / "adapter", merge=False)
     assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "adapter" / "tokenizer.json").is_file()
     assert not (tmp_path / "model").exists()
@@ -139,10 +144,10 @@ def test_lora_config_section(tmp_path):
 
 
 def test_qlora_needs_cuda_and_plain_lora_needs_no_quantisation():
-    assert quantization_config(LoraConfig()) is None
+    assert quantization_config("none") is None
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA GPU"):
-            quantization_config(LoraConfig(quantize="4bit"))
+            quantization_config("4bit")
 
 
 def test_qlora_quantises_the_checkpoint_at_load(tiny_model, tiny_processor, tmp_path, monkeypatch):
@@ -153,7 +158,7 @@ def test_qlora_quantises_the_checkpoint_at_load(tiny_model, tiny_processor, tmp_
 
     save_checkpoint(tiny_model, tiny_processor, tmp_path / "base")
     seen = {}
-    monkeypatch.setattr(lora, "quantization_config", lambda lora_cfg, dtype: seen.setdefault("config", ("nf4", lora_cfg.quantize, dtype)))
+    monkeypatch.setattr(lora, "quantization_config", lambda quantize, dtype: seen.setdefault("config", ("nf4", quantize, dtype)))
     model_class = model_class_for(tiny_model.config)
     original = model_class.from_pretrained.__func__
 
@@ -173,7 +178,7 @@ def test_gathered_weights_rebuild_a_peft_model_that_merges_like_the_original(tin
     """The ZeRO-3/FSDP save path: a peft model rebuilt on the meta device from its (gathered) state dict."""
     from clinkd.engine.distributed import with_full_weights
 
-    wrapped = apply_lora(tiny_model, LoraConfig(r=2), TrainConfig())
+    wrapped = with_adapters(tiny_model, LoraConfig(r=2))
     torch.manual_seed(1)
     for name, param in wrapped.named_parameters():
         if "lora_B" in name:

@@ -353,7 +353,7 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
     from clinkd.config import ConfigError, RecipeConfig
     from clinkd.model import bases
     from clinkd.recipes.distill import teacher_recipe
-    from clinkd.recipes.inputs import initial_model
+    from clinkd.recipes.inputs import initial_checkpoint, initial_model
 
     shipped = tmp_path / "bases" / "xs"
     command = [*tiny_pretrain(tmp_path / "run"), "--ship-to", str(shipped)]
@@ -369,7 +369,7 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
 
     monkeypatch.setattr(bases, "BASES_DIR", shipped.parent)
     cfg = RecipeConfig(model={"init": "base", "size": "xs"})
-    assert cfg.model.checkpoint == shipped and teacher_recipe(cfg).model.path == shipped
+    assert initial_checkpoint(cfg.model) == shipped and teacher_recipe(cfg).model.path == shipped
     model, processor = initial_model(cfg, [])
     trained = load_file(tmp_path / "run/model/model.safetensors")
     assert model.dtype == torch.float32 and len(processor.tokenizer) == 400
@@ -379,14 +379,15 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
         RecipeConfig(model={"init": "base", "size": "s"})
     (shipped / "model.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # what a Git LFS checkout leaves
     with pytest.raises(ConfigError, match="model.init: .* is not the recorded"):
-        cfg.model.checkpoint
+        initial_checkpoint(cfg.model)
 
 
 def test_the_shipped_base_matches_its_record_and_loads():
     from clinkd.config import RecipeConfig
     from clinkd.model.loading import load_checkpoint
+    from clinkd.recipes.inputs import initial_checkpoint
 
-    folder = RecipeConfig(model={"init": "base"}).model.checkpoint  # checks the sha256
+    folder = initial_checkpoint(RecipeConfig(model={"init": "base"}).model)  # checks the sha256
     record = json.loads((folder / "base.json").read_text())
     model, processor = load_checkpoint(folder)
     assert sum(p.numel() for p in model.parameters()) == record["model"]["parameters"]

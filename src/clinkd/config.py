@@ -21,7 +21,7 @@ from clinkd.boxes import ModelBoxStyle
 from clinkd.data.records import TASKS
 from clinkd.images import PIL_PIXEL_LIMIT
 from clinkd.io import unreachable_reason
-from clinkd.model.bases import base_dir, shipped_sizes
+from clinkd.model.bases import shipped_sizes
 from clinkd.model.positions import PAPER, RopeStrategy
 
 
@@ -114,18 +114,6 @@ class ModelConfig(_Section):
                              "use model.init=scratch or build one with clinkd pretrain (docs/pretrain.md)")
         return self
 
-    @property
-    def checkpoint(self) -> Path | None:
-        """The checkpoint the model starts from: ``path``, the shipped base (``init: base``), or None (scratch)."""
-        if self.path is not None:
-            return self.path
-        if self.init == "scratch":
-            return None
-        try:
-            return base_dir(self.size)
-        except (FileNotFoundError, ValueError) as error:
-            raise ConfigError(f"model.init: {error}") from error
-
 
 class LoraConfig(_Section):
     """LoRA/QLoRA through peft (``clinkd.model.lora``): adapters on the named linear layers of the unfrozen parts."""
@@ -168,6 +156,11 @@ class TrainConfig(_Section):
     )
     retrieval_layer: int = Field(-2, description="text layer whose head the retrieval loss supervises (negative: from the top)")
     retrieval_head: int = Field(0, ge=0, description="the supervised head of that layer")
+
+    @property
+    def frozen_parts(self) -> dict[str, bool]:
+        """Which parts of the model (``clinkd.model.lora.model_parts``) the ``freeze_*`` knobs freeze."""
+        return {"vision_tower": self.freeze_vision_tower, "merger": self.freeze_merger, "llm": self.freeze_llm}
 
 
 class EndpointConfig(_Section):

@@ -24,7 +24,7 @@ from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.engine.distributed import deepspeed_cpu_state, is_main_process, save_trained
 from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.loading import checked_from_pretrained, folder_damage
-from clinkd.model.lora import ADAPTER_DIR, apply_lora, frozen_parts, is_lora, model_parts, trainable_parameters
+from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, model_parts, trainable_parameters
 from clinkd.progress import RichProgressCallback, console
 from clinkd.retrieval import RetrievalSupervision
 
@@ -60,7 +60,7 @@ def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
     trainable parameter counts per part."""
     parts = {part: [p for module in modules for p in module.parameters(recurse=False)] for part, modules in model_parts(model).items()}
     parts["llm"] += list(model.lm_head.parameters())
-    frozen = frozen_parts(train_cfg)
+    frozen = train_cfg.frozen_parts
     model.requires_grad_(False)  # from_pretrained leaves loaded weights trainable; only the parts are set below
     for part, params in parts.items():
         for param in params:
@@ -228,7 +228,11 @@ def run_sft(
         torch.set_num_threads(settings.train.threads)
     lora = settings.train.lora
     if lora is not None:
-        model = apply_lora(model, lora, settings.train)
+        train = settings.train
+        model = apply_lora(
+            model, lora.target_modules, train.frozen_parts,
+            rank=lora.r, alpha=lora.alpha, dropout=lora.dropout, gradient_checkpointing=train.gradient_checkpointing,
+        )
         trainable = {"lora": trainable_parameters(model)}
     else:
         trainable = apply_freeze(model, settings.train)

@@ -59,6 +59,7 @@ from clinkd.model.loading import CheckpointError, is_checkpoint, load_checkpoint
 from clinkd.model.processor import load_processor
 from clinkd.model.rope import rope_strategy_of
 from clinkd.progress import console
+from clinkd.recipes.inputs import initial_checkpoint
 
 # (recipe) -> (model, processor): a freshly initialised model, e.g. clinkd.recipes.inputs.initial_model with the
 # training records bound. The student is built with the recipe, the teacher with teacher_recipe(recipe).
@@ -70,7 +71,7 @@ def teacher_recipe(cfg: RecipeConfig) -> RecipeConfig:
     ``model.path = distill.teacher_init`` (a larger checkpoint, as 7B → 2B in the paper) or, for a tiny model,
     ``model.size = distill.teacher_size``; everything else is the student's."""
     distill = cfg.distill
-    init = distill.teacher_init or cfg.model.checkpoint
+    init = distill.teacher_init or initial_checkpoint(cfg.model)
     if init is not None:
         if distill.teacher_size not in (None, cfg.model.size):
             console.print(f"[yellow]distill: the teacher is fine-tuned from {init}; distill.teacher_size applies to tiny models only")
@@ -97,7 +98,7 @@ def ensure_teacher(cfg: RecipeConfig, train: Sequence[Sample], stage_dir: Path, 
     subset = seeded_subset(len(train), distill.teacher_fraction, cfg.seed)
     model_dir = stage_dir / "model"
     tuned = teacher_recipe(cfg)
-    info = {"source": "fine-tuned", "init": str(tuned.model.checkpoint or f"tiny {tuned.model.size}"), "fraction": distill.teacher_fraction, "records": len(subset), "of_records": len(train)}
+    info = {"source": "fine-tuned", "init": str(tuned.model.path or f"tiny {tuned.model.size}"), "fraction": distill.teacher_fraction, "records": len(subset), "of_records": len(train)}
     if is_checkpoint(model_dir):
         return model_dir, info | {"reused": True}
     atomic_write_json(stage_dir / "subset.json", {"fraction": distill.teacher_fraction, "seed": cfg.seed, "indices": subset})

@@ -25,11 +25,12 @@ from clinkd.config import ConfigError, RecipeConfig, dump_config
 from clinkd.doctor import device_description
 from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from clinkd.model.loading import build_tiny, is_checkpoint, load_checkpoint, save_checkpoint
+from clinkd.model.loading import is_checkpoint, load_checkpoint, save_checkpoint
 from clinkd.pretrain.corpus import LOOKS, LanguageStream, tokenizer_texts
 from clinkd.pretrain.dense import head_scores, train_dense
 from clinkd.pretrain.heldout import HeldOut, grounding_recall, held_out_set
 from clinkd.progress import console
+from clinkd.recipes.inputs import build_tiny_from
 from clinkd.recipes.stage_clock import STAGE_TIMES_FILE, StageClock
 
 CURVE_FILE = "heldout.jsonl"
@@ -97,7 +98,7 @@ def dense_stage(cfg: RecipeConfig, stage_dir: Path, held_out: HeldOut):
     settings = cfg.pretrain
     look = LOOKS[settings.look]
     texts = tokenizer_texts(settings.seed, settings.image_size, settings.max_objects, look=look)
-    model, processor = build_tiny(cfg.model, [convert_markup(text, cfg.data.box_style) for text in texts], settings.seed, cfg.rope)
+    model, processor = build_tiny_from(cfg.model, [convert_markup(text, cfg.data.box_style) for text in texts], settings.seed, cfg.rope)
     heads = train_dense(
         model, processor, seed=settings.seed, steps=settings.dense_steps, batch_size=settings.batch_size,
         lr=settings.lr, image_size=settings.image_size, max_objects=settings.max_objects, look=look,
