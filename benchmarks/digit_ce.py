@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from clinkd.batching import IGNORE_INDEX, ChatExample, TrainCollator
+from clinkd.batching import IGNORE_INDEX, ChatExample, InputFormat, TrainCollator
 from clinkd.data.medgrit import load_test_split
 from clinkd.metrics.digits import COORDINATES, PLACES, UNIFORM_DIGIT_CE, DigitCE
 from clinkd.model.box_convention import box_coordinates
@@ -111,7 +111,7 @@ def token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def read_digits(model, processor, examples: list[ChatExample], args: argparse.Namespace) -> DigitCE:
     """Teacher-forced per-digit CE of ``examples``' answers (labels exactly as training makes them)."""
-    collator = TrainCollator(processor, args.box_style, args.square_size, box_coordinates(model.config, processor))
+    collator = TrainCollator(processor, InputFormat(args.box_style, args.square_size), box_coordinates(model.config, processor))
     digits = DigitCE()
     for start in range(0, len(examples), args.batch_size):
         batch = {key: value.to(args.device) for key, value in collator(examples[start : start + args.batch_size]).items()}

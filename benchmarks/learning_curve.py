@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import digit_ce  # noqa: E402 (the sibling script: checkpoint reading and the per-digit CE)
 
-from clinkd.batching import ChatExample, PromptCollator, collator_for  # noqa: E402
+from clinkd.batching import ChatExample, InputFormat, PromptCollator, collator_for  # noqa: E402
 from clinkd.boxes import BoxError, parse_boxes  # noqa: E402
 from clinkd.data.medgrit import load_test_split  # noqa: E402
 from clinkd.data.records import Sample  # noqa: E402
@@ -87,7 +87,7 @@ def _centre_inside(answer: str, truth) -> bool:
 
 
 def greedy_answers(model, processor, samples: Sequence[Sample], args: argparse.Namespace) -> list[str]:
-    collator = collator_for(PromptCollator, model, processor, args.box_style, args.square_size)
+    collator = collator_for(PromptCollator, model, processor, InputFormat(args.box_style, args.square_size))
     answers = []
     for start in range(0, len(samples), args.batch_size):
         answers += generate_responses(model, processor, collator, samples[start : start + args.batch_size], args.max_new_tokens)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clinkd.batching import TrainCollator, training_examples
+from clinkd.batching import InputFormat, TrainCollator, training_examples
 from clinkd.boxes import convert_markup
 from clinkd.config import DistillConfig, PredictConfig, RecipeConfig, TrainConfig
 from clinkd.data.medgrit import load_medgrit
@@ -113,7 +113,7 @@ def indexed_batch(processor, examples, indices):
 
 def make_spec(examples, processor, student, k: int, kd_config: KDLossConfig, teacher_id: str = "teacher-a") -> CacheSpec:
     return CacheSpec(
-        dataset_sha256=dataset_fingerprint(examples, BOX_STYLE, None, processor.image_processor.size, RelativeBoxes()),
+        dataset_sha256=dataset_fingerprint(examples, InputFormat(BOX_STYLE), processor.image_processor.size, RelativeBoxes()),
         n_examples=len(examples),
         tokenizer_sha256=tokenizer_fingerprint(processor.tokenizer),
         teacher_sha256=teacher_id,
@@ -265,7 +265,7 @@ def test_a_cache_for_other_data_tokenizer_or_k_is_refused(written_cache, process
     changed = [replace(subset[0], turns=(Turn(subset[0].turns[0].question, "something else"),)), *subset[1:]]
     other_tokenizer = train_tokenizer(["a completely different corpus of words"] * 20, vocab_size=300)
     variants = {
-        "dataset_sha256": replace(spec, dataset_sha256=dataset_fingerprint(changed, BOX_STYLE, None, processor.image_processor.size, RelativeBoxes())),
+        "dataset_sha256": replace(spec, dataset_sha256=dataset_fingerprint(changed, InputFormat(BOX_STYLE), processor.image_processor.size, RelativeBoxes())),
         "tokenizer_sha256": replace(spec, tokenizer_sha256=tokenizer_fingerprint(other_tokenizer)),
         "top_k": replace(spec, top_k=16),
         "temperature": replace(spec, temperature=0.5),
@@ -508,7 +508,7 @@ def test_the_curriculum_releases_pseudo_labels_from_the_most_confident_on():
     # The least confident label (release 2/3) comes after about two thirds of the ground truth.
     assert position[200] > 110
     assert all(margins[index] is None or margins[index] > 0.05 for index in order[:60])
-    settings = SftSettings(TrainConfig(), 0, "float32", "qwen2-vl", None, Path("logs"), in_order=True)
+    settings = SftSettings(TrainConfig(), 0, "float32", InputFormat(), Path("logs"), in_order=True)
     assert training_arguments(settings, Path("out")).train_sampling_strategy == "sequential"
     assert training_arguments(replace(settings, in_order=False), Path("out")).train_sampling_strategy == "random"
 

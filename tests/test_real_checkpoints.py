@@ -540,7 +540,7 @@ def test_a_qwen3_family_trains_on_its_json_answers(hub_checkpoints, tmp_path, na
     image = tmp_path / "scan.png"
     Image.new("RGB", (112, 112), (30, 30, 30)).save(image)
     example = ChatExample(image, (Turn("Where is the <ref>liver</ref>?", "<ref>liver</ref><box>(0,0),(250,500)</box>"),))
-    batch = collator_for(TrainCollator, model, processor, "qwen2-vl")([example])
+    batch = collator_for(TrainCollator, model, processor)([example])
     answer = batch["input_ids"][0][batch["labels"][0] != IGNORE_INDEX]
     assert processor.tokenizer.decode(answer) == '{"bbox_2d": [0, 0, 250, 500], "label": "liver"}<|im_end|>'
     assert "Where is the liver?<|im_end|>" in processor.tokenizer.decode(batch["input_ids"][0])
@@ -577,7 +577,7 @@ def test_the_retrieval_targets_follow_each_family_s_box_convention(hub_checkpoin
     image = tmp_path / "scan.png"
     Image.new("RGB", (224, 112), (30, 30, 30)).save(image)  # 16 × 8 patches → 8 × 4 merged cells
     example = ChatExample(image, (Turn("Where is the <ref>liver</ref>?", "<ref>liver</ref><box>(0,0),(250,500)</box>"),))
-    batch = collator_for(TrainCollator, model, processor, "qwen2-vl")([example])
+    batch = collator_for(TrainCollator, model, processor)([example])
     rows = RetrievalTargets.for_model(model, processor)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
     ids = batch["input_ids"][0]
     cells = rows.targets[0][ids == model.config.image_token_id].view(4, 8)

@@ -429,6 +429,7 @@ def infer(
     """Answer one question about one image; write the image with the answer's boxes drawn on it."""
     import json
 
+    from clinkd.batching import InputFormat
     from clinkd.interactive.infer import load_model, named_selector, parse_ground_truth, prepare_request, render_overlay, run_request, without_markup
 
     cfg = _load(config, overrides, preset)
@@ -438,7 +439,7 @@ def infer(
     loaded, processor = load_model(model, cfg.model.dtype)
     result = run_request(
         loaded, processor, request, selector,
-        box_style=cfg.data.box_style, square_size=cfg.model.square_size,
+        input_format=InputFormat.of(cfg),
         max_new_tokens=cfg.predict.max_new_tokens[request.task], num_beams=cfg.predict.num_beams,
     )
     out = out or Path(f"{request.image.stem}.clinkd.png")

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from clinkd.batching import ChatExample, training_examples
+from clinkd.batching import ChatExample, InputFormat, training_examples
 from clinkd.boxes import BoxError, convert_markup
 from clinkd.config import PredictConfig
 from clinkd.data.records import Sample, Turn, infer_task
@@ -68,8 +68,7 @@ def generate_pseudo_labels(
     records: Sequence[Sample],
     out_dir: Path,
     predict_cfg: PredictConfig,
-    box_style: str = "qwen2-vl",
-    square_size: int | None = None,
+    input_format: InputFormat = InputFormat(),
     max_new_tokens: int | None = None,
 ) -> Path:
     """Write the teacher's answer to every turn of ``records`` to ``out_dir/train.jsonl`` (rows already there are kept).
@@ -82,7 +81,7 @@ def generate_pseudo_labels(
     pseudo_cfg = predict_cfg.model_copy(update={"max_new_tokens": {PSEUDO_TASK: budget}})
     selector = margin_selector if predict_cfg.num_beams == 1 else None  # a beam's margin is not one next-token choice
     paths = write_predictions(
-        teacher, processor, {PSEUDO_TASK: turn_samples(records)}, out_dir, pseudo_cfg, box_style, square_size, selector
+        teacher, processor, {PSEUDO_TASK: turn_samples(records)}, out_dir, pseudo_cfg, input_format, selector
     )
     return paths[PSEUDO_TASK]
 

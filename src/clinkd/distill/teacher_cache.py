@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from clinkd.batching import ChatExample, TrainCollator
+from clinkd.batching import ChatExample, InputFormat, TrainCollator
 from clinkd.distill.batches import batch_position_ids, model_inputs
 from clinkd.io import atomic_write_json, match_umask
 from clinkd.losses import KDLossConfig, answer_mask, topk_logprobs
@@ -70,9 +70,7 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def dataset_fingerprint(
-    examples: Sequence[ChatExample], box_style: str, square_size: int | None, image_size: dict, boxes: BoxCoordinates
-) -> str:
+def dataset_fingerprint(examples: Sequence[ChatExample], input_format: InputFormat, image_size: dict, boxes: BoxCoordinates) -> str:
     """sha256 of what fixes the teacher's inputs and targets.
 
     Per example, in order: the image file name and byte size and every turn's (question, answer);
@@ -83,7 +81,9 @@ def dataset_fingerprint(
         [example.image.name, example.image.stat().st_size, [[turn.question, turn.answer] for turn in example.turns]]
         for example in examples
     ]
-    settings = {"box_style": box_style, "square_size": square_size, "image_size": dict(image_size), "boxes": repr(boxes)}
+    settings = {
+        "box_style": input_format.box_style, "square_size": input_format.square_size, "image_size": dict(image_size), "boxes": repr(boxes)
+    }
     return sha256_text(json.dumps([rows, settings], ensure_ascii=False))
 
 

@@ -143,6 +143,6 @@ def train_student(
         stage_dir,
         trainer_class=KDTrainer,
         trainer_kwargs={"kd_config": kd_config, "teacher": teacher, "teacher_cache": teacher_cache},
-        collator=collator_for(IndexedCollator, model, processor, settings.box_style, settings.square_size),
+        collator=collator_for(IndexedCollator, model, processor, settings.input_format),
         train_dataset=indexed(examples),
     )

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from clinkd.batching import PromptCollator, collator_for
+from clinkd.batching import InputFormat, PromptCollator, collator_for
 from clinkd.chat import TURN_END
 from clinkd.config import PredictConfig
 from clinkd.data.records import Prediction, Sample
@@ -161,14 +161,14 @@ def write_predictions(
     tests: dict[str, list[Sample]],
     out_dir: Path,
     predict_cfg: PredictConfig,
-    box_style: str = "qwen2-vl",
-    square_size: int | None = None,
+    input_format: InputFormat = InputFormat(),
     selector: Selector | None = None,
 ) -> dict[str, Path]:
-    """Predict every task's test samples (plain decoding, or through ``selector``); returns the JSONL path per task."""
+    """Predict every task's test samples, shown in ``input_format`` (plain decoding, or through ``selector``); returns
+    the JSONL path per task."""
     model.eval()
     # Qwen2.5-VL: pixel boxes in; every decoder returns 0–1000 boxes (PromptCollator.relative).
-    collator = collator_for(PromptCollator, model, processor, box_style, square_size)
+    collator = collator_for(PromptCollator, model, processor, input_format)
     paths = {}
     with make_progress() as progress:
         for task, samples in tests.items():

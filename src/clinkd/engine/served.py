@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from clinkd.batching import build_messages
+from clinkd.batching import InputFormat, build_messages
 from clinkd.config import ServedModelConfig
 from clinkd.data.records import Sample
 from clinkd.endpoint import ChatEndpoint, ChatReply, EndpointError
@@ -51,25 +51,23 @@ def image_data_url(path: Path, square_size: int | None = None) -> str:
 class ServedModel:
     """A served model's side of prediction: the request for a test record, and the prediction row of its reply."""
 
-    def __init__(self, endpoint: ChatEndpoint, cfg: ServedModelConfig, max_new_tokens: dict[str, int], box_style: str,
-                 square_size: int | None = None):
+    def __init__(self, endpoint: ChatEndpoint, cfg: ServedModelConfig, max_new_tokens: dict[str, int], input_format: InputFormat):
         self.endpoint = endpoint
         self.cfg = cfg
         self.max_new_tokens = max_new_tokens
-        self.box_style = box_style
-        self.square_size = square_size
+        self.input_format = input_format  # its square_size only: the served model's own budget resizes what it is sent
         # Qwen2.5-VL's resize (factor 28 = patch 14 × merge 2) with the served model's budget.
         self.pixels = PixelBoxes(PATCH_SIZE * MERGE_SIZE, cfg.min_pixels, cfg.max_pixels) if cfg.min_pixels and cfg.max_pixels else None
 
     def payload(self, task: str, sample: Sample) -> dict:
         """The chat-completions body for one test record (module docstring)."""
-        size = image_size(sample.image, self.square_size)
+        size = image_size(sample.image, self.input_format.square_size)
         to_model = partial(self.pixels.to_model, image_size=size) if self.cfg.boxes == "qwen2.5-vl" else None
-        [message] = build_messages(sample.turns[:1], self.box_style, False, to_model)
+        [message] = build_messages(sample.turns[:1], self.input_format.box_style, False, to_model)
         question = message["content"][-1]["text"]
         instruction = self.cfg.instructions.get(task)
         content = [
-            {"type": "image_url", "image_url": {"url": image_data_url(sample.image, self.square_size)}},
+            {"type": "image_url", "image_url": {"url": image_data_url(sample.image, self.input_format.square_size)}},
             {"type": "text", "text": f"{question}\n{instruction}" if instruction else question},
         ]
         return {"model": self.cfg.model, "messages": [{"role": "user", "content": content}], "temperature": 0,
@@ -80,7 +78,7 @@ class ServedModel:
         reply = self.endpoint.complete(self.payload(task, sample))
         if reply.text is None:
             return None, reply
-        read = read_served_answer(reply.text, self.cfg.boxes, self.box_style, image_size(sample.image, self.square_size), self.pixels)
+        read = read_served_answer(reply.text, self.cfg.boxes, self.input_format.box_style, image_size(sample.image, self.input_format.square_size), self.pixels)
         extra = {"raw_response": reply.text, "box_format": read.box_format, "box_scale": read.box_scale,
                  "box_ambiguous": read.ambiguous, "usage": reply.usage, "attempts": reply.attempts}
         return prediction_row(task, index, sample, read.response, extra), reply

@@ -19,7 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from clinkd.batching import ChatExample, TrainCollator, collator_for
+from clinkd.batching import ChatExample, InputFormat, TrainCollator, collator_for
 from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.engine.distributed import deepspeed_cpu_state, is_main_process, save_trained
 from clinkd.io import atomic_write_json, match_umask
@@ -31,20 +31,19 @@ from clinkd.retrieval import RetrievalSupervision
 
 @dataclass(frozen=True)
 class SftSettings:
-    """What the SFT engine reads from a recipe: the training knobs, the seed, the model's dtype and box
-    convention, and where the TensorBoard logs go."""
+    """What the SFT engine reads from a recipe: the training knobs, the seed, the model's dtype, how samples are
+    shown to it, and where the TensorBoard logs go."""
 
     train: TrainConfig
     seed: int
     dtype: str
-    box_style: str
-    square_size: int | None
+    input_format: InputFormat
     logs_dir: Path
     in_order: bool = False  # read the examples in the order given (a curriculum), not shuffled
 
     @classmethod
     def of(cls, cfg: RecipeConfig) -> SftSettings:
-        return cls(cfg.train, cfg.seed, cfg.model.dtype, cfg.data.box_style, cfg.model.square_size, cfg.run_dir / "logs")
+        return cls(cfg.train, cfg.seed, cfg.model.dtype, InputFormat.of(cfg), cfg.run_dir / "logs")
 
 
 @dataclass
@@ -240,7 +239,7 @@ def run_sft(
         raise ValueError("train.freeze_*: every part of the model is frozen; nothing would train")
     checkpoints = stage_dir / "checkpoints"
     if collator is None:
-        collator = collator_for(TrainCollator, model, processor, settings.box_style, settings.square_size)
+        collator = collator_for(TrainCollator, model, processor, settings.input_format)
     retrieval = RetrievalSupervision.from_settings(settings.train, model, processor)
     trainer = trainer_class(
         model=model,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from clinkd.batching import InputFormat
 from clinkd.boxes import Box, BoxError
 from clinkd.images import PIL_PIXEL_LIMIT
 from clinkd.interactive.infer import (
@@ -47,21 +48,19 @@ EXAMPLES_PER_CELL = 2
 class DemoSettings:
     """Generation settings; take them from the recipe the model was trained with (:meth:`from_config`)."""
 
-    box_style: str = "qwen2-vl"
-    square_size: int | None = None
+    input_format: InputFormat = InputFormat()
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
     num_beams: int = 1
     max_image_pixels: int = PIL_PIXEL_LIMIT
 
     @classmethod
     def from_config(cls, cfg) -> "DemoSettings":
-        return cls(cfg.data.box_style, cfg.model.square_size, dict(cfg.predict.max_new_tokens), cfg.predict.num_beams, cfg.data.max_image_pixels)
+        return cls(InputFormat.of(cfg), dict(cfg.predict.max_new_tokens), cfg.predict.num_beams, cfg.data.max_image_pixels)
 
     def run_options(self, task: str) -> dict:
         """Keyword arguments of :func:`run_request` for ``task``."""
         return {
-            "box_style": self.box_style,
-            "square_size": self.square_size,
+            "input_format": self.input_format,
             "max_new_tokens": self.max_new_tokens.get(task, DEFAULT_MAX_NEW_TOKENS[task]),
             "num_beams": self.num_beams,
         }

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
+from clinkd.batching import InputFormat, PromptCollator, collator_for
 from clinkd.boxes import (
     ANY_REF,
     BOX_PATTERNS,
@@ -356,17 +357,15 @@ def run_request(
     request: InferRequest,
     select: CandidateRanker | None = None,
     *,
-    box_style: str = "qwen2-vl",
-    square_size: int | None = None,
+    input_format: InputFormat = InputFormat(),
     max_new_tokens: int | None = None,
     num_beams: int = 1,
 ) -> InferResult:
     """Generate the answer to a checked request (greedy/beam, or the selector's best candidate)."""
-    from clinkd.batching import PromptCollator, collator_for
     from clinkd.engine.generate import generate_responses
 
     model.eval()
-    collator = collator_for(PromptCollator, model, processor, box_style, square_size)
+    collator = collator_for(PromptCollator, model, processor, input_format)
     tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[request.task]
     image = request.image
     with tempfile.TemporaryDirectory(prefix="clinkd-infer-") as scratch:

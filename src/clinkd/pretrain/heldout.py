@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clinkd.batching import PromptCollator, collator_for
+from clinkd.batching import InputFormat, PromptCollator, collator_for
 from clinkd.boxes import BoxStyle, parse_boxes
 from clinkd.data.records import Sample
 from clinkd.engine.generate import generate_responses
@@ -43,13 +43,13 @@ def held_out_set(seed: int, count: int, image_size: int, max_objects: int, look:
 
 
 def grounding_recall(
-    model, processor, held_out: HeldOut, *, batch_size: int, max_new_tokens: int, box_style: str, square_size: int | None
+    model, processor, held_out: HeldOut, *, batch_size: int, max_new_tokens: int, input_format: InputFormat
 ) -> dict:
     """Scores of greedy answers (the model is left in eval mode): ``recall`` (hits / scenes), ``by_objects``
     (recall per object count), ``other_object`` (share of answers whose box hits an object other than the one
     asked: localised, wrongly chosen) and ``centre_box`` (the recall of the fixed centre box, a floor)."""
     model.eval()
-    collator = collator_for(PromptCollator, model, processor, box_style, square_size)
+    collator = collator_for(PromptCollator, model, processor, input_format)
     responses = []
     for start in range(0, len(held_out.samples), batch_size):
         chunk = held_out.samples[start : start + batch_size]

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from clinkd.batching import ChatExample, TrainCollator, collator_for, training_examples
+from clinkd.batching import ChatExample, InputFormat, TrainCollator, collator_for, training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import Sample, infer_task
 from clinkd.distill.pseudo import (
@@ -120,7 +120,7 @@ def ensure_pseudo_labels(cfg: RecipeConfig, train: Sequence[Sample], teacher_dir
     if not reused:
         teacher, processor = load_teacher(cfg, teacher_dir)
         generate_pseudo_labels(
-            teacher, processor, records, out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size, cfg.distill.pseudo_max_new_tokens
+            teacher, processor, records, out_dir, cfg.predict, InputFormat.of(cfg), cfg.distill.pseudo_max_new_tokens
         )
     labels = read_pseudo_labels(out_dir, records)
     info = {"file": str(out_dir / "train.jsonl"), "records": len(records), "turns": len(labels), "reused": reused,
@@ -141,7 +141,7 @@ def cache_spec(cfg: RecipeConfig, examples: Sequence[ChatExample], student, proc
     """The spec a cache must have to serve this student on these examples."""
     return CacheSpec(
         dataset_sha256=dataset_fingerprint(
-            examples, cfg.data.box_style, cfg.model.square_size, processor.image_processor.size, box_coordinates(student.config, processor)
+            examples, InputFormat.of(cfg), processor.image_processor.size, box_coordinates(student.config, processor)
         ),
         n_examples=len(examples),
         tokenizer_sha256=tokenizer_fingerprint(processor.tokenizer),
@@ -167,7 +167,7 @@ def ensure_teacher_cache(
         teacher, _ = load_teacher(cfg, teacher_dir)
         check_teacher_vocab(output_vocab_size(teacher), spec.vocab_size, len(processor.tokenizer))
         # Exactly the student's collation (train_student), box convention included.
-        collator = collator_for(TrainCollator, student, processor, cfg.data.box_style, cfg.model.square_size)
+        collator = collator_for(TrainCollator, student, processor, InputFormat.of(cfg))
         manifest = write_teacher_cache(
             teacher, collator, examples, spec, cache_dir, kd,
             batch_size=cfg.predict.batch_size, shard_examples=cfg.distill.cache_shard_examples,

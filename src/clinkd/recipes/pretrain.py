@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from clinkd.batching import InputFormat
 from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig, dump_config
 from clinkd.doctor import device_description
@@ -144,7 +145,7 @@ def language_stage(cfg: RecipeConfig, model, processor, out: Path, held_out: Hel
 def score_held_out(cfg: RecipeConfig, model, processor, held_out: HeldOut) -> dict:
     return grounding_recall(
         model, processor, held_out, batch_size=cfg.predict.batch_size, max_new_tokens=cfg.predict.max_new_tokens["VG"],
-        box_style=cfg.data.box_style, square_size=cfg.model.square_size,
+        input_format=InputFormat.of(cfg),
     )
 
 

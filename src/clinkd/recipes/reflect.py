@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clinkd.batching import ChatExample, training_examples
+from clinkd.batching import ChatExample, InputFormat, training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import Sample
 from clinkd.engine.generate import write_predictions
@@ -48,7 +48,7 @@ def generate_outputs(model, processor, items: Sequence[ReflectItem], out_dir: Pa
     groups = by_task(items)
     paths = write_predictions(
         model, processor, {task: [item.sample for item in group] for task, group in groups.items()},
-        out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size,
+        out_dir, cfg.predict, InputFormat.of(cfg),
     )
     pairs = []
     for task, group in groups.items():

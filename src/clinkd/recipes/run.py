@@ -28,6 +28,7 @@ from pathlib import Path
 
 import transformers
 
+from clinkd.batching import InputFormat
 from clinkd.config import ModelConfig, RecipeConfig, dump_config
 from clinkd.data.validation import ISSUES_FILE
 from clinkd.distill.report import render_distill
@@ -126,7 +127,7 @@ def run(cfg: RecipeConfig) -> dict | None:
     clock.time("clip", lambda: ensure_embedded_clip(cfg, dataset.train, processor.tokenizer, all_tests(dataset)))
     selector = selector_for(cfg.select, cfg.clip.crop_margin, cfg.seed, run_dir, model.device)
     paths = clock.time("predict", lambda: write_predictions_sharded(
-        model, processor, dataset.tests, run_dir / "predictions", cfg.predict, cfg.data.box_style, cfg.model.square_size, selector
+        model, processor, dataset.tests, run_dir / "predictions", cfg.predict, InputFormat.of(cfg), selector
     ))
 
     others = {}
@@ -134,7 +135,7 @@ def run(cfg: RecipeConfig) -> dict | None:
         other, other_processor = load()
         out_dir = run_dir / "comparisons" / slug(label)
         others[label] = clock.time("predict", lambda: write_predictions_sharded(
-            other, other_processor, dataset.tests, out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size
+            other, other_processor, dataset.tests, out_dir, cfg.predict, InputFormat.of(cfg)
         )).values()
 
     if not is_main_process():
