@@ -36,7 +36,7 @@ from clinkd.batching import TrainCollator, training_examples
 from clinkd.boxes import convert_markup
 from clinkd.config import RecipeConfig
 from clinkd.data.medgrit import load_medgrit
-from clinkd.distill import TeacherCache, kd_loss_config, train_student, write_teacher_cache
+from clinkd.distill import TeacherCache, train_student, write_teacher_cache
 from clinkd.engine.sft import run_sft
 from clinkd.model.loading import load_checkpoint, save_checkpoint
 from clinkd.recipes.inputs import build_tiny_from
@@ -81,7 +81,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     """One student epoch with the online teacher, the cached teacher or no teacher (plain SFT), in this process."""
     torch.set_num_threads(args.threads)
     cfg, examples, student, processor = load_inputs(args, args.student_size)
-    kd = kd_loss_config(cfg.distill)
+    kd = cfg.distill.loss
     teacher_dir = args.workdir / "teacher"
     source = {}
     if args.variant == "online":
@@ -110,7 +110,7 @@ def prepare(args: argparse.Namespace) -> dict:
     cfg, examples, student, processor = load_inputs(args, args.student_size)
     teacher_cfg, _, teacher, _ = load_inputs(args, args.teacher_size)
     save_checkpoint(teacher, processor, args.workdir / "teacher")
-    kd = kd_loss_config(cfg.distill)
+    kd = cfg.distill.loss
     spec = cache_spec(cfg, examples, student, processor, args.workdir / "teacher", kd)
     started = time.perf_counter()
     manifest = write_teacher_cache(

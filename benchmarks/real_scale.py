@@ -66,7 +66,6 @@ from transformers import Qwen2VLConfig
 
 from clinkd.config import DistillConfig, SelectConfig
 from clinkd.distill.batches import batch_position_ids
-from clinkd.distill.settings import kd_loss_config
 from clinkd.doctor import device_description
 from clinkd.engine.generate import decoding
 from clinkd.losses import combine_losses, kd_divergence, sparse_kd_divergence, topk_logprobs
@@ -262,7 +261,7 @@ def kd_variant_peak(args, variant: str, device: torch.device) -> float:
     """Peak memory (MiB) of ``KD_STEPS`` KD steps with an online teacher or a cached one, in this process."""
     start_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     student_config, teacher_config = model_config(args.shape), model_config(args.teacher_shape)
-    cfg = kd_loss_config(DistillConfig(top_k=args.top_k))
+    cfg = DistillConfig(top_k=args.top_k).loss
     inputs, labels = synthetic_batch(student_config, args, args.batch_size, device)
     cache = random_topk_cache(args, student_config, teacher_config, labels, cfg, device) if variant == "cached" else None
     student = build_model(student_config, device, args.torch_dtype).train()

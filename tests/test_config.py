@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from clinkd.config import ConfigError, RecipeConfig, apply_overrides, dump_config, load_config, parse_override, preset_names
+from clinkd.config import ConfigError, RecipeConfig, apply_overrides, dump_config, flat_key, load_config, parse_override, preset_names
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_FOLDERS = ("accelerate", "deepspeed")  # launcher configs, not recipes
@@ -136,7 +136,10 @@ def test_the_readme_configuration_table_matches_the_code_defaults():
 
 
 # Numeric keys whose range depends on the model: checked against it when the model is built.
-MODEL_BOUNDED = {"train.retrieval_layer": "negative counts from the top; RetrievalSupervision checks it against the text layers"}
+MODEL_BOUNDED = {
+    "train.retrieval_layer": "negative counts from the top; RetrievalSupervision checks it against the text layers",
+    "distill.ignore_index": "a label no token id takes: any negative number",
+}
 
 
 def _numeric_leaves(model_class, prefix: str = ""):
@@ -147,13 +150,16 @@ def _numeric_leaves(model_class, prefix: str = ""):
 
     from pydantic import BaseModel
 
-    for name, field in model_class.model_fields.items():
-        key = f"{prefix}{name}"
+    from pydantic.dataclasses import is_pydantic_dataclass
+
+    fields = model_class.model_fields if issubclass(model_class, BaseModel) else model_class.__pydantic_fields__
+    for name, field in fields.items():
+        key = flat_key(f"{prefix}{name}")
         kind = field.annotation
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: X
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            yield from _numeric_leaves(kind, key + ".")
+        if isinstance(kind, type) and (issubclass(kind, BaseModel) or is_pydantic_dataclass(kind)):
+            yield from _numeric_leaves(kind, f"{prefix}{name}.")
         elif kind in (int, float):
             yield key, field.metadata, kind
         elif typing.get_origin(kind) is dict:
@@ -176,6 +182,7 @@ NUMERIC_KEYS = sorted(_numeric_leaves(RecipeConfig), key=lambda leaf: leaf[0])
 def test_the_walk_finds_every_kind_of_numeric_key():
     keys = {key for key, _, _ in NUMERIC_KEYS}
     assert {"seed", "train.epochs", "predict.max_new_tokens", "pretrain.tasks", "data.synth.turns", "data.max_image_pixels"} <= keys
+    assert {"distill.alpha", "distill.temperature", "distill.jsd_beta", "distill.chunk_size"} <= keys  # DistillConfig.loss, flat
 
 
 @pytest.mark.parametrize("key, metadata, kind", NUMERIC_KEYS, ids=[leaf[0] for leaf in NUMERIC_KEYS])

@@ -27,7 +27,6 @@ from clinkd.distill import (
     dataset_fingerprint,
     distillation_examples,
     generate_pseudo_labels,
-    kd_loss_config,
     read_pseudo_labels,
     aligned_pseudo_labels,
     PseudoChecks,
@@ -140,13 +139,14 @@ def test_seeded_subset_is_of_the_right_size_and_deterministic():
         seeded_subset(10, 0.0, seed=0, key="distill.pseudo_fraction")
 
 
-def test_kd_loss_config_takes_the_preset_and_applies_set_fields():
-    assert kd_loss_config(DistillConfig()) == KDLossConfig.paper()
-    assert kd_loss_config(DistillConfig(preset="clinkd-official")) == KDLossConfig.clinkd_official()
-    official_ce = kd_loss_config(DistillConfig(preset="clinkd-official", use_ce=True, chunk_size=64))
+def test_the_kd_loss_takes_the_preset_and_applies_set_fields():
+    assert DistillConfig().loss == KDLossConfig.paper()
+    assert DistillConfig(preset="clinkd-official").loss == KDLossConfig.clinkd_official()
+    assert DistillConfig(preset="clinkd-official", temperature=None).loss == KDLossConfig.clinkd_official()  # null: the preset's
+    official_ce = DistillConfig(preset="clinkd-official", use_ce=True, chunk_size=64).loss
     assert official_ce == KDLossConfig.clinkd_official(use_ce=True, chunk_size=64)
     assert (official_ce.temperature, official_ce.t_squared, official_ce.reduction, official_ce.shift_labels) == (0.5, False, "sum", False)
-    jsd = kd_loss_config(DistillConfig(divergence="jsd", jsd_beta=0.3, temperature=1.0))
+    jsd = DistillConfig(divergence="jsd", jsd_beta=0.3, temperature=1.0).loss
     assert (jsd.divergence, jsd.jsd_beta, jsd.temperature, jsd.t_squared) == ("jsd", 0.3, 1.0, True)
 
 

@@ -52,7 +52,7 @@ def train_straight_and_killed(processor, examples, tmp_path, sft: SftSettings) -
     """``straight/``: four steps in one go; ``killed/``: stopped after step 2, its checkpoints on disk."""
     run_sft(sft, fresh_model(processor), processor, examples, tmp_path / "straight")
     with pytest.raises(RuntimeError, match="killed"):
-        run_sft(sft, fresh_model(processor), processor, examples, tmp_path / "killed", trainer_class=KilledAtStep2)
+        run_sft(sft, fresh_model(processor), processor, examples, tmp_path / "killed", make_trainer=KilledAtStep2)
     assert (tmp_path / "killed" / "checkpoints" / "checkpoint-2").is_dir()
 
 

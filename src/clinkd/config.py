@@ -11,16 +11,18 @@ to (or replaces one of) the built-in :data:`PRESETS` (``clinkd run --preset quic
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from clinkd.boxes import ModelBoxStyle
 from clinkd.data.records import TASKS
 from clinkd.images import PIL_PIXEL_LIMIT
 from clinkd.io import unreachable_reason
+from clinkd.losses.config import KD_LOSS_PRESETS, KDLossConfig
 from clinkd.model.bases import shipped_sizes
 from clinkd.model.positions import PAPER, RopeStrategy
 
@@ -29,6 +31,9 @@ _EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 # numpy seeds must stay below 2**32, and stages add small offsets to the recipe's seed.
 MAX_SEED = 2**31 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+KD_LOSS_KEYS = tuple(field.name for field in fields(KDLossConfig))  # distill:'s loss keys (DistillConfig.loss, flat)
+# A section whose keys a recipe writes one level up: distill.alpha is DistillConfig.loss.alpha.
+FLAT_SECTIONS: tuple[str, ...] = ("distill.loss",)
 
 
 class ConfigError(ValueError):
@@ -280,8 +285,9 @@ class ReflectConfig(_Section):
 class DistillConfig(_Section):
     """Pseudo-Augmented Medical Distillation (``clinkd distill``, docs/distill.md): teacher → pseudo labels → student.
 
-    The loss fields left ``null`` take the value of ``preset`` (``paper`` or ``clinkd-official``, see
-    ``clinkd.losses.KDLossConfig``); a set field overrides the preset.
+    The KD loss is ``loss``, a :class:`~clinkd.losses.KDLossConfig`, written flat in a recipe: every field of it is a
+    key of ``distill:`` (``distill.alpha``, ``distill.temperature``, …) laid over ``preset``'s values; a key left out or
+    ``null`` keeps the preset's value. A resolved recipe writes them all.
     """
 
     enabled: bool = Field(True, description="clinkd run: teacher → pseudo labels → KD student (false: plain SFT)")
@@ -316,17 +322,27 @@ class DistillConfig(_Section):
     top_k: int = Field(64, gt=0, description="teacher log-probs kept per answer token in cached mode")
     cache_dir: Path | None = Field(None, description="cached-mode folder; null = <run>/distill/cache")
     cache_shard_examples: int = Field(1024, gt=0, description="examples per safetensors shard of the cache")
-    preset: Literal["paper", "clinkd-official"] = "paper"
-    alpha: float | None = Field(0.5, ge=0, description="weight of L_KD (both presets: 0.5); null = the preset's")
-    temperature: float | None = Field(None, gt=0)
-    t_squared: bool | None = None
-    divergence: Literal["forward", "reverse", "jsd"] | None = None
-    jsd_beta: float | None = Field(None, ge=0, le=1)
-    reduction: Literal["mean", "sum"] | None = None
-    shift_labels: bool | None = None
-    use_ce: bool | None = None
-    sparse_tail: Literal["renormalize", "residual"] | None = None
-    chunk_size: int | None = Field(None, gt=0, description="answer tokens per fp32 chunk of the KD loss")
+    preset: Literal[tuple(KD_LOSS_PRESETS)] = Field("paper", description="the KD loss the other distill: loss keys start from")
+    loss: KDLossConfig = Field(default_factory=KD_LOSS_PRESETS["paper"], description="written flat: distill.alpha, distill.temperature, ...")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_keys_over_the_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "loss" in data:
+            raise ValueError("loss: write the KD loss keys flat, e.g. distill.alpha, not distill.loss.alpha")
+        data = dict(data)
+        given = {name: data.pop(name) for name in KD_LOSS_KEYS if name in data}
+        start = KD_LOSS_PRESETS.get(data.get("preset", "paper"))  # an unknown preset: its own error, from the preset key
+        data["loss"] = {**(asdict(start()) if start else {}), **{name: value for name, value in given.items() if value is not None}}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _loss_keys_flat(self, handler) -> dict:
+        tree = handler(self)
+        loss = tree.pop("loss")
+        return {**tree, **loss}
 
 
 class ClipTrainConfig(_Section):
@@ -553,8 +569,16 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def flat_key(key: str) -> str:
+    """A validated key as a recipe writes it: ``distill.loss.alpha`` → ``distill.alpha`` (:data:`FLAT_SECTIONS`)."""
+    for section in FLAT_SECTIONS:
+        if key.startswith(section + "."):
+            return section.rsplit(".", 1)[0] + key[len(section) :]
+    return key
+
+
 def _describe(item: dict) -> str:
-    key = ".".join(str(part) for part in item["loc"]) or "(root)"
+    key = flat_key(".".join(str(part) for part in item["loc"])) or "(root)"
     if item["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     return f"{key}: {item['msg']}"

@@ -12,6 +12,7 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -201,6 +202,16 @@ class ClinKDTrainer(Trainer):
         model.load_state_dict(loaded.state_dict())
 
 
+class TrainerFactory(Protocol):
+    """Builds a stage's trainer from what :func:`run_sft` prepares: :class:`ClinKDTrainer` itself, or a stage's own
+    subclass with its own arguments bound (``clinkd.distill.trainer.KDTrainer.factory``)."""
+
+    def __call__(
+        self, *, model, args: TrainingArguments, train_dataset, data_collator, callbacks: list[TrainerCallback],
+        retrieval: RetrievalSupervision | None,
+    ) -> ClinKDTrainer: ...
+
+
 def run_sft(
     settings: SftSettings,
     model,
@@ -208,15 +219,14 @@ def run_sft(
     examples: list[ChatExample],
     stage_dir: Path,
     *,
-    trainer_class: type[Trainer] = ClinKDTrainer,
-    trainer_kwargs: dict | None = None,
+    make_trainer: TrainerFactory = ClinKDTrainer,
     collator=None,
     train_dataset=None,
 ) -> TrainResult:
     """Train ``model`` on ``examples``; the final model goes to ``stage_dir/model``.
 
-    Stages with their own loss (distillation) pass ``trainer_class``/``trainer_kwargs``, and their own
-    ``collator`` and ``train_dataset`` (default: ``TrainCollator`` over ``examples``); everything else
+    Stages with their own loss (distillation) pass their ``make_trainer`` (e.g. ``KDTrainer.factory(...)``), and
+    their own ``collator`` and ``train_dataset`` (default: ``TrainCollator`` over ``examples``); everything else
     (arguments, LoRA or freezing, resume, saving, logs) is shared.
     """
     import time
@@ -241,7 +251,7 @@ def run_sft(
     if collator is None:
         collator = collator_for(TrainCollator, model, processor, settings.input_format)
     retrieval = RetrievalSupervision.from_settings(settings.train, model, processor)
-    trainer = trainer_class(
+    trainer = make_trainer(
         model=model,
         args=training_arguments(settings, checkpoints),
         train_dataset=examples if train_dataset is None else train_dataset,
@@ -252,7 +262,6 @@ def run_sft(
             UmaskCheckpoints(),
         ],
         retrieval=retrieval,
-        **(trainer_kwargs or {}),
     )
     try:
         output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))

@@ -38,7 +38,6 @@ from clinkd.distill.pseudo import (
     read_pseudo_labels,
     turn_samples,
 )
-from clinkd.distill.settings import kd_loss_config
 from clinkd.distill.subset import PSEUDO_SEED_OFFSET, curriculum_order, seeded_subset
 from clinkd.distill.teacher_cache import (
     CacheSpec,
@@ -228,7 +227,7 @@ def run_distill(cfg: RecipeConfig, train: Sequence[Sample], run_dir: Path, build
     returns a freshly initialised ``(model, processor)``, the same initialisation plain SFT starts from.
     """
     root = Path(run_dir) / "distill"
-    kd = kd_loss_config(cfg.distill)
+    kd = cfg.distill.loss
 
     started = time.perf_counter()
     teacher_dir, teacher = ensure_teacher(cfg, train, root / "teacher", build_model)

@@ -14,7 +14,9 @@ Rerunning continues: a finished dense stage is reused, the language stage resume
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ from clinkd.batching import InputFormat
 from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig, dump_config
 from clinkd.doctor import device_description
-from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
+from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainerFactory, TrainResult, run_sft
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from clinkd.model.loading import is_checkpoint, load_checkpoint, save_checkpoint
 from clinkd.pretrain.corpus import LOOKS, LanguageStream, tokenizer_texts
@@ -137,7 +139,7 @@ def language_stage(cfg: RecipeConfig, model, processor, out: Path, held_out: Hel
     callbacks = [UnfreezeVision(settings.unfreeze_after), HeldOutCurve(settings.eval_steps, cfg, processor, held_out, out / CURVE_FILE)]
     return run_sft(
         SftSettings.of(language_recipe(cfg, out)), model, processor, [], out / "language",
-        trainer_class=PretrainTrainer, trainer_kwargs={"optimizers": (optimiser, None), "extra_callbacks": callbacks},
+        make_trainer=PretrainTrainer.factory(optimiser, callbacks),
         train_dataset=stream,  # run_sft's default TrainCollator reads the turns
     )
 
@@ -163,6 +165,11 @@ class PretrainTrainer(ClinKDTrainer):
         super().__init__(*args, **kwargs)
         for callback in extra_callbacks:
             self.add_callback(callback)
+
+    @classmethod
+    def factory(cls, optimiser: torch.optim.Optimizer, callbacks: Sequence[TrainerCallback]) -> TrainerFactory:
+        """What :func:`run_sft` builds the language stage's trainer with: this optimiser (every parameter) and callbacks."""
+        return partial(cls, optimizers=(optimiser, None), extra_callbacks=callbacks)
 
 
 class UnfreezeVision(TrainerCallback):
