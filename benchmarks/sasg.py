@@ -107,7 +107,7 @@ def main() -> None:
 
         def sasg():
             for task, chunk in batches(tests, args.batch_size):
-                selector.selections(model, processor, collator, [task] * len(chunk), chunk, max_new[task])
+                selector.selections(model, processor, collator, task, chunk, max_new[task])
 
         methods = {"greedy": greedy, "beam-3 top-1": beam3, "SASG (beam 3, N=3, CLIP)": sasg}
         cpu = {name: [] for name in methods}

@@ -92,8 +92,7 @@ def tiny_sasg(tmp_path_factory, tiny_processor):
     """clinkd.sasg's selector (3 beams, 3 candidates) with a CLIP trained for 5 steps on an 8-image synthetic set."""
     from clinkd.config import ClipTrainConfig, RecipeConfig
     from clinkd.data.medgrit import load_medgrit
-    from clinkd.interactive.infer import named_selector
-    from clinkd.sasg import sample_pairs, train_clip
+    from clinkd.sasg import sample_pairs, selector_for, train_clip
     from clinkd.synth import generate
 
     root = tmp_path_factory.mktemp("sasg")
@@ -101,7 +100,7 @@ def tiny_sasg(tmp_path_factory, tiny_processor):
     clip_cfg = ClipTrainConfig(hidden=32, layers=1, heads=2, steps=5, batch_size=8, image_size=32)
     train_clip(sample_pairs(load_medgrit(root / "data" / "train.json", root / "data" / "images")), tiny_processor.tokenizer, clip_cfg, root / "clip")
     cfg = RecipeConfig(clip=clip_cfg, select={"method": "sasg", "scorer_path": root / "clip"})
-    return named_selector("sasg", cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
+    return selector_for(cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
 
 
 @pytest.fixture(scope="session")

@@ -211,7 +211,7 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, png):
         (["--model", broken, "--image", png, "--question", "liver"], f"{broken / 'config.json'} is damaged (JSONDecodeError: "),
         (["--model", weightless, "--image", png, "--question", "liver"], "not a loadable clinkd or Qwen2-VL checkpoint"),
         (["--model", other, "--image", png, "--question", "liver"], "is not one of qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5"),
-        (["--model", empty_dir, "--image", png, "--question", "liver", "--select", "vote"], "only selector is sasg"),
+        (["--model", empty_dir, "--image", png, "--question", "liver", "--select", "vote"], "select.method: Input should be 'greedy', 'beam' or 'sasg'"),
     ]
     for args, message in cases:
         code, output, _ = _cli(*args)
@@ -236,6 +236,16 @@ def test_infer_on_a_trained_tiny_model_draws_its_box_where_the_answer_says(train
         for x, y in ((x1, mid_y), (x2, mid_y), (mid_x, y2)):
             assert _colour(drawn, x, y) == ROLE_COLOURS[role]
         assert _colour(drawn, mid_x, mid_y) == (30, 30, 30)
+
+
+def test_infer_selects_by_any_registered_name(trained_checkpoint, overfit_image):
+    beam = ("--model", trained_checkpoint, "--image", overfit_image, "--question", "liver", "--task", "vg", "--json")
+    code, output, stdout = _cli(*beam, "--select", "beam", "select.num_beams=2")
+    assert code == 0, output
+    result = json.loads(stdout)
+    assert result["selector"] == "beam" and result["candidates"] == [] and result["task"] == "VG"
+    code, output, stdout = _cli(*beam, "--select", "greedy")
+    assert code == 0 and json.loads(stdout)["selector"] is None, output
 
 
 def test_infer_function_reads_a_16_bit_image_and_reports_the_query_box(trained_checkpoint, tmp_path):
@@ -263,14 +273,16 @@ def test_sasg_answers_with_its_best_scored_candidate(trained_checkpoint, overfit
 
 
 def test_a_selector_answers_with_its_best_candidate(tiny_model, tiny_processor, png):
+    from clinkd.engine.generate import Choice
     from clinkd.interactive.infer import RankedCandidate
 
     class FixedSelector:
         name = "fixed"
 
-        def rank(self, model, processor, collator, samples, max_new_tokens):
-            assert len(samples) == 1 and samples[0].turns[0].question == VG_QUESTION
-            return [[RankedCandidate("<ref>liver</ref><box>(1,2),(30,40)</box>", 0.9), RankedCandidate("kidney", 0.1)]]
+        def __call__(self, model, processor, collator, task, samples, max_new_tokens):
+            assert task == "VG" and len(samples) == 1 and samples[0].turns[0].question == VG_QUESTION
+            best = "<ref>liver</ref><box>(1,2),(30,40)</box>"
+            return [Choice(best, {}, (RankedCandidate(best, 0.9), RankedCandidate("kidney", 0.1)))]
 
     result = infer(tiny_model, tiny_processor, png, "liver", select=FixedSelector())
     assert result.selector == "fixed" and [c.score for c in result.candidates] == [0.9, 0.1]
@@ -339,6 +351,6 @@ def test_the_demo_serves_the_images_it_shows_and_no_other_file_of_the_data(tiny_
 
 def test_the_demo_command_checks_its_model_before_serving(tmp_path):
     result = runner.invoke(app, ["demo", "--model", str(tmp_path / "none"), "--select", "vote"])
-    assert result.exit_code == 2 and "only selector is sasg" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "select.method: Input should be" in " ".join(result.output.split())
     result = runner.invoke(app, ["demo", "--model", str(tmp_path / "none")])
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())

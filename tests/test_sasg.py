@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,18 +242,28 @@ def test_run_predict_with_sasg_keeps_every_candidate(tmp_path, tiny_model, tiny_
         assert sum(c["prob"] for c in row["candidates"]) == pytest.approx(1.0)
 
 
-def test_rank_serves_infer_with_the_chosen_candidate_first(tmp_path, tiny_model, tiny_processor):
+def test_a_choice_ranks_the_chosen_candidate_first(tmp_path, tiny_model, tiny_processor):
     from clinkd.batching import PromptCollator
 
     samples = _noise_samples(tmp_path, 2, task="ROC")
     selector = SasgSelector(ColourScorer(), SelectConfig(method="sasg"), crop_margin=0.1)
-    ranked = selector.rank(tiny_model, tiny_processor, PromptCollator(tiny_processor), samples, 4)
-    rows = selector(tiny_model, tiny_processor, PromptCollator(tiny_processor), "ROC", samples, 4)
-    for candidates, (response, extra) in zip(ranked, rows):
-        assert len(candidates) == 3 and candidates[0].text == response
+    for choice in selector(tiny_model, tiny_processor, PromptCollator(tiny_processor), "ROC", samples, 4):
+        candidates = choice.ranked
+        assert len(candidates) == 3 and candidates[0].text == choice.response == choice.row["candidates"][choice.row["selected"]]["text"]
         assert [c.score for c in candidates[1:]] == sorted((c.score for c in candidates[1:]), reverse=True)
     with pytest.raises(ValueError, match="task"):
-        selector.rank(tiny_model, tiny_processor, PromptCollator(tiny_processor), [Sample("x", samples[0].image, "ct", samples[0].turns)], 4)
+        selector(tiny_model, tiny_processor, PromptCollator(tiny_processor), "train", samples, 4)
+
+
+def test_every_select_method_names_one_selector():
+    import typing
+
+    from clinkd.sasg import SELECTORS, BeamSelector, selector_for
+
+    assert set(typing.get_args(SelectConfig.model_fields["method"].annotation)) == set(SELECTORS)
+    assert selector_for(SelectConfig(method="greedy"), 0.1, 0, Path(".")) is None
+    beam = selector_for(SelectConfig(method="beam", num_beams=2), 0.1, 0, Path("."))
+    assert isinstance(beam, BeamSelector) and (beam.name, beam.num_beams) == ("beam", 2)
 
 
 # ---- the embedded CLIP -------------------------------------------------------------------------------------------

@@ -37,11 +37,12 @@ def _fail_cleanly(command):
         from clinkd.interactive.infer import InferInputError
         from clinkd.io import FolderInUse, JsonlError
         from clinkd.model.loading import CheckpointError
+        from clinkd.sasg.scorer import ScorerError
 
         try:
             return command(*args, **kwargs)
         except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError, EndpointError,
-                FolderInUse) as error:
+                FolderInUse, ScorerError) as error:
             console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # one line; escaped: `clinkd[demo]` is not markup
             raise typer.Exit(2) from None
 
@@ -73,6 +74,19 @@ def _load(config: Optional[Path], overrides: Optional[list[str]], preset: Option
         overrides.insert(0, str(config))
         config = None
     return load_config(config, overrides, preset)
+
+
+def _selecting(overrides: Optional[list[str]], select: Optional[str]) -> list[str]:
+    """The overrides with ``--select NAME`` as ``select.method=NAME`` (validated with the recipe)."""
+    return [*(overrides or []), *([f"select.method={select}"] if select else [])]
+
+
+def _selector(cfg):
+    """``select.method``'s selector (``clinkd.sasg.pipeline.SELECTORS``; None: plain decoding), for a model on the CPU,
+    where ``load_model`` leaves it."""
+    from clinkd.sasg.pipeline import selector_for
+
+    return selector_for(cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
 
 
 @app.command()
@@ -207,8 +221,7 @@ def predict(
     from clinkd.config import ConfigError
 
     flags = {"base_url": endpoint, "model": served_model, "boxes": boxes, "concurrency": concurrency}
-    overrides = [*(overrides or []), *([f"select.method={select}"] if select else []),
-                 *(f"predict.endpoint.{key}={json.dumps(value)}" for key, value in flags.items() if value is not None)]
+    overrides = [*_selecting(overrides, select), *(f"predict.endpoint.{key}={json.dumps(value)}" for key, value in flags.items() if value is not None)]
     cfg = _load(config, overrides, preset)
     served = cfg.predict.endpoint.base_url is not None
     if served == (model is not None):
@@ -418,7 +431,9 @@ def infer(
     image: Path = typer.Option(..., "--image", help="PNG/JPEG/… (grayscale and 16-bit are converted) or DICOM (needs pydicom)"),
     question: str = typer.Option("", "--question", help="a question, or only its target: a name (VG) or a box (x1,y1),(x2,y2) (ROC/RC)"),
     task: Optional[str] = typer.Option(None, "--task", help="vg|roc|rc|mia (default: guessed from the question)"),
-    select: Optional[str] = typer.Option(None, "--select", help="sasg: answer with the best-scored candidate (the recipe's select: block)"),
+    select: Optional[str] = typer.Option(
+        None, "--select", help="greedy|beam|sasg: answer through that selector (select.method; the recipe's select: block)"
+    ),
     gt: Optional[str] = typer.Option(None, "--gt", help='ground-truth box "(x1,y1),(x2,y2)" on the 0–1000 scale, drawn in green'),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG with the boxes drawn (default: ./<image stem>.clinkd.png)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of text"),
@@ -430,12 +445,12 @@ def infer(
     import json
 
     from clinkd.batching import InputFormat
-    from clinkd.interactive.infer import load_model, named_selector, parse_ground_truth, prepare_request, render_overlay, run_request, without_markup
+    from clinkd.interactive.infer import load_model, parse_ground_truth, prepare_request, render_overlay, run_request, without_markup
 
-    cfg = _load(config, overrides, preset)
+    cfg = _load(config, _selecting(overrides, select), preset)
     request = prepare_request(image, question, task, cfg.data.max_image_pixels)  # every input check before the (slow) model load
     truth = parse_ground_truth(gt)
-    selector = named_selector(select, cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
+    selector = _selector(cfg) if select else None  # a missing scorer before the slow model load
     loaded, processor = load_model(model, cfg.model.dtype)
     result = run_request(
         loaded, processor, request, selector,
@@ -465,7 +480,9 @@ def demo(
     data: Optional[Path] = typer.Option(None, "--data", help="a dataset folder (test_*.json + images/) to pick examples from (default: the recipe's data.dir when it exists)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind (127.0.0.1: this machine only)"),
     port: int = typer.Option(7860, "--port"),
-    select: Optional[str] = typer.Option(None, "--select", help="sasg: offer SASG selection, with its candidates and scores"),
+    select: Optional[str] = typer.Option(
+        None, "--select", help="greedy|beam|sasg: offer that selector (select.method), with its candidates and scores"
+    ),
     config: Optional[Path] = ConfigArg,
     overrides: Optional[list[str]] = OverridesArg,
     preset: Optional[str] = PresetOpt,
@@ -477,11 +494,11 @@ def demo(
         console.print("[red]error:[/red] clinkd demo needs gradio: pip install 'clinkd\\[demo]'")
         raise typer.Exit(2)
     from clinkd.interactive.demo import DemoSettings, build_demo, launch_demo
-    from clinkd.interactive.infer import load_model, named_selector
+    from clinkd.interactive.infer import load_model
 
-    cfg = _load(config, overrides, preset)
+    cfg = _load(config, _selecting(overrides, select), preset)
     data = data if data is not None else (cfg.data.dir if (cfg.data.dir / "images").is_dir() else None)
-    selector = named_selector(select, cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
+    selector = _selector(cfg) if select else None
     loaded, processor = load_model(model, cfg.model.dtype)
     app_ = build_demo(loaded, processor, data_dir=data, selector=selector, settings=DemoSettings.from_config(cfg))
     console.print(f"[green]clinkd demo[/green] on http://{host}:{port} (Ctrl+C stops it)")

@@ -22,7 +22,7 @@ from clinkd.batching import ChatExample, InputFormat, training_examples
 from clinkd.boxes import BoxError, convert_markup
 from clinkd.config import PredictConfig
 from clinkd.data.records import Sample, Turn, infer_task
-from clinkd.engine.generate import generate_with_margins, predictions_complete, write_predictions
+from clinkd.engine.generate import Choice, generate_with_margins, predictions_complete, write_predictions
 from clinkd.io import read_jsonl
 from clinkd.metrics.fidelity import has_parseable_box, named_classes, names_asked
 
@@ -79,16 +79,20 @@ def generate_pseudo_labels(
     budget = max_new_tokens or max(predict_cfg.max_new_tokens.values())
     # model_copy(update=) skips validation: "train" is not one of the four test tasks.
     pseudo_cfg = predict_cfg.model_copy(update={"max_new_tokens": {PSEUDO_TASK: budget}})
-    selector = margin_selector if predict_cfg.num_beams == 1 else None  # a beam's margin is not one next-token choice
+    selector = MarginSelector() if predict_cfg.num_beams == 1 else None  # a beam's margin is not one next-token choice
     paths = write_predictions(
         teacher, processor, {PSEUDO_TASK: turn_samples(records)}, out_dir, pseudo_cfg, input_format, selector
     )
     return paths[PSEUDO_TASK]
 
 
-def margin_selector(model, processor, collator, task: str, samples: Sequence[Sample], max_new_tokens: int) -> list[tuple[str, dict]]:
-    """Greedy answers with their confidence margins (a :class:`~clinkd.engine.generate.Selector`)."""
-    return generate_with_margins(model, processor, collator, samples, max_new_tokens)
+class MarginSelector:
+    """Greedy answers, each row with its confidence ``margin`` (a :class:`~clinkd.engine.generate.Selector`)."""
+
+    name = "greedy with margins"
+
+    def __call__(self, model, processor, collator, task: str, samples: Sequence[Sample], max_new_tokens: int) -> list[Choice]:
+        return [Choice(text, row) for text, row in generate_with_margins(model, processor, collator, samples, max_new_tokens)]
 
 
 def read_pseudo_labels(out_dir: Path, records: Sequence[Sample]) -> list[PseudoLabel]:

@@ -8,15 +8,16 @@ predicted once and the others are not redone. A written row that matches no inpu
 removed, or its question or answer changed) stops the rerun with a DataError naming the file and line:
 delete the file, or predict into another folder. When positions moved, the finished file is rewritten in
 input order with fresh ``index`` values.
-A :class:`Selector` (e.g. SASG, ``clinkd.sasg``) may replace plain decoding; the keys it returns per
-sample (SASG: every candidate with its scores) are added to that sample's row.
+A :class:`Selector` (beam search or SASG, ``clinkd.sasg.pipeline.SELECTORS``) may replace plain decoding; the keys its
+:class:`Choice` holds per sample (SASG: every candidate with its scores) are added to that sample's row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -147,12 +148,26 @@ def answer_margins(logits: torch.Tensor, tokens: torch.Tensor, end_id: int) -> l
     return ((margin * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)).tolist()
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A selector's answer to one sample: the ``response``, the keys it adds to the sample's prediction ``row``, and
+    the candidates it chose among, ``ranked`` best first (each with ``text: str`` and ``score: float``, ``-inf`` for
+    an invalid one; empty when it ranks none)."""
+
+    response: str
+    row: dict = field(default_factory=dict)
+    ranked: tuple[Any, ...] = ()
+
+
 class Selector(Protocol):
-    """Chooses each sample's response for one batch; each dict's keys are added to that sample's JSONL row."""
+    """Chooses each sample's response for one batch of ``task`` in place of plain decoding: the one interface of
+    ``clinkd predict``, ``clinkd infer`` and the demo (``clinkd.sasg.pipeline.SELECTORS`` names them)."""
+
+    name: str
 
     def __call__(
         self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int
-    ) -> list[tuple[str, dict]]: ...
+    ) -> list[Choice]: ...
 
 
 def write_predictions(
@@ -183,10 +198,12 @@ def write_predictions(
                     responses = generate_responses(
                         model, processor, collator, chunk_samples, predict_cfg.max_new_tokens[task], predict_cfg.num_beams
                     )
-                    outputs = [(response, {}) for response in responses]
+                    choices = [Choice(response) for response in responses]
                 else:
-                    outputs = selector(model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task])
-                append_jsonl(path, (prediction_row(task, index, sample, *output) for (index, sample), output in zip(chunk, outputs)))
+                    choices = selector(model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task])
+                append_jsonl(path, (
+                    prediction_row(task, index, sample, choice.response, choice.row) for (index, sample), choice in zip(chunk, choices)
+                ))
                 progress.advance(bar, len(chunk))
             renumber(path, samples)
     return paths

@@ -6,8 +6,8 @@ answer, the image with the boxes drawn (:mod:`clinkd.interactive.overlay` colour
 blue asked region, green ground truth) and, when a selector is given and ticked, its candidates
 with their scores, best first.
 
-A selector is any object with the duck-typed interface :class:`clinkd.interactive.infer.CandidateRanker`
-(``name`` and ``rank(model, processor, collator, samples, max_new_tokens)``), e.g. SASG's.
+A selector is any :class:`clinkd.engine.generate.Selector` (``clinkd.sasg.pipeline.SELECTORS``: beam or SASG); its
+ranked candidates, when it gives them, are listed.
 
 The server binds 127.0.0.1 unless told otherwise; gradio's analytics are off.
 """
@@ -24,10 +24,10 @@ from PIL import Image
 
 from clinkd.batching import InputFormat
 from clinkd.boxes import Box, BoxError
+from clinkd.engine.generate import Selector
 from clinkd.images import PIL_PIXEL_LIMIT
 from clinkd.interactive.infer import (
     DEFAULT_MAX_NEW_TOKENS,
-    CandidateRanker,
     InferInputError,
     InferResult,
     parse_ground_truth,
@@ -112,7 +112,7 @@ def answer_question(
     question: str,
     task: str = "auto",
     ground_truth: str = "",
-    selector: CandidateRanker | None = None,
+    selector: Selector | None = None,
     settings: DemoSettings = DemoSettings(),
 ) -> DemoAnswer:
     """One click of *Ask*: bad input becomes an ``error:`` status instead of an exception."""
@@ -142,7 +142,7 @@ def build_demo(
     model,
     processor,
     data_dir: str | Path | None = None,
-    selector: CandidateRanker | None = None,
+    selector: Selector | None = None,
     settings: DemoSettings = DemoSettings(),
 ):
     """The ``gradio.Blocks`` app (not launched). ``data_dir`` adds the test-record picker."""

@@ -44,8 +44,9 @@ from clinkd.boxes import (
     format_ref,
     parse_boxes,
 )
-from clinkd.config import PredictConfig, SelectConfig
+from clinkd.config import PredictConfig
 from clinkd.data.records import MODALITY_NAMES, Sample, Turn, UnknownTaskError, canonical_task
+from clinkd.engine.generate import Selector, generate_responses
 from clinkd.images import PIL_PIXEL_LIMIT, VIEW_PIXELS, unusable_reason
 from clinkd.interactive.overlay import BoxRole, LabelledBox, draw_boxes
 from clinkd.io import unreachable_reason
@@ -72,20 +73,6 @@ class RankedCandidate:
 
     text: str
     score: float
-
-
-class CandidateRanker(Protocol):
-    """What :func:`infer` and the demo need from a candidate selector such as SASG (duck-typed).
-
-    ``rank`` answers one batch, like :func:`clinkd.engine.generate.generate_responses`: for every
-    sample, its candidate responses **best first** (the first becomes the answer). A candidate is
-    any object with ``text: str`` and ``score: float`` (e.g. :class:`RankedCandidate`); invalid ones
-    (say, an unparseable VG box) may be listed with a score of ``-inf``.
-    """
-
-    name: str
-
-    def rank(self, model, processor, collator, samples: Sequence[Sample], max_new_tokens: int) -> list[Sequence[RankedCandidate]]: ...
 
 
 @dataclass(frozen=True)
@@ -307,21 +294,6 @@ def prepare_request(image: str | Path, question: str, task: str | None = None, m
 
 
 # ---- the model ---------------------------------------------------------------------------------
-def named_selector(name: str | None, select: SelectConfig, crop_margin: float, seed: int, run_dir: Path) -> CandidateRanker | None:
-    """``None`` (plain decoding) for no name; ``sasg``: :func:`clinkd.sasg.sasg_selector`, configured by the
-    recipe's ``select:`` block (candidates, scorer and its path)."""
-    if not name:
-        return None
-    if name.lower() != "sasg":
-        raise InferInputError(f"--select {name!r}: the only selector is sasg")
-    from clinkd.sasg import ScorerError, sasg_selector
-
-    try:
-        return sasg_selector(select, crop_margin, seed, run_dir)
-    except ScorerError as error:  # no trained CLIP yet, a wrong scorer_path, a missing extra
-        raise InferInputError(f"--select sasg: {error}") from None
-
-
 def load_model(path: str | Path, dtype: str = "float32"):
     """:func:`load_checkpoint`, with every way a directory can fail to be a checkpoint as one :class:`CheckpointError`."""
     try:
@@ -355,15 +327,13 @@ def run_request(
     model,
     processor,
     request: InferRequest,
-    select: CandidateRanker | None = None,
+    select: Selector | None = None,
     *,
     input_format: InputFormat = InputFormat(),
     max_new_tokens: int | None = None,
     num_beams: int = 1,
 ) -> InferResult:
-    """Generate the answer to a checked request (greedy/beam, or the selector's best candidate)."""
-    from clinkd.engine.generate import generate_responses
-
+    """Generate the answer to a checked request (greedy/beam with ``num_beams``, or ``select``'s choice)."""
     model.eval()
     collator = collator_for(PromptCollator, model, processor, input_format)
     tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[request.task]
@@ -376,9 +346,9 @@ def run_request(
             answer = generate_responses(model, processor, collator, [sample], tokens, num_beams)[0]
             candidates: tuple[RankedCandidate, ...] = ()
         else:
-            ranked = select.rank(model, processor, collator, [sample], tokens)[0]
-            candidates = tuple(RankedCandidate(c.text, float(c.score)) for c in ranked)
-            answer = candidates[0].text if candidates else ""
+            choice = select(model, processor, collator, request.task, [sample], tokens)[0]
+            candidates = tuple(RankedCandidate(c.text, float(c.score)) for c in choice.ranked)
+            answer = choice.response
     boxes, box_error = labelled_answer_boxes(answer)
     short_answer = without_markup(answer)
     # A ROC answer is the region's class name: the asked box is the place to show it.
@@ -404,7 +374,7 @@ def infer(
     image_path: str | Path,
     question: str,
     task: str | None = None,
-    select: CandidateRanker | None = None,
+    select: Selector | None = None,
     **options,
 ) -> InferResult:
     """Check the inputs, complete the question, answer it; ``options`` go to :func:`run_request`."""
