@@ -194,6 +194,21 @@ def _roc_rows(data) -> list[dict]:
     return [Prediction.for_sample("ROC", sample, sample.turns[0].answer).to_json() for sample in load_test_split(data, tasks=["ROC"])["ROC"]]
 
 
+def test_evaluate_reads_the_recipes_evaluate_block_and_its_flags_override_it(tmp_path):
+    rows = tmp_path / "P.jsonl"
+    rows.write_text(_jsonl(ROW), encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("evaluate: {meteor: 'off', spice: 'off', figures: false}\n", encoding="utf-8")
+    quiet = runner.invoke(app, ["evaluate", "--pred", str(rows), "--out", str(tmp_path / "a"), str(recipe)])
+    assert quiet.exit_code == 0, quiet.output
+    assert not (tmp_path / "a" / "figures").exists() and '"METEOR":' not in (tmp_path / "a" / "metrics.json").read_text()
+    drawn = runner.invoke(app, ["evaluate", "--pred", str(rows), "--out", str(tmp_path / "b"), "--figures", str(recipe)])
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "b" / "figures").is_dir()
+    bad = runner.invoke(app, ["evaluate", "--pred", str(rows), "--out", str(tmp_path / "c"), "--meteor", "jar"])
+    assert bad.exit_code == 2 and "evaluate.meteor" in bad.output
+
+
 def _evaluate(tmp_path, rows, *args):
     path = tmp_path / "P.jsonl"
     path.write_text(_jsonl(*rows), encoding="utf-8")

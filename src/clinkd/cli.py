@@ -156,15 +156,13 @@ def reflect(
 
     Writes <run>/reflect/ (resumable: a rerun picks up where it stopped); the final model is the last round's model/.
     """
-    from clinkd.data.validation import ISSUES_FILE
     from clinkd.model.loading import load_checkpoint
-    from clinkd.recipes.inputs import ensure_synth, load_dataset
+    from clinkd.recipes.inputs import prepared_dataset
     from clinkd.recipes.reflect import run_reflect
 
     cfg = _load(config, overrides, preset)
     with _writing(cfg.run_dir):
-        ensure_synth(cfg)
-        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)  # data problems before the slow load
+        dataset = prepared_dataset(cfg)  # data problems before the slow load
         loaded, processor = load_checkpoint(model, cfg.model.dtype)
         result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
     console.print(result.markdown(), markup=False)
@@ -178,15 +176,13 @@ def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] =
 
     Writes <run>/distill/ (resumable: finished sub-stages are skipped); the student goes to <run>/distill/student/model.
     """
-    from clinkd.data.validation import ISSUES_FILE
     from clinkd.distill.teacher_cache import CacheMismatchError
     from clinkd.recipes.distill import run_distill
-    from clinkd.recipes.inputs import ensure_synth, initial_model, load_dataset
+    from clinkd.recipes.inputs import initial_model, prepared_dataset
 
     cfg = _load(config, overrides, preset)
     with _writing(cfg.run_dir):
-        ensure_synth(cfg)
-        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+        dataset = prepared_dataset(cfg)
         try:
             _, _, info = run_distill(cfg, dataset.train, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
         except CacheMismatchError as error:
@@ -261,15 +257,13 @@ def clip_train(
     preset: Optional[str] = PresetOpt,
 ):
     """Train SASG's embedded Med-CLIP (clip.*) on the train split's image–text pairs; report its held-out matching rate."""
-    from clinkd.data.validation import ISSUES_FILE
     from clinkd.recipes.clip_train import run_clip_train, text_tokenizer
-    from clinkd.recipes.inputs import all_tests, ensure_synth, load_dataset
+    from clinkd.recipes.inputs import all_tests, prepared_dataset
     from clinkd.sasg import scorer_dir
 
     cfg = _load(config, overrides, preset)
     with _writing(cfg.run_dir):
-        ensure_synth(cfg)
-        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+        dataset = prepared_dataset(cfg)
         clip_tokenizer = text_tokenizer(cfg, dataset.train, tokenizer)
         result, rates = run_clip_train(cfg, dataset.train, clip_tokenizer, out or scorer_dir(cfg.select, cfg.run_dir), all_tests(dataset))
     console.print(f"[green]clip: {result.steps} steps on {result.pairs} pairs in {result.seconds:.0f} s → {result.model_dir}")
@@ -290,26 +284,34 @@ def evaluate(
         False, "--partial", help="with --data: score the rows there are when test records have none (counted in the report)"
     ),
     on_error: OnError = typer.Option("skip", "--on-error", help="for bad test records"),
-    meteor: str = typer.Option("auto", "--meteor", help="auto|java|nltk|off (auto: METEOR 1.5 jar, else meteor-nltk)"),
-    spice: str = typer.Option("auto", "--spice", help="auto|official|approx|off (auto: real SPICE if its jars are found, else SPICE-approx)"),
-    spice_jars: Optional[Path] = typer.Option(None, "--spice-jars", help="folder with stanford-corenlp-3.6.0{,-models}.jar for real SPICE"),
-    bird_exact: bool = typer.Option(False, "--bird-exact", help="score exactly as BiRD's scripts"),
-    figures: bool = typer.Option(True, "--figures/--no-figures", help="write the PNG figures"),
+    meteor: Optional[str] = typer.Option(None, "--meteor", help="evaluate.meteor: auto|java|nltk|off"),
+    spice: Optional[str] = typer.Option(None, "--spice", help="evaluate.spice: auto|official|approx|off"),
+    spice_jars: Optional[Path] = typer.Option(None, "--spice-jars", help="evaluate.corenlp_dir: the CoreNLP 3.6.0 jars for real SPICE"),
+    bird_exact: Optional[bool] = typer.Option(None, "--bird-exact", help="evaluate.bird_exact: score exactly as BiRD's scripts"),
+    figures: Optional[bool] = typer.Option(None, "--figures/--no-figures", help="evaluate.figures: write the PNG figures"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run folder with train_log.json files for the loss figure (default: --out)"),
     as_json: bool = typer.Option(False, "--json", help="print metrics.json instead of report.md (both are written to --out)"),
+    config: Optional[Path] = ConfigArg,
+    overrides: Optional[list[str]] = OverridesArg,
+    preset: Optional[str] = PresetOpt,
 ):
     """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures.
 
-    A second row for one task and id is an error; with --data so is a row that answers no test record of its task,
-    and (unless --partial) a test record of a task the rows cover that has no row. The report (or with --json the
-    metrics) goes to stdout; progress and messages to stderr.
+    The scoring backends and options are the recipe's evaluate: block; each flag overrides its key. A second row for
+    one task and id is an error; with --data so is a row that answers no test record of its task, and (unless
+    --partial) a test record of a task the rows cover that has no row. The report (or with --json the metrics) goes to
+    stdout; progress and messages to stderr.
     """
     import json
+
     from clinkd.data.medgrit import load_medgrit, load_test_split
     from clinkd.data.validation import ISSUES_FILE, DataIssues
-    from clinkd.metrics.backends import BackendChoice, caption_scorers
     from clinkd.metrics.meteor import BackendUnavailable
-    from clinkd.recipes.evaluate import run_evaluate
+    from clinkd.recipes.evaluate import evaluation_scorers, run_evaluate
+
+    flags = {"meteor": meteor, "spice": spice, "corenlp_dir": spice_jars and str(spice_jars), "bird_exact": bird_exact, "figures": figures}
+    cfg = _load(config, [*(overrides or []), *(f"evaluate.{key}={json.dumps(value)}" for key, value in flags.items() if value is not None)], preset)
+    evaluation = cfg.evaluate
 
     tests, train = None, []
     if data is not None:
@@ -320,12 +322,13 @@ def evaluate(
         console.print(issues.record(out / ISSUES_FILE))
         issues.raise_for_unusable_files()
     try:
-        scorers = caption_scorers(BackendChoice(meteor=meteor, spice=spice, corenlp_dir=spice_jars))
+        scorers = evaluation_scorers(evaluation)
     except (ValueError, BackendUnavailable) as error:
         console.print(f"[red]error:[/red] {escape(str(error))} (clinkd env lists what is available)")
         raise typer.Exit(2) from None
     document = run_evaluate(
-        pred, out, tests=tests, train=train, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir, partial=partial
+        pred, out, tests=tests, train=train, scorers=scorers, bird_exact=evaluation.bird_exact, figures=evaluation.figures,
+        run_dir=run_dir, partial=partial,
     )
     typer.echo(json.dumps(document, indent=2, ensure_ascii=False) if as_json else (out / "report.md").read_text(encoding="utf-8"))
 

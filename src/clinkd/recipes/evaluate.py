@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from clinkd.config import EvaluateConfig
 from clinkd.data.records import Prediction, Sample, canonical_task
 from clinkd.data.validation import DataError
 from clinkd.engine.served import served_row_totals
 from clinkd.io import atomic_write_json, atomic_write_text, numbered_jsonl
 from clinkd.markdown import table
+from clinkd.metrics.backends import BackendChoice, caption_scorers
 from clinkd.metrics.baselines import FITTED_ON, baseline_predictions
 from clinkd.metrics.captions import CaptionScorer
 from clinkd.metrics.fidelity import FIDELITY_LABELS, modality_classes, question_fidelity
@@ -123,6 +125,12 @@ def baselines_section(baselines: dict[str, dict]) -> str:
     """Where each scored baseline was fitted (none reads a test label)."""
     rows = [(name, FITTED_ON[name]) for name in baselines]
     return "### Trivial baselines\n\n" + table(["baseline", "fitted on"], rows, "l")
+
+
+def evaluation_scorers(evaluation: EvaluateConfig) -> list[CaptionScorer]:
+    """The caption backends the recipe's ``evaluate:`` block names (:func:`clinkd.metrics.backends.caption_scorers`:
+    ValueError or BackendUnavailable when one it asks for cannot run here)."""
+    return caption_scorers(BackendChoice(evaluation.meteor, evaluation.spice, evaluation.corenlp_dir))
 
 
 def run_evaluate(

@@ -13,7 +13,7 @@ from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, ModelConfig, RecipeConfig
 from clinkd.data.medgrit import load_medgrit, load_test_split
 from clinkd.data.records import Sample
-from clinkd.data.validation import DataIssues, ImageCheck, ImageChecker
+from clinkd.data.validation import ISSUES_FILE, DataIssues, ImageCheck, ImageChecker
 from clinkd.model.bases import base_dir
 from clinkd.model.loading import DTYPES, build_tiny, load_checkpoint
 from clinkd.model.positions import STOCK, RopeStrategy
@@ -79,6 +79,13 @@ def load_dataset(cfg: RecipeConfig, with_train: bool = True, issues_file: Path |
         console.print(issues.record(issues_file))
     issues.raise_for_unusable_files()
     return Dataset(train, tests, issues)
+
+
+def prepared_dataset(cfg: RecipeConfig) -> Dataset:
+    """What a stage command reads first: the benchmark (synthesised when missing) and its validated records, every
+    data problem written to ``<run>/data_issues.txt``."""
+    ensure_synth(cfg)
+    return load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
 
 
 def tokenizer_corpus(samples: list[Sample], box_style: str) -> list[str]:

@@ -35,11 +35,10 @@ from clinkd.distill.report import render_distill
 from clinkd.engine.distributed import is_main_process, main_process_first, write_predictions_sharded
 from clinkd.io import atomic_write_text
 from clinkd.markdown import table
-from clinkd.metrics.backends import BackendChoice, caption_scorers
 from clinkd.model.loading import WEIGHT_SUFFIXES, CheckpointError, first_damaged, folder_damage, load_checkpoint
 from clinkd.recipes.clip_train import ensure_embedded_clip
 from clinkd.recipes.distill import run_distill
-from clinkd.recipes.evaluate import run_evaluate
+from clinkd.recipes.evaluate import evaluation_scorers, run_evaluate
 from clinkd.recipes.inputs import all_tests, ensure_synth, initial_model, load_dataset
 from clinkd.recipes.reflect import run_reflect
 from clinkd.recipes.stage_clock import STAGE_TIMES_FILE, StageClock
@@ -151,7 +150,7 @@ def run(cfg: RecipeConfig) -> dict | None:
         label=f"ClinKD ({cfg.model.path or 'tiny-' + cfg.model.size + ('-base' if cfg.model.init == 'base' else '')})",
         others=others,
         extra_sections=sections,
-        scorers=caption_scorers(BackendChoice(evaluation.meteor, evaluation.spice, evaluation.corenlp_dir)),
+        scorers=evaluation_scorers(evaluation),
         bird_exact=evaluation.bird_exact,
         figures=evaluation.figures,
         run_dir=run_dir,
