@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("recipes",),  # the stages, each with its loop in plain sight
     ("interactive",),  # clinkd infer and the demo
     ("distill", "reflect", "sasg", "pretrain"),  # the ClinKD parts, and the tiny base's pre-training
-    ("engine", "endpoint", "retrieval", "model", "data", "batching", "config", "synth", "doctor", "testing"),  # engines, models, data
+    ("engine", "endpoint", "model", "data", "batching", "config", "synth", "doctor", "testing"),  # engines, models, data
     ("boxes", "chat", "losses", "metrics", "markdown", "io", "images", "progress", "model.positions", "data.records"),  # pure maths, plain types
 )
 SIDE_BY_SIDE = frozenset(LAYERS[3])

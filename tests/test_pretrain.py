@@ -23,7 +23,7 @@ from clinkd.pretrain.corpus import (
     OBJECT_MIN,
     PLURALS,
     TASKS,
-    TEMPLATES,
+    CORPUS_TEMPLATES,
     SCAN,
     TISSUE,
     CorpusObject,
@@ -107,7 +107,7 @@ def test_no_benchmark_class_or_modality_name_is_in_the_corpus_vocabulary():
     medical = " ".join(MEDICAL_WORDS)  # the scan tokenizer's extra words, never drawn into a scene or a turn
     texts = [text for look in LOOKS.values() for text in tokenizer_texts(0, 112, 6, scenes=200, look=look) if text != medical]
     names = [name for look in LOOKS.values() for name in look.names]
-    corpus = " ".join([*texts, *WORDS, *names, *(t for task in TASKS for t in TEMPLATES[task])]).lower()
+    corpus = " ".join([*texts, *WORDS, *names, *(t for task in TASKS for t in CORPUS_TEMPLATES[task])]).lower()
     benchmark = {cls.name for spec in MODALITY_SPECS.values() for cls in (*spec.structures, *spec.lesions)}
     benchmark |= set(MODALITY_NAMES) | {name.lower() for name in MODALITY_NAMES.values()}
     assert len(benchmark) > 40
@@ -288,7 +288,7 @@ def test_attention_target_loss_is_the_kl_of_the_box_cells_to_the_head():
 def test_retrieval_rows_point_each_box_writing_position_at_the_cells_of_its_box(tiny_processor, tiny_model, tmp_path):
     from clinkd.batching import ChatExample, TrainCollator
     from clinkd.data.records import Turn
-    from clinkd.retrieval import RetrievalTargets
+    from clinkd.engine.retrieval_supervision import RetrievalTargets
 
     image = tmp_path / "scene.png"
     Image.new("RGB", (112, 112), (20, 20, 20)).save(image)
@@ -311,7 +311,7 @@ def test_retrieval_rows_point_each_box_writing_position_at_the_cells_of_its_box(
 def test_the_retrieval_loss_trains_its_head_to_look_at_the_box(tiny_processor, tiny_model, tmp_path):
     from clinkd.batching import ChatExample, TrainCollator
     from clinkd.data.records import Turn
-    from clinkd.retrieval import RetrievalTargets, captured_attention, retrieval_loss
+    from clinkd.engine.retrieval_supervision import RetrievalTargets, captured_attention, retrieval_loss
 
     image = tmp_path / "scene.png"
     Image.new("RGB", (112, 112), (20, 20, 20)).save(image)

@@ -534,7 +534,7 @@ def test_a_qwen3_family_trains_on_its_json_answers(hub_checkpoints, tmp_path, na
     from clinkd.batching import IGNORE_INDEX, collator_for
     from clinkd.config import TrainConfig
     from clinkd.engine.sft import apply_freeze
-    from clinkd.retrieval import RetrievalTargets
+    from clinkd.engine.retrieval_supervision import RetrievalTargets
 
     model, processor = load_checkpoint(hub_checkpoints[name], min_pixels=112 * 112, max_pixels=112 * 112)
     image = tmp_path / "scan.png"
@@ -571,7 +571,7 @@ def test_the_retrieval_targets_follow_each_family_s_box_convention(hub_checkpoin
     """Qwen2-VL writes boxes on 0–1000, Qwen2.5-VL in pixels of the resized image: both point at the same cells."""
     from clinkd.batching import ChatExample, TrainCollator, collator_for
     from clinkd.data.records import Turn
-    from clinkd.retrieval import RetrievalTargets
+    from clinkd.engine.retrieval_supervision import RetrievalTargets
 
     model, processor = load_checkpoint(hub_checkpoints[name])
     image = tmp_path / "scan.png"

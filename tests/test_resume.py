@@ -84,3 +84,12 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(t
     assert "killed: resuming from checkpoint 1 (" in said
     assert (checkpoints / "damaged-checkpoint-2" / "model.safetensors").is_file()
     assert_same_weights(tmp_path)
+
+
+def test_train_warmup_ratio_is_the_share_of_steps_the_trainer_warms_up(tmp_path):
+    from clinkd.config import load_config
+    from clinkd.engine.sft import training_arguments
+
+    for ratio, total, warm in ((0.03, 100, 3), (0.1, 95, 10), (0.0, 50, 0)):
+        args = training_arguments(SftSettings.of(load_config(None, [f"train.warmup_ratio={ratio}"])), tmp_path)
+        assert args.get_warmup_steps(total) == warm

@@ -27,7 +27,7 @@ from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.loading import checked_from_pretrained, folder_damage
 from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, model_parts, trainable_parameters
 from clinkd.progress import RichProgressCallback, console
-from clinkd.retrieval import RetrievalSupervision
+from clinkd.engine.retrieval_supervision import RetrievalSupervision
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,9 @@ def training_arguments(settings: SftSettings, output_dir: Path) -> TrainingArgum
     if deepspeed_on_cpu:
         deepspeed_cpu_state()
     checkpointing = {"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": False}}
+    # transformers 5 has no warmup_ratio: TrainingArguments.get_warmup_steps reads a warmup_steps below 1 as the share
+    # ceil(share × total steps), and train.warmup_ratio is below 1 (TrainConfig bounds it).
+    warmup_share_of_steps = train.warmup_ratio
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=train.batch_size,
@@ -97,7 +100,7 @@ def training_arguments(settings: SftSettings, output_dir: Path) -> TrainingArgum
         learning_rate=train.lr,
         weight_decay=train.weight_decay,
         lr_scheduler_type=train.scheduler,
-        warmup_steps=train.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        warmup_steps=warmup_share_of_steps,
         max_grad_norm=train.max_grad_norm,
         logging_steps=train.logging_steps,
         save_steps=train.save_steps,

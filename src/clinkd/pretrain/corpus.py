@@ -110,7 +110,7 @@ GRAIN = 0.015  # std of the per-pixel noise added last, as in clinkd.synth.scene
 NAMES: tuple[str, ...] = COLOUR.names
 
 TASKS = PRETRAIN_TASKS  # the config validates pretrain.tasks against the same names
-TEMPLATES: dict[str, tuple[str, ...]] = {
+CORPUS_TEMPLATES: dict[str, tuple[str, ...]] = {
     "grounding": ("Where is the {ref}?", "Locate the {ref}.", "Find the {ref} in the picture.", "Point out the {ref}."),
     "referring": ("What is in {box}?", "Name the shape at {box}.", "Which object lies in {box}?"),
     "counting": ("How many {group} are there?", "Count the {group} in the picture."),
@@ -447,9 +447,9 @@ def caption(objects: tuple[CorpusObject, ...]) -> str:
 
 def make_turn(task: str, objects: tuple[CorpusObject, ...], rng: np.random.Generator, look: CorpusLook = COLOUR) -> Turn:
     """One QA turn of ``task`` about a scene's ``objects`` (see the module docstring for the four tasks)."""
-    if task not in TEMPLATES:
+    if task not in CORPUS_TEMPLATES:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    template = TEMPLATES[task][int(rng.integers(len(TEMPLATES[task])))]
+    template = CORPUS_TEMPLATES[task][int(rng.integers(len(CORPUS_TEMPLATES[task])))]
     if task == "grounding":
         target = _pick(objects, rng)
         return Turn(template.format(ref=format_ref(target.name)), format_ref(target.name) + target.box.to_text(BoxStyle.QWEN_VL))
