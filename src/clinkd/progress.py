@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-T = TypeVar("T")
 console = Console(stderr=True)
 
 
@@ -24,14 +20,6 @@ def make_progress() -> Progress:
         console=console,
         transient=False,
     )
-
-
-def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    with make_progress() as progress:
-        task = progress.add_task(description, total=total, info="")
-        for item in items:
-            yield item
-            progress.advance(task)
 
 
 class RichProgressCallback(TrainerCallback):

@@ -221,11 +221,6 @@ class MultiTokenPredictionWeights(nn.Module):
         self.requires_grad_(False)
 
 
-def guard_rope_type(config) -> None:
-    """Make stock transformers refuse ``config`` (used by ``clinkd export`` for non-stock positions)."""
-    config.text_config.rope_parameters["rope_type"] = GUARDED_ROPE_TYPE
-
-
 def _build_generation_model(self: PreTrainedModel, config, model_class: type, **extra_modules) -> None:
     """The body of the stock ``__init__`` with ``model_class`` as the inner model, so no stock inner
     model is built and thrown away and, under a fixed seed, the weights equal the stock class's.
