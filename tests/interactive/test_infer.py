@@ -289,7 +289,7 @@ def test_a_selector_answers_with_its_best_candidate(tiny_model, tiny_processor, 
     assert result.answer_text == "liver(1,2),(30,40)" and result.boxes[0].box == Box(1, 2, 30, 40)
 
 
-# ---- the demo's logic (the browser test is tests/test_demo_browser.py) ----------------------------
+# ---- the demo's logic (the browser test is tests/interactive/test_demo_browser.py) ----------------------------
 def test_the_demo_offers_one_example_per_task_and_modality_with_the_vg_truth_box(tmp_path):
     from clinkd.data.records import MODALITIES, TASKS
     from clinkd.interactive.demo import load_examples

@@ -61,7 +61,7 @@ def test_targets_follow_the_freeze_knobs(tiny_model):
 
 def test_qwen3_vl_deepstack_mergers_belong_to_the_merger():
     """freeze_merger freezes Qwen3-VL's DeepStack mergers with the merger; freezing the vision tower leaves them alone."""
-    from test_positions import tiny_qwen3vl_config
+    from conftest import tiny_qwen3vl_config
 
     from clinkd.engine.sft import apply_freeze
     from clinkd.model.loading import model_class_for

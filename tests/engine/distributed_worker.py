@@ -1,4 +1,4 @@
-"""Run under ``torchrun --nproc_per_node 2`` by tests/test_distributed.py (not collected by pytest).
+"""Run under ``torchrun --nproc_per_node 2`` by tests/engine/test_distributed.py (not collected by pytest).
 
     worker.py predict <data_dir> <model_dir> <out_dir>   write_predictions_sharded over the ranks
     worker.py teacher <model_dir> <zero3.json> <out.json> a ZeRO-3 student trainer + prepare_teacher

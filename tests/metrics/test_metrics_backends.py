@@ -96,7 +96,10 @@ def test_a_dead_jvm_is_replaced(meteor_java):
 
 
 def test_meteor_java_without_java_names_the_package(monkeypatch):
+    from clinkd.metrics import backends
+
     monkeypatch.setattr(meteor_module, "java_executable", lambda: None)
+    monkeypatch.setattr(backends, "_shared_meteor", None)  # a JVM an earlier test in this process started is not Java here
     with pytest.raises(BackendUnavailable, match="default-jre-headless"):
         meteor_module.MeteorJava()
     with pytest.raises(BackendUnavailable, match="default-jre-headless"):

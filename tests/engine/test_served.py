@@ -29,7 +29,7 @@ from clinkd.engine.served import image_data_url
 from clinkd.model.box_convention import PixelBoxes, parse_json_grounding, read_served_answer
 from clinkd.testing.loopback import LoopbackChatServer, Reply, completion
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-0123456789-never-written"
 KEY_ENV = "CLINKD_TEST_SERVED_KEY"
 # Short timeouts and backoffs: the faults cost well under a second each.

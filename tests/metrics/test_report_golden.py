@@ -1,7 +1,8 @@
-"""The paper-style tables against golden files (tests/golden/).
+"""The paper-style tables against golden files (tests/metrics/golden/).
 
 A layout change is deliberate only if the golden files change with it: regenerate them with
-``CLINKD_UPDATE_GOLDEN=1 python -m pytest tests/test_report_golden.py`` and review the diff.
+``CLINKD_UPDATE_GOLDEN=1 python -m pytest tests/metrics/test_report_golden.py`` and review the diff. A missing golden
+file is a failure, also when updating: a new table's file is created by hand (empty), then filled by the update.
 """
 
 import os
@@ -64,11 +65,21 @@ def named():
 
 
 def check(name: str, text: str) -> None:
+    """``text`` equals the golden file ``name``; with ``CLINKD_UPDATE_GOLDEN`` set, an existing golden file is rewritten
+    first. A missing one fails: the test never makes a golden file (create it, then update it and review the diff)."""
     path = GOLDEN / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: golden files are reviewed, never made by the test (see this module's docstring)")
     if os.environ.get("CLINKD_UPDATE_GOLDEN"):
-        path.parent.mkdir(exist_ok=True)
         path.write_text(text, encoding="utf-8")
     assert text == path.read_text(encoding="utf-8"), f"{path} differs (see this module's docstring)"
+
+
+def test_a_missing_golden_file_fails_and_is_not_written(monkeypatch):
+    monkeypatch.setenv("CLINKD_UPDATE_GOLDEN", "1")
+    with pytest.raises(pytest.fail.Exception, match="no-such-table.md is missing"):
+        check("no-such-table.md", "| a |\n")
+    assert not (GOLDEN / "no-such-table.md").exists()
 
 
 def test_table_2_layout(named):

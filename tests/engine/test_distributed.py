@@ -23,9 +23,10 @@ from clinkd.config import PredictConfig, load_config
 from clinkd.engine import distributed
 from clinkd.engine.distributed import merge_shards, shard, shard_dir, teacher_deepspeed_config, with_full_weights, write_predictions_sharded
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "distributed" / "worker.py"
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 LOSS_TOLERANCE = 1e-5
+WEIGHT_TOLERANCE = 1e-5  # the largest difference of any weight after the STEPS steps: the same model, up to rounding
 STEPS = 4
 
 
@@ -179,7 +180,7 @@ DISTILL = ["distill.targets=ground_truth", "distill.mode=online"]  # a given tea
 @pytest.fixture(scope="module")
 def single_process_runs(synth_data, tmp_path_factory):
     """The references, in this process at global batch 8: `clinkd train`'s code path, then `clinkd distill`'s
-    with that model as the teacher. Returns (SFT losses, KD losses, teacher dir)."""
+    with that model as the teacher. Returns (SFT losses, KD losses, teacher dir = the SFT model, KD student dir)."""
     from clinkd.batching import training_examples
     from clinkd.engine.sft import SftSettings, run_sft
     from clinkd.recipes.distill import run_distill
@@ -193,7 +194,8 @@ def single_process_runs(synth_data, tmp_path_factory):
     teacher = cfg.run_dir / "sft" / "model"
     kd = load_config(_recipe(tmp, synth_data), ["name=single-kd", "train.batch_size=8", f"distill.teacher={teacher}", *DISTILL])
     run_distill(kd, dataset.train, kd.run_dir, lambda recipe: initial_model(recipe, dataset.train))
-    return _losses(cfg.run_dir / "sft" / "train_log.json"), _losses(kd.run_dir / "distill" / "student" / "train_log.json"), teacher
+    student = kd.run_dir / "distill" / "student"
+    return _losses(cfg.run_dir / "sft" / "train_log.json"), _losses(student / "train_log.json"), teacher, student / "model"
 
 
 def _deepspeed(engine: str) -> list[str]:
@@ -203,11 +205,16 @@ def _deepspeed(engine: str) -> list[str]:
     return [f"train.deepspeed={ROOT / 'configs' / 'deepspeed' / f'{engine}.json'}"]
 
 
-def _parameters(model_dir: Path) -> int:
-    from safetensors import safe_open
+def _assert_same_weights(model_dir: Path, reference_dir: Path) -> None:
+    """Every weight of the saved model equals the reference's (names, shapes and values, up to rounding)."""
+    from safetensors.torch import load_file
 
-    with safe_open(str(model_dir / "model.safetensors"), "pt") as weights:
-        return sum(torch.Size(weights.get_slice(name).get_shape()).numel() for name in weights.keys())
+    weights, reference = load_file(model_dir / "model.safetensors"), load_file(reference_dir / "model.safetensors")
+    assert weights.keys() == reference.keys()
+    assert all(weights[name].shape == reference[name].shape for name in reference)
+    worst = max(reference, key=lambda name: (weights[name].float() - reference[name].float()).abs().max().item())
+    difference = (weights[worst].float() - reference[worst].float()).abs().max().item()
+    assert difference < WEIGHT_TOLERANCE, f"{worst} differs by {difference}"
 
 
 def _assert_close(losses: list[float], reference: list[float]) -> None:
@@ -225,7 +232,7 @@ def test_two_process_training_matches_single_process_losses(engine, synth_data, 
     _torchrun(["-m", "clinkd.cli", "train", str(_recipe(tmp_path, synth_data)), "name=two", "train.batch_size=4", *_deepspeed(engine)], cwd=tmp_path)
     _assert_close(_losses(tmp_path / "runs" / "two" / "sft" / "train_log.json"), single_process_runs[0])
     # Written once, with full tensors (gathered from the shards under ZeRO-3).
-    assert _parameters(tmp_path / "runs" / "two" / "sft" / "model") == _parameters(single_process_runs[2])
+    _assert_same_weights(tmp_path / "runs" / "two" / "sft" / "model", single_process_runs[2])
 
 
 @pytest.mark.parametrize("engine", ["ddp", DEEPSPEED_SLOW[1]])
@@ -235,7 +242,7 @@ def test_two_process_distillation_matches_single_process_losses(engine, synth_da
     args = ["name=two", "train.batch_size=4", f"distill.teacher={teacher}", *DISTILL, *_deepspeed(engine)]
     _torchrun(["-m", "clinkd.cli", "distill", str(_recipe(tmp_path, synth_data)), *args], cwd=tmp_path)
     _assert_close(_losses(tmp_path / "runs" / "two" / "distill" / "student" / "train_log.json"), single_process_runs[1])
-    assert _parameters(tmp_path / "runs" / "two" / "distill" / "student" / "model") == _parameters(teacher)
+    _assert_same_weights(tmp_path / "runs" / "two" / "distill" / "student" / "model", single_process_runs[3])
 
 
 @pytest.mark.slow

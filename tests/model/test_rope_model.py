@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_positions import (
+from conftest import (
     IMAGE,
     MERGE,
     VIDEO,
