@@ -39,8 +39,8 @@ from clinkd.data.medgrit import load_medgrit
 from clinkd.distill import TeacherCache, train_student, write_teacher_cache
 from clinkd.engine.sft import run_sft
 from clinkd.model.loading import load_checkpoint, save_checkpoint
-from clinkd.recipes.inputs import build_tiny_from
 from clinkd.recipes.distill import cache_spec
+from clinkd.recipes.inputs import build_tiny_from
 
 VARIANTS = ("online", "cached", "sft")
 
@@ -108,7 +108,7 @@ def prepare(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     generate(args.workdir / "data", seed=0, images=args.images, test_per_cell=1)
     cfg, examples, student, processor = load_inputs(args, args.student_size)
-    teacher_cfg, _, teacher, _ = load_inputs(args, args.teacher_size)
+    _, _, teacher, _ = load_inputs(args, args.teacher_size)
     save_checkpoint(teacher, processor, args.workdir / "teacher")
     kd = cfg.distill.loss
     spec = cache_spec(cfg, examples, student, processor, args.workdir / "teacher", kd)
@@ -160,8 +160,13 @@ def main() -> None:
         f"({prepared['rows']} answer tokens), batch {args.batch_size}, top-k {args.top_k}, vocab {args.vocab}, "
         f"{args.threads} torch thread(s), median of {args.repeats} alternating runs"
     )
-    ratio = lambda a, b: f"{a / b:.2f}" if b > 0 else "n/a"
-    paired = lambda key, a, b: statistics.median(x[key] / y[key] for x, y in zip(runs[a], runs[b]) if y[key] > 0)
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if b > 0 else "n/a"
+
+    def paired(key, a, b):
+        return statistics.median(x[key] / y[key] for x, y in zip(runs[a], runs[b]) if y[key] > 0)
+
     header = f"{'':<26}{'online':>9}{'cached':>9}{'sft':>9}{'online/cached':>15}{'cached/sft':>12}"
     print(header)
     print("-" * len(header))

@@ -120,7 +120,10 @@ def synthetic_batch(config, args, batch_size: int, device, with_answer: bool = T
     grid = args.image_size // vision.patch_size
     image_tokens = (grid // vision.spatial_merge_size) ** 2
     answer = args.answer_tokens if with_answer else 0
-    column = lambda token_id, n: torch.full((batch_size, n), token_id)
+
+    def column(token_id, n):
+        return torch.full((batch_size, n), token_id)
+
     input_ids = torch.cat(
         [
             torch.randint(0, TEXT_IDS, (batch_size, args.prompt_tokens)),

@@ -102,17 +102,17 @@ def position_id_part(batch_size: int, repeats: int) -> None:
 
 
 def training_step_part(steps: int) -> None:
+    import tempfile
+    from pathlib import Path
+
     import numpy as np
     from PIL import Image
 
-    from clinkd.batching import TrainCollator
-    from clinkd.data.records import Turn
-    from clinkd.batching import ChatExample
+    from clinkd.batching import ChatExample, TrainCollator
     from clinkd.config import ModelConfig
-    from clinkd.recipes.inputs import build_tiny_from
+    from clinkd.data.records import Turn
     from clinkd.model.rope import load_model_class, set_rope_strategy
-    import tempfile
-    from pathlib import Path
+    from clinkd.recipes.inputs import build_tiny_from
 
     turns = [Turn("Where is the liver?", "<ref>liver</ref><box>(112,305),(498,702)</box>"),
              Turn("What is the object in <box>(540,410),(640,560)</box>?", "right kidney")]

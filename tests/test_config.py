@@ -3,7 +3,16 @@ from pathlib import Path
 
 import pytest
 
-from clinkd.config import ConfigError, RecipeConfig, apply_overrides, dump_config, flat_key, load_config, parse_override, preset_names
+from clinkd.config import (
+    ConfigError,
+    RecipeConfig,
+    apply_overrides,
+    dump_config,
+    flat_key,
+    load_config,
+    parse_override,
+    preset_names,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_FOLDERS = ("accelerate", "deepspeed")  # launcher configs, not recipes
@@ -149,7 +158,6 @@ def _numeric_leaves(model_class, prefix: str = ""):
     import typing
 
     from pydantic import BaseModel
-
     from pydantic.dataclasses import is_pydantic_dataclass
 
     fields = model_class.model_fields if issubclass(model_class, BaseModel) else model_class.__pydantic_fields__

@@ -14,7 +14,6 @@ from clinkd.boxes import ModelBoxStyle
 from clinkd.config import SynthConfig
 from clinkd.data.sharegpt import ImagePaths
 from clinkd.data.validation import OnError
-
 from clinkd.progress import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="ClinKD: train, distil, run and score Qwen2-VL on refer-and-ground medical VQA.")
@@ -448,7 +447,14 @@ def infer(
     import json
 
     from clinkd.batching import InputFormat
-    from clinkd.interactive.infer import load_model, parse_ground_truth, prepare_request, render_overlay, run_request, without_markup
+    from clinkd.interactive.infer import (
+        load_model,
+        parse_ground_truth,
+        prepare_request,
+        render_overlay,
+        run_request,
+        without_markup,
+    )
 
     cfg = _load(config, _selecting(overrides, select), preset)
     request = prepare_request(image, question, task, cfg.data.max_image_pixels)  # every input check before the (slow) model load

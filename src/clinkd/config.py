@@ -26,7 +26,6 @@ from clinkd.losses.config import KD_LOSS_PRESETS, KDLossConfig
 from clinkd.model.bases import shipped_sizes
 from clinkd.model.positions import PAPER, RopeStrategy
 
-
 _EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 # numpy seeds must stay below 2**32, and stages add small offsets to the recipe's seed.
 MAX_SEED = 2**31 - 1

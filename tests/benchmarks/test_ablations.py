@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clinkd.data.records import TASKS
+
 from conftest import load_benchmark
 
 ablations = load_benchmark("ablations")

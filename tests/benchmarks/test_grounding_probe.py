@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from clinkd.boxes import parse_boxes
 from clinkd.data.medgrit import load_medgrit, load_test_split
+
 from conftest import load_benchmark
 
 # Pixels only the named look has: ≥ 5 σ from either background (N(30, 12) single, N(100, 12) named), and

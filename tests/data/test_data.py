@@ -125,13 +125,6 @@ def test_load_medgrit_task_is_canonicalised(tmp_path: Path, images: Path) -> Non
 
 
 # Each case replaces record 1 (the MR record) of GOOD; (kind, a fragment the message must contain).
-def _with_image_bytes(data: bytes):
-    def prepare(images: Path) -> None:
-        (images / f"{MR}.png").write_bytes(data)
-
-    return prepare
-
-
 BAD_RECORDS = {
     "not an object": (["mr_x", []], "bad_record", "record is a list"),
     "id missing": ({"conversations": [["q", "a"]]}, "bad_record", "'id' must be a non-empty string"),

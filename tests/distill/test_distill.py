@@ -22,17 +22,17 @@ from clinkd.distill import (
     IndexedCollator,
     IndexedExample,
     KDTrainer,
+    PseudoChecks,
+    PseudoLabel,
     TeacherCache,
+    aligned_pseudo_labels,
     check_teacher_vocab,
+    curriculum_order,
     dataset_fingerprint,
     distillation_examples,
     generate_pseudo_labels,
-    read_pseudo_labels,
-    aligned_pseudo_labels,
-    PseudoChecks,
-    PseudoLabel,
     pseudo_problem,
-    curriculum_order,
+    read_pseudo_labels,
     seeded_subset,
     teacher_fingerprint,
     tokenizer_fingerprint,
@@ -48,13 +48,13 @@ from clinkd.engine.sft import SftSettings, training_arguments
 from clinkd.losses import KDLossConfig, distillation_loss
 from clinkd.model.box_convention import RelativeBoxes
 from clinkd.model.loading import CheckpointError, model_class_for, save_checkpoint
-from clinkd.recipes.inputs import build_tiny_from
 from clinkd.model.positions import PAPER, STOCK
 from clinkd.model.processor import build_processor
 from clinkd.model.rope import set_rope_strategy
 from clinkd.model.tiny import tiny_config
 from clinkd.model.tokenizer import train_tokenizer
 from clinkd.recipes.distill import run_distill, teacher_recipe
+from clinkd.recipes.inputs import build_tiny_from
 from clinkd.synth import generate
 
 BOX_STYLE = "qwen2-vl"
@@ -364,7 +364,9 @@ def test_distillation_examples_for_each_target_kind(train_records):
     labels = [PseudoLabel(answer, 0.1 * index) for index, answer in enumerate(answers)]
     pseudo = aligned_pseudo_labels(records, [0, 2], labels)
     assert pseudo == labels[:4] + [None] * 4 + labels[4:]
-    answers_of = lambda exs: [ex.turns[0].answer for ex in exs]
+
+    def answers_of(examples):
+        return [example.turns[0].answer for example in examples]
 
     ground = distillation_examples(records, None, "ground_truth", "split", BOX_STYLE)
     assert answers_of(ground.examples) == gt and ground.counts["pseudo_labelled"] == 0 and ground.margins == [None] * 12

@@ -21,7 +21,14 @@ import torch
 
 from clinkd.config import PredictConfig, load_config
 from clinkd.engine import distributed
-from clinkd.engine.distributed import merge_shards, shard, shard_dir, teacher_deepspeed_config, with_full_weights, write_predictions_sharded
+from clinkd.engine.distributed import (
+    merge_shards,
+    shard,
+    shard_dir,
+    teacher_deepspeed_config,
+    with_full_weights,
+    write_predictions_sharded,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"

@@ -37,7 +37,10 @@ def test_batched_greedy_equals_one_at_a_time(tmp_path, tiny_model, tiny_processo
     tests = _tests(tmp_path, 4)
     batched = write_predictions(tiny_model, tiny_processor, tests, tmp_path / "a", PredictConfig(batch_size=4, max_new_tokens={"VG": 6}))
     single = write_predictions(tiny_model, tiny_processor, tests, tmp_path / "b", PredictConfig(batch_size=1, max_new_tokens={"VG": 6}))
-    responses = lambda path: [json.loads(line)["response"] for line in path.read_text().splitlines()]
+
+    def responses(path):
+        return [json.loads(line)["response"] for line in path.read_text().splitlines()]
+
     assert responses(batched["VG"]) == responses(single["VG"])
 
 

@@ -20,8 +20,10 @@ from clinkd.interactive.infer import (
 )
 from clinkd.interactive.overlay import ROLE_COLOURS, BoxRole, LabelledBox, draw_boxes, pixel_rect, upscale_factor
 
-runner = CliRunner()
 from conftest import VG_QUESTION  # the overfitted model's one question
+
+runner = CliRunner()
+
 BLACK = (0, 0, 0)
 
 

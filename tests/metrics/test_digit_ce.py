@@ -16,6 +16,7 @@ from clinkd.data.medgrit import load_test_split, write_medgrit
 from clinkd.data.records import Sample, Turn
 from clinkd.metrics.digits import COORDINATES, UNIFORM_DIGIT_CE, CoordinateDigit, DigitCE, coordinate_digits
 from clinkd.synth import generate
+
 from conftest import VG_ANSWER, VG_QUESTION, load_benchmark  # the overfitted model's one question and answer
 
 NOT_A_DIGIT_CE = 100.0  # any non-digit token's CE; it must never reach a mean

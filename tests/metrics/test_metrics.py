@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import caption_corpus
 
 from clinkd.data.records import MODALITIES, MODALITY_NAMES, TASKS, Prediction, Sample, Turn
 from clinkd.io import append_jsonl
@@ -28,6 +27,8 @@ from clinkd.metrics.report import render_comparison, render_markdown
 from clinkd.metrics.rules import bird_iou, box_strings, classification_correct, corners, score_grounding
 from clinkd.metrics.tokenize import ptb_tokenize
 from clinkd.recipes.evaluate import run_evaluate
+
+from conftest import caption_corpus
 
 
 def prediction(task, modality, annotation, response, index=0):

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import caption_corpus
 
 from clinkd.data.records import MODALITIES, Prediction
 from clinkd.metrics import meteor as meteor_module
@@ -31,6 +30,8 @@ from clinkd.metrics.spice import (
     tuple_f_score,
 )
 from clinkd.metrics.tokenize import ptb_tokenize
+
+from conftest import caption_corpus
 
 HAS_JAVA = shutil.which("java") is not None
 needs_java = pytest.mark.skipif(not HAS_JAVA or meteor_module.meteor_jar() is None, reason="no Java or METEOR jar")

@@ -61,10 +61,10 @@ def test_targets_follow_the_freeze_knobs(tiny_model):
 
 def test_qwen3_vl_deepstack_mergers_belong_to_the_merger():
     """freeze_merger freezes Qwen3-VL's DeepStack mergers with the merger; freezing the vision tower leaves them alone."""
-    from conftest import tiny_qwen3vl_config
-
     from clinkd.engine.sft import apply_freeze
     from clinkd.model.loading import model_class_for
+
+    from conftest import tiny_qwen3vl_config
 
     model = model_class_for(tiny_qwen3vl_config())(tiny_qwen3vl_config())
     deepstack = list(model.model.visual.deepstack_merger_list.parameters())

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MERGE, make_batch, tiny_qwen2vl_config, tiny_qwen3_5_config, tiny_qwen3vl_config
 from transformers import Qwen2VLModel, Qwen3_5Model, Qwen3VLModel
 
 from clinkd.model.positions import OFFICIAL, PAPER, STOCK, RopeStrategy, build_position_ids
 from clinkd.model.rope import MODEL_CLASSES, set_rope_strategy
+
+from conftest import MERGE, make_batch, tiny_qwen2vl_config, tiny_qwen3_5_config, tiny_qwen3vl_config
 
 FAMILY_CONFIGS = {"qwen2_vl": tiny_qwen2vl_config, "qwen3_vl": tiny_qwen3vl_config, "qwen3_5": tiny_qwen3_5_config}
 STOCK_MODELS = {"qwen2_vl": Qwen2VLModel, "qwen3_vl": Qwen3VLModel, "qwen3_5": Qwen3_5Model}

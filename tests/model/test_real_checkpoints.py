@@ -533,8 +533,8 @@ def test_a_qwen3_family_trains_on_its_json_answers(hub_checkpoints, tmp_path, na
     """One optimiser step on Qwen3-VL's native answer format: the labels are the JSON box and <|im_end|>."""
     from clinkd.batching import IGNORE_INDEX, collator_for
     from clinkd.config import TrainConfig
-    from clinkd.engine.sft import apply_freeze
     from clinkd.engine.retrieval_supervision import RetrievalTargets
+    from clinkd.engine.sft import apply_freeze
 
     model, processor = load_checkpoint(hub_checkpoints[name], min_pixels=112 * 112, max_pixels=112 * 112)
     image = tmp_path / "scan.png"

@@ -7,17 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import (
-    IMAGE,
-    MERGE,
-    VIDEO,
-    VISION_END,
-    VISION_START,
-    make_batch,
-    tiny_qwen2vl_config,
-    tiny_qwen3_5_config,
-    tiny_qwen3vl_config,
-)
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -40,6 +29,18 @@ from clinkd.model.rope import (
     load_model_class,
     rope_strategy_of,
     set_rope_strategy,
+)
+
+from conftest import (
+    IMAGE,
+    MERGE,
+    VIDEO,
+    VISION_END,
+    VISION_START,
+    make_batch,
+    tiny_qwen2vl_config,
+    tiny_qwen3_5_config,
+    tiny_qwen3vl_config,
 )
 
 PROMPTS = [[3, (4, 4), 2, (2, 4), 3], [2, (4, 2), 4], [5]]  # two images, one image, none

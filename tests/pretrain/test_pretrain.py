@@ -18,13 +18,13 @@ from clinkd.cli import app
 from clinkd.data.records import MODALITY_NAMES
 from clinkd.pretrain.corpus import (
     BACKGROUND_MAX,
+    CORPUS_TEMPLATES,
     LOOKS,
     NAMES,
     OBJECT_MIN,
     PLURALS,
-    TASKS,
-    CORPUS_TEMPLATES,
     SCAN,
+    TASKS,
     TISSUE,
     CorpusObject,
     CorpusScene,

@@ -198,8 +198,8 @@ def save_trained(trainer, processor, path: Path, merge_lora: bool = True, adapte
     and loaded into a copy of the model built on the meta device, so no rank ever holds two copies.
     A peft model writes its adapter to ``adapter_path`` and, with ``merge_lora``, the merged model to ``path``.
     """
-    from clinkd.model.lora import export_lora, is_lora
     from clinkd.model.loading import save_checkpoint
+    from clinkd.model.lora import export_lora, is_lora
 
     accelerator = trainer.accelerator
     state_dict = accelerator.get_state_dict(trainer.model_wrapped) if is_sharded(accelerator) else None

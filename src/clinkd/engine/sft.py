@@ -23,11 +23,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from clinkd.batching import ChatExample, InputFormat, TrainCollator, collator_for
 from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.engine.distributed import deepspeed_cpu_state, is_main_process, save_trained
+from clinkd.engine.retrieval_supervision import RetrievalSupervision
 from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.loading import checked_from_pretrained, folder_damage
 from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, model_parts, trainable_parameters
 from clinkd.progress import RichProgressCallback, console
-from clinkd.engine.retrieval_supervision import RetrievalSupervision
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,8 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 

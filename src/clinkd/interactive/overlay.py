@@ -63,9 +63,11 @@ def upscale_factor(width: int, height: int, min_side: int | None) -> int:
 def pixel_rect(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     """Integer pixel corners of ``box`` on a ``width × height`` image, clamped inside it."""
     x1, y1, x2, y2 = box.to_pixels(width, height)
-    clamp_x = lambda value: min(max(round(value), 0), width - 1)
-    clamp_y = lambda value: min(max(round(value), 0), height - 1)
-    return clamp_x(x1), clamp_y(y1), clamp_x(x2), clamp_y(y2)
+
+    def clamp(value: float, side: int) -> int:
+        return min(max(round(value), 0), side - 1)
+
+    return clamp(x1, width), clamp(y1, height), clamp(x2, width), clamp(y2, height)
 
 
 def line_width(width: int, height: int) -> int:

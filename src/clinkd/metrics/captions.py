@@ -34,9 +34,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
-from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np

@@ -32,8 +32,8 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from functools import lru_cache
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from clinkd.metrics.captions import check_corpus

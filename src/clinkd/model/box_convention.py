@@ -49,7 +49,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from clinkd.boxes import BOX_TAGS, SCALE, UNSIGNED_PAIR, UNSIGNED_TAGGED_BOX, BoxStyle, convert_markup, format_ref, json_to_markup
+from clinkd.boxes import (
+    BOX_TAGS,
+    SCALE,
+    UNSIGNED_PAIR,
+    UNSIGNED_TAGGED_BOX,
+    BoxStyle,
+    convert_markup,
+    format_ref,
+    json_to_markup,
+)
 from clinkd.images import decoded_size
 
 Size = tuple[int, int]  # (width, height) in pixels

@@ -27,7 +27,6 @@ from clinkd.data.records import Sample
 from clinkd.engine.generate import clean_generation, decoding
 
 
-
 @dataclass(frozen=True)
 class Candidate:
     """One generated answer: cleaned text, sequence log-prob, and its rank in the generate output."""

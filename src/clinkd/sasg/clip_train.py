@@ -33,8 +33,8 @@ from clinkd.boxes import SCALE, Box
 from clinkd.chat import TURN_END
 from clinkd.config import ClipTrainConfig
 from clinkd.data.records import Sample
-from clinkd.io import atomic_write_json, match_umask
 from clinkd.images import VIEW_PIXELS
+from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.processor import load_image
 from clinkd.sasg.scorer import PREPROCESSOR_FILE, ImagePrep, MedClipScorer, encode_texts
 from clinkd.sasg.views import TASK_KINDS, answer_views, crop, turn_kind
