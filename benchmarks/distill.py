@@ -60,7 +60,13 @@ def recipe(args: argparse.Namespace, size: str) -> RecipeConfig:
             "name": "bench",
             "output_dir": str(args.workdir / "runs"),
             "model": {"size": size, "tokenizer_vocab": args.vocab},
-            "train": {"epochs": 1, "batch_size": args.batch_size, "logging_steps": 10_000, "save_steps": 10_000, "threads": args.threads},
+            "train": {
+                "epochs": 1,
+                "batch_size": args.batch_size,
+                "logging_steps": 10_000,
+                "save_steps": 10_000,
+                "threads": args.threads,
+            },
             "predict": {"batch_size": args.batch_size},
             "distill": {"top_k": args.top_k},
         }
@@ -71,7 +77,9 @@ def load_inputs(args: argparse.Namespace, size: str):
     """(recipe, examples, freshly initialised model, processor): the same in parent and children."""
     data = args.workdir / "data"
     train = load_medgrit(data / "train.json", data / "images")
-    corpus = [convert_markup(text, "qwen2-vl") for s in train for turn in s.turns for text in (turn.question, turn.answer)]
+    corpus = [
+        convert_markup(text, "qwen2-vl") for s in train for turn in s.turns for text in (turn.question, turn.answer)
+    ]
     cfg = recipe(args, size)
     model, processor = build_tiny_from(cfg.model, corpus, cfg.seed, cfg.rope)
     return cfg, training_examples(train, "split"), model, processor
@@ -87,7 +95,9 @@ def run_variant(args: argparse.Namespace) -> dict:
     if args.variant == "online":
         source["teacher"], _ = load_checkpoint(teacher_dir)
     elif args.variant == "cached":
-        source["teacher_cache"] = TeacherCache(args.workdir / "cache", cache_spec(cfg, examples, student, processor, teacher_dir, kd))
+        source["teacher_cache"] = TeacherCache(
+            args.workdir / "cache", cache_spec(cfg, examples, student, processor, teacher_dir, kd)
+        )
     loaded_mb, cpu_start = peak_rss_mb(), cpu_seconds()
     stage = args.workdir / "runs" / f"{args.variant}-{args.repeat}"
     if args.variant == "sft":
@@ -97,7 +107,10 @@ def run_variant(args: argparse.Namespace) -> dict:
     history = json.loads((stage / "train_log.json").read_text())["log_history"]
     runtime = next(entry["train_runtime"] for entry in history if "train_runtime" in entry)
     return {
-        "time_s": runtime, "cpu_s": cpu_seconds() - cpu_start, "peak_rss_mb": peak_rss_mb(), "train_growth_mb": peak_rss_mb() - loaded_mb
+        "time_s": runtime,
+        "cpu_s": cpu_seconds() - cpu_start,
+        "peak_rss_mb": peak_rss_mb(),
+        "train_growth_mb": peak_rss_mb() - loaded_mb,
     }
 
 
@@ -114,11 +127,22 @@ def prepare(args: argparse.Namespace) -> dict:
     spec = cache_spec(cfg, examples, student, processor, args.workdir / "teacher", kd)
     started = time.perf_counter()
     manifest = write_teacher_cache(
-        teacher, TrainCollator(processor), examples, spec, args.workdir / "cache", kd,
-        batch_size=args.batch_size, shard_examples=1024,
+        teacher,
+        TrainCollator(processor),
+        examples,
+        spec,
+        args.workdir / "cache",
+        kd,
+        batch_size=args.batch_size,
+        shard_examples=1024,
     )
     cache_mb = sum(p.stat().st_size for p in (args.workdir / "cache").glob("shard-*.safetensors")) / 2**20
-    return {"examples": len(examples), "rows": manifest["n_rows"], "cache_s": time.perf_counter() - started, "cache_mb": cache_mb}
+    return {
+        "examples": len(examples),
+        "rows": manifest["n_rows"],
+        "cache_s": time.perf_counter() - started,
+        "cache_mb": cache_mb,
+    }
 
 
 def main() -> None:
@@ -146,13 +170,27 @@ def main() -> None:
     for repeat in range(args.repeats):
         for variant in VARIANTS:
             child = subprocess.run(
-                [sys.executable, __file__, *forwarded, "--workdir", str(args.workdir), "--variant", variant, "--repeat", str(repeat)],
-                capture_output=True, text=True,
+                [
+                    sys.executable,
+                    __file__,
+                    *forwarded,
+                    "--workdir",
+                    str(args.workdir),
+                    "--variant",
+                    variant,
+                    "--repeat",
+                    str(repeat),
+                ],
+                capture_output=True,
+                text=True,
             )
             if child.returncode != 0:
                 sys.exit(f"variant {variant} (repeat {repeat}) failed:\n{child.stderr[-3000:]}")
             runs[variant].append(json.loads(child.stdout.strip().splitlines()[-1]))
-    median = {variant: {key: statistics.median(r[key] for r in results) for key in results[0]} for variant, results in runs.items()}
+    median = {
+        variant: {key: statistics.median(r[key] for r in results) for key in results[0]}
+        for variant, results in runs.items()
+    }
     online, cached, sft = median["online"], median["cached"], median["sft"]
 
     print(
@@ -171,8 +209,10 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     rows = (
-        ("time_s", "epoch time s"), ("cpu_s", "epoch CPU time s"),
-        ("peak_rss_mb", "peak RSS MB"), ("train_growth_mb", "RSS growth in training MB"),
+        ("time_s", "epoch time s"),
+        ("cpu_s", "epoch CPU time s"),
+        ("peak_rss_mb", "peak RSS MB"),
+        ("train_growth_mb", "RSS growth in training MB"),
     )
     for key, label in rows:
         print(
@@ -186,7 +226,9 @@ def main() -> None:
         )
     print("per-run epoch times s: " + ", ".join(f"{v} {[round(r['time_s'], 1) for r in runs[v]]}" for v in VARIANTS))
     saved = online["time_s"] - cached["time_s"]
-    payback = f"pays for itself after {prepared['cache_s'] / saved:.2f} student epochs" if saved > 0 else "saves no time"
+    payback = (
+        f"pays for itself after {prepared['cache_s'] / saved:.2f} student epochs" if saved > 0 else "saves no time"
+    )
     print(f"cache: one teacher pass {prepared['cache_s']:.1f} s, {prepared['cache_mb']:.1f} MB on disk; it {payback}")
 
 

@@ -98,7 +98,12 @@ def tiny_sasg(tmp_path_factory, tiny_processor):
     root = tmp_path_factory.mktemp("sasg")
     generate(root / "data", seed=0, images=8, test_per_cell=1, image_size=48)
     clip_cfg = ClipTrainConfig(hidden=32, layers=1, heads=2, steps=5, batch_size=8, image_size=32)
-    train_clip(sample_pairs(load_medgrit(root / "data" / "train.json", root / "data" / "images")), tiny_processor.tokenizer, clip_cfg, root / "clip")
+    train_clip(
+        sample_pairs(load_medgrit(root / "data" / "train.json", root / "data" / "images")),
+        tiny_processor.tokenizer,
+        clip_cfg,
+        root / "clip",
+    )
     cfg = RecipeConfig(clip=clip_cfg, select={"method": "sasg", "scorer_path": root / "clip"})
     return selector_for(cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
 
@@ -142,11 +147,17 @@ HUB_CHECKPOINTS = {
     "qwen2_vl": dict(reference_dir=QWEN2_VL),
     "qwen2_vl_sharded": dict(reference_dir=QWEN2_VL, shards=2),
     "qwen2_5_vl": dict(reference_dir=QWEN2_5_VL),
-    "qwen2_vl_teacher": dict(reference_dir=QWEN2_VL, seed=1,
-                             text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 6}),
+    "qwen2_vl_teacher": dict(
+        reference_dir=QWEN2_VL,
+        seed=1,
+        text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 6},
+    ),
     "qwen3_vl": dict(reference_dir=QWEN3_VL),
-    "qwen3_vl_teacher": dict(reference_dir=QWEN3_VL, seed=1,
-                             text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 4, "num_attention_heads": 6}),
+    "qwen3_vl_teacher": dict(
+        reference_dir=QWEN3_VL,
+        seed=1,
+        text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 4, "num_attention_heads": 6},
+    ),
     "qwen3_5": dict(reference_dir=QWEN3_5, stand_ins=QWEN3_VL),
 }
 
@@ -176,13 +187,16 @@ def load_benchmark(name: str):
     """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-# ---- tiny configs of every family and padded multimodal batches (tests/model/test_positions.py, test_rope_model.py, test_lora.py) ----
+# ---- tiny configs of every family and padded multimodal batches (tests/model/test_positions.py, test_rope_model.py,
+# test_lora.py) ----
 IMAGE, VIDEO, VISION_START, VISION_END = 90, 91, 92, 93
 MERGE = 2
 
@@ -193,15 +207,35 @@ def tiny_qwen2vl_config(**top_level):
 
     return Qwen2VLConfig(
         text_config=dict(
-            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=512, use_sliding_window=False,
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=512,
+            use_sliding_window=False,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            bos_token_id=0, eos_token_id=1, pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
         ),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, in_channels=3,
-                           patch_size=2, spatial_merge_size=MERGE, temporal_patch_size=2),
-        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END, **top_level,
+        vision_config=dict(
+            depth=1,
+            embed_dim=16,
+            hidden_size=32,
+            num_heads=2,
+            mlp_ratio=2,
+            in_channels=3,
+            patch_size=2,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=2,
+        ),
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        **top_level,
     )
 
 
@@ -212,16 +246,43 @@ def tiny_qwen3vl_config(**top_level):
 
     return Qwen3VLConfig(
         text_config=dict(
-            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
-            bos_token_id=0, eos_token_id=1, pad_token_id=0,
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=512,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
         ),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, in_channels=3, patch_size=2,
-                           spatial_merge_size=MERGE, temporal_patch_size=2, out_hidden_size=32, num_position_embeddings=16,
-                           deepstack_visual_indexes=[0]),
-        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END, tie_word_embeddings=True, **top_level,
+        vision_config=dict(
+            depth=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            in_channels=3,
+            patch_size=2,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=2,
+            out_hidden_size=32,
+            num_position_embeddings=16,
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        tie_word_embeddings=True,
+        **top_level,
     )
 
 
@@ -232,17 +293,49 @@ def tiny_qwen3_5_config(**top_level):
 
     return Qwen3_5Config(
         text_config=dict(
-            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, head_dim=32, max_position_embeddings=512, layer_types=["linear_attention", "full_attention"],
-            linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=8, linear_value_head_dim=8,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "mrope_interleaved": True,
-                             "partial_rotary_factor": 0.25},
-            mtp_num_hidden_layers=1, bos_token_id=0, eos_token_id=1, pad_token_id=0,
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            max_position_embeddings=512,
+            layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2,
+            linear_num_value_heads=2,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 1, 1],
+                "mrope_interleaved": True,
+                "partial_rotary_factor": 0.25,
+            },
+            mtp_num_hidden_layers=1,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
         ),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, in_channels=3, patch_size=2,
-                           spatial_merge_size=MERGE, temporal_patch_size=2, out_hidden_size=32, num_position_embeddings=16),
-        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END, tie_word_embeddings=True, **top_level,
+        vision_config=dict(
+            depth=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            in_channels=3,
+            patch_size=2,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=2,
+            out_hidden_size=32,
+            num_position_embeddings=16,
+        ),
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        tie_word_embeddings=True,
+        **top_level,
     )
 
 

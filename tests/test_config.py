@@ -35,7 +35,10 @@ def test_launcher_configs_parse():
 
     for path in ROOT.glob("configs/accelerate/*.yaml"):
         assert yaml.safe_load(path.read_text())["distributed_type"], path
-    stages = {path.name: json.loads(path.read_text())["zero_optimization"]["stage"] for path in ROOT.glob("configs/deepspeed/*.json")}
+    stages = {
+        path.name: json.loads(path.read_text())["zero_optimization"]["stage"]
+        for path in ROOT.glob("configs/deepspeed/*.json")
+    }
     assert stages == {"zero2.json": 2, "zero3.json": 3, "zero3_offload.json": 3}
 
 
@@ -60,7 +63,12 @@ def test_override_wins_over_preset_and_file():
 
 @pytest.mark.parametrize(
     "override, key",
-    [("train.lr=abc", "train.lr"), ("train.bogus=1", "train.bogus"), ("model.size=xxl", "model.size"), ("predict.max_new_tokens.XX=3", "predict.max_new_tokens")],
+    [
+        ("train.lr=abc", "train.lr"),
+        ("train.bogus=1", "train.bogus"),
+        ("model.size=xxl", "model.size"),
+        ("predict.max_new_tokens.XX=3", "predict.max_new_tokens"),
+    ],
 )
 def test_errors_name_the_offending_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -115,7 +123,9 @@ def test_presets_are_built_in_and_a_recipe_can_add_its_own(tmp_path):
 
 def _readme_rows() -> list[tuple[list[str], list[str]]]:
     """(keys, defaults) of every row of the README's configuration table, brace groups expanded."""
-    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    section = (
+        (ROOT / "README.md").read_text(encoding="utf-8").split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    )
     rows = []
     for line in section.splitlines():
         if line.startswith("| `"):
@@ -189,8 +199,20 @@ NUMERIC_KEYS = sorted(_numeric_leaves(RecipeConfig), key=lambda leaf: leaf[0])
 
 def test_the_walk_finds_every_kind_of_numeric_key():
     keys = {key for key, _, _ in NUMERIC_KEYS}
-    assert {"seed", "train.epochs", "predict.max_new_tokens", "pretrain.tasks", "data.synth.turns", "data.max_image_pixels"} <= keys
-    assert {"distill.alpha", "distill.temperature", "distill.jsd_beta", "distill.chunk_size"} <= keys  # DistillConfig.loss, flat
+    assert {
+        "seed",
+        "train.epochs",
+        "predict.max_new_tokens",
+        "pretrain.tasks",
+        "data.synth.turns",
+        "data.max_image_pixels",
+    } <= keys
+    assert {
+        "distill.alpha",
+        "distill.temperature",
+        "distill.jsd_beta",
+        "distill.chunk_size",
+    } <= keys  # DistillConfig.loss, flat
 
 
 @pytest.mark.parametrize("key, metadata, kind", NUMERIC_KEYS, ids=[leaf[0] for leaf in NUMERIC_KEYS])
@@ -212,8 +234,12 @@ def test_every_numeric_key_has_bounds_and_refuses_values_outside_them(key, metad
 
 @pytest.mark.parametrize(
     "overrides, key",
-    [(["predict.max_new_tokens.VG=0"], "predict.max_new_tokens.VG"), (["train.epochs=.inf"], "train.epochs"),
-     (["rope.name=mcg", "rope.alpha=[.inf, 2]"], "rope: .*alpha"), (["seed=-1"], "seed")],
+    [
+        (["predict.max_new_tokens.VG=0"], "predict.max_new_tokens.VG"),
+        (["train.epochs=.inf"], "train.epochs"),
+        (["rope.name=mcg", "rope.alpha=[.inf, 2]"], "rope: .*alpha"),
+        (["seed=-1"], "seed"),
+    ],
 )
 def test_values_that_used_to_fail_late_are_refused_when_the_recipe_loads(overrides, key):
     with pytest.raises(ConfigError, match=key):

@@ -105,7 +105,8 @@ class TrainCollator:
         box_style = self.input_format.box_style
         texts = [
             self.processor.apply_chat_template(
-                build_messages(ex.turns, box_style, True, partial(self.boxes.to_model, image_size=image.size)), tokenize=False
+                build_messages(ex.turns, box_style, True, partial(self.boxes.to_model, image_size=image.size)),
+                tokenize=False,
             )
             for ex, image in zip(examples, images)
         ]

@@ -33,7 +33,9 @@ class RichProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.progress = make_progress()
         self.progress.start()
-        self.task = self.progress.add_task(self.description, total=state.max_steps, info="", completed=state.global_step)
+        self.task = self.progress.add_task(
+            self.description, total=state.max_steps, info="", completed=state.global_step
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)

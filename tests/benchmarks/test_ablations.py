@@ -28,7 +28,12 @@ def seed_documents(offset: float) -> dict[str, dict]:
     """One seed's two runs; every row is a constant, so the expected cells are plain arithmetic."""
     clinkd = metrics(
         flat(40 + offset),
-        {"ClinKD, greedy": flat(30 + offset), "student (distilled)": flat(20 + offset), "plain SFT": flat(25), "teacher": flat(10)},
+        {
+            "ClinKD, greedy": flat(30 + offset),
+            "student (distilled)": flat(20 + offset),
+            "plain SFT": flat(25),
+            "teacher": flat(10),
+        },
     )
     return {"clinkd": clinkd, "stock": metrics(flat(38), {})}
 

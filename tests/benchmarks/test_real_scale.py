@@ -1,4 +1,5 @@
-"""benchmarks/real_scale.py runs end to end at reduced size on CPU and reports every measurement (no timing asserted)."""
+"""benchmarks/real_scale.py runs end to end at reduced size on CPU and reports every measurement (no timing
+asserted)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,20 @@ MEASUREMENTS = (
 def test_reduced_run_reports_every_measurement(tmp_path):
     out = tmp_path / "out.json"
     command = [
-        sys.executable, "benchmarks/real_scale.py", "--shape", "reduced", "--steps", "2", "--warmup", "1",
-        "--image-size", "56", "--new-tokens", "4", "--json", str(out),
+        sys.executable,
+        "benchmarks/real_scale.py",
+        "--shape",
+        "reduced",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--image-size",
+        "56",
+        "--new-tokens",
+        "4",
+        "--json",
+        str(out),
     ]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]

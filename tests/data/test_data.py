@@ -148,7 +148,11 @@ BAD_RECORDS = {
         "bad_box",
         "x2 < x1",
     ),
-    "id climbing out of the image folder": (record("mr_1/../../secret", ("Where?", "Here.")), "bad_record", "path separator or '..'"),
+    "id climbing out of the image folder": (
+        record("mr_1/../../secret", ("Where?", "Here.")),
+        "bad_record",
+        "path separator or '..'",
+    ),
     "id with a backslash": (record("mr_1\\x", ("Where?", "Here.")), "bad_record", "path separator"),
     "id with ..": (record("mr_..x", ("Where?", "Here.")), "bad_record", "'..'"),
 }
@@ -162,6 +166,8 @@ def image_bytes(width: int, height: int) -> bytes:
 
 def symlink_loop(path: Path) -> None:
     path.symlink_to(path.name)  # a link to itself: opening it fails with ELOOP
+
+
 BAD_IMAGES = {
     "missing image": (b"", "missing_image", "does not exist"),
     "not an image": (b"this is not a PNG", "corrupt_image", "UnidentifiedImageError"),
@@ -220,13 +226,20 @@ def test_bad_record_stops_with_file_and_record(name: str, tmp_path: Path, images
     assert raised.value.issue.kind.value == kind
 
 
-def test_an_image_above_the_pixel_limit_is_refused_from_its_header_without_a_decode(tmp_path: Path, images: Path) -> None:
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header_without_a_decode(
+    tmp_path: Path, images: Path
+) -> None:
     (images / f"{MR}.png").write_bytes(cut(image_bytes(300, 200)))  # damaged pixels: a decode would call it corrupt
     issues = DataIssues()
-    samples = load_medgrit(write_json(tmp_path / "train.json", GOOD), images, issues=issues, check_images=ImageChecker("verify", 50_000))
+    samples = load_medgrit(
+        write_json(tmp_path / "train.json", GOOD), images, issues=issues, check_images=ImageChecker("verify", 50_000)
+    )
     assert [s.id for s in samples] == [CT, XRAY]
     (issue,) = issues.issues
-    assert issue.kind.value == "unusable_image" and "300×200 px: 60000 pixels, above data.max_image_pixels=50000" in issue.message
+    assert (
+        issue.kind.value == "unusable_image"
+        and "300×200 px: 60000 pixels, above data.max_image_pixels=50000" in issue.message
+    )
 
 
 def test_a_run_checks_images_against_data_max_image_pixels(small_data: Path) -> None:
@@ -247,7 +260,7 @@ def test_stop_message_names_record_id_and_box(tmp_path: Path, images: Path) -> N
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
-    [("[{\"id\": \"ct_1\", ", "malformed JSON"), ('{"id": "ct_1"}', "top level is a JSON dict")],
+    [('[{"id": "ct_1", ', "malformed JSON"), ('{"id": "ct_1"}', "top level is a JSON dict")],
 )
 def test_malformed_file(text: str, fragment: str, tmp_path: Path, images: Path) -> None:
     path = tmp_path / "broken.json"
@@ -299,7 +312,9 @@ def test_a_duplicate_id_is_reported_and_kept_once(tmp_path: Path, images: Path) 
     issues = DataIssues()
     assert [s.id for s in load_medgrit(path, images, issues=issues)] == list(IDS)
     assert issues.counts == {"duplicate_id": 1}
-    assert str(issues.issues[0]) == f"{path} record 3 (id '{MR}'): id '{MR}' is already record 1's; only the first is kept"
+    assert (
+        str(issues.issues[0]) == f"{path} record 3 (id '{MR}'): id '{MR}' is already record 1's; only the first is kept"
+    )
     summary = convert(path, images, tmp_path / "out", issues=DataIssues())
     assert (summary.records_read, summary.samples_written) == (4, 3)
 
@@ -432,6 +447,7 @@ def test_medgrit_to_sharegpt_round_trip(image_paths: str, tmp_path: Path, images
     )
     assert Path(written[0]["images"][0]).is_absolute() == (image_paths == "absolute")
     back = load_sharegpt(data_file, on_error="stop")
+
     def identity(s: Sample) -> tuple:
         return s.id, s.modality, s.image.resolve()
 

@@ -69,7 +69,12 @@ def train_records(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corpus(train_records):
-    return [convert_markup(text, BOX_STYLE) for s in train_records for turn in s.turns for text in (turn.question, turn.answer)]
+    return [
+        convert_markup(text, BOX_STYLE)
+        for s in train_records
+        for turn in s.turns
+        for text in (turn.question, turn.answer)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +115,13 @@ def indexed_batch(processor, examples, indices):
     return IndexedCollator(processor)([IndexedExample(i, examples[i]) for i in indices])
 
 
-def make_spec(examples, processor, student, k: int, kd_config: KDLossConfig, teacher_id: str = "teacher-a") -> CacheSpec:
+def make_spec(
+    examples, processor, student, k: int, kd_config: KDLossConfig, teacher_id: str = "teacher-a"
+) -> CacheSpec:
     return CacheSpec(
-        dataset_sha256=dataset_fingerprint(examples, InputFormat(BOX_STYLE), processor.image_processor.size, RelativeBoxes()),
+        dataset_sha256=dataset_fingerprint(
+            examples, InputFormat(BOX_STYLE), processor.image_processor.size, RelativeBoxes()
+        ),
         n_examples=len(examples),
         tokenizer_sha256=tokenizer_fingerprint(processor.tokenizer),
         teacher_sha256=teacher_id,
@@ -142,20 +151,34 @@ def test_seeded_subset_is_of_the_right_size_and_deterministic():
 def test_the_kd_loss_takes_the_preset_and_applies_set_fields():
     assert DistillConfig().loss == KDLossConfig.paper()
     assert DistillConfig(preset="clinkd-official").loss == KDLossConfig.clinkd_official()
-    assert DistillConfig(preset="clinkd-official", temperature=None).loss == KDLossConfig.clinkd_official()  # null: the preset's
+    assert (
+        DistillConfig(preset="clinkd-official", temperature=None).loss == KDLossConfig.clinkd_official()
+    )  # null: the preset's
     official_ce = DistillConfig(preset="clinkd-official", use_ce=True, chunk_size=64).loss
     assert official_ce == KDLossConfig.clinkd_official(use_ce=True, chunk_size=64)
-    assert (official_ce.temperature, official_ce.t_squared, official_ce.reduction, official_ce.shift_labels) == (0.5, False, "sum", False)
+    assert (official_ce.temperature, official_ce.t_squared, official_ce.reduction, official_ce.shift_labels) == (
+        0.5,
+        False,
+        "sum",
+        False,
+    )
     jsd = DistillConfig(divergence="jsd", jsd_beta=0.3, temperature=1.0).loss
     assert (jsd.divergence, jsd.jsd_beta, jsd.temperature, jsd.t_squared) == ("jsd", 0.3, 1.0, True)
 
 
 def test_teacher_recipe_changes_only_the_teacher_init_and_epochs(tmp_path):
-    cfg = RecipeConfig(model={"size": "xs"}, train={"epochs": 3, "lr": 5e-4}, distill={"teacher_size": "s", "teacher_epochs": 6})
+    cfg = RecipeConfig(
+        model={"size": "xs"}, train={"epochs": 3, "lr": 5e-4}, distill={"teacher_size": "s", "teacher_epochs": 6}
+    )
     tuned = teacher_recipe(cfg)
     assert (tuned.model.size, tuned.train.epochs, tuned.train.lr) == ("s", 6, 5e-4)
-    assert teacher_recipe(RecipeConfig(train={"epochs": 2}, distill={"teacher_epochs": None})).train.epochs == 2 and cfg.model.size == "xs"
-    from_checkpoint = teacher_recipe(RecipeConfig(model={"path": str(tmp_path), "size": "xs"}, distill={"teacher_size": "s"}))
+    assert (
+        teacher_recipe(RecipeConfig(train={"epochs": 2}, distill={"teacher_epochs": None})).train.epochs == 2
+        and cfg.model.size == "xs"
+    )
+    from_checkpoint = teacher_recipe(
+        RecipeConfig(model={"path": str(tmp_path), "size": "xs"}, distill={"teacher_size": "s"})
+    )
     assert (from_checkpoint.model.path, from_checkpoint.model.size) == (tmp_path, "xs")
     larger = tmp_path / "teacher-7b"
     from_larger = teacher_recipe(RecipeConfig(model={"path": str(tmp_path)}, distill={"teacher_init": str(larger)}))
@@ -165,7 +188,9 @@ def test_teacher_recipe_changes_only_the_teacher_init_and_epochs(tmp_path):
 # --- KDTrainer ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kd_config", [KDLossConfig.paper(), KDLossConfig.clinkd_official(use_ce=True)], ids=["paper", "official"])
+@pytest.mark.parametrize(
+    "kd_config", [KDLossConfig.paper(), KDLossConfig.clinkd_official(use_ce=True)], ids=["paper", "official"]
+)
 def test_kdtrainer_loss_equals_a_direct_computation(tmp_path, processor, examples, kd_config):
     student, teacher = tiny_model(processor, "xs"), tiny_model(processor, "xs", seed=1)
     trainer = kd_trainer(tmp_path, student, processor, kd_config, teacher=teacher)
@@ -175,7 +200,9 @@ def test_kdtrainer_loss_equals_a_direct_computation(tmp_path, processor, example
     with torch.no_grad():
         outputs = student(**model_inputs(batch), labels=batch["labels"])
         teacher_logits = teacher(**model_inputs(batch)).logits
-    expected = distillation_loss(outputs.logits, batch["labels"], outputs.loss, kd_config, teacher_logits=teacher_logits)
+    expected = distillation_loss(
+        outputs.logits, batch["labels"], outputs.loss, kd_config, teacher_logits=teacher_logits
+    )
     torch.testing.assert_close(loss, expected["loss"], rtol=0, atol=1e-6)
     assert teacher.training is False and not any(p.requires_grad for p in teacher.parameters())
 
@@ -197,8 +224,12 @@ def test_teacher_sees_exactly_the_students_position_ids(tmp_path, processor, exa
     # A teacher recorded with another strategy still gets the student's positions, not its own.
     student, teacher = tiny_model(processor, "xs"), tiny_model(processor, "xs", seed=1, rope=STOCK)
     seen = {}
-    student.register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("student", kw["position_ids"]), with_kwargs=True)
-    teacher.register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("teacher", kw["position_ids"]), with_kwargs=True)
+    student.register_forward_pre_hook(
+        lambda m, a, kw: seen.__setitem__("student", kw["position_ids"]), with_kwargs=True
+    )
+    teacher.register_forward_pre_hook(
+        lambda m, a, kw: seen.__setitem__("teacher", kw["position_ids"]), with_kwargs=True
+    )
     batch = indexed_batch(processor, examples, [3, 4])
     kd_trainer(tmp_path, student, processor, KDLossConfig.paper(), teacher=teacher).compute_loss(student, batch)
     own, _ = student.model.get_rope_index(
@@ -234,14 +265,20 @@ def test_wider_teacher_vocabulary_is_sliced_with_a_logged_check(tmp_path, proces
 
 
 @pytest.mark.parametrize("wider_teacher", [False, True], ids=["same-vocab", "wider-teacher"])
-@pytest.mark.parametrize("kd_config", [KDLossConfig.paper(), KDLossConfig.clinkd_official(use_ce=True)], ids=["paper", "official"])
-def test_cached_topk_with_k_equal_to_the_vocabulary_equals_the_online_loss(tmp_path, processor, examples, kd_config, wider_teacher):
+@pytest.mark.parametrize(
+    "kd_config", [KDLossConfig.paper(), KDLossConfig.clinkd_official(use_ce=True)], ids=["paper", "official"]
+)
+def test_cached_topk_with_k_equal_to_the_vocabulary_equals_the_online_loss(
+    tmp_path, processor, examples, kd_config, wider_teacher
+):
     student = tiny_model(processor, "xs")
     teacher = tiny_model(processor, "xs", seed=1, vocab_size=vocab(student) + 8 if wider_teacher else None)
     subset = examples[:7]
     spec = make_spec(subset, processor, student, k=vocab(student), kd_config=kd_config)
     # Cache batches (4, 3) differ from the training batch: rows must still line up per example.
-    write_teacher_cache(teacher, TrainCollator(processor), subset, spec, tmp_path / "cache", kd_config, batch_size=4, shard_examples=3)
+    write_teacher_cache(
+        teacher, TrainCollator(processor), subset, spec, tmp_path / "cache", kd_config, batch_size=4, shard_examples=3
+    )
     cache = TeacherCache(tmp_path / "cache", spec)
     batch = indexed_batch(processor, subset, [6, 0, 4])
     cached = kd_trainer(tmp_path, student, processor, kd_config, teacher_cache=cache).compute_loss(student, batch)
@@ -256,7 +293,9 @@ def written_cache(tmp_path, processor, examples):
     cfg = KDLossConfig.paper()
     subset = examples[:5]
     spec = make_spec(subset, processor, student, k=8, kd_config=cfg)
-    write_teacher_cache(teacher, TrainCollator(processor), subset, spec, tmp_path / "cache", cfg, batch_size=2, shard_examples=2)
+    write_teacher_cache(
+        teacher, TrainCollator(processor), subset, spec, tmp_path / "cache", cfg, batch_size=2, shard_examples=2
+    )
     return tmp_path / "cache", spec, subset, student, teacher
 
 
@@ -265,7 +304,12 @@ def test_a_cache_for_other_data_tokenizer_or_k_is_refused(written_cache, process
     changed = [replace(subset[0], turns=(Turn(subset[0].turns[0].question, "something else"),)), *subset[1:]]
     other_tokenizer = train_tokenizer(["a completely different corpus of words"] * 20, vocab_size=300)
     variants = {
-        "dataset_sha256": replace(spec, dataset_sha256=dataset_fingerprint(changed, InputFormat(BOX_STYLE), processor.image_processor.size, RelativeBoxes())),
+        "dataset_sha256": replace(
+            spec,
+            dataset_sha256=dataset_fingerprint(
+                changed, InputFormat(BOX_STYLE), processor.image_processor.size, RelativeBoxes()
+            ),
+        ),
         "tokenizer_sha256": replace(spec, tokenizer_sha256=tokenizer_fingerprint(other_tokenizer)),
         "top_k": replace(spec, top_k=16),
         "temperature": replace(spec, temperature=0.5),
@@ -299,7 +343,9 @@ def test_an_interrupted_cache_resumes_at_the_first_missing_shard(written_cache, 
         TeacherCache(cache_dir, spec)
     seen = []
     teacher.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
-    write_teacher_cache(teacher, TrainCollator(processor), subset, spec, cache_dir, KDLossConfig.paper(), batch_size=2, shard_examples=4)
+    write_teacher_cache(
+        teacher, TrainCollator(processor), subset, spec, cache_dir, KDLossConfig.paper(), batch_size=2, shard_examples=4
+    )
     assert sum(seen) == 3  # examples 2..4 only; the manifest's shard size (2) wins over the new argument
     resumed = TeacherCache(cache_dir, spec).rows(range(5))
     assert all(torch.equal(a, b) for a, b in zip(resumed, complete))
@@ -307,7 +353,9 @@ def test_an_interrupted_cache_resumes_at_the_first_missing_shard(written_cache, 
 
 def test_cached_row_counts_are_checked_per_example(tmp_path, written_cache, processor, examples):
     cache_dir, spec, subset, student, _ = written_cache
-    trainer = kd_trainer(tmp_path, student, processor, KDLossConfig.paper(), teacher_cache=TeacherCache(cache_dir, spec))
+    trainer = kd_trainer(
+        tmp_path, student, processor, KDLossConfig.paper(), teacher_cache=TeacherCache(cache_dir, spec)
+    )
     cached_rows = TeacherCache(cache_dir, spec).row_count(0)
 
     def answer_rows(example) -> int:
@@ -349,7 +397,9 @@ def test_pseudo_label_generation_resumes_after_an_interruption(tmp_path, process
 
 def test_pseudo_labels_for_other_data_are_refused(tmp_path, processor, train_records):
     teacher = tiny_model(processor, "xs", seed=2)
-    generate_pseudo_labels(teacher, processor, train_records[:2], tmp_path, PredictConfig(batch_size=8), max_new_tokens=2)
+    generate_pseudo_labels(
+        teacher, processor, train_records[:2], tmp_path, PredictConfig(batch_size=8), max_new_tokens=2
+    )
     with pytest.raises(ValueError, match="row 0 is for record"):
         read_pseudo_labels(tmp_path, train_records[2:4])
 
@@ -377,8 +427,14 @@ def test_distillation_examples_for_each_target_kind(train_records):
     expected = ["teacher says liver", *gt[1:8], "teacher answer 8", gt[9], "teacher answer 10", "teacher answer 11"]
     assert answers_of(relabelled.examples) == expected
     assert relabelled.counts == {
-        "examples": 12, "pseudo_labelled": 8, "pseudo_dropped_unusable": 2, "pseudo_dropped_wrong_structure": 0,
-        "pseudo_dropped_no_box": 0, "pseudo_dropped_low_confidence": 0, "pseudo_equal_gt": 2, "pseudo_used": 4,
+        "examples": 12,
+        "pseudo_labelled": 8,
+        "pseudo_dropped_unusable": 2,
+        "pseudo_dropped_wrong_structure": 0,
+        "pseudo_dropped_no_box": 0,
+        "pseudo_dropped_low_confidence": 0,
+        "pseudo_equal_gt": 2,
+        "pseudo_used": 4,
     }
     assert relabelled.margins == pytest.approx([0.0, None, None, None, None, None, None, None, 0.4, None, 0.6, 0.7])
 
@@ -406,29 +462,54 @@ def test_pseudo_labels_that_name_another_structure_lack_a_box_or_doubt_themselve
     checks = PseudoChecks(classes={"ct": {"liver", "kidney", "spleen"}}, min_margin=0.5)
 
     def problems(*answers, margin=0.9):
-        return [pseudo_problem(turn, PseudoLabel(answer, margin), "ct", BOX_STYLE, checks) for turn, answer in zip(turns, answers)]
+        return [
+            pseudo_problem(turn, PseudoLabel(answer, margin), "ct", BOX_STYLE, checks)
+            for turn, answer in zip(turns, answers)
+        ]
 
-    good = ("<ref>liver</ref><box>(110,90),(400,420)</box>", "liver", "The liver appears large in the left region.",
-            "CT image of the abdomen showing the liver.")
+    good = (
+        "<ref>liver</ref><box>(110,90),(400,420)</box>",
+        "liver",
+        "The liver appears large in the left region.",
+        "CT image of the abdomen showing the liver.",
+    )
     assert problems(*good) == [None] * 4
-    assert problems("<ref>spleen</ref><box>(110,90),(400,420)</box>", "kidney", "The spleen appears bright.",
-                    "CT image showing the liver and spleen.") == ["wrong_structure"] * 4
+    assert (
+        problems(
+            "<ref>spleen</ref><box>(110,90),(400,420)</box>",
+            "kidney",
+            "The spleen appears bright.",
+            "CT image showing the liver and spleen.",
+        )
+        == ["wrong_structure"] * 4
+    )
     assert problems("<ref>liver</ref> is on the left", *good[1:]) == ["no_box", None, None, None]
     assert problems(*good, margin=0.4) == ["low_confidence"] * 4
     assert pseudo_problem(turns[1], PseudoLabel("kidney", None), "ct", BOX_STYLE, PseudoChecks(filter=False)) is None
-    assert pseudo_problem(turns[1], PseudoLabel("kidney", None), "ct", BOX_STYLE, PseudoChecks(filter=False, min_margin=0.1)) == "low_confidence"
+    assert (
+        pseudo_problem(
+            turns[1], PseudoLabel("kidney", None), "ct", BOX_STYLE, PseudoChecks(filter=False, min_margin=0.1)
+        )
+        == "low_confidence"
+    )
 
-    labels = [PseudoLabel(answer, 0.9) for answer in ("<ref>spleen</ref><box>(1,1),(9,9)</box>", "kidney", good[2], good[3])]
+    labels = [
+        PseudoLabel(answer, 0.9) for answer in ("<ref>spleen</ref><box>(1,1),(9,9)</box>", "kidney", good[2], good[3])
+    ]
     targets = distillation_examples([record], labels, "both", "split", BOX_STYLE, checks)
     assert [example.turns[0].answer for example in targets.examples[4:]] == [good[2], good[3]]
     assert targets.counts["pseudo_dropped_wrong_structure"] == 2 and targets.counts["pseudo_used"] == 2
 
 
 def test_answer_margins_average_top1_minus_top2_up_to_the_end_of_turn():
-    logits = torch.log(torch.tensor([
-        [[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.9, 0.05, 0.05]],  # ends at step 1: steps 0 and 1 count
-        [[0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1]],  # never ends: every step counts
-    ]))
+    logits = torch.log(
+        torch.tensor(
+            [
+                [[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.9, 0.05, 0.05]],  # ends at step 1: steps 0 and 1 count
+                [[0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1]],  # never ends: every step counts
+            ]
+        )
+    )
     tokens = torch.tensor([[0, 2, 1], [0, 0, 0]])
     assert answer_margins(logits, tokens, end_id=2) == pytest.approx([(0.5 + 0.1) / 2, 0.3])
 
@@ -445,8 +526,14 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
             "train": {"epochs": 1, "batch_size": 8, "logging_steps": 2, "save_steps": 1000, "threads": 1},
             "predict": {"batch_size": 16},
             "distill": {
-                "teacher_fraction": 0.25, "pseudo_fraction": 0.5, "pseudo_max_new_tokens": 4,
-                "targets": "both", "mode": "cached", "top_k": 16, "teacher_size": "xs", "teacher_epochs": 1,
+                "teacher_fraction": 0.25,
+                "pseudo_fraction": 0.5,
+                "pseudo_max_new_tokens": 4,
+                "targets": "both",
+                "mode": "cached",
+                "top_k": 16,
+                "teacher_size": "xs",
+                "teacher_epochs": 1,
             },
         }
     )
@@ -472,7 +559,10 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
     dropped = sum(info["targets"][f"pseudo_dropped_{reason}"] for reason in DROP_REASONS)
     assert dropped + info["targets"]["pseudo_equal_gt"] + info["targets"]["pseudo_used"] == n_turns
     assert set(info["pseudo"]["fidelity"]) == {"names_asked", "parseable_box", "modality_class"}
-    assert all(0 <= label["margin"] <= 1 for label in map(json.loads, (root / "pseudo" / "train.jsonl").read_text().splitlines()))
+    assert all(
+        0 <= label["margin"] <= 1
+        for label in map(json.loads, (root / "pseudo" / "train.jsonl").read_text().splitlines())
+    )
     manifest = json.loads((root / "cache" / MANIFEST).read_text())
     assert manifest["complete"] and manifest["spec"]["n_examples"] == info["student"]["examples"]
     assert (root / "student" / "model" / "config.json").is_file() and info["student"]["steps"] > 0
@@ -488,10 +578,13 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, train_records, corpus):
-    other = build_processor(train_tokenizer(["a completely different corpus of words"] * 20, vocab_size=300), 112 * 112, 112 * 112)
+    other = build_processor(
+        train_tokenizer(["a completely different corpus of words"] * 20, vocab_size=300), 112 * 112, 112 * 112
+    )
     save_checkpoint(tiny_model(other, "xs"), other, tmp_path / "teacher")
     cfg = RecipeConfig(
-        output_dir=tmp_path, model={"size": "xs", "tokenizer_vocab": 400},
+        output_dir=tmp_path,
+        model={"size": "xs", "tokenizer_vocab": 400},
         distill={"teacher": str(tmp_path / "teacher"), "targets": "ground_truth", "mode": "online"},
     )
 
@@ -499,7 +592,12 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, train_records, co
         train = train_records[:2]
 
     with pytest.raises(CheckpointError, match="tokenizer .* differs from the student's"):
-        run_distill(cfg, Dataset.train, cfg.run_dir, lambda recipe: build_tiny_from(recipe.model, corpus, recipe.seed, recipe.rope))
+        run_distill(
+            cfg,
+            Dataset.train,
+            cfg.run_dir,
+            lambda recipe: build_tiny_from(recipe.model, corpus, recipe.seed, recipe.rope),
+        )
 
 
 def test_the_curriculum_releases_pseudo_labels_from_the_most_confident_on():
@@ -517,13 +615,30 @@ def test_the_curriculum_releases_pseudo_labels_from_the_most_confident_on():
 
 def test_the_distillation_section_says_what_became_of_the_pseudo_labels():
     info = {
-        "targets": {"kind": "both", "examples": 120, "pseudo_labelled": 20, "pseudo_dropped_unusable": 1,
-                    "pseudo_dropped_wrong_structure": 6, "pseudo_dropped_no_box": 2, "pseudo_dropped_low_confidence": 0,
-                    "pseudo_equal_gt": 5, "pseudo_used": 6},
-        "pseudo": {"fidelity": {"names_asked": {"value": 0.5, "n": 8}, "parseable_box": {"value": 0.75, "n": 8},
-                                "modality_class": {"value": None, "n": 0}}},
+        "targets": {
+            "kind": "both",
+            "examples": 120,
+            "pseudo_labelled": 20,
+            "pseudo_dropped_unusable": 1,
+            "pseudo_dropped_wrong_structure": 6,
+            "pseudo_dropped_no_box": 2,
+            "pseudo_dropped_low_confidence": 0,
+            "pseudo_equal_gt": 5,
+            "pseudo_used": 6,
+        },
+        "pseudo": {
+            "fidelity": {
+                "names_asked": {"value": 0.5, "n": 8},
+                "parseable_box": {"value": 0.75, "n": 8},
+                "modality_class": {"value": None, "n": 0},
+            }
+        },
     }
     text = render_distill(info)
-    assert "| VG names the asked structure | 50.0 (8) |" in text and "| ROC answers a class of the modality | – |" in text
+    assert (
+        "| VG names the asked structure | 50.0 (8) |" in text and "| ROC answers a class of the modality | – |" in text
+    )
     assert "| dropped: name another structure than their turn | 6 |" in text and "| used as extra targets | 6 |" in text
-    assert "pseudo labels" not in render_distill({"targets": {"kind": "ground_truth", "examples": 3, "pseudo_labelled": 0}})
+    assert "pseudo labels" not in render_distill(
+        {"targets": {"kind": "ground_truth", "examples": 3, "pseudo_labelled": 0}}
+    )

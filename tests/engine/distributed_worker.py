@@ -24,7 +24,13 @@ def predict(data_dir: str, model_dir: str, out_dir: str) -> None:
     init_distributed()
     model, processor = load_checkpoint(model_dir)
     tests = load_test_split(Path(data_dir), Path(data_dir) / "images")
-    write_predictions_sharded(model, processor, tests, Path(out_dir), PredictConfig(batch_size=3, max_new_tokens={"VG": 6, "ROC": 6, "RC": 6, "MIA": 6}))
+    write_predictions_sharded(
+        model,
+        processor,
+        tests,
+        Path(out_dir),
+        PredictConfig(batch_size=3, max_new_tokens={"VG": 6, "ROC": 6, "RC": 6, "MIA": 6}),
+    )
 
 
 def teacher(model_dir: str, deepspeed_config: str, out: str) -> None:
@@ -53,13 +59,17 @@ def teacher(model_dir: str, deepspeed_config: str, out: str) -> None:
     with torch.no_grad():
         logits = placed(input_ids=input_ids).logits
     if is_main_process():
-        Path(out).write_text(json.dumps({
-            "world": world_size(),
-            "full_parameters": full,
-            "local_partition": local,
-            "max_logit_difference": (logits.float() - reference.float()).abs().max().item(),
-            "requires_grad": any(p.requires_grad for p in teacher_model.parameters()),
-        }))
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "world": world_size(),
+                    "full_parameters": full,
+                    "local_partition": local,
+                    "max_logit_difference": (logits.float() - reference.float()).abs().max().item(),
+                    "requires_grad": any(p.requires_grad for p in teacher_model.parameters()),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

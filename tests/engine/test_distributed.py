@@ -95,11 +95,17 @@ def synth_data(tmp_path_factory):
     return _synth(tmp_path_factory)
 
 
-def test_sharded_prediction_equals_single_process_prediction(tmp_path, synth_data, tiny_model, tiny_processor, monkeypatch):
+def test_sharded_prediction_equals_single_process_prediction(
+    tmp_path, synth_data, tiny_model, tiny_processor, monkeypatch
+):
     """Two ranks simulated in turn (rank 1 finishes first); the merge must equal the single-process file."""
     from clinkd.data.medgrit import load_test_split
 
-    tests = {task: samples[:3] for task, samples in load_test_split(synth_data, synth_data / "images").items() if task in ("VG", "RC")}
+    tests = {
+        task: samples[:3]
+        for task, samples in load_test_split(synth_data, synth_data / "images").items()
+        if task in ("VG", "RC")
+    }
     predict_cfg = PredictConfig(batch_size=2, max_new_tokens={"VG": 4, "RC": 4})
     single = write_predictions_sharded(tiny_model, tiny_processor, tests, tmp_path / "single", predict_cfg)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
@@ -117,15 +123,26 @@ def test_teacher_config_drops_the_optimizer_and_keeps_zero3_partitioning():
         "optimizer": {"type": "AdamW"},
         "scheduler": {"type": "WarmupLR"},
         "train_micro_batch_size_per_gpu": 2,
-        "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "reduce_bucket_size": "auto",
-                              "stage3_prefetch_bucket_size": 1000, "stage3_param_persistence_threshold": "auto"},
+        "zero_optimization": {
+            "stage": 3,
+            "offload_optimizer": {"device": "cpu"},
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": 1000,
+            "stage3_param_persistence_threshold": "auto",
+        },
     }
     config = teacher_deepspeed_config(student, hidden_size=10)
     assert "optimizer" not in config and "scheduler" not in config
-    assert config["zero_optimization"] == {"stage": 3, "reduce_bucket_size": 100, "stage3_prefetch_bucket_size": 1000,
-                                           "stage3_param_persistence_threshold": 100}
+    assert config["zero_optimization"] == {
+        "stage": 3,
+        "reduce_bucket_size": 100,
+        "stage3_prefetch_bucket_size": 1000,
+        "stage3_param_persistence_threshold": 100,
+    }
     assert student["zero_optimization"]["reduce_bucket_size"] == "auto"  # the student's config is not modified
-    assert teacher_deepspeed_config({"zero_optimization": {"stage": 2, "overlap_comm": True}}, 10)["zero_optimization"] == {"stage": 0}
+    assert teacher_deepspeed_config({"zero_optimization": {"stage": 2, "overlap_comm": True}}, 10)[
+        "zero_optimization"
+    ] == {"stage": 0}
 
 
 def test_full_weights_copy_matches_the_model(tiny_model):
@@ -197,12 +214,25 @@ def single_process_runs(synth_data, tmp_path_factory):
     cfg = load_config(_recipe(tmp, synth_data), ["name=single", "train.batch_size=8"])
     dataset = load_dataset(cfg)
     model, processor = initial_model(cfg, dataset.train)
-    run_sft(SftSettings.of(cfg), model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
+    run_sft(
+        SftSettings.of(cfg),
+        model,
+        processor,
+        training_examples(dataset.train, cfg.data.train_turns),
+        cfg.run_dir / "sft",
+    )
     teacher = cfg.run_dir / "sft" / "model"
-    kd = load_config(_recipe(tmp, synth_data), ["name=single-kd", "train.batch_size=8", f"distill.teacher={teacher}", *DISTILL])
+    kd = load_config(
+        _recipe(tmp, synth_data), ["name=single-kd", "train.batch_size=8", f"distill.teacher={teacher}", *DISTILL]
+    )
     run_distill(kd, dataset.train, kd.run_dir, lambda recipe: initial_model(recipe, dataset.train))
     student = kd.run_dir / "distill" / "student"
-    return _losses(cfg.run_dir / "sft" / "train_log.json"), _losses(student / "train_log.json"), teacher, student / "model"
+    return (
+        _losses(cfg.run_dir / "sft" / "train_log.json"),
+        _losses(student / "train_log.json"),
+        teacher,
+        student / "model",
+    )
 
 
 def _deepspeed(engine: str) -> list[str]:
@@ -236,7 +266,18 @@ DEEPSPEED_SLOW = [pytest.param(engine, marks=pytest.mark.slow) for engine in ("z
 @pytest.mark.parametrize("engine", ["ddp", *DEEPSPEED_SLOW])
 def test_two_process_training_matches_single_process_losses(engine, synth_data, single_process_runs, tmp_path):
     """`clinkd train` under torchrun: 2 ranks × batch 4 (gloo); ZeRO-2/3 through DeepSpeed's CPU accelerator."""
-    _torchrun(["-m", "clinkd.cli", "train", str(_recipe(tmp_path, synth_data)), "name=two", "train.batch_size=4", *_deepspeed(engine)], cwd=tmp_path)
+    _torchrun(
+        [
+            "-m",
+            "clinkd.cli",
+            "train",
+            str(_recipe(tmp_path, synth_data)),
+            "name=two",
+            "train.batch_size=4",
+            *_deepspeed(engine),
+        ],
+        cwd=tmp_path,
+    )
     _assert_close(_losses(tmp_path / "runs" / "two" / "sft" / "train_log.json"), single_process_runs[0])
     # Written once, with full tensors (gathered from the shards under ZeRO-3).
     _assert_same_weights(tmp_path / "runs" / "two" / "sft" / "model", single_process_runs[2])
@@ -260,7 +301,13 @@ def test_two_process_prediction_merges_to_the_single_process_file(synth_data, ti
     save_checkpoint(tiny_model, tiny_processor, tmp_path / "model")
     _torchrun([str(WORKER), "predict", str(synth_data), str(tmp_path / "model"), str(tmp_path / "two")], cwd=tmp_path)
     tests = load_test_split(synth_data, synth_data / "images")
-    single = write_predictions_sharded(tiny_model, tiny_processor, tests, tmp_path / "one", PredictConfig(batch_size=3, max_new_tokens={t: 6 for t in tests}))
+    single = write_predictions_sharded(
+        tiny_model,
+        tiny_processor,
+        tests,
+        tmp_path / "one",
+        PredictConfig(batch_size=3, max_new_tokens={t: 6 for t in tests}),
+    )
     for task, path in single.items():
         assert (tmp_path / "two" / f"{task}.jsonl").read_text() == path.read_text()
 
@@ -272,7 +319,10 @@ def test_zero3_teacher_is_partitioned_and_computes_the_same_logits(tiny_model, t
 
     save_checkpoint(tiny_model, tiny_processor, tmp_path / "model")
     out = tmp_path / "teacher.json"
-    _torchrun([str(WORKER), "teacher", str(tmp_path / "model"), str(ROOT / "configs" / "deepspeed" / "zero3.json"), str(out)], cwd=tmp_path)
+    _torchrun(
+        [str(WORKER), "teacher", str(tmp_path / "model"), str(ROOT / "configs" / "deepspeed" / "zero3.json"), str(out)],
+        cwd=tmp_path,
+    )
     report = json.loads(out.read_text())
     assert report["world"] == 2 and not report["requires_grad"]
     # Each rank stores its half of every parameter (partitions are padded to a multiple of the world size).

@@ -41,11 +41,23 @@ def fresh_model(processor):
 
 
 def settings(tmp_path, lora=None, save_steps=2) -> SftSettings:
-    return SftSettings.of(RecipeConfig.model_validate({
-        "output_dir": str(tmp_path / "runs"),
-        "model": {"min_pixels": 56 * 56, "max_pixels": 56 * 56},
-        "train": {"max_steps": 4, "save_steps": save_steps, "batch_size": 4, "lr": 2e-2, "warmup_ratio": 0.0, "threads": 1, "lora": lora},
-    }))
+    return SftSettings.of(
+        RecipeConfig.model_validate(
+            {
+                "output_dir": str(tmp_path / "runs"),
+                "model": {"min_pixels": 56 * 56, "max_pixels": 56 * 56},
+                "train": {
+                    "max_steps": 4,
+                    "save_steps": save_steps,
+                    "batch_size": 4,
+                    "lr": 2e-2,
+                    "warmup_ratio": 0.0,
+                    "threads": 1,
+                    "lora": lora,
+                },
+            }
+        )
+    )
 
 
 def train_straight_and_killed(processor, examples, tmp_path, sft: SftSettings) -> None:
@@ -70,7 +82,9 @@ def test_a_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tiny_proc
     assert_same_weights(tmp_path)
 
 
-def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(tiny_processor, examples, tmp_path, capsys):
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(
+    tiny_processor, examples, tmp_path, capsys
+):
     sft = settings(tmp_path, save_steps=1)
     train_straight_and_killed(tiny_processor, examples, tmp_path, sft)
     checkpoints = tmp_path / "killed" / "checkpoints"

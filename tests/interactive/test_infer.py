@@ -35,7 +35,9 @@ def _colour(image, x, y):
 def test_box_pixels_sit_where_the_box_says():
     source = Image.new("RGB", (400, 200), BLACK)
     predicted, truth = Box(100, 200, 600, 800), Box(700, 100, 950, 500)
-    drawn = draw_boxes(source, [LabelledBox(truth, "truth", BoxRole.GROUND_TRUTH), LabelledBox(predicted, "liver")], min_side=448)
+    drawn = draw_boxes(
+        source, [LabelledBox(truth, "truth", BoxRole.GROUND_TRUTH), LabelledBox(predicted, "liver")], min_side=448
+    )
     assert drawn.size == (1200, 600)  # ⌈448/200⌉ = 3× enlargement
     for box, role in ((predicted, BoxRole.PREDICTED), (truth, BoxRole.GROUND_TRUTH)):
         colour = ROLE_COLOURS[role]
@@ -50,13 +52,21 @@ def test_box_pixels_sit_where_the_box_says():
 
 
 def test_label_tab_sits_above_the_box_or_inside_at_the_top_edge():
-    drawn = draw_boxes(Image.new("RGB", (500, 500), BLACK), [LabelledBox(Box(400, 400, 600, 600), "x"), LabelledBox(Box(0, 0, 200, 200), "y")], None)
+    drawn = draw_boxes(
+        Image.new("RGB", (500, 500), BLACK),
+        [LabelledBox(Box(400, 400, 600, 600), "x"), LabelledBox(Box(0, 0, 200, 200), "y")],
+        None,
+    )
     assert _colour(drawn, 202, 198) == ROLE_COLOURS[BoxRole.PREDICTED]  # room above: the tab ends on the top edge
     assert _colour(drawn, 2, 4) == ROLE_COLOURS[BoxRole.PREDICTED]  # no room above: inside the box
-    edge = draw_boxes(Image.new("RGB", (500, 500), BLACK), [LabelledBox(Box(950, 500, 1000, 600), "a long label")], None)
+    edge = draw_boxes(
+        Image.new("RGB", (500, 500), BLACK), [LabelledBox(Box(950, 500, 1000, 600), "a long label")], None
+    )
     assert _colour(edge, 498, 246) == ROLE_COLOURS[BoxRole.PREDICTED]  # slid left to stay inside the image
     x1 = pixel_rect(Box(950, 500, 1000, 600), 500, 500)[0]
-    assert ROLE_COLOURS[BoxRole.PREDICTED] in {_colour(edge, x1 - 20, y) for y in range(220, 250)}  # …so it starts left of the box
+    assert ROLE_COLOURS[BoxRole.PREDICTED] in {
+        _colour(edge, x1 - 20, y) for y in range(220, 250)
+    }  # …so it starts left of the box
 
 
 def test_pixel_rect_clamps_the_far_edges_inside_the_image():
@@ -64,7 +74,10 @@ def test_pixel_rect_clamps_the_far_edges_inside_the_image():
     assert pixel_rect(Box(500, 250, 750, 500), 200, 100) == (100, 25, 150, 50)
 
 
-@pytest.mark.parametrize(("size", "min_side", "factor"), [((112, 112), 448, 4), ((100, 30), 448, 15), ((1024, 800), 448, 1), ((50, 50), None, 1)])
+@pytest.mark.parametrize(
+    ("size", "min_side", "factor"),
+    [((112, 112), 448, 4), ((100, 30), 448, 15), ((1024, 800), 448, 1), ((50, 50), None, 1)],
+)
 def test_small_images_are_enlarged_by_an_integer_factor(size, min_side, factor):
     assert upscale_factor(*size, min_side) == factor
 
@@ -112,7 +125,9 @@ def test_questions_that_do_not_fit_are_refused(tmp_path, question, task, message
 
 
 def test_answer_boxes_are_labelled_with_their_ref_phrase_or_their_number():
-    boxes, error = labelled_answer_boxes("<|object_ref_start|>liver<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>")
+    boxes, error = labelled_answer_boxes(
+        "<|object_ref_start|>liver<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
+    )
     assert error is None and [(b.label, b.box) for b in boxes] == [("liver", Box(1, 2, 3, 4))]
     boxes, _ = labelled_answer_boxes("<box>(1,2),(3,4)</box><box>(5,6),(7,8)</box>")
     assert [b.label for b in boxes] == ["box 1", "box 2"]
@@ -124,7 +139,8 @@ QUADRANT_CORNERS = ((0, 0), (8, 0), (8, 8))  # the top-left corner of three quad
 
 
 def quadrants(values) -> np.ndarray:
-    """A 16×16 array of four 8 px quadrants of ``values`` (2×2): the smallest image the model takes is one 14 px patch."""
+    """A 16×16 array of four 8 px quadrants of ``values`` (2×2): the smallest image the model takes is one 14 px
+    patch."""
     return np.kron(np.array(values), np.ones((8, 8), dtype=int))
 
 
@@ -200,9 +216,15 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, png):
     loop.symlink_to(loop.name)
     cases = [
         (["--model", empty_dir, "--image", wide, "--question", "liver"], "cannot be fed to the model: 4000×10 px"),
-        (["--model", empty_dir, "--image", png, "--question", "liver", "data.max_image_pixels=1000"], "1024 pixels, above data.max_image_pixels=1000"),
+        (
+            ["--model", empty_dir, "--image", png, "--question", "liver", "data.max_image_pixels=1000"],
+            "1024 pixels, above data.max_image_pixels=1000",
+        ),
         (["--model", empty_dir, "--image", loop, "--question", "liver"], "is a symlink loop"),
-        (["--model", loop, "--image", png, "--question", "liver"], "model directory " + str(loop) + " is a symlink loop"),
+        (
+            ["--model", loop, "--image", png, "--question", "liver"],
+            "model directory " + str(loop) + " is a symlink loop",
+        ),
         (["--model", empty_dir, "--image", tmp_path / "none.png", "--question", "liver"], "does not exist"),
         (["--model", empty_dir, "--image", tmp_path, "--question", "liver"], "is not a file"),
         (["--model", empty_dir, "--image", not_an_image, "--question", "liver"], "is not an image"),
@@ -210,10 +232,22 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, png):
         (["--model", empty_dir, "--image", png, "--question", "liver", "--gt", "(1,2),(3"], "ground-truth box"),
         (["--model", tmp_path / "nowhere", "--image", png, "--question", "liver"], "does not exist"),
         (["--model", empty_dir, "--image", png, "--question", "liver"], "not a clinkd or Qwen2-VL checkpoint"),
-        (["--model", broken, "--image", png, "--question", "liver"], f"{broken / 'config.json'} is damaged (JSONDecodeError: "),
-        (["--model", weightless, "--image", png, "--question", "liver"], "not a loadable clinkd or Qwen2-VL checkpoint"),
-        (["--model", other, "--image", png, "--question", "liver"], "is not one of qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5"),
-        (["--model", empty_dir, "--image", png, "--question", "liver", "--select", "vote"], "select.method: Input should be 'greedy', 'beam' or 'sasg'"),
+        (
+            ["--model", broken, "--image", png, "--question", "liver"],
+            f"{broken / 'config.json'} is damaged (JSONDecodeError: ",
+        ),
+        (
+            ["--model", weightless, "--image", png, "--question", "liver"],
+            "not a loadable clinkd or Qwen2-VL checkpoint",
+        ),
+        (
+            ["--model", other, "--image", png, "--question", "liver"],
+            "is not one of qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5",
+        ),
+        (
+            ["--model", empty_dir, "--image", png, "--question", "liver", "--select", "vote"],
+            "select.method: Input should be 'greedy', 'beam' or 'sasg'",
+        ),
     ]
     for args, message in cases:
         code, output, _ = _cli(*args)
@@ -225,14 +259,31 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, png):
 # ---- end to end ---------------------------------------------------------------------------------
 def test_infer_on_a_trained_tiny_model_draws_its_box_where_the_answer_says(trained_checkpoint, overfit_image, tmp_path):
     out = tmp_path / "drawn.png"
-    code, output, stdout = _cli("--model", trained_checkpoint, "--image", overfit_image, "--question", "liver", "--task", "vg", "--out", out, "--gt", "(600,50),(950,250)", "--json")
+    code, output, stdout = _cli(
+        "--model",
+        trained_checkpoint,
+        "--image",
+        overfit_image,
+        "--question",
+        "liver",
+        "--task",
+        "vg",
+        "--out",
+        out,
+        "--gt",
+        "(600,50),(950,250)",
+        "--json",
+    )
     assert code == 0, output
     result = json.loads(stdout)
     assert result["task"] == "VG" and result["question"] == VG_QUESTION
     assert [(b["label"], b["box"]) for b in result["boxes"]] == [("liver", [112.0, 305.0, 498.0, 702.0])]
     drawn = Image.open(out)
     assert drawn.size == (448, 448)
-    for box_json, role in ((result["boxes"][0]["box"], BoxRole.PREDICTED), (result["ground_truth"], BoxRole.GROUND_TRUTH)):
+    for box_json, role in (
+        (result["boxes"][0]["box"], BoxRole.PREDICTED),
+        (result["ground_truth"], BoxRole.GROUND_TRUTH),
+    ):
         x1, y1, x2, y2 = pixel_rect(Box(*box_json), *drawn.size)
         mid_x, mid_y = (x1 + x2) // 2, (y1 + y2) // 2
         for x, y in ((x1, mid_y), (x2, mid_y), (mid_x, y2)):
@@ -299,10 +350,16 @@ def test_the_demo_offers_one_example_per_task_and_modality_with_the_vg_truth_box
 
     generate(tmp_path, seed=0, images=8, test_per_cell=2, image_size=48)
     examples = load_examples(tmp_path, per_cell=1)
-    assert sorted((e.task, e.label.split(" · ")[1].split("_")[0]) for e in examples) == sorted((t, m) for t in TASKS for m in MODALITIES)
+    assert sorted((e.task, e.label.split(" · ")[1].split("_")[0]) for e in examples) == sorted(
+        (t, m) for t in TASKS for m in MODALITIES
+    )
     for example in examples:
         assert example.image.is_file()
-        assert (example.ground_truth == Box.from_text(example.reference)) if example.task == "VG" else example.ground_truth is None
+        assert (
+            (example.ground_truth == Box.from_text(example.reference))
+            if example.task == "VG"
+            else example.ground_truth is None
+        )
 
 
 def test_a_demo_question_shows_errors_as_a_status_line_and_answers_as_text_and_image(trained_checkpoint, overfit_image):
@@ -344,7 +401,11 @@ def test_the_demo_serves_the_images_it_shows_and_no_other_file_of_the_data(tiny_
 
     try:
         shown = load_examples(small_data)[0].image
-        unshown = next(path for path in (small_data / "images").iterdir() if path not in {e.image for e in load_examples(small_data)})
+        unshown = next(
+            path
+            for path in (small_data / "images").iterdir()
+            if path not in {e.image for e in load_examples(small_data)}
+        )
         assert status(shown) == 200
         assert status(small_data / "train.json") == status(unshown) == status(small_data / "test_VG.json") == 403
     finally:

@@ -40,7 +40,9 @@ def read(text: str, masked: set[int] = frozenset()) -> DigitCE:
 
 
 def test_qwen2_vl_box_three_digit_coordinates():
-    result = read("<|object_ref_start|>liver<|object_ref_end|><|box_start|>(112,305),(498,702)<|box_end|><|im_end|>").as_dict()
+    result = read(
+        "<|object_ref_start|>liver<|object_ref_end|><|box_start|>(112,305),(498,702)<|box_end|><|im_end|>"
+    ).as_dict()
     assert result == {
         "ce": {"x1": [1.0, 1.0, 2.0], "y1": [3.0, 0.0, 5.0], "x2": [4.0, 9.0, 8.0], "y2": [7.0, 0.0, 2.0]},
         "count": {c: [1, 1, 1] for c in COORDINATES},
@@ -60,14 +62,26 @@ def test_qwen_vl_box_short_numbers_and_1000_are_placed_from_the_left():
         CoordinateDigit(0, "y2", 1, len(tokens) - 4),
     ]
     result = read("<ref>x</ref><box>(7,1000),(45,0)</box>").as_dict()
-    assert result["ce"] == {"x1": [7.0, None, None], "y1": [1.0, 0.0, 0.0], "x2": [4.0, 5.0, None], "y2": [0.0, None, None]}
+    assert result["ce"] == {
+        "x1": [7.0, None, None],
+        "y1": [1.0, 0.0, 0.0],
+        "x2": [4.0, 5.0, None],
+        "y2": [0.0, None, None],
+    }
     assert result["count"] == {"x1": [1, 0, 0], "y1": [1, 1, 1], "x2": [1, 1, 0], "y2": [1, 0, 0]}
 
 
 def test_two_boxes_in_either_markup_are_numbered_in_text_order_and_averaged():
     text = "<ref>a</ref><box>(300,105),(600,902)</box> and <|box_start|>(112,305),(498,702)<|box_end|>"
     assert [(d.box, d.coordinate) for d in coordinate_digits(qwen2_split(text)) if d.place == 1] == [
-        (0, "x1"), (0, "y1"), (0, "x2"), (0, "y2"), (1, "x1"), (1, "y1"), (1, "x2"), (1, "y2"),
+        (0, "x1"),
+        (0, "y1"),
+        (0, "x2"),
+        (0, "y2"),
+        (1, "x1"),
+        (1, "y1"),
+        (1, "x2"),
+        (1, "y2"),
     ]
     result = read(text).as_dict()
     assert result["ce"]["x1"] == [2.0, 0.5, 1.0]  # (3+1)/2, (0+1)/2, (0+2)/2
@@ -127,7 +141,17 @@ def test_script_reads_every_answer_digit_with_and_without_the_image(
     answers = [sample.turns[0].answer for sample in load_test_split(tmp_path / "synth", tasks=["VG"])["VG"]]
     out = tmp_path / "digits.json"
     rows = digit_ce.main(
-        ["--model", str(trained_checkpoint), "--data", str(tmp_path / "synth"), "--blind", "--json", str(out), "--batch-size", "4"]
+        [
+            "--model",
+            str(trained_checkpoint),
+            "--data",
+            str(tmp_path / "synth"),
+            "--blind",
+            "--json",
+            str(out),
+            "--batch-size",
+            "4",
+        ]
     )
     assert [row["model"] for row in rows] == [str(trained_checkpoint), f"{trained_checkpoint} (blind)"]
     assert all(row["records"] == len(answers) and row["count"] == expected_counts(answers) for row in rows)
@@ -147,7 +171,9 @@ def own_question(overfit_image, tmp_path) -> Path:
     return tmp_path / "own"
 
 
-def test_overfitted_model_knows_the_first_digits_of_its_own_answer(digit_ce, trained_checkpoint, own_question, one_thread):
+def test_overfitted_model_knows_the_first_digits_of_its_own_answer(
+    digit_ce, trained_checkpoint, own_question, one_thread
+):
     [row] = digit_ce.main(["--model", str(trained_checkpoint), "--data", str(own_question)])
     assert row["count"] == {c: [1, 1, 1] for c in COORDINATES}  # (112,305),(498,702)
     assert row["first_digit"] < UNIFORM_DIGIT_CE
@@ -172,22 +198,37 @@ def learning_curve():
     return load_benchmark("learning_curve")
 
 
-def test_the_learning_curve_scores_what_the_model_answers_greedily(learning_curve, trained_checkpoint, own_question, tmp_path, one_thread):
+def test_the_learning_curve_scores_what_the_model_answers_greedily(
+    learning_curve, trained_checkpoint, own_question, tmp_path, one_thread
+):
     out = tmp_path / "curve.json"
-    [row] = learning_curve.main(["--model", str(trained_checkpoint), "--data", str(own_question), "--blind", "--json", str(out)])
+    [row] = learning_curve.main(
+        ["--model", str(trained_checkpoint), "--data", str(own_question), "--blind", "--json", str(out)]
+    )
     # The overfitted model repeats its one answer to its own question: the asked name, a hit, its centre inside.
     assert {key: row[key] for key in ("records", "names_asked", "recall", "centre_in")} == {
-        "records": 1, "names_asked": 1.0, "recall": 1.0, "centre_in": 1.0}
+        "records": 1,
+        "names_asked": 1.0,
+        "recall": 1.0,
+        "centre_in": 1.0,
+    }
     assert row["first_digit"] < row["first_digit_blind"] and json.loads(out.read_text()) == [row]
 
 
 def test_answer_scores_count_names_hits_and_centres(learning_curve):
     def vg(phrase, box):
-        return Sample("ct_0", Path("x.png"), "ct", [Turn(f"Where is the <ref>{phrase}</ref>?", f"<ref>{phrase}</ref><box>{box}</box>")])
+        return Sample(
+            "ct_0",
+            Path("x.png"),
+            "ct",
+            [Turn(f"Where is the <ref>{phrase}</ref>?", f"<ref>{phrase}</ref><box>{box}</box>")],
+        )
 
     samples = [vg("liver", "(100,100),(500,500)")] * 3 + [vg("cyst", "(0,0),(100,100)")]
-    answers = ["<ref>liver</ref><box>(110,100),(500,480)</box>",  # named, a hit
-               "<ref>spleen</ref><box>(200,200),(300,300)</box>",  # another name; centre inside, no hit
-               "<ref>liver</ref><box>(600,600),(700,700)</box>",  # named, missed
-               "<ref>cyst</ref> nowhere"]  # named, no box
+    answers = [
+        "<ref>liver</ref><box>(110,100),(500,480)</box>",  # named, a hit
+        "<ref>spleen</ref><box>(200,200),(300,300)</box>",  # another name; centre inside, no hit
+        "<ref>liver</ref><box>(600,600),(700,700)</box>",  # named, missed
+        "<ref>cyst</ref> nowhere",
+    ]  # named, no box
     assert learning_curve.answer_scores(samples, answers) == {"names_asked": 0.75, "recall": 0.25, "centre_in": 0.5}

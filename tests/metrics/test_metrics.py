@@ -56,9 +56,15 @@ def test_extract_information_follows_birds_rules_one_by_one(raw, expected):
 def test_the_clinkd_pre_step_cuts_at_the_end_of_turn_and_keeps_birds_newline_rule():
     assert clean_response("Lesion<|im_end|>") == "Lesion"
     assert clean_response("Lesion<|im_end|>\n<|im_start|>user\nWhat?") == "Lesion"
-    assert clean_response("Lesion<|im_end|>\n<|im_start|>user\nWhat?", bird_exact=True) == "Lesion<|im_start|>user\nWhat?"
+    assert (
+        clean_response("Lesion<|im_end|>\n<|im_start|>user\nWhat?", bird_exact=True) == "Lesion<|im_start|>user\nWhat?"
+    )
     assert strip_chat_tokens("\nLesion\nmore<|endoftext|>") == "\nLesion\nmore"
-    assert clean_response("\nLesion\nmore<|im_end|>") == "Lesion" == clean_response("\nLesion\nmore<|im_end|>", bird_exact=True)
+    assert (
+        clean_response("\nLesion\nmore<|im_end|>")
+        == "Lesion"
+        == clean_response("\nLesion\nmore<|im_end|>", bird_exact=True)
+    )
 
 
 # ---- VG -----------------------------------------------------------------------------------------
@@ -116,7 +122,9 @@ def test_box_contents_parse_like_bird():
 
 def test_vg_recall_is_per_gt_box_and_macro_over_8_with_empty_modalities_at_zero():
     rows = [
-        prediction("VG", "ct", "<box>(0,0),(100,100)</box><box>(500,500),(600,600)</box>", "<box>(0,0),(100,100)</box>", 0),
+        prediction(
+            "VG", "ct", "<box>(0,0),(100,100)</box><box>(500,500),(600,600)</box>", "<box>(0,0),(100,100)</box>", 0
+        ),
         prediction("VG", "ct", "<box>(0,0),(100,100)</box>", "no box at all", 1),  # unparseable: adds 1 to N
         prediction("VG", "ct", "There is no liver.", "<box>(0,0),(100,100)</box>", 2),  # no GT: skipped
         prediction("VG", "mr", "<box>(0,0),(100,100)</box>", "<|box_start|>(0,0),(100,100)<|box_end|><|im_end|>", 3),
@@ -139,7 +147,9 @@ def test_vg_recall_is_per_gt_box_and_macro_over_8_with_empty_modalities_at_zero(
 
 
 def test_the_one_hundred_millionth_denominator_guard_is_birds():
-    vg = score_predictions([prediction("VG", "ct", "<box>(0,0),(10,10)</box>", "<box>(0,0),(10,10)</box>")])["tasks"]["VG"]
+    vg = score_predictions([prediction("VG", "ct", "<box>(0,0),(10,10)</box>", "<box>(0,0),(10,10)</box>")])["tasks"][
+        "VG"
+    ]
     assert vg["per_modality"]["ct"]["Recall@0.5"] == 1 / (1 + 1e-8)
 
 
@@ -183,14 +193,18 @@ def test_unknown_modality_or_task_names_the_row():
 TOKENISED = {
     "The liver (left lobe) shows a 3.5 cm lesion.": "the liver -lrb- left lobe -rrb- shows a 3.5 cm lesion",
     "Don't worry; it's the patient's right kidney!": "do n't worry it 's the patient 's right kidney",
-    'CT image: "a bright, round tumor" -- located at [upper-left] {region}.':
-        "ct image a bright round tumor located at -lsb- upper-left -rsb- -lcb- region -rcb-",
-    "Size 5x5mm, 10% of area, e.g. U.S. patients... cannot won't": "size 5x5mm 10 % of area e.g. u.s. patients can not wo n't",
+    'CT image: "a bright, round tumor" -- located at [upper-left] {region}.': (
+        "ct image a bright round tumor located at -lsb- upper-left -rsb- -lcb- region -rcb-"
+    ),
+    "Size 5x5mm, 10% of area, e.g. U.S. patients... cannot won't": (
+        "size 5x5mm 10 % of area e.g. u.s. patients can not wo n't"
+    ),
     "It's 2.5mm/3mm & T1-weighted; a/b test? yes! $100": "it 's 2.5 mm/3mm & t1-weighted a/b test yes $ 100",
-    "<ref>liver</ref><box>(112,305),(498,702)</box>": "<ref> liver </ref> <box> -lrb- 112,305 -rrb- -lrb- 498,702 -rrb- </box>",
+    "<ref>liver</ref><box>(112,305),(498,702)</box>": "<ref> liver </ref> <box> -lrb- 112,305 -rrb- -lrb- 498,702 "
+                                                      "-rrb- </box>",
     "lesion.<|im_end|>": "lesion < | im_end | >",
-    "Masses, nodules, etc. Lesions etc. are seen. Dr. Who vs. Fig. 3a":
-        "masses nodules etc. lesions etc. are seen dr. who vs. fig. 3a",
+    "Masses, nodules, etc. Lesions etc. are seen. Dr. Who vs. Fig. 3a": "masses nodules etc. lesions etc. are seen dr. "
+                                                                        "who vs. fig. 3a",
     "-5 --5 - 5 5- -a a- a--b E?! A... B..": "-5 5 5 5 a a a b e ?! a. b.",
     "Café naïve — en–dash ½": "café naïve en dash 1/2",
     "...": "",
@@ -209,7 +223,9 @@ def test_ptb_tokenize_agrees_with_pycocoevalcaps_java_tokenizer():
     tokenizer_module = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
     from clinkd.synth.generate import draw, plan
 
-    texts = list(TOKENISED) + [turn.answer for job in plan(40, 1) for turn in draw(job, 0, 64)[1] if "<box>" not in turn.answer]
+    texts = list(TOKENISED) + [
+        turn.answer for job in plan(40, 1) for turn in draw(job, 0, 64)[1] if "<box>" not in turn.answer
+    ]
     java = tokenizer_module.PTBTokenizer().tokenize({i: [{"caption": text}] for i, text in enumerate(texts)})
     assert [ptb_tokenize(text) for text in texts] == [java[i][0] for i in range(len(texts))]
 
@@ -361,7 +377,9 @@ def make_samples():
     samples = []
     for index, modality in enumerate(MODALITIES):
         image = Path(f"{modality}_{index}.png")
-        samples += [Sample(f"{modality}_{index}{suffix}", image, modality, [turn], task=task) for suffix, task, turn in turns]
+        samples += [
+            Sample(f"{modality}_{index}{suffix}", image, modality, [turn], task=task) for suffix, task, turn in turns
+        ]
     return samples
 
 
@@ -399,15 +417,28 @@ def test_baselines_answer_only_their_own_tasks():
 def test_baselines_are_fitted_on_the_training_turns_never_on_the_test_labels():
     region = "What is in <box>(1,1),(5,5)</box>?"
     tests = [
-        Sample("ct_0", Path("ct_0.png"), "ct", [Turn("Where is <ref>liver</ref>?", "<ref>liver</ref><box>(0,0),(50,50)</box>")], task="VG"),
+        Sample(
+            "ct_0",
+            Path("ct_0.png"),
+            "ct",
+            [Turn("Where is <ref>liver</ref>?", "<ref>liver</ref><box>(0,0),(50,50)</box>")],
+            task="VG",
+        ),
         Sample("ct_1", Path("ct_1.png"), "ct", [Turn(region, "cyst")], task="ROC"),
         Sample("ct_2", Path("ct_2.png"), "ct", [Turn(region, "cyst")], task="ROC"),
     ]
-    train = [Sample("ct_t", Path("ct_t.png"), "ct", [
-        Turn("Where is <ref>liver</ref>?", "<ref>liver</ref><box>(500,500),(900,900)</box>"),
-        Turn(region, "kidney"),
-        Turn("Describe <box>(1,1),(5,5)</box>.", "A small round cyst in the left region."),  # RC, not a class
-    ])]
+    train = [
+        Sample(
+            "ct_t",
+            Path("ct_t.png"),
+            "ct",
+            [
+                Turn("Where is <ref>liver</ref>?", "<ref>liver</ref><box>(500,500),(900,900)</box>"),
+                Turn(region, "kidney"),
+                Turn("Describe <box>(1,1),(5,5)</box>.", "A small round cyst in the left region."),  # RC, not a class
+            ],
+        )
+    ]
     baselines = baseline_predictions(tests, train)
     assert [row.response for row in baselines["name prior box"]] == ["<box>(500,500),(900,900)</box>"]
     assert [row.response for row in baselines["majority class"]] == ["kidney", "kidney"]
@@ -420,13 +451,18 @@ def test_name_prior_box_is_the_median_training_box_per_modality_and_phrase():
         return Turn(f"Where is <ref>{phrase}</ref>?", answer)
 
     train = [
-        Sample("ct_t", Path("x.png"), "ct", [
-            vg("liver", "(100,200),(300,600)"),
-            vg("liver", "(120,100),(500,500)"),
-            vg("liver", "(900,0),(1000,400)"),
-            vg("cyst", "(10,10),(20,21)"),
-            vg("cyst", "(30,30),(40,40)"),  # even count: the mean of the two middle values, rounded
-        ]),
+        Sample(
+            "ct_t",
+            Path("x.png"),
+            "ct",
+            [
+                vg("liver", "(100,200),(300,600)"),
+                vg("liver", "(120,100),(500,500)"),
+                vg("liver", "(900,0),(1000,400)"),
+                vg("cyst", "(10,10),(20,21)"),
+                vg("cyst", "(30,30),(40,40)"),  # even count: the mean of the two middle values, rounded
+            ],
+        ),
         Sample("mr_t", Path("x.png"), "mr", [vg("liver", "(0,0),(10,10)")]),  # another modality: its own prior
         Sample("x_t", Path("x.png"), "x", [Turn("What does it show?", "A chest.")]),  # no VG turn in x
     ]
@@ -434,7 +470,13 @@ def test_name_prior_box_is_the_median_training_box_per_modality_and_phrase():
     def test(index, modality, phrase):
         return Sample(f"{modality}_{index}", Path("x.png"), modality, [vg(phrase, "(1,1),(2,2)")], task="VG")
 
-    tests = [test(0, "ct", "liver"), test(1, "ct", "cyst"), test(2, "mr", "liver"), test(3, "ct", "tumor"), test(4, "x", "heart")]
+    tests = [
+        test(0, "ct", "liver"),
+        test(1, "ct", "cyst"),
+        test(2, "mr", "liver"),
+        test(3, "ct", "tumor"),
+        test(4, "x", "heart"),
+    ]
     answers = [row.response for row in baseline_predictions(tests, train)["name prior box"]]
     assert answers == [
         "<box>(120,100),(500,500)</box>",
@@ -478,7 +520,9 @@ def test_full_report_and_comparison_with_baselines():
     )
     report = render_markdown(metrics, "all tasks")
     assert report.count("| 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 |") >= 4
-    baselines = {name: score_predictions(rows) for name, rows in baseline_predictions(samples, training_records(samples)).items()}
+    baselines = {
+        name: score_predictions(rows) for name, rows in baseline_predictions(samples, training_records(samples)).items()
+    }
     table = render_comparison({"model": metrics, **baselines})
     lines = table.splitlines()
     assert lines[0] == "|  | VG (Recall@0.5) | ROC (Recall) | RC (ROUGE_L) | MIA (mBR) | Average |"
@@ -523,7 +567,9 @@ def test_question_fidelity_counts_each_share_over_the_answers_it_applies_to():
     ask = "Where is the <ref>liver</ref>?"
 
     def row(task, modality, question, response):
-        return Prediction(f"{modality}_{task}_{len(response)}", "x.png", task, modality, question, "gt", response + "<|im_end|>")
+        return Prediction(
+            f"{modality}_{task}_{len(response)}", "x.png", task, modality, question, "gt", response + "<|im_end|>"
+        )
 
     rows = [
         row("VG", "ct", ask, "<ref>liver</ref><box>(1,2),(30,40)</box>"),
@@ -553,8 +599,15 @@ def test_run_evaluate_reports_question_fidelity_per_row(tmp_path):
     path = tmp_path / "pred.jsonl"
     append_jsonl(path, [Prediction.for_sample(s.task, s, s.turns[0].answer).to_json() for s in samples])
     tests = {task: [s for s in samples if s.task == task] for task in TASKS}
-    document = run_evaluate([path], tmp_path / "out", tests=tests, train=training_records(samples), label="model",
-                            others={"teacher": [path]}, figures=False)
+    document = run_evaluate(
+        [path],
+        tmp_path / "out",
+        tests=tests,
+        train=training_records(samples),
+        label="model",
+        others={"teacher": [path]},
+        figures=False,
+    )
     assert set(document["fidelity"]) == {"model", "teacher"}
     assert document["fidelity"]["model"]["modality_class"] == {"value": 1.0, "n": 24}
     report = (tmp_path / "out" / "report.md").read_text()

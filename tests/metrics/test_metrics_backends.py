@@ -45,7 +45,9 @@ def _nltk_wordnet_ready() -> bool:
     return not meteor_module.wordnet_missing() or (meteor_module.wordnet_cache_dir() / "lexnames").is_file()
 
 
-needs_wordnet = pytest.mark.skipif(not _nltk_wordnet_ready(), reason="no nltk or Debian WordNet (wordnet-base, wordnet-sense-index)")
+needs_wordnet = pytest.mark.skipif(
+    not _nltk_wordnet_ready(), reason="no nltk or Debian WordNet (wordnet-base, wordnet-sense-index)"
+)
 
 
 corpus = caption_corpus  # the shared seeded corpus (tests/conftest.py)
@@ -100,7 +102,9 @@ def test_meteor_java_without_java_names_the_package(monkeypatch):
     from clinkd.metrics import backends
 
     monkeypatch.setattr(meteor_module, "java_executable", lambda: None)
-    monkeypatch.setattr(backends, "_shared_meteor", None)  # a JVM an earlier test in this process started is not Java here
+    monkeypatch.setattr(
+        backends, "_shared_meteor", None
+    )  # a JVM an earlier test in this process started is not Java here
     with pytest.raises(BackendUnavailable, match="default-jre-headless"):
         meteor_module.MeteorJava()
     with pytest.raises(BackendUnavailable, match="default-jre-headless"):
@@ -164,7 +168,16 @@ def test_clinkd_env_explains_real_spice(tmp_path, monkeypatch):
     monkeypatch.delenv(spice_module.CORENLP_ENV, raising=False)
     result = CliRunner().invoke(app, ["env", "--spice-jars", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    for text in ("torch", "transformers", "java", "METEOR", "SPICE-approx", *CORENLP_JARS, "--spice-jars", str(tmp_path)):
+    for text in (
+        "torch",
+        "transformers",
+        "java",
+        "METEOR",
+        "SPICE-approx",
+        *CORENLP_JARS,
+        "--spice-jars",
+        str(tmp_path),
+    ):
         assert text in result.output
 
 
@@ -185,7 +198,8 @@ def test_real_spice_plumbing_with_a_stand_in_jvm(tmp_path):
         "import json, sys\n"
         "args = sys.argv[1:]\n"
         "rows = json.load(open(args[args.index('edu.anu.spice.SpiceScorer') + 1]))\n"
-        "scores = [{'image_id': r['image_id'], 'scores': {'All': {'f': 1.0 if r['test'] == r['refs'][0] else 0.25}}} for r in rows]\n"
+        "scores = [{'image_id': r['image_id'], 'scores': {'All': {'f': 1.0 if r['test'] == r['refs'][0] else 0.25}}} "
+        "for r in rows]\n"
         "json.dump(scores, open(args[args.index('-out') + 1], 'w'))\n"
         "open(sys.argv[0] + '.args', 'w').write(json.dumps(args))\n"
     )
@@ -204,13 +218,29 @@ def test_real_spice_plumbing_with_a_stand_in_jvm(tmp_path):
 @pytest.mark.parametrize(
     ("caption", "expected"),
     [
-        ("a small round cyst in the left kidney",
-         {("cyst",), ("cyst", "small"), ("cyst", "round"), ("kidney",), ("kidney", "left"), ("cyst", "in", "kidney")}),
-        ("the liver appears large and dark",
-         {("liver",), ("liver", "large"), ("liver", "dark")}),
-        ("mr image showing the ventricle and thalamus",
-         {("image",), ("image", "mr"), ("ventricle",), ("thalamus",), ("image", "showing", "ventricle"),
-          ("image", "showing", "thalamus")}),
+        (
+            "a small round cyst in the left kidney",
+            {
+                ("cyst",),
+                ("cyst", "small"),
+                ("cyst", "round"),
+                ("kidney",),
+                ("kidney", "left"),
+                ("cyst", "in", "kidney"),
+            },
+        ),
+        ("the liver appears large and dark", {("liver",), ("liver", "large"), ("liver", "dark")}),
+        (
+            "mr image showing the ventricle and thalamus",
+            {
+                ("image",),
+                ("image", "mr"),
+                ("ventricle",),
+                ("thalamus",),
+                ("image", "showing", "ventricle"),
+                ("image", "showing", "thalamus"),
+            },
+        ),
         ("", set()),
     ],
 )
@@ -226,7 +256,9 @@ def test_tuple_f_score_is_spices_all_f():
     assert tuple_f_score(set(), reference) == 0.0 and tuple_f_score(candidate, set()) == 0.0
     scorer = SpiceApprox(use_wordnet=False)
     assert scorer.metrics == ("SPICE-approx",) and "not SPICE 1.0" in scorer.backend and "no WordNet" in scorer.backend
-    value = scorer.score(["a large round cyst in the right kidney", ""], [["a small round cyst in the left kidney"], ["x"]])
+    value = scorer.score(
+        ["a large round cyst in the right kidney", ""], [["a small round cyst in the left kidney"], ["x"]]
+    )
     assert value == {"SPICE-approx": pytest.approx((4 / 6 + 0) / 2)}
 
 
@@ -255,9 +287,21 @@ def test_spice_approx_is_reported_under_its_own_name():
 
 # ---- exact caption metrics ----------------------------------------------------------------------
 EDGE_TEXTS = [
-    "", "...", "?!", ", ; :", "—", "-- - --", "( )", "Lésion hyperéchogène, 3½ cm — voir «annexe».",
-    "Läsion (≈2 cm) naïve café", "x² mm³ H₂O", "emoji 😀 ok", "It's the patient's 2.5mm/3mm T1-weighted lesion; e.g. U.S.",
-    "Don't worry: it can't be.", "A\nmulti-line\ncaption", "<ref>liver</ref><box>(1,2),(3,4)</box>",
+    "",
+    "...",
+    "?!",
+    ", ; :",
+    "—",
+    "-- - --",
+    "( )",
+    "Lésion hyperéchogène, 3½ cm — voir «annexe».",
+    "Läsion (≈2 cm) naïve café",
+    "x² mm³ H₂O",
+    "emoji 😀 ok",
+    "It's the patient's 2.5mm/3mm T1-weighted lesion; e.g. U.S.",
+    "Don't worry: it can't be.",
+    "A\nmulti-line\ncaption",
+    "<ref>liver</ref><box>(1,2),(3,4)</box>",
 ]
 
 
@@ -389,20 +433,36 @@ def _rows(response_of):
     rows = []
     for i, modality in enumerate(MODALITIES[:5]):
         rows += [
-            Prediction(f"{modality}_v{i}", "a.png", "VG", modality, "q", "<box>(0,0),(100,100)</box>", response_of("VG", i), {}),
+            Prediction(
+                f"{modality}_v{i}", "a.png", "VG", modality, "q", "<box>(0,0),(100,100)</box>", response_of("VG", i), {}
+            ),
             Prediction(f"{modality}_r{i}", "a.png", "ROC", modality, "q", "left kidney", response_of("ROC", i), {}),
-            Prediction(f"{modality}_c{i}", "a.png", "RC", modality, "q", "A small round cyst.", response_of("RC", i), {}),
-            Prediction(f"{modality}_m{i}", "a.png", "MIA", modality, "q", "CT image of the abdomen.", response_of("MIA", i), {}),
+            Prediction(
+                f"{modality}_c{i}", "a.png", "RC", modality, "q", "A small round cyst.", response_of("RC", i), {}
+            ),
+            Prediction(
+                f"{modality}_m{i}", "a.png", "MIA", modality, "q", "CT image of the abdomen.", response_of("MIA", i), {}
+            ),
         ]
     return rows
 
 
 def good(task, i):
-    return {"VG": "<box>(0,0),(100,90)</box>", "ROC": "the left kidney", "RC": "A small cyst.", "MIA": "CT image of the chest."}[task]
+    return {
+        "VG": "<box>(0,0),(100,90)</box>",
+        "ROC": "the left kidney",
+        "RC": "A small cyst.",
+        "MIA": "CT image of the chest.",
+    }[task]
 
 
 def poor(task, i):
-    return {"VG": "<box>(0,0),(10,10)</box>", "ROC": "liver" if i % 2 else "left kidney", "RC": "A cyst.", "MIA": "Abdomen."}[task]
+    return {
+        "VG": "<box>(0,0),(10,10)</box>",
+        "ROC": "liver" if i % 2 else "left kidney",
+        "RC": "A cyst.",
+        "MIA": "Abdomen.",
+    }[task]
 
 
 def test_figures_are_written(tmp_path):
@@ -412,7 +472,10 @@ def test_figures_are_written(tmp_path):
     path = modality_figure(named, tmp_path / "fig" / "modalities.png")
     assert path.stat().st_size > 15_000 and _png_size(path)[0] > 1000
     assert loss_figure(tmp_path, tmp_path / "loss.png") is None  # no training logs
-    history = [{"loss": 3.0 - 0.1 * s, "kd": 0.5, "ce": 2.0, "grad_norm": 1.0, "learning_rate": 1e-3, "step": s} for s in range(1, 20)]
+    history = [
+        {"loss": 3.0 - 0.1 * s, "kd": 0.5, "ce": 2.0, "grad_norm": 1.0, "learning_rate": 1e-3, "step": s}
+        for s in range(1, 20)
+    ]
     history += [{"eval_loss": 2.5, "step": 10}, {"train_runtime": 5.0, "train_loss": 2.2, "step": 19}]
     for stage in ("sft", "distill/student"):
         (tmp_path / stage).mkdir(parents=True)
@@ -448,7 +511,9 @@ def test_compare_renders_table_2_and_flags_backend_differences(tmp_path):
 
     for name, response_of in (("bird", poor), ("clinkd", good)):
         atomic_write_json(tmp_path / name / "metrics.json", {"model": score_predictions(_rows(response_of))})
-    result = CliRunner().invoke(app, ["compare", str(tmp_path / "bird"), str(tmp_path / "clinkd"), "--out", str(tmp_path / "cmp")])
+    result = CliRunner().invoke(
+        app, ["compare", str(tmp_path / "bird"), str(tmp_path / "clinkd"), "--out", str(tmp_path / "cmp")]
+    )
     assert result.exit_code == 0, result.output
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     clinkd_row = next(line for line in table.splitlines() if line.startswith("| clinkd |"))
@@ -457,7 +522,9 @@ def test_compare_renders_table_2_and_flags_backend_differences(tmp_path):
     other = score_predictions(_rows(good), scorers=[*BUILTIN_SCORERS, SpiceApprox(use_wordnet=False)])
     other["backends"]["ROUGE_L"] = "another ROUGE"
     atomic_write_json(tmp_path / "x" / "metrics.json", {"model": other})
-    result = CliRunner().invoke(app, ["compare", str(tmp_path / "bird"), str(tmp_path / "x"), "--label", "a", "--label", "b"])
+    result = CliRunner().invoke(
+        app, ["compare", str(tmp_path / "bird"), str(tmp_path / "x"), "--label", "a", "--label", "b"]
+    )
     assert "Backends differ" in result.output and "**ROUGE_L**" in result.output
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no metrics.json" in " ".join(result.output.split())
@@ -477,10 +544,19 @@ def test_evaluate_runs_without_nltk_and_says_once_that_meteor_is_missing(tmp_pat
     monkeypatch.setattr(backends, "meteor_java_missing", lambda: ["java"])
     monkeypatch.setattr(backends, "spice_missing", lambda corenlp_dir=None: ["CoreNLP jars"])
     meteor.wordnet_reader.cache_clear()
-    row = {"id": "ct_1", "image": "ct_1.png", "modality": "ct", "question": "q", "annotation": "A small dark cyst.", "response": "A dark cyst."}
+    row = {
+        "id": "ct_1",
+        "image": "ct_1.png",
+        "modality": "ct",
+        "question": "q",
+        "annotation": "A small dark cyst.",
+        "response": "A dark cyst.",
+    }
     rows = tmp_path / "P.jsonl"
     rows.write_text("".join(json.dumps({**row, "task": task}) + "\n" for task in ("RC", "MIA")), encoding="utf-8")
-    result = CliRunner().invoke(app, ["evaluate", "--pred", str(rows), "--out", str(tmp_path / "out"), "--no-figures", "--json"])
+    result = CliRunner().invoke(
+        app, ["evaluate", "--pred", str(rows), "--out", str(tmp_path / "out"), "--no-figures", "--json"]
+    )
     meteor.wordnet_reader.cache_clear()
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)

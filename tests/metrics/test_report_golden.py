@@ -54,7 +54,17 @@ def predictions(level: str) -> list[Prediction]:
             for copy in range(2):
                 weak = (i + copy) % 3 == 0  # every level misses some rows, differently per modality
                 response = RESPONSES["weak" if weak else level][k]
-                rows.append(Prediction(f"{modality}_{task}_{copy}", "x.png", task, modality, "q", ANSWERS[task], response + "<|im_end|>"))
+                rows.append(
+                    Prediction(
+                        f"{modality}_{task}_{copy}",
+                        "x.png",
+                        task,
+                        modality,
+                        "q",
+                        ANSWERS[task],
+                        response + "<|im_end|>",
+                    )
+                )
     return rows
 
 
@@ -69,7 +79,9 @@ def check(name: str, text: str) -> None:
     first. A missing one fails: the test never makes a golden file (create it, then update it and review the diff)."""
     path = GOLDEN / name
     if not path.is_file():
-        pytest.fail(f"{path} is missing: golden files are reviewed, never made by the test (see this module's docstring)")
+        pytest.fail(
+            f"{path} is missing: golden files are reviewed, never made by the test (see this module's docstring)"
+        )
     if os.environ.get("CLINKD_UPDATE_GOLDEN"):
         path.write_text(text, encoding="utf-8")
     assert text == path.read_text(encoding="utf-8"), f"{path} differs (see this module's docstring)"
@@ -103,4 +115,8 @@ def test_golden_numbers_are_the_papers_conventions(named):
     assert [row[0] for row in rows] == ["weak", "better", "best"]
     # The headline is Mean (8): PET and Fundus have no rows and count 0, as in BiRD's scripts.
     best_vg = named["best"]["tasks"]["VG"]
-    assert rows[2][1] == best_vg["macro"]["Recall@0.5"] == pytest.approx(sum(best_vg["per_modality"][m]["Recall@0.5"] for m in MODALITIES) / 8)
+    assert (
+        rows[2][1]
+        == best_vg["macro"]["Recall@0.5"]
+        == pytest.approx(sum(best_vg["per_modality"][m]["Recall@0.5"] for m in MODALITIES) / 8)
+    )

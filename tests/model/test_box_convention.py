@@ -40,11 +40,17 @@ def test_to_model_scales_every_box_and_keeps_the_rest():
 
 def test_bare_pairs_are_rewritten_only_when_no_box_is_tagged():
     assert BUDGET.from_model("(504,252),(1008,504)", (1000, 500)) == "(500,500),(1000,1000)"
-    assert BUDGET.from_model("<box>(504,252),(1008,504)</box> not (1,1),(2,2)", (1000, 500)) == "<box>(500,500),(1000,1000)</box> not (1,1),(2,2)"
+    assert (
+        BUDGET.from_model("<box>(504,252),(1008,504)</box> not (1,1),(2,2)", (1000, 500))
+        == "<box>(500,500),(1000,1000)</box> not (1,1),(2,2)"
+    )
 
 
 def test_from_model_clamps_boxes_past_the_border():
-    assert BUDGET.from_model("<|box_start|>(1100,600),(2000,700)<|box_end|>", (1000, 500)) == "<|box_start|>(1000,1000),(1000,1000)<|box_end|>"
+    assert (
+        BUDGET.from_model("<|box_start|>(1100,600),(2000,700)<|box_end|>", (1000, 500))
+        == "<|box_start|>(1000,1000),(1000,1000)<|box_end|>"
+    )
 
 
 def test_round_trip_is_exact_at_1000_pixels_and_within_half_a_pixel_below():
@@ -70,7 +76,11 @@ def test_qwen2_vl_keeps_relative_boxes_and_qwen2_5_vl_uses_pixels(tiny_processor
 
 
 def test_qwen3_families_read_and_write_json_boxes(tiny_processor):
-    assert box_coordinates(Qwen3VLConfig(), tiny_processor) == box_coordinates(Qwen3_5Config(), tiny_processor) == JsonBoxes()
+    assert (
+        box_coordinates(Qwen3VLConfig(), tiny_processor)
+        == box_coordinates(Qwen3_5Config(), tiny_processor)
+        == JsonBoxes()
+    )
     answer = "<|object_ref_start|>liver<|object_ref_end|><|box_start|>(112,305),(498,702)<|box_end|>"
     to_model = JsonBoxes().to_model(answer, (640, 480))
     assert to_model == '{"bbox_2d": [112, 305, 498, 702], "label": "liver"}'  # relative 0–1000, whatever the size
@@ -128,7 +138,9 @@ class _ScriptedModel:
         import torch
 
         rows = input_ids.shape[0] * num_return_sequences
-        sequences = torch.cat([input_ids.repeat_interleave(num_return_sequences, 0), self.answer.expand(rows, -1)], dim=1)
+        sequences = torch.cat(
+            [input_ids.repeat_interleave(num_return_sequences, 0), self.answer.expand(rows, -1)], dim=1
+        )
         if not return_dict_in_generate:
             return sequences
         logits = tuple(torch.zeros(rows, self.vocab) for _ in range(len(self.answer)))
@@ -149,7 +161,9 @@ def test_every_decoder_returns_relative_boxes_for_a_pixel_model(tmp_path, tiny_p
     sample = Sample("ct_0", path, "ct", [Turn("Where is <ref>it</ref>?", "")], task="VG")
     relative = "<|box_start|>(500,500),(1000,1000)<|box_end|>"
     assert generate_responses(model, tiny_processor, collator, [sample], 20) == [relative]
-    candidates = generate_candidates(model, tiny_processor, collator, [sample], 20, SelectConfig(candidates="sample", num_return_sequences=2))
+    candidates = generate_candidates(
+        model, tiny_processor, collator, [sample], 20, SelectConfig(candidates="sample", num_return_sequences=2)
+    )
     assert [candidate.text for candidate in candidates[0]] == [relative, relative]
     model.config = Qwen2_5_VLConfig()
     result = run_request(model, tiny_processor, InferRequest(path, "VG", "Where is <ref>it</ref>?"))

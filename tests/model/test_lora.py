@@ -40,7 +40,9 @@ def synth_data(tmp_path_factory):
 
 def with_adapters(model, lora: LoraConfig, train: TrainConfig = TrainConfig()):
     """:func:`apply_lora` with a recipe's ``train.lora`` and freeze knobs, as the SFT engine calls it."""
-    return apply_lora(model, lora.target_modules, train.frozen_parts, rank=lora.r, alpha=lora.alpha, dropout=lora.dropout)
+    return apply_lora(
+        model, lora.target_modules, train.frozen_parts, rank=lora.r, alpha=lora.alpha, dropout=lora.dropout
+    )
 
 
 def test_default_targets_are_the_llm_projections(tiny_model):
@@ -54,13 +56,17 @@ def test_targets_follow_the_freeze_knobs(tiny_model):
     vision_only = TrainConfig(freeze_llm=True, freeze_merger=True)
     targets = lora_targets(tiny_model, ["qkv", "fc1", "q_proj"], vision_only.frozen_parts)
     depth = tiny_model.config.vision_config.depth
-    assert sorted(targets) == sorted([f"model.visual.blocks.{i}.attn.qkv" for i in range(depth)] + [f"model.visual.blocks.{i}.mlp.fc1" for i in range(depth)])
+    assert sorted(targets) == sorted(
+        [f"model.visual.blocks.{i}.attn.qkv" for i in range(depth)]
+        + [f"model.visual.blocks.{i}.mlp.fc1" for i in range(depth)]
+    )
     with pytest.raises(ValueError, match="frozen: vision_tower, merger, llm"):
         lora_targets(tiny_model, LoraConfig().target_modules, {"vision_tower": True, "merger": True, "llm": True})
 
 
 def test_qwen3_vl_deepstack_mergers_belong_to_the_merger():
-    """freeze_merger freezes Qwen3-VL's DeepStack mergers with the merger; freezing the vision tower leaves them alone."""
+    """freeze_merger freezes Qwen3-VL's DeepStack mergers with the merger; freezing the vision tower leaves them
+    alone."""
     from clinkd.engine.sft import apply_freeze
     from clinkd.model.loading import model_class_for
 
@@ -80,7 +86,9 @@ def test_qwen3_vl_deepstack_mergers_belong_to_the_merger():
 
 def test_wrapped_model_starts_at_the_base_and_trains_only_the_adapters(tiny_model, tiny_processor, synth_data):
     cfg = LoraConfig(r=4, alpha=8)
-    batch = TrainCollator(tiny_processor)(training_examples(load_medgrit(synth_data / "train.json", synth_data / "images")[:2]))
+    batch = TrainCollator(tiny_processor)(
+        training_examples(load_medgrit(synth_data / "train.json", synth_data / "images")[:2])
+    )
     with torch.no_grad():
         base_logits = tiny_model(**batch).logits
     targets = lora_targets(tiny_model, cfg.target_modules, TrainConfig().frozen_parts)
@@ -104,22 +112,46 @@ def _predict(model, processor, samples):
 def test_lora_run_saves_merges_reloads_and_predicts_the_same(tiny_model, tiny_processor, synth_data, tmp_path):
     save_checkpoint(tiny_model, tiny_processor, tmp_path / "base")
     train = load_medgrit(synth_data / "train.json", synth_data / "images")
-    cfg = RecipeConfig.model_validate({
-        "output_dir": str(tmp_path / "runs"),
-        "train": {"max_steps": 2, "batch_size": 4, "lr": 2e-2, "warmup_ratio": 0.0, "logging_steps": 1, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-    })
+    cfg = RecipeConfig.model_validate(
+        {
+            "output_dir": str(tmp_path / "runs"),
+            "train": {
+                "max_steps": 2,
+                "batch_size": 4,
+                "lr": 2e-2,
+                "warmup_ratio": 0.0,
+                "logging_steps": 1,
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            },
+        }
+    )
     stage = tmp_path / "sft"
     run_sft(SftSettings.of(cfg), tiny_model, tiny_processor, training_examples(train)[:8], stage)
     samples = [s for task in ("VG", "RC") for s in load_test_split(synth_data, synth_data / "images")[task][:2]]
 
     # Before the merge: the base reloaded with the saved adapter.
     unmerged = load_lora(load_checkpoint(tmp_path / "base")[0], stage / ADAPTER_DIR)
-    assert any(p.abs().sum() > 0 for n, p in unmerged.named_parameters() if "lora_B" in n), "training did not move the adapters"
+    assert any(p.abs().sum() > 0 for n, p in unmerged.named_parameters() if "lora_B" in n), (
+        "training did not move the adapters"
+    )
     responses, logits = _predict(unmerged, tiny_processor, samples)
 
     merged_in_run, processor = load_checkpoint(stage / "model")  # merged by run_sft, a plain checkpoint
     assert not any("lora" in name for name in merged_in_run.state_dict())
-    cli = CliRunner().invoke(app, ["merge-lora", "--base", str(tmp_path / "base"), "--adapter", str(stage / ADAPTER_DIR), "--out", str(tmp_path / "merged"), "--dtype", "float32"])
+    cli = CliRunner().invoke(
+        app,
+        [
+            "merge-lora",
+            "--base",
+            str(tmp_path / "base"),
+            "--adapter",
+            str(stage / ADAPTER_DIR),
+            "--out",
+            str(tmp_path / "merged"),
+            "--dtype",
+            "float32",
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     merged_offline, _ = load_checkpoint(tmp_path / "merged")
     for merged in (merged_in_run, merged_offline):
@@ -131,7 +163,9 @@ def test_lora_run_saves_merges_reloads_and_predicts_the_same(tiny_model, tiny_pr
 def test_export_without_merge_writes_only_the_adapter(tiny_model, tiny_processor, tmp_path):
     wrapped = with_adapters(tiny_model, LoraConfig(r=2))
     export_lora(wrapped, tiny_processor, tmp_path / "model", tmp_path / "adapter", merge=False)
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "adapter" / "tokenizer.json").is_file()
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (
+        tmp_path / "adapter" / "tokenizer.json"
+    ).is_file()
     assert not (tmp_path / "model").exists()
 
 
@@ -158,7 +192,9 @@ def test_qlora_quantises_the_checkpoint_at_load(tiny_model, tiny_processor, tmp_
 
     save_checkpoint(tiny_model, tiny_processor, tmp_path / "base")
     seen = {}
-    monkeypatch.setattr(lora, "quantization_config", lambda quantize, dtype: seen.setdefault("config", ("nf4", quantize, dtype)))
+    monkeypatch.setattr(
+        lora, "quantization_config", lambda quantize, dtype: seen.setdefault("config", ("nf4", quantize, dtype))
+    )
     model_class = model_class_for(tiny_model.config)
     original = model_class.from_pretrained.__func__
 
@@ -184,7 +220,9 @@ def test_gathered_weights_rebuild_a_peft_model_that_merges_like_the_original(tin
         if "lora_B" in name:
             param.data.normal_(std=0.02)  # a trained adapter's scale
     rebuilt = with_full_weights(wrapped, {name: tensor.clone() for name, tensor in wrapped.state_dict().items()})
-    batch = TrainCollator(tiny_processor)(training_examples(load_medgrit(synth_data / "train.json", synth_data / "images")[:1]))
+    batch = TrainCollator(tiny_processor)(
+        training_examples(load_medgrit(synth_data / "train.json", synth_data / "images")[:1])
+    )
     with torch.no_grad():
         expected = wrapped.eval()(**batch).logits
         torch.testing.assert_close(rebuilt.eval()(**batch).logits, expected)
@@ -193,10 +231,18 @@ def test_gathered_weights_rebuild_a_peft_model_that_merges_like_the_original(tin
 
 def test_the_retrieval_loss_trains_through_lora_adapters(tiny_model, tiny_processor, synth_data, tmp_path):
     train = load_medgrit(synth_data / "train.json", synth_data / "images")
-    cfg = RecipeConfig.model_validate({
-        "output_dir": str(tmp_path / "runs"),
-        "train": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "retrieval_loss": 1.0, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-    })
+    cfg = RecipeConfig.model_validate(
+        {
+            "output_dir": str(tmp_path / "runs"),
+            "train": {
+                "max_steps": 2,
+                "batch_size": 4,
+                "logging_steps": 1,
+                "retrieval_loss": 1.0,
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            },
+        }
+    )
     grounding = [example for example in training_examples(train) if "<box>" in example.turns[0].answer][:8]
     run_sft(SftSettings.of(cfg), tiny_model, tiny_processor, grounding, tmp_path / "sft")
     log = json.loads((tmp_path / "sft/train_log.json").read_text())["log_history"]

@@ -96,7 +96,8 @@ def test_stock_strategy_is_plain_transformers(config_name):
     torch.manual_seed(0)
     stock = STOCK_CLASSES[config_name](CONFIGS[config_name]()).eval()
     ours_state, stock_state = ours.state_dict(), stock.state_dict()
-    assert {key for key in ours_state if not key.startswith("mtp.")} == stock_state.keys()  # Qwen3.5 keeps its MTP layer
+    # Qwen3.5 keeps its MTP layer
+    assert {key for key in ours_state if not key.startswith("mtp.")} == stock_state.keys()
     assert all(torch.equal(ours_state[key], stock_state[key]) for key in stock_state)
     inputs = model_inputs()
     assert torch.equal(logits(ours, inputs), logits(stock, inputs))
@@ -113,22 +114,36 @@ STRATEGIES = {
 }
 
 
-@pytest.mark.parametrize("config_name, strategy", [("qwen2_vl", name) for name in STRATEGIES] + [
-    (family, name) for family in QWEN3 for name in ("mcg", "mcg-paper-frequency", "stock")])
+@pytest.mark.parametrize(
+    "config_name, strategy",
+    [("qwen2_vl", name) for name in STRATEGIES]
+    + [(family, name) for family in QWEN3 for name in ("mcg", "mcg-paper-frequency", "stock")],
+)
 def test_generate_cached_decoding_equals_a_full_recompute(config_name, strategy):
     """Every step's logits from generate() (KV cache, positions last+1) equal a teacher-forced forward
     over the final sequence, whose positions get_rope_index recomputes from scratch (Qwen3.5: the Gated
     DeltaNet layers' recurrent state too)."""
     model, inputs, new = build(config_name, STRATEGIES[strategy]), model_inputs(), 4
-    out = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                         output_logits=True, return_dict_in_generate=True)
-    batch, length = inputs["input_ids"].shape
-    full = logits(model, {
+    out = model.generate(
         **inputs,
-        "input_ids": out.sequences,
-        "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(batch, new, dtype=torch.long)], dim=1),
-        "mm_token_type_ids": torch.cat([inputs["mm_token_type_ids"], torch.zeros(batch, new, dtype=torch.int)], dim=1),
-    })
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    batch, length = inputs["input_ids"].shape
+    full = logits(
+        model,
+        {
+            **inputs,
+            "input_ids": out.sequences,
+            "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(batch, new, dtype=torch.long)], dim=1),
+            "mm_token_type_ids": torch.cat(
+                [inputs["mm_token_type_ids"], torch.zeros(batch, new, dtype=torch.int)], dim=1
+            ),
+        },
+    )
     for step, step_logits in enumerate(out.logits):
         assert torch.allclose(step_logits, full[:, length - 1 + step], atol=1e-5, rtol=0), step
 
@@ -141,10 +156,18 @@ def test_forward_with_cache_continues_from_rope_deltas(config_name, strategy):
     tokens = torch.tensor([[11, 12, 13]])
     with torch.no_grad():
         cache = model(**inputs, use_cache=True).past_key_values
-        steps = [model(input_ids=tokens[:, i:i + 1], past_key_values=cache, use_cache=True).logits[:, -1]
-                 for i in range(tokens.shape[1])]
-    full = logits(model, {**inputs, "input_ids": torch.cat([inputs["input_ids"], tokens], dim=1),
-                          "mm_token_type_ids": torch.nn.functional.pad(inputs["mm_token_type_ids"], (0, 3))})
+        steps = [
+            model(input_ids=tokens[:, i : i + 1], past_key_values=cache, use_cache=True).logits[:, -1]
+            for i in range(tokens.shape[1])
+        ]
+    full = logits(
+        model,
+        {
+            **inputs,
+            "input_ids": torch.cat([inputs["input_ids"], tokens], dim=1),
+            "mm_token_type_ids": torch.nn.functional.pad(inputs["mm_token_type_ids"], (0, 3)),
+        },
+    )
     length = inputs["input_ids"].shape[1]
     for i, step in enumerate(steps):
         assert torch.allclose(step, full[:, length + i], atol=1e-5, rtol=0), i
@@ -152,8 +175,9 @@ def test_forward_with_cache_continues_from_rope_deltas(config_name, strategy):
 
 def test_beam_search_under_mcg():
     model, inputs = build(strategy=PAPER), model_inputs()
-    sequences = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, num_beams=3, num_return_sequences=3,
-                               do_sample=False)
+    sequences = model.generate(
+        **inputs, max_new_tokens=4, min_new_tokens=4, num_beams=3, num_return_sequences=3, do_sample=False
+    )
     batch, length = inputs["input_ids"].shape
     assert sequences.shape == (3 * batch, length + 4)
     assert torch.equal(sequences[:, :length], inputs["input_ids"].repeat_interleave(3, dim=0))
@@ -169,7 +193,9 @@ def test_training_forward_backward_with_float_positions(config_name):
     assert torch.isfinite(loss)
     attention = next(layer.self_attn for layer in model.model.language_model.layers if hasattr(layer, "self_attn"))
     assert attention.q_proj.weight.grad.abs().sum() > 0
-    assert all(param.grad is None for param in getattr(model, "mtp", torch.nn.Module()).parameters())  # kept, never trained
+    assert all(
+        param.grad is None for param in getattr(model, "mtp", torch.nn.Module()).parameters()
+    )  # kept, never trained
 
 
 @pytest.mark.parametrize("config_name", CONFIGS)
@@ -209,20 +235,26 @@ def test_a_bad_recorded_strategy_names_the_config_key():
 def test_paper_frequencies_restart_in_each_section():
     rotary = build(strategy=RopeStrategy(name="mcg", frequency="paper")).model.language_model.rotary_emb
     theta = 10000.0  # mrope_section [2, 3, 3]: ladders of 2, 3 and 3 pairs
-    expected = [1.0, theta ** -0.5] + [1.0, theta ** (-1 / 3), theta ** (-2 / 3)] * 2
+    expected = [1.0, theta**-0.5] + [1.0, theta ** (-1 / 3), theta ** (-2 / 3)] * 2
     assert torch.allclose(rotary.inv_freq, torch.tensor(expected), rtol=1e-6, atol=0)
     assert torch.equal(rotary.original_inv_freq, rotary.inv_freq)
 
 
-@pytest.mark.parametrize("config_name, sections, expected_axes", [
-    ("qwen3_vl", [4, 2, 2], [0, 1, 2, 0, 1, 2, 0, 0]),
-    ("qwen3_5", [2, 1, 1], [0, 1, 2, 0]),
-])
+@pytest.mark.parametrize(
+    "config_name, sections, expected_axes",
+    [
+        ("qwen3_vl", [4, 2, 2], [0, 1, 2, 0, 1, 2, 0, 0]),
+        ("qwen3_5", [2, 1, 1], [0, 1, 2, 0]),
+    ],
+)
 def test_interleaved_frequency_axes_are_transformers_layout(config_name, sections, expected_axes):
-    """frequency_axes reproduces the stock rotary's interleaving, and each axis's paper ladder fills its pairs in order."""
+    """frequency_axes reproduces the stock rotary's interleaving, and each axis's paper ladder fills its pairs in
+    order."""
     assert frequency_axes(sections, interleaved=True).tolist() == expected_axes
     stock_rotary = build(config_name).model.language_model.rotary_emb
-    by_axis = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 1, len(expected_axes)).clone()  # each axis's freqs = its index
+    by_axis = (
+        torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 1, len(expected_axes)).clone()
+    )  # each axis's freqs = its index
     assert stock_rotary.recomposition_frequencies(by_axis)[0, 0, : len(expected_axes)].tolist() == expected_axes
     paper = build(config_name, RopeStrategy(name="mcg", frequency="paper")).model.language_model.rotary_emb
     theta, axes = 10000.0, torch.tensor(expected_axes)
@@ -243,8 +275,12 @@ def test_paper_frequency_changes_logits_and_is_deterministic(name):
 
 def test_paper_frequency_needs_the_default_rope_type():
     config = tiny_qwen2vl_config()
-    config.text_config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0,
-                                          "mrope_section": [2, 3, 3]}
+    config.text_config.rope_parameters = {
+        "rope_type": "linear",
+        "factor": 2.0,
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 3, 3],
+    }
     set_rope_strategy(config, RopeStrategy(frequency="paper"))
     with pytest.raises(ValueError, match="rope_type='linear'"):
         load_model_class(config)(config)

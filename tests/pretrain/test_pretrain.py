@@ -54,7 +54,15 @@ def tiny_pretrain(out, steps: int = 2, dense_steps: int = 1, eval_scenes: int = 
 
 
 def stream(seed: int = 0, max_objects: int = 3, curriculum_steps: int = 4) -> LanguageStream:
-    return LanguageStream(seed, steps=40, batch_size=2, image_size=112, max_objects=max_objects, curriculum_steps=curriculum_steps, tasks=MIX)
+    return LanguageStream(
+        seed,
+        steps=40,
+        batch_size=2,
+        image_size=112,
+        max_objects=max_objects,
+        curriculum_steps=curriculum_steps,
+        tasks=MIX,
+    )
 
 
 def test_the_corpus_is_the_same_for_a_seed_and_differs_across_seeds():
@@ -97,15 +105,21 @@ def test_every_task_answers_from_the_scene(look):
         referring = make_turn("referring", scene.objects, rng, look)
         assert by_name[referring.answer].box == parse_boxes(referring.question)[0]
         counting = make_turn("counting", scene.objects, rng, look)
-        group = re.fullmatch(r"(?:How many|Count the) (.+?) (?:are there\?|in the picture\.)", counting.question).group(1)
-        assert counting.answer == str(sum(group in ("shapes", f"{obj.appearance} shapes", PLURALS[obj.shape]) for obj in scene.objects))
+        group = re.fullmatch(r"(?:How many|Count the) (.+?) (?:are there\?|in the picture\.)", counting.question).group(
+            1
+        )
+        assert counting.answer == str(
+            sum(group in ("shapes", f"{obj.appearance} shapes", PLURALS[obj.shape]) for obj in scene.objects)
+        )
     caption = make_turn("captioning", scene.objects, rng, look).answer
     assert all(name in caption for name in by_name) and caption.endswith(".")
 
 
 def test_no_benchmark_class_or_modality_name_is_in_the_corpus_vocabulary():
     medical = " ".join(MEDICAL_WORDS)  # the scan tokenizer's extra words, never drawn into a scene or a turn
-    texts = [text for look in LOOKS.values() for text in tokenizer_texts(0, 112, 6, scenes=200, look=look) if text != medical]
+    texts = [
+        text for look in LOOKS.values() for text in tokenizer_texts(0, 112, 6, scenes=200, look=look) if text != medical
+    ]
     names = [name for look in LOOKS.values() for name in look.names]
     corpus = " ".join([*texts, *WORDS, *names, *(t for task in TASKS for t in CORPUS_TEMPLATES[task])]).lower()
     benchmark = {cls.name for spec in MODALITY_SPECS.values() for cls in (*spec.structures, *spec.lesions)}
@@ -134,7 +148,11 @@ def test_tissue_objects_lie_in_the_field_of_view_and_stand_out_by_grey_level_or_
             inside, around = red[obj.mask], red[ring]
             contrast = abs(inside.mean() - around.mean()) / 255
             spreads = sorted([inside.std(), around.std()])
-            assert contrast > 0.04 or spreads[1] > 2 * spreads[0], (index, obj.name, contrast)  # a level or a texture apart
+            assert contrast > 0.04 or spreads[1] > 2 * spreads[0], (
+                index,
+                obj.name,
+                contrast,
+            )  # a level or a texture apart
             small += max(x2 - x1, y2 - y1) < 28
             total += 1
     assert small / total > 0.2  # many objects are smaller than one 28-px token cell, as lesions are
@@ -161,7 +179,12 @@ def test_scan_objects_lie_in_their_canvas_region_and_stand_out_from_it():
 
 
 def test_the_scan_tokenizer_knows_medical_words_but_its_corpus_never_says_them():
-    benchmark = {word for spec in MODALITY_SPECS.values() for cls in (*spec.structures, *spec.lesions) for word in cls.name.split()}
+    benchmark = {
+        word
+        for spec in MODALITY_SPECS.values()
+        for cls in (*spec.structures, *spec.lesions)
+        for word in cls.name.split()
+    }
     assert benchmark <= set(MEDICAL_WORDS) | set(WORDS)
     assert " ".join(MEDICAL_WORDS) in tokenizer_texts(0, 112, 3, scenes=5, look=SCAN)
     assert " ".join(MEDICAL_WORDS) not in tokenizer_texts(0, 112, 3, scenes=5, look=TISSUE)
@@ -213,8 +236,11 @@ def test_pretrain_writes_a_loadable_base_resumes_and_reports_held_out_recall(tmp
 
     out = tmp_path / "base"
     command = [
-        *tiny_pretrain(out, steps=4, dense_steps=3, eval_scenes=4), "pretrain.save_steps=2", "pretrain.eval_steps=2",
-        "train.save_total_limit=5", "predict.max_new_tokens.VG=8",
+        *tiny_pretrain(out, steps=4, dense_steps=3, eval_scenes=4),
+        "pretrain.save_steps=2",
+        "pretrain.eval_steps=2",
+        "train.save_total_limit=5",
+        "predict.max_new_tokens.VG=8",
     ]
     runner = CliRunner()
     first = runner.invoke(app, command)
@@ -224,7 +250,9 @@ def test_pretrain_writes_a_loadable_base_resumes_and_reports_held_out_recall(tmp
     assert 0 <= record["heldout"]["recall"] <= 1 and record["heldout"]["scenes"] == 4
     assert [row["step"] for row in record["heldout_curve"]] == [2, 4]
     model, processor = load_checkpoint(out / "model")
-    assert sum(p.numel() for p in model.parameters()) == record["model"]["parameters"] and len(processor.tokenizer) == 400
+    assert (
+        sum(p.numel() for p in model.parameters()) == record["model"]["parameters"] and len(processor.tokenizer) == 400
+    )
     dense, final = load_file(out / "dense/model/model.safetensors"), load_file(out / "model/model.safetensors")
     vision = [name for name in final if name.startswith("visual.")]
     assert vision and all(torch.equal(dense[name], final[name]) for name in vision)  # frozen in the language stage
@@ -270,7 +298,12 @@ def test_cell_weights_are_the_box_share_of_each_cell_in_raster_order():
     assert quarter_column[:2, 0].tolist() == [0.5, 0.5] and quarter_column.sum() == 1 and quarter_column[2:].sum() == 0
     assert torch.allclose(cell_weights((0, 0, 1000, 250), 4, 4), torch.tensor([0.25] * 4 + [0.0] * 12))
     assert cell_weights((600, 100, 600, 100), 2, 2).tolist() == [0.0, 1.0, 0.0, 0.0]  # no area: the centre's cell
-    assert cell_weights((0, 0, 56, 28), 2, 2, scale=(112, 56)).tolist() == [1.0, 0.0, 0.0, 0.0]  # pixels of a 112×56 image
+    assert cell_weights((0, 0, 56, 28), 2, 2, scale=(112, 56)).tolist() == [
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+    ]  # pixels of a 112×56 image
 
 
 def test_attention_target_loss_is_the_kl_of_the_box_cells_to_the_head():
@@ -293,11 +326,15 @@ def test_retrieval_rows_point_each_box_writing_position_at_the_cells_of_its_box(
     image = tmp_path / "scene.png"
     Image.new("RGB", (112, 112), (20, 20, 20)).save(image)
     examples = [
-        ChatExample(image, (Turn("Where is the <ref>red ring</ref>?", "<ref>red ring</ref><box>(0,0),(250,500)</box>"),)),
+        ChatExample(
+            image, (Turn("Where is the <ref>red ring</ref>?", "<ref>red ring</ref><box>(0,0),(250,500)</box>"),)
+        ),
         ChatExample(image, (Turn("What is in <box>(0,0),(250,500)</box>?", "red ring"),)),  # a box in the question only
     ]
     batch = TrainCollator(tiny_processor)(examples)
-    rows = RetrievalTargets.for_model(tiny_model, tiny_processor)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
+    rows = RetrievalTargets.for_model(tiny_model, tiny_processor)(
+        batch["input_ids"], batch["labels"], batch["image_grid_thw"]
+    )
     ids = batch["input_ids"][0]
     start = (ids == tiny_processor.tokenizer.convert_tokens_to_ids("<|box_start|>")).nonzero().item()
     end = (ids == tiny_processor.tokenizer.convert_tokens_to_ids("<|box_end|>")).nonzero().item()
@@ -315,10 +352,14 @@ def test_the_retrieval_loss_trains_its_head_to_look_at_the_box(tiny_processor, t
 
     image = tmp_path / "scene.png"
     Image.new("RGB", (112, 112), (20, 20, 20)).save(image)
-    example = ChatExample(image, (Turn("Where is the <ref>ring</ref>?", "<ref>ring</ref><box>(750,750),(1000,1000)</box>"),))
+    example = ChatExample(
+        image, (Turn("Where is the <ref>ring</ref>?", "<ref>ring</ref><box>(750,750),(1000,1000)</box>"),)
+    )
     batch = TrainCollator(tiny_processor)([example])
     tiny_model.set_attn_implementation("eager")
-    rows = RetrievalTargets.for_model(tiny_model, tiny_processor)(batch["input_ids"], batch["labels"], batch["image_grid_thw"])
+    rows = RetrievalTargets.for_model(tiny_model, tiny_processor)(
+        batch["input_ids"], batch["labels"], batch["image_grid_thw"]
+    )
     optimiser = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2)
     losses = []
     for _ in range(15):
@@ -337,14 +378,21 @@ def test_the_retrieval_loss_trains_its_head_to_look_at_the_box(tiny_processor, t
 def test_pretrain_with_the_retrieval_loss_logs_it_and_saves_an_sdpa_base(tmp_path, one_thread):
     out = tmp_path / "base"
     command = [
-        *tiny_pretrain(out), "train.retrieval_loss=1", "train.logging_steps=1",
-        "pretrain.tasks.grounding=1", "pretrain.tasks.referring=0", "pretrain.tasks.counting=0", "pretrain.tasks.captioning=0",
+        *tiny_pretrain(out),
+        "train.retrieval_loss=1",
+        "train.logging_steps=1",
+        "pretrain.tasks.grounding=1",
+        "pretrain.tasks.referring=0",
+        "pretrain.tasks.counting=0",
+        "pretrain.tasks.captioning=0",
     ]
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     assert re.search(r"'retrieval_loss': '[0-9.]+'", result.output)
     assert json.loads((out / "model/config.json").read_text()).get("_attn_implementation") in (None, "sdpa")
-    bad = CliRunner().invoke(app, [*command[:1], f"pretrain.out={tmp_path / 'bad'}", *command[2:], "train.retrieval_layer=9"])
+    bad = CliRunner().invoke(
+        app, [*command[:1], f"pretrain.out={tmp_path / 'bad'}", *command[2:], "train.retrieval_layer=9"]
+    )
     assert bad.exit_code != 0 and "train.retrieval_layer" in bad.output
 
 
@@ -360,7 +408,10 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     record = json.loads((shipped / "base.json").read_text())
-    assert record["sha256"] == bases.file_sha256(shipped / "model.safetensors") and record["steps"] == {"dense": 1, "language": 2}
+    assert record["sha256"] == bases.file_sha256(shipped / "model.safetensors") and record["steps"] == {
+        "dense": 1,
+        "language": 2,
+    }
     assert all(tensor.dtype == torch.bfloat16 for tensor in load_file(shipped / "model.safetensors").values())
     card = (shipped / "README.md").read_text()
     assert record["sha256"] in card and f"clinkd pretrain {shipped}/pretrain.yaml" in card and "torch_threads 1" in card
@@ -377,7 +428,9 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
     assert torch.equal(embeddings, trained["model.embed_tokens.weight"].to(torch.bfloat16).float())
     with pytest.raises(ValueError, match="model.init: no shipped base for model.size 's'"):
         RecipeConfig(model={"init": "base", "size": "s"})
-    (shipped / "model.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # what a Git LFS checkout leaves
+    (shipped / "model.safetensors").write_bytes(
+        b"version https://git-lfs.github.com/spec/v1\n"
+    )  # what a Git LFS checkout leaves
     with pytest.raises(ConfigError, match="model.init: .* is not the recorded"):
         initial_checkpoint(cfg.model)
 

@@ -21,7 +21,17 @@ def add_a_4000x10_training_image(cfg) -> str:
     Image.new("L", (4000, 10), 80).save(cfg.data.images_dir / f"{name}.png")
     train_file = cfg.data.dir / cfg.data.train_file
     records = json.loads(train_file.read_text(encoding="utf-8"))
-    records.append({"id": name, "conversations": [[f"Picture 1: <img>{name}.png</img>\nWhere is the <ref>liver</ref>?", "<ref>liver</ref><box>(1,2),(3,4)</box>"]]})
+    records.append(
+        {
+            "id": name,
+            "conversations": [
+                [
+                    f"Picture 1: <img>{name}.png</img>\nWhere is the <ref>liver</ref>?",
+                    "<ref>liver</ref><box>(1,2),(3,4)</box>",
+                ]
+            ],
+        }
+    )
     train_file.write_text(json.dumps(records), encoding="utf-8")
     return f"{name}.png"
 
@@ -34,9 +44,11 @@ def test_quick_run_from_an_empty_folder_writes_a_complete_clinkd_report(tmp_path
     run_dir = tmp_path / "runs" / "quick"
     for name in ("config.resolved.yaml", "data_issues.txt", "metrics.json", "report.md", "stage_times.json"):
         assert (run_dir / name).is_file(), name
-    assert f"[unusable_image] data/synth-quick/train.json record 64 (id 'ct_wide--strip'): image data/synth-quick/images/{wide} cannot be fed" in (
-        run_dir / "data_issues.txt"
-    ).read_text(encoding="utf-8")
+    assert (
+        "[unusable_image] data/synth-quick/train.json record 64 (id 'ct_wide--strip'): image "
+        f"data/synth-quick/images/{wide} cannot be fed"
+        in (run_dir / "data_issues.txt").read_text(encoding="utf-8")
+    )
     for task in TASKS:
         assert sum(1 for _ in (run_dir / "predictions" / f"{task}.jsonl").open()) > 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -50,9 +62,16 @@ def test_quick_run_from_an_empty_folder_writes_a_complete_clinkd_report(tmp_path
     assert "| training | distillation (teacher → pseudo labels → student) |" in report
     assert "## Reflective correction" in report and "`sasg` (N = 3" in report
     assert "| teacher |" in report and "| student (distilled) |" in report and "| ClinKD, greedy |" in report
-    assert sorted(path.name for path in (run_dir / "comparisons").iterdir()) == ["clinkd-greedy", "plain-sft", "student-distilled", "teacher"]
+    assert sorted(path.name for path in (run_dir / "comparisons").iterdir()) == [
+        "clinkd-greedy",
+        "plain-sft",
+        "student-distilled",
+        "teacher",
+    ]
     sft_steps = json.loads((run_dir / "sft/train_log.json").read_text())["log_history"][-1]["step"]
-    assert sft_steps == json.loads((run_dir / "distill/info.json").read_text())["student"]["steps"]  # equal optimiser steps
+    assert (
+        sft_steps == json.loads((run_dir / "distill/info.json").read_text())["student"]["steps"]
+    )  # equal optimiser steps
     greedy = [json.loads(line) for line in (run_dir / "comparisons" / "clinkd-greedy" / "VG.jsonl").open()]
     selected = [json.loads(line) for line in (run_dir / "predictions" / "VG.jsonl").open()]
     assert [row["id"] for row in greedy] == [row["id"] for row in selected]  # the same model on the same test turns
@@ -60,4 +79,8 @@ def test_quick_run_from_an_empty_folder_writes_a_complete_clinkd_report(tmp_path
 
 
 def test_a_comparison_row_folder_is_named_by_its_whole_label():
-    assert [slug(label) for label in ("teacher", "student (distilled)", "plain SFT")] == ["teacher", "student-distilled", "plain-sft"]
+    assert [slug(label) for label in ("teacher", "student (distilled)", "plain SFT")] == [
+        "teacher",
+        "student-distilled",
+        "plain-sft",
+    ]

@@ -65,7 +65,9 @@ def test_a_killed_stage_keeps_its_time_up_to_the_last_save(tmp_path):
     stage = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.monotonic() + 30
-        while not (path.is_file() and json.loads(path.read_text()).get("train", 0) >= 0.3) and time.monotonic() < deadline:
+        while (
+            not (path.is_file() and json.loads(path.read_text()).get("train", 0) >= 0.3) and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
     finally:
         stage.send_signal(signal.SIGKILL)
@@ -87,7 +89,8 @@ def test_a_stage_terminated_before_its_first_save_keeps_its_time(tmp_path):
     path = tmp_path / "stage_times.json"
     script = (
         "import pathlib, time; from clinkd.recipes.stage_clock import StageClock; "
-        f"StageClock(pathlib.Path({str(path)!r}), save_every=600).time('train', lambda: print('started', flush=True) or time.sleep(60))"
+        f"StageClock(pathlib.Path({str(path)!r}), save_every=600).time('train', lambda: print('started', flush=True) "
+        "or time.sleep(60))"
     )
     stage = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,5 @@
-"""Reflective correction: similarity, grounding, thresholds, correctors (a real local HTTP server), the stage and resume."""
+"""Reflective correction: similarity, grounding, thresholds, correctors (a real local HTTP server), the stage and
+resume."""
 
 from __future__ import annotations
 
@@ -52,7 +53,10 @@ VG_GT = "<ref>liver</ref><box>(112,305),(498,702)</box>"
 
 def test_answer_text_drops_boxes_and_ref_tags_but_keeps_the_phrase():
     assert answer_text(VG_GT) == "liver"
-    assert answer_text("<|object_ref_start|>left kidney<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|><|im_end|>") == "left kidney"
+    assert (
+        answer_text("<|object_ref_start|>left kidney<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|><|im_end|>")
+        == "left kidney"
+    )
     assert answer_text("A cyst <box>(1,2),(3,4)</box> here.") == "A cyst here."
 
 
@@ -93,9 +97,13 @@ class FakeEncoder:
 
 def test_embedding_similarity_is_the_cosine_of_the_answer_texts():
     encoder = FakeEncoder()
-    scores = EmbeddingSimilarity(encoder).scores([VG_GT, "spleen", "hepatic lobe", ""], ["liver", "liver", "liver", "liver"])
-    assert scores == pytest.approx([1.0, 0.0, 2 ** -0.5, 0.0])
-    assert encoder.seen == [["liver", "spleen", "hepatic lobe", "", "liver", "liver", "liver", "liver"]]  # one batch, markup removed
+    scores = EmbeddingSimilarity(encoder).scores(
+        [VG_GT, "spleen", "hepatic lobe", ""], ["liver", "liver", "liver", "liver"]
+    )
+    assert scores == pytest.approx([1.0, 0.0, 2**-0.5, 0.0])
+    assert encoder.seen == [
+        ["liver", "spleen", "hepatic lobe", "", "liver", "liver", "liver", "liver"]
+    ]  # one batch, markup removed
 
 
 def test_embedding_similarity_errors_name_the_key(tmp_path, monkeypatch):
@@ -120,9 +128,20 @@ def test_embedding_similarity_loads_a_real_local_sentence_transformers_checkpoin
     words = "[PAD] [UNK] [CLS] [SEP] liver kidney small dark cyst lower right left region".split()
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=32))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(words),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+        )
+    )
     bert.save_pretrained(tmp_path / "hf")
     fast.save_pretrained(tmp_path / "hf")
     SentenceTransformer(str(tmp_path / "hf"), device="cpu", local_files_only=True).save(str(tmp_path / "st"))
@@ -140,8 +159,14 @@ def test_grounding_needs_every_box_above_the_iou_threshold():
     half = Box(0, 0, 100, 100).iou(Box(0, 0, 100, 50))
     assert half == 0.5
     assert grounding("<box>(0,0),(100,50)</box>", "<box>(0,0),(100,100)</box>") == (False, 0.5)  # strictly above 0.5
-    assert grounding("<|box_start|>(0,0),(100,60)<|box_end|>", "<box>(0,0),(100,100)</box>") == (True, pytest.approx(0.6))
-    assert grounding("(0,0),(100,100)", "<box>(0,0),(100,100)</box>") == (True, 1.0)  # bare pair, like the metrics read it
+    assert grounding("<|box_start|>(0,0),(100,60)<|box_end|>", "<box>(0,0),(100,100)</box>") == (
+        True,
+        pytest.approx(0.6),
+    )
+    assert grounding("(0,0),(100,100)", "<box>(0,0),(100,100)</box>") == (
+        True,
+        1.0,
+    )  # bare pair, like the metrics read it
     assert grounding("liver", VG_GT) == (False, 0.0)
     assert grounding("<box>(0,0),(100,100)</box><box>(0,0),(9,9)</box>", "<box>(0,0),(100,100)</box>") == (False, 0.0)
     assert grounding("<box>(5,x),(1,1)</box>", VG_GT) == (False, 0.0)  # unparseable box
@@ -154,7 +179,9 @@ def test_weak_means_below_threshold_or_wrong_grounding():
     assert Judgement(1.0, False, 0.2).weak(0.8)  # right words, wrong box
     assert not Judgement(0.9, True, 0.7).weak(0.8)
     assert Judgement(0.9, True, 0.6).quality == 0.6 and Judgement(0.5, None, None).quality == 0.5
-    [verdict] = judge(["<|object_ref_start|>liver<|object_ref_end|><|box_start|>(600,600),(700,700)<|box_end|>"], [VG_GT], LEXICAL)
+    [verdict] = judge(
+        ["<|object_ref_start|>liver<|object_ref_end|><|box_start|>(600,600),(700,700)<|box_end|>"], [VG_GT], LEXICAL
+    )
     assert verdict.similarity == 1.0 and verdict.grounded is False and verdict.weak(0.8)
 
 
@@ -206,7 +233,12 @@ def test_infer_task_recovers_every_synthetic_test_task(synth_dir):
 
 def test_reflect_items_one_per_turn_with_stable_unique_keys(tmp_path):
     train = [
-        Sample("ct_1", tmp_path / "a.png", "ct", [Turn("Where is the <ref>liver</ref>?", VG_GT), Turn("Describe this image.", "CT image.")]),
+        Sample(
+            "ct_1",
+            tmp_path / "a.png",
+            "ct",
+            [Turn("Where is the <ref>liver</ref>?", VG_GT), Turn("Describe this image.", "CT image.")],
+        ),
         Sample("ct_1", tmp_path / "a.png", "ct", [Turn("What is in <box>(1,2),(3,4)</box>?", "liver")]),
     ]
     items = reflect_items(train)
@@ -221,7 +253,12 @@ def test_reflect_items_one_per_turn_with_stable_unique_keys(tmp_path):
 def test_check_correction_rejects_anything_that_does_not_keep_the_boxes_exactly():
     ok = "It is <ref>liver</ref><box>(112,305),(498,702)</box>."
     assert check_correction(ok, VG_GT, LEXICAL, 0.8).accepted
-    assert check_correction("The <|object_ref_start|>liver<|object_ref_end|> is at <|box_start|>(112,305),(498,702)<|box_end|>", VG_GT, LEXICAL, 0.8).accepted
+    assert check_correction(
+        "The <|object_ref_start|>liver<|object_ref_end|> is at <|box_start|>(112,305),(498,702)<|box_end|>",
+        VG_GT,
+        LEXICAL,
+        0.8,
+    ).accepted
     cases = {
         "It is the liver.": "boxes differ",  # dropped box
         "It is <ref>liver</ref><box>(112,305),(498,703)</box>.": "boxes differ",  # one coordinate off by one
@@ -242,7 +279,9 @@ def _random_answer(rng) -> str:
     for _ in range(int(rng.integers(1, 4))):
         x1, y1 = rng.integers(0, 900, 2)
         x2, y2 = x1 + rng.integers(0, 100), y1 + rng.integers(0, 100)
-        boxes.append(Box(int(x1), int(y1), int(x2), int(y2)).to_text((BoxStyle.QWEN_VL, BoxStyle.QWEN2_VL)[int(rng.integers(2))]))
+        boxes.append(
+            Box(int(x1), int(y1), int(x2), int(y2)).to_text((BoxStyle.QWEN_VL, BoxStyle.QWEN2_VL)[int(rng.integers(2))])
+        )
     return " and ".join(f"<ref>lesion {i}</ref>{box}" for i, box in enumerate(boxes))
 
 
@@ -252,7 +291,15 @@ def test_template_corrector_keeps_every_box_exactly_and_varies_the_phrasing():
     phrasings = Counter()
     for index in range(300):
         task = ["VG", "ROC", "RC", "MIA"][index % 4]
-        truth = _random_answer(rng) if task == "VG" else ["right kidney", "A small dark round cyst in the lower right region.", "CT image showing the liver, with no abnormal finding."][index % 3]
+        truth = (
+            _random_answer(rng)
+            if task == "VG"
+            else [
+                "right kidney",
+                "A small dark round cyst in the lower right region.",
+                "CT image showing the liver, with no abnormal finding.",
+            ][index % 3]
+        )
         request = CorrectionRequest(f"k{index}", 1 + index % 2, task, "q", truth, "o")
         [(_, reply)] = list(corrector.correct([request]))
         assert reply.text == corrector.rewrite(request)  # deterministic
@@ -261,7 +308,9 @@ def test_template_corrector_keeps_every_box_exactly_and_varies_the_phrasing():
         assert reply.text != truth
         [framing] = [f for f in FRAMINGS[task] if frame(f, truth) == reply.text]
         phrasings[(task, framing)] += 1
-    assert set(phrasings) == {(task, f) for task, framings in FRAMINGS.items() for f in framings}  # every framing gets used
+    assert set(phrasings) == {
+        (task, f) for task, framings in FRAMINGS.items() for f in framings
+    }  # every framing gets used
 
 
 # ---- the OpenAI corrector against a real local server ---------------------------------------------
@@ -330,16 +379,29 @@ def _openai(base_url: str, cache_dir: Path, concurrency: int = 4, timeout: float
 
 
 def _request(case: str, round_index: int = 1) -> CorrectionRequest:
-    return CorrectionRequest(f"{case}#0", round_index, "VG", f"case {case}: where is it?", GROUND_TRUTH[case], "wrong answer")
+    return CorrectionRequest(
+        f"{case}#0", round_index, "VG", f"case {case}: where is it?", GROUND_TRUTH[case], "wrong answer"
+    )
 
 
 def test_openai_corrector_retries_faults_and_caches_replies(chat_server, tmp_path):
     corrector = _openai(chat_server.base_url, tmp_path / "cache", timeout=TIMEOUT_S)
-    replies = {request.key.split("#")[0]: reply for request, reply in corrector.correct([_request(c) for c in GROUND_TRUTH])}
+    replies = {
+        request.key.split("#")[0]: reply for request, reply in corrector.correct([_request(c) for c in GROUND_TRUTH])
+    }
     assert {case for case, reply in replies.items() if reply.text is not None} == SUCCEEDS
     expected_calls = {
-        "ok": 1, "flaky500": 2, "slow_once": 2, "garbage_once": 2, "empty_once": 2, "drop_box": 1, "alter_box": 1,
-        "always500": 3, "always_garbage": 3, "always_empty": 3, "bad_request": 1,  # 1 + retries, except a 4xx
+        "ok": 1,
+        "flaky500": 2,
+        "slow_once": 2,
+        "garbage_once": 2,
+        "empty_once": 2,
+        "drop_box": 1,
+        "alter_box": 1,
+        "always500": 3,
+        "always_garbage": 3,
+        "always_empty": 3,
+        "bad_request": 1,  # 1 + retries, except a 4xx
     }
     assert dict(chat_server.counts) == expected_calls
     assert corrector.requests_sent == sum(expected_calls.values())
@@ -350,7 +412,9 @@ def test_openai_corrector_retries_faults_and_caches_replies(chat_server, tmp_pat
     assert replies["slow_once"].attempts == 2 and replies["ok"].raw and json.loads(replies["ok"].raw)["choices"]
     verdicts = {case: check_correction(replies[case].text, GROUND_TRUTH[case], LEXICAL, 0.8) for case in SUCCEEDS}
     assert {case for case, v in verdicts.items() if v.accepted} == ACCEPTED
-    assert verdicts["drop_box"].reason.startswith("boxes differ") and verdicts["alter_box"].reason.startswith("boxes differ")
+    assert verdicts["drop_box"].reason.startswith("boxes differ") and verdicts["alter_box"].reason.startswith(
+        "boxes differ"
+    )
 
     # A rerun (fresh client, same cache dir) sends nothing for the requests that got a reply.
     again = _openai(chat_server.base_url, tmp_path / "cache")
@@ -359,7 +423,14 @@ def test_openai_corrector_retries_faults_and_caches_replies(chat_server, tmp_pat
     assert {case: reply.text for case, reply in rerun.items()} == {case: replies[case].text for case in SUCCEEDS}
     assert again.requests_sent == 0 and dict(chat_server.counts) == expected_calls
     # A different request (next round) is a different cache key.
-    list(again.correct([_request("ok", round_index=2), CorrectionRequest("ok#0", 1, "VG", "case ok: where?", VG_GT, "other output")]))
+    list(
+        again.correct(
+            [
+                _request("ok", round_index=2),
+                CorrectionRequest("ok#0", 1, "VG", "case ok: where?", VG_GT, "other output"),
+            ]
+        )
+    )
     assert chat_server.counts["ok"] == 2  # round is not in the prompt; the changed output is
 
 
@@ -398,17 +469,29 @@ def test_parse_reply_and_damaged_cache_entries(chat_server, tmp_path):
 
 
 def test_openai_corrector_from_config_reads_the_key_from_the_environment(tmp_path, monkeypatch):
-    cfg = load_config(overrides=["reflect.corrector=openai", "reflect.openai.api_key_env=CLINKD_TEST_KEY", "reflect.openai.base_url=http://127.0.0.1:9/v1"])
+    cfg = load_config(
+        overrides=[
+            "reflect.corrector=openai",
+            "reflect.openai.api_key_env=CLINKD_TEST_KEY",
+            "reflect.openai.base_url=http://127.0.0.1:9/v1",
+        ]
+    )
     monkeypatch.delenv("CLINKD_TEST_KEY", raising=False)
-    with pytest.raises(ConfigError, match="reflect.openai.api_key_env: environment variable CLINKD_TEST_KEY is not set"):
+    with pytest.raises(
+        ConfigError, match="reflect.openai.api_key_env: environment variable CLINKD_TEST_KEY is not set"
+    ):
         build_corrector(cfg.reflect, tmp_path)
     monkeypatch.setenv("CLINKD_TEST_KEY", "secret")
     corrector = build_corrector(cfg.reflect, tmp_path / "cache")
     assert isinstance(corrector, OpenAICorrector) and corrector.cache.root == tmp_path / "cache"
     assert corrector.endpoint.client.headers["Authorization"] == "Bearer secret"
     assert build_corrector(load_config(overrides=["reflect.corrector=none"]).reflect, tmp_path) is None
-    request = CorrectionRequest("t0", 1, "ROC", "What is the object in <box>(1,2),(3,4)</box>?", "right kidney", "liver")
-    ((_, reply),) = list(build_corrector(load_config().reflect, tmp_path).correct([request]))  # the default: offline template
+    request = CorrectionRequest(
+        "t0", 1, "ROC", "What is the object in <box>(1,2),(3,4)</box>?", "right kidney", "liver"
+    )
+    ((_, reply),) = list(
+        build_corrector(load_config().reflect, tmp_path).correct([request])
+    )  # the default: offline template
     assert reply.error is None and "right kidney" in reply.text
 
 
@@ -419,20 +502,39 @@ def _weak_rows(tmp_path, cases):
     items, rows = {}, []
     for case in cases:
         key = f"{case}#0"
-        sample = Sample(f"ct_{case}", tmp_path / f"{case}.png", "ct", [Turn(f"case {case}: where is it?", GROUND_TRUTH[case])], task="VG")
+        sample = Sample(
+            f"ct_{case}",
+            tmp_path / f"{case}.png",
+            "ct",
+            [Turn(f"case {case}: where is it?", GROUND_TRUTH[case])],
+            task="VG",
+        )
         items[key] = ReflectItem(key, sample)
-        rows.append({
-            "key": key, "id": sample.id, "task": "VG", "modality": "ct", "question": sample.turns[0].question,
-            "ground_truth": GROUND_TRUTH[case], "output": "wrong answer", "similarity": 0.1, "grounded": False,
-            "min_iou": 0.0, "quality": 0.0, "weak": True,
-        })
+        rows.append(
+            {
+                "key": key,
+                "id": sample.id,
+                "task": "VG",
+                "modality": "ct",
+                "question": sample.turns[0].question,
+                "ground_truth": GROUND_TRUTH[case],
+                "output": "wrong answer",
+                "similarity": 0.1,
+                "grounded": False,
+                "min_iou": 0.0,
+                "quality": 0.0,
+                "weak": True,
+            }
+        )
     return items, rows
 
 
 def test_only_validated_corrections_enter_the_training_mix(chat_server, tmp_path):
     items, weak = _weak_rows(tmp_path, GROUND_TRUTH)
     path = tmp_path / "corrections.jsonl"
-    records = correct_weak(1, weak, items, _openai(chat_server.base_url, tmp_path / "cache", timeout=TIMEOUT_S), LEXICAL, 0.8, path)
+    records = correct_weak(
+        1, weak, items, _openai(chat_server.base_url, tmp_path / "cache", timeout=TIMEOUT_S), LEXICAL, 0.8, path
+    )
     status = {row["key"].split("#")[0]: row["status"] for row in records}
     assert {c for c, s in status.items() if s == "accepted"} == ACCEPTED
     assert {c for c, s in status.items() if s == "rejected"} == {"drop_box", "alter_box"}
@@ -504,10 +606,21 @@ def test_corrections_resume_after_a_kill_without_duplicates_or_repeated_calls(ch
 
 def _stage_config(tmp_path, synth_dir, **reflect):
     overrides = [
-        f"output_dir={tmp_path / 'runs'}", f"data.dir={synth_dir}", "model.size=xs", "model.tokenizer_vocab=400",
-        "model.min_pixels=3136", "model.max_pixels=3136", "train.batch_size=16", "train.threads=1", "train.save_steps=1",
-        "predict.batch_size=16", "predict.max_new_tokens={VG: 6, ROC: 4, RC: 6, MIA: 6}",
-        "reflect.rounds=2", "reflect.generate_samples=12", "reflect.budget=5", "reflect.lr=1e-3",
+        f"output_dir={tmp_path / 'runs'}",
+        f"data.dir={synth_dir}",
+        "model.size=xs",
+        "model.tokenizer_vocab=400",
+        "model.min_pixels=3136",
+        "model.max_pixels=3136",
+        "train.batch_size=16",
+        "train.threads=1",
+        "train.save_steps=1",
+        "predict.batch_size=16",
+        "predict.max_new_tokens={VG: 6, ROC: 4, RC: 6, MIA: 6}",
+        "reflect.rounds=2",
+        "reflect.generate_samples=12",
+        "reflect.budget=5",
+        "reflect.lr=1e-3",
     ] + [f"reflect.{key}={value}" for key, value in reflect.items()]
     return load_config(overrides=overrides)
 
@@ -544,7 +657,9 @@ def test_run_reflect_two_rounds_then_resume_after_a_kill(tmp_path, synth_dir, mo
 
     generated = []
     real_generate = generate_module.generate_responses
-    monkeypatch.setattr(generate_module, "generate_responses", lambda *a, **k: generated.append(len(a[3])) or real_generate(*a, **k))
+    monkeypatch.setattr(
+        generate_module, "generate_responses", lambda *a, **k: generated.append(len(a[3])) or real_generate(*a, **k)
+    )
     Template.kill_at = None
     calls_before = list(Template.calls)
     fresh, fresh_processor = initial_model(cfg, train)  # a new process would start from the input model again
@@ -552,7 +667,7 @@ def test_run_reflect_two_rounds_then_resume_after_a_kill(tmp_path, synth_dir, mo
 
     round2 = [json.loads(line) for line in (stage / "round-2" / "corrections.jsonl").read_text().splitlines()]
     assert len({row["key"] for row in round2}) == len(round2) == 5
-    assert [key for _, key in Template.calls[len(calls_before):]] == [row["key"] for row in round2[2:]]
+    assert [key for _, key in Template.calls[len(calls_before) :]] == [row["key"] for row in round2[2:]]
     assert sum(generated) == 12  # round 2's outputs were complete: only the `after` pass generated
     assert [r["round"] for r in result.rounds] == [1, 2] and result.model_dir == stage / "round-2" / "model"
     assert result.rounds[1]["corrections_in_mix"] == 10  # accepted corrections accumulate over rounds
@@ -576,12 +691,45 @@ def test_run_reflect_two_rounds_then_resume_after_a_kill(tmp_path, synth_dir, mo
 
 
 def test_render_report_shows_rounds_tasks_and_before_after():
-    scores = {"VG": {"n": 2, "similarity": 0.5, "grounded": 0.5, "weak": 1}, "all": {"n": 2, "similarity": 0.5, "grounded": 0.5, "weak": 1}}
-    corrections = {"VG": {"sent": 1, "accepted": 0, "rejected": 1, "failed": 0, "reasons": {"boxes differ from the ground truth": 1}}, "all": {"sent": 1, "accepted": 0, "rejected": 1, "failed": 0, "reasons": {}}}
+    scores = {
+        "VG": {"n": 2, "similarity": 0.5, "grounded": 0.5, "weak": 1},
+        "all": {"n": 2, "similarity": 0.5, "grounded": 0.5, "weak": 1},
+    }
+    corrections = {
+        "VG": {
+            "sent": 1,
+            "accepted": 0,
+            "rejected": 1,
+            "failed": 0,
+            "reasons": {"boxes differ from the ground truth": 1},
+        },
+        "all": {"sent": 1, "accepted": 0, "rejected": 1, "failed": 0, "reasons": {}},
+    }
     doc = {
-        "settings": {"corrector": "openai", "similarity": "lexical", "threshold": 0.8, "iou_threshold": 0.5, "generated_per_round": 2, "budget": 1, "accept_threshold": 0.8},
-        "rounds": [{"round": 1, "scores": scores, "weak": 1, "corrections": corrections, "train_examples": 10, "steps": 1, "seconds": 3.0}],
-        "after": {"VG": {"n": 2, "similarity": 1.0, "grounded": 1.0, "weak": 0}, "all": {"n": 2, "similarity": 1.0, "grounded": 1.0, "weak": 0}},
+        "settings": {
+            "corrector": "openai",
+            "similarity": "lexical",
+            "threshold": 0.8,
+            "iou_threshold": 0.5,
+            "generated_per_round": 2,
+            "budget": 1,
+            "accept_threshold": 0.8,
+        },
+        "rounds": [
+            {
+                "round": 1,
+                "scores": scores,
+                "weak": 1,
+                "corrections": corrections,
+                "train_examples": 10,
+                "steps": 1,
+                "seconds": 3.0,
+            }
+        ],
+        "after": {
+            "VG": {"n": 2, "similarity": 1.0, "grounded": 1.0, "weak": 0},
+            "all": {"n": 2, "similarity": 1.0, "grounded": 1.0, "weak": 0},
+        },
     }
     report = render_report(doc)
     assert "| 1 | VG | 1 | 1 | 0 | 1 | 0 | boxes differ from the ground truth 1 |" in report
@@ -591,7 +739,12 @@ def test_render_report_shows_rounds_tasks_and_before_after():
 
 def test_reflect_config_defaults_and_errors():
     cfg = load_config()
-    assert (cfg.reflect.rounds, cfg.reflect.threshold, cfg.reflect.corrector, cfg.reflect.similarity.kind) == (2, 0.8, "template", "lexical")
+    assert (cfg.reflect.rounds, cfg.reflect.threshold, cfg.reflect.corrector, cfg.reflect.similarity.kind) == (
+        2,
+        0.8,
+        "template",
+        "lexical",
+    )
     with pytest.raises(ConfigError, match="reflect.bogus: unknown key"):
         load_config(overrides=["reflect.bogus=1"])
     with pytest.raises(ConfigError, match="reflect.corrector"):
@@ -603,7 +756,17 @@ def test_cli_reflect_needs_an_existing_model(tmp_path, small_data):
 
     from clinkd.cli import app
 
-    result = CliRunner().invoke(app, ["reflect", "--model", str(tmp_path / "none"), f"data.dir={small_data}", "data.synth.enabled=false", f"output_dir={tmp_path}"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "reflect",
+            "--model",
+            str(tmp_path / "none"),
+            f"data.dir={small_data}",
+            "data.synth.enabled=false",
+            f"output_dir={tmp_path}",
+        ],
+    )
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
 
 

@@ -46,7 +46,9 @@ class ColourScorer(MedClipScorer):
         return 10.0
 
     def embed_images(self, images):
-        means = torch.tensor(np.stack([np.asarray(image, dtype=np.float32).reshape(-1, 3).mean(axis=0) for image in images]))
+        means = torch.tensor(
+            np.stack([np.asarray(image, dtype=np.float32).reshape(-1, 3).mean(axis=0) for image in images])
+        )
         return torch.nn.functional.normalize(means + 1e-6, dim=-1)
 
     def embed_texts(self, texts):
@@ -73,7 +75,9 @@ def test_calibration_is_a_softmax_over_the_valid_scores():
     probs = calibrate([1.0, None, 3.0])
     assert probs == pytest.approx([1 / (1 + math.e**2), 0.0, math.e**2 / (1 + math.e**2)])
     assert calibrate([None, None]) == [0.0, 0.0]
-    assert calibrate([500.0, 499.0]) == pytest.approx([1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))])  # no overflow
+    assert calibrate([500.0, 499.0]) == pytest.approx(
+        [1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))]
+    )  # no overflow
 
 
 def test_selection_picks_the_argmax_of_the_clip_scores():
@@ -198,7 +202,9 @@ def test_generate_is_called_once_per_batch(tmp_path, tiny_model, tiny_processor,
 
     calls = []
     real = tiny_model.generate
-    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: calls.append(k["num_return_sequences"]) or real(*a, **k))
+    monkeypatch.setattr(
+        tiny_model, "generate", lambda *a, **k: calls.append(k["num_return_sequences"]) or real(*a, **k)
+    )
     cfg = SelectConfig(method="sasg", candidates="sample", num_return_sequences=4, temperature=1.0, top_p=0.95)
     samples = _noise_samples(tmp_path, 2)
     first = generate_candidates(tiny_model, tiny_processor, PromptCollator(tiny_processor), samples, 4, cfg, seed=3)
@@ -210,15 +216,30 @@ def test_generate_is_called_once_per_batch(tmp_path, tiny_model, tiny_processor,
 def test_sequence_log_probs_stop_at_each_beams_end_token(tmp_path, tiny_model, tiny_processor):
     """Our sum over raw logits equals transformers' transition scores, also for beams that end early."""
     batch = tiny_processor(
-        text=[tiny_processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where?"}]}], tokenize=False, add_generation_prompt=True)] * 2,
+        text=[
+            tiny_processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where?"}]}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        ]
+        * 2,
         images=[Image.open(s.image) for s in _noise_samples(tmp_path, 2)],
         return_tensors="pt",
     )
     greedy = tiny_model.generate(**batch, max_new_tokens=3, do_sample=False)
     end = int(greedy[0, -1])  # a token the random model likes: some beams end early, others run on
     output = tiny_model.generate(
-        **batch, max_new_tokens=8, num_beams=3, num_return_sequences=3, do_sample=False, eos_token_id=end, pad_token_id=end,
-        return_dict_in_generate=True, output_logits=True, output_scores=True,
+        **batch,
+        max_new_tokens=8,
+        num_beams=3,
+        num_return_sequences=3,
+        do_sample=False,
+        eos_token_id=end,
+        pad_token_id=end,
+        return_dict_in_generate=True,
+        output_logits=True,
+        output_scores=True,
     )
     continuations = output.sequences[:, batch["input_ids"].shape[1] :]
     ours = sequence_logprobs(output.logits, continuations, output.beam_indices, end)
@@ -232,7 +253,14 @@ def test_run_predict_with_sasg_keeps_every_candidate(tmp_path, tiny_model, tiny_
 
     samples = _noise_samples(tmp_path, 3, task="ROC")
     selector = SasgSelector(ColourScorer(), SelectConfig(method="sasg"), crop_margin=0.1)
-    paths = write_predictions(tiny_model, tiny_processor, {"ROC": samples}, tmp_path / "out", PredictConfig(batch_size=2, max_new_tokens={"ROC": 4}), selector=selector)
+    paths = write_predictions(
+        tiny_model,
+        tiny_processor,
+        {"ROC": samples},
+        tmp_path / "out",
+        PredictConfig(batch_size=2, max_new_tokens={"ROC": 4}),
+        selector=selector,
+    )
     rows = [json.loads(line) for line in paths["ROC"].read_text().splitlines()]
     assert [row["index"] for row in rows] == [0, 1, 2]
     for row in rows:
@@ -249,7 +277,10 @@ def test_a_choice_ranks_the_chosen_candidate_first(tmp_path, tiny_model, tiny_pr
     selector = SasgSelector(ColourScorer(), SelectConfig(method="sasg"), crop_margin=0.1)
     for choice in selector(tiny_model, tiny_processor, PromptCollator(tiny_processor), "ROC", samples, 4):
         candidates = choice.ranked
-        assert len(candidates) == 3 and candidates[0].text == choice.response == choice.row["candidates"][choice.row["selected"]]["text"]
+        assert (
+            len(candidates) == 3
+            and candidates[0].text == choice.response == choice.row["candidates"][choice.row["selected"]]["text"]
+        )
         assert [c.score for c in candidates[1:]] == sorted((c.score for c in candidates[1:]), reverse=True)
     with pytest.raises(ValueError, match="task"):
         selector(tiny_model, tiny_processor, PromptCollator(tiny_processor), "train", samples, 4)
@@ -275,12 +306,21 @@ def test_multi_positive_loss_is_clip_loss_for_distinct_texts():
     texts = torch.nn.functional.normalize(torch.randn(5, 8, generator=gen), dim=-1)
     scale = torch.tensor(7.0)
     logits = scale * images @ texts.T
-    clip = (torch.nn.functional.cross_entropy(logits, torch.arange(5)) + torch.nn.functional.cross_entropy(logits.T, torch.arange(5))) / 2
-    assert float(multi_positive_clip_loss(images, texts, torch.arange(5), scale)) == pytest.approx(float(clip), abs=1e-6)
+    clip = (
+        torch.nn.functional.cross_entropy(logits, torch.arange(5))
+        + torch.nn.functional.cross_entropy(logits.T, torch.arange(5))
+    ) / 2
+    assert float(multi_positive_clip_loss(images, texts, torch.arange(5), scale)) == pytest.approx(
+        float(clip), abs=1e-6
+    )
     # Rows 0 and 1 share a text: each of them has two equally weighted positives.
     groups = torch.tensor([0, 0, 1, 2, 3])
-    targets = torch.tensor([[0.5, 0.5, 0, 0, 0], [0.5, 0.5, 0, 0, 0], [0, 0, 1.0, 0, 0], [0, 0, 0, 1.0, 0], [0, 0, 0, 0, 1.0]])
-    expected = (-(targets * logits.log_softmax(1)).sum(1).mean() - (targets * logits.T.log_softmax(1)).sum(1).mean()) / 2
+    targets = torch.tensor(
+        [[0.5, 0.5, 0, 0, 0], [0.5, 0.5, 0, 0, 0], [0, 0, 1.0, 0, 0], [0, 0, 0, 1.0, 0], [0, 0, 0, 0, 1.0]]
+    )
+    expected = (
+        -(targets * logits.log_softmax(1)).sum(1).mean() - (targets * logits.T.log_softmax(1)).sum(1).mean()
+    ) / 2
     assert float(multi_positive_clip_loss(images, texts, groups, scale)) == pytest.approx(float(expected), abs=1e-6)
 
 
@@ -313,7 +353,12 @@ def test_text_pooling_at_the_end_token_ignores_padding(tiny_tokenizer):
     from clinkd.sasg.clip_train import clip_model_config
 
     torch.manual_seed(0)
-    model = CLIPModel(clip_model_config(tiny_tokenizer, ClipTrainConfig(hidden=32, heads=2, projection=16, image_size=32, patch_size=8, context_length=16))).eval()
+    model = CLIPModel(
+        clip_model_config(
+            tiny_tokenizer,
+            ClipTrainConfig(hidden=32, heads=2, projection=16, image_size=32, patch_size=8, context_length=16),
+        )
+    ).eval()
     end, pad = model.config.text_config.eos_token_id, tiny_tokenizer.pad_token_id
     assert end == tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
     texts = ["liver", "A large bright round tumor in the upper left region of the image, and more words"]
@@ -338,11 +383,15 @@ def small_synth(tmp_path_factory):
     generate(root, seed=0, images=48, test_per_cell=4)
     train = load_medgrit(root / "train.json", root / "images")
     tests = [sample for samples in load_test_split(root, root / "images").values() for sample in samples]
-    texts = [convert_markup(text, "qwen2-vl") for s in train for turn in s.turns for text in (turn.question, turn.answer)]
+    texts = [
+        convert_markup(text, "qwen2-vl") for s in train for turn in s.turns for text in (turn.question, turn.answer)
+    ]
     return train, tests, train_tokenizer(texts, vocab_size=400)
 
 
-FAST_CLIP = dict(hidden=32, layers=1, heads=2, projection=32, image_size=32, patch_size=8, batch_size=32, context_length=32, steps=80)
+FAST_CLIP = dict(
+    hidden=32, layers=1, heads=2, projection=32, image_size=32, patch_size=8, batch_size=32, context_length=32, steps=80
+)
 
 
 @pytest.fixture()
@@ -413,8 +462,13 @@ def test_open_clip_scorer_loads_a_local_dir_and_scores_with_its_scale(tmp_path, 
             return tokens.float()
 
     fake = types.ModuleType("open_clip")
-    fake.create_model_from_pretrained = lambda name, device: loaded.append(name) or (FakeOpenClip(), lambda image: torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1))
-    fake.get_tokenizer = lambda name: loaded.append(name) or (lambda texts: torch.tensor([[float(c in t) for c in COLOURS] for t in texts]))
+    fake.create_model_from_pretrained = lambda name, device: (
+        loaded.append(name)
+        or (FakeOpenClip(), lambda image: torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1))
+    )
+    fake.get_tokenizer = lambda name: (
+        loaded.append(name) or (lambda texts: torch.tensor([[float(c in t) for c in COLOURS] for t in texts]))
+    )
     monkeypatch.setitem(sys.modules, "open_clip", fake)
     scorer = load_scorer("open_clip", tmp_path)
     assert loaded == [f"local-dir:{tmp_path}"] * 2
@@ -427,7 +481,12 @@ def test_select_config_checks_the_number_of_returned_beams():
 
     with pytest.raises(ConfigError, match="select.num_return_sequences"):
         load_config(None, ["select.num_beams=2", "select.num_return_sequences=3"])
-    assert load_config(None, ["select.candidates=sample", "select.num_beams=1", "select.num_return_sequences=5"]).select.num_return_sequences == 5
+    assert (
+        load_config(
+            None, ["select.candidates=sample", "select.num_beams=1", "select.num_return_sequences=5"]
+        ).select.num_return_sequences
+        == 5
+    )
 
 
 def test_clip_train_command_writes_a_loadable_scorer(tmp_path, one_thread):
@@ -435,9 +494,23 @@ def test_clip_train_command_writes_a_loadable_scorer(tmp_path, one_thread):
 
     from clinkd.cli import app
 
-    tiny = ["clip.steps=3", "clip.hidden=32", "clip.layers=1", "clip.heads=2", "clip.projection=16", "clip.image_size=32",
-            "clip.patch_size=8", "clip.batch_size=16", f"clip.threads={one_thread}", "model.tokenizer_vocab=300", "data.synth.images=8", "data.synth.test_per_cell=1"]
-    result = CliRunner().invoke(app, ["clip-train", f"output_dir={tmp_path}", "name=t", f"data.dir={tmp_path / 'data'}", *tiny])
+    tiny = [
+        "clip.steps=3",
+        "clip.hidden=32",
+        "clip.layers=1",
+        "clip.heads=2",
+        "clip.projection=16",
+        "clip.image_size=32",
+        "clip.patch_size=8",
+        "clip.batch_size=16",
+        f"clip.threads={one_thread}",
+        "model.tokenizer_vocab=300",
+        "data.synth.images=8",
+        "data.synth.test_per_cell=1",
+    ]
+    result = CliRunner().invoke(
+        app, ["clip-train", f"output_dir={tmp_path}", "name=t", f"data.dir={tmp_path / 'data'}", *tiny]
+    )
     assert result.exit_code == 0, result.output
     assert "held-out matching rate" in result.output
     scorer = load_scorer("embedded", tmp_path / "t" / "clip")
@@ -454,7 +527,19 @@ def test_predict_select_sasg_without_a_clip_is_one_clear_error(tmp_path, tiny_mo
 
     save_checkpoint(tiny_model, tiny_processor, tmp_path / "model")
     result = CliRunner().invoke(
-        app, ["predict", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "o"), "--select", "sasg", f"output_dir={tmp_path}", f"data.dir={small_data}", "data.synth.enabled=false"]
+        app,
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "model"),
+            "--out",
+            str(tmp_path / "o"),
+            "--select",
+            "sasg",
+            f"output_dir={tmp_path}",
+            f"data.dir={small_data}",
+            "data.synth.enabled=false",
+        ],
     )
     assert result.exit_code == 2, result.output
     assert "clip-train" in result.output and "Traceback" not in result.output

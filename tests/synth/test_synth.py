@@ -395,7 +395,8 @@ def test_run_regenerates_a_synth_folder_made_with_other_settings_and_leaves_real
     from clinkd.recipes.inputs import ensure_synth
 
     def config(folder: Path, mix: str):
-        return load_config(None, [f"data.dir={folder}", "data.synth.images=8", "data.synth.test_per_cell=1", f"data.synth.turns={mix}"])
+        synth = ["data.synth.images=8", "data.synth.test_per_cell=1", f"data.synth.turns={mix}"]
+        return load_config(None, [f"data.dir={folder}", *synth])
 
     ensure_synth(config(tmp_path / "synth", "{VG: 1, ROC: 1, RC: 1, MIA: 1}"))
     assert len(read(tmp_path / "synth" / "train.json")[0]["conversations"]) == 4

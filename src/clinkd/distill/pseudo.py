@@ -91,8 +91,13 @@ class MarginSelector:
 
     name = "greedy with margins"
 
-    def __call__(self, model, processor, collator, task: str, samples: Sequence[Sample], max_new_tokens: int) -> list[Choice]:
-        return [Choice(text, row) for text, row in generate_with_margins(model, processor, collator, samples, max_new_tokens)]
+    def __call__(
+        self, model, processor, collator, task: str, samples: Sequence[Sample], max_new_tokens: int
+    ) -> list[Choice]:
+        return [
+            Choice(text, row)
+            for text, row in generate_with_margins(model, processor, collator, samples, max_new_tokens)
+        ]
 
 
 def read_pseudo_labels(out_dir: Path, records: Sequence[Sample]) -> list[PseudoLabel]:
@@ -147,7 +152,9 @@ def pseudo_problem(turn: Turn, label: PseudoLabel, modality: str, box_style: str
     return None
 
 
-def aligned_pseudo_labels(train: Sequence[Sample], chosen: Sequence[int], answers: Sequence[PseudoLabel]) -> list[PseudoLabel | None]:
+def aligned_pseudo_labels(
+    train: Sequence[Sample], chosen: Sequence[int], answers: Sequence[PseudoLabel]
+) -> list[PseudoLabel | None]:
     """One entry per turn of ``train`` (record then turn order): the teacher's answer for the turns of the
     ``chosen`` records (``answers`` in their turn order, as :func:`read_pseudo_labels` returns them), else None."""
     answer_of = iter(answers)
@@ -188,7 +195,12 @@ def distillation_examples(
     :data:`DROP_REASONS`, ``pseudo_equal_gt`` and ``pseudo_used`` (a teacher answer that differs from the ground truth).
     """
     gt_examples = training_examples(train, turns_mode)
-    counts = {"pseudo_labelled": 0, **{f"pseudo_dropped_{reason}": 0 for reason in DROP_REASONS}, "pseudo_equal_gt": 0, "pseudo_used": 0}
+    counts = {
+        "pseudo_labelled": 0,
+        **{f"pseudo_dropped_{reason}": 0 for reason in DROP_REASONS},
+        "pseudo_equal_gt": 0,
+        "pseudo_used": 0,
+    }
     if targets == "ground_truth":
         return StudentTargets(gt_examples, [None] * len(gt_examples), {"examples": len(gt_examples), **counts})
     if targets not in ("pseudo", "both"):
@@ -202,15 +214,19 @@ def distillation_examples(
         turns, margins = [], []
         for turn in sample.turns:
             label = next(labels)
-            answer = None if label is None else _teaching_answer(turn, label, sample.modality, box_style, checks, counts)
+            answer = (
+                None if label is None else _teaching_answer(turn, label, sample.modality, box_style, checks, counts)
+            )
             turns.append(turn if answer is None else Turn(turn.question, answer))
             margins.append(None if answer is None else label.margin)
         relabelled.append(replace(sample, turns=turns))
         turn_margins.append(margins)
     pseudo_examples = training_examples(relabelled, turns_mode)
-    example_margins = [margin for margins in turn_margins for margin in margins] if turns_mode == "split" else [
-        _mean_margin(margins) for margins in turn_margins
-    ]
+    example_margins = (
+        [margin for margins in turn_margins for margin in margins]
+        if turns_mode == "split"
+        else [_mean_margin(margins) for margins in turn_margins]
+    )
     if targets == "both":
         kept = [index for index, (example, twin) in enumerate(zip(pseudo_examples, gt_examples)) if example != twin]
         pseudo_examples = gt_examples + [pseudo_examples[index] for index in kept]
@@ -218,8 +234,11 @@ def distillation_examples(
     return StudentTargets(pseudo_examples, example_margins, {"examples": len(pseudo_examples), **counts})
 
 
-def _teaching_answer(turn: Turn, label: PseudoLabel, modality: str, box_style: str, checks: PseudoChecks, counts: dict) -> str | None:
-    """The teacher's answer when it passes its checks and differs from the ground truth (counted either way), else None."""
+def _teaching_answer(
+    turn: Turn, label: PseudoLabel, modality: str, box_style: str, checks: PseudoChecks, counts: dict
+) -> str | None:
+    """The teacher's answer when it passes its checks and differs from the ground truth (counted either way), else
+    None."""
     counts["pseudo_labelled"] += 1
     problem = pseudo_problem(turn, label, modality, box_style, checks)
     if problem is not None:

@@ -66,7 +66,9 @@ class KDTrainer(ClinKDTrainer):
     Trainer averages micro-batches, as the official snippet would under HF's Trainer.
     """
 
-    def __init__(self, *args, kd_config: KDLossConfig, teacher=None, teacher_cache: TeacherCache | None = None, **kwargs):
+    def __init__(
+        self, *args, kd_config: KDLossConfig, teacher=None, teacher_cache: TeacherCache | None = None, **kwargs
+    ):
         if (teacher is None) == (teacher_cache is None):
             raise ValueError("KDTrainer needs exactly one of teacher and teacher_cache")
         super().__init__(*args, **kwargs)
@@ -75,7 +77,9 @@ class KDTrainer(ClinKDTrainer):
         self.teacher = None if teacher is None else prepare_teacher(teacher, self.accelerator)
 
     @classmethod
-    def factory(cls, kd_config: KDLossConfig, *, teacher=None, teacher_cache: TeacherCache | None = None) -> TrainerFactory:
+    def factory(
+        cls, kd_config: KDLossConfig, *, teacher=None, teacher_cache: TeacherCache | None = None
+    ) -> TrainerFactory:
         """What :func:`~clinkd.engine.sft.run_sft` builds its trainer with: KD trainers of this loss and teacher."""
         return partial(cls, kd_config=kd_config, teacher=teacher, teacher_cache=teacher_cache)
 
@@ -111,7 +115,12 @@ class KDTrainer(ClinKDTrainer):
         else:
             teacher = {"topk": self.teacher_rows(example_index, labels)}
         parts = distillation_loss(
-            outputs.logits, labels, outputs.loss, cfg, **teacher, step_tokens=int(num_items_in_batch) if global_mean else None
+            outputs.logits,
+            labels,
+            outputs.loss,
+            cfg,
+            **teacher,
+            step_tokens=int(num_items_in_batch) if global_mean else None,
         )
         n_tokens = parts["n_tokens"]
         step_tokens = int(num_items_in_batch) if global_mean else n_tokens

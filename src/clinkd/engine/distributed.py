@@ -149,7 +149,8 @@ def merge_shards(out_dir: Path, task: str, total: int, shards: int) -> Path:
     missing = sorted(set(range(total)) - set(rows))
     extra = sorted(set(rows) - set(range(total)))
     if missing or extra:
-        problems = ([f"missing indices {missing[:10]}"] if missing else []) + ([f"unexpected indices {extra[:10]}"] if extra else [])
+        problems = [f"missing indices {missing[:10]}"] if missing else []
+        problems += [f"unexpected indices {extra[:10]}"] if extra else []
         raise ValueError(f"{task}: merging {shards} shards under {out_dir / 'shards'}: {', '.join(problems)}")
     merged = out_dir / f"{task}.jsonl"
     atomic_write_jsonl(merged, (rows[index] for index in range(total)))
@@ -157,7 +158,13 @@ def merge_shards(out_dir: Path, task: str, total: int, shards: int) -> Path:
 
 
 def write_predictions_sharded(
-    model, processor, tests: dict[str, list], out_dir: Path, predict_cfg, input_format: InputFormat = InputFormat(), selector=None
+    model,
+    processor,
+    tests: dict[str, list],
+    out_dir: Path,
+    predict_cfg,
+    input_format: InputFormat = InputFormat(),
+    selector=None,
 ) -> dict[str, Path]:
     """:func:`clinkd.engine.generate.write_predictions` over all ranks: each predicts its :func:`shard` of every task
     (resumable, in its own folder), then rank 0 writes ``<out_dir>/<TASK>.jsonl`` with all rows in index order.
@@ -169,9 +176,20 @@ def write_predictions_sharded(
     if shards == 1:
         return write_predictions(model, processor, tests, out_dir, predict_cfg, input_format, selector)
     model.to(local_device())
-    pending = {task: samples for task, samples in tests.items() if not predictions_complete(out_dir / f"{task}.jsonl", len(samples), exact=True)}
-    write_predictions(model, processor, {task: shard(samples, me, shards) for task, samples in pending.items()},
-                      shard_dir(out_dir, me, shards), predict_cfg, input_format, selector)
+    pending = {
+        task: samples
+        for task, samples in tests.items()
+        if not predictions_complete(out_dir / f"{task}.jsonl", len(samples), exact=True)
+    }
+    write_predictions(
+        model,
+        processor,
+        {task: shard(samples, me, shards) for task, samples in pending.items()},
+        shard_dir(out_dir, me, shards),
+        predict_cfg,
+        input_format,
+        selector,
+    )
     barrier()
     if me == 0:
         for task, samples in pending.items():

@@ -64,7 +64,8 @@ def _row_key(row) -> tuple:
 
 
 def written_rows(path: Path, samples: Sequence[Sample]) -> dict[int, dict]:
-    """The rows already in ``path``, by the position of the sample each answers; a row answering none raises DataError."""
+    """The rows already in ``path``, by the position of the sample each answers; a row answering none raises
+    DataError."""
     waiting: dict[tuple, list[int]] = {}
     for index, sample in enumerate(samples):
         waiting.setdefault(_sample_key(sample), []).append(index)
@@ -119,23 +120,40 @@ def _texts(processor, collator: PromptCollator, continuations: torch.Tensor, sam
 
 
 @torch.inference_mode()
-def generate_responses(model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int, num_beams: int = 1) -> list[str]:
+def generate_responses(
+    model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int, num_beams: int = 1
+) -> list[str]:
     """Greedy (or beam) answers for one batch of one-turn samples, boxes on the 0–1000 scale."""
-    output, prompt = _generate(model, processor, collator, samples, max_new_tokens, do_sample=False, num_beams=num_beams)
+    output, prompt = _generate(
+        model, processor, collator, samples, max_new_tokens, do_sample=False, num_beams=num_beams
+    )
     return _texts(processor, collator, output[:, prompt:], samples)
 
 
 @torch.inference_mode()
-def generate_with_margins(model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int) -> list[tuple[str, dict]]:
+def generate_with_margins(
+    model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int
+) -> list[tuple[str, dict]]:
     """Greedy answers, each with ``{"margin": m}``: the mean over its generated tokens (up to and including the end
     of turn) of the top-1 minus the top-2 next-token probability, the model's confidence in its own answer."""
     output, prompt = _generate(
-        model, processor, collator, samples, max_new_tokens,
-        do_sample=False, num_beams=1, output_logits=True, return_dict_in_generate=True,
+        model,
+        processor,
+        collator,
+        samples,
+        max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
     continuations = output.sequences[:, prompt:]
-    margins = answer_margins(torch.stack(output.logits, dim=1), continuations, processor.tokenizer.convert_tokens_to_ids(TURN_END))
-    return [(text, {"margin": margin}) for text, margin in zip(_texts(processor, collator, continuations, samples), margins)]
+    margins = answer_margins(
+        torch.stack(output.logits, dim=1), continuations, processor.tokenizer.convert_tokens_to_ids(TURN_END)
+    )
+    return [
+        (text, {"margin": margin}) for text, margin in zip(_texts(processor, collator, continuations, samples), margins)
+    ]
 
 
 def answer_margins(logits: torch.Tensor, tokens: torch.Tensor, end_id: int) -> list[float]:
@@ -196,14 +214,25 @@ def write_predictions(
                 chunk_samples = [s for _, s in chunk]
                 if selector is None:
                     responses = generate_responses(
-                        model, processor, collator, chunk_samples, predict_cfg.max_new_tokens[task], predict_cfg.num_beams
+                        model,
+                        processor,
+                        collator,
+                        chunk_samples,
+                        predict_cfg.max_new_tokens[task],
+                        predict_cfg.num_beams,
                     )
                     choices = [Choice(response) for response in responses]
                 else:
-                    choices = selector(model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task])
-                append_jsonl(path, (
-                    prediction_row(task, index, sample, choice.response, choice.row) for (index, sample), choice in zip(chunk, choices)
-                ))
+                    choices = selector(
+                        model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task]
+                    )
+                append_jsonl(
+                    path,
+                    (
+                        prediction_row(task, index, sample, choice.response, choice.row)
+                        for (index, sample), choice in zip(chunk, choices)
+                    ),
+                )
                 progress.advance(bar, len(chunk))
             renumber(path, samples)
     return paths

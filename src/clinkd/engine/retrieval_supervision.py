@@ -47,22 +47,35 @@ class RetrievalTargets:
         ids = tokenizer.convert_tokens_to_ids
         convention = box_coordinates(model.config, processor)
         if isinstance(convention, JsonBoxes):  # the supervised span is found by the box tokens, which JSON answers lack
-            raise ValueError(f"train.retrieval_loss: {model.config.model_type} answers boxes as JSON, without box tokens to supervise")
+            raise ValueError(
+                f"train.retrieval_loss: {model.config.model_type} answers boxes as JSON, without box tokens to "
+                "supervise"
+            )
         pixels = isinstance(convention, PixelBoxes)
         box_start, box_end = (ids(tag) for tag in BOX_TAGS[BoxStyle.QWEN2_VL])  # the special tokens both families write
-        return cls(box_start, box_end, model.config.image_token_id,
-                   model.config.vision_config.spatial_merge_size, tokenizer.decode,
-                   model.config.vision_config.patch_size if pixels else None)
+        return cls(
+            box_start,
+            box_end,
+            model.config.image_token_id,
+            model.config.vision_config.spatial_merge_size,
+            tokenizer.decode,
+            model.config.vision_config.patch_size if pixels else None,
+        )
 
     def __call__(self, input_ids: torch.Tensor, labels: torch.Tensor, image_grid_thw: torch.Tensor) -> RetrievalRows:
         if image_grid_thw.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"the retrieval loss needs one image per example; got {image_grid_thw.shape[0]} images for {input_ids.shape[0]} examples")
+            raise ValueError(
+                f"the retrieval loss needs one image per example; got {image_grid_thw.shape[0]} images for "
+                f"{input_ids.shape[0]} examples"
+            )
         rows: list[tuple[int, int, torch.Tensor]] = []
         for example, (ids, answer, grid) in enumerate(zip(input_ids, labels != IGNORE_INDEX, image_grid_thw)):
             rows += [(example, query, target) for query, target in self.example_rows(ids, answer, grid)]
         length = input_ids.shape[1]
         if not rows:
-            return RetrievalRows(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, length))
+            return RetrievalRows(
+                torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, length)
+            )
         example, query, targets = zip(*rows)
         return RetrievalRows(torch.tensor(example), torch.tensor(query), torch.stack(targets))
 
@@ -70,7 +83,11 @@ class RetrievalTargets:
         """(query position, target over the keys) for each position writing a box of this example's answer."""
         image_positions = (ids == self.image_token).nonzero().flatten()
         grid_rows, grid_cols = int(grid[1]) // self.merge, int(grid[2]) // self.merge
-        scale = (1000.0, 1000.0) if self.pixel_patch is None else (int(grid[2]) * self.pixel_patch, int(grid[1]) * self.pixel_patch)
+        scale = (
+            (1000.0, 1000.0)
+            if self.pixel_patch is None
+            else (int(grid[2]) * self.pixel_patch, int(grid[1]) * self.pixel_patch)
+        )
         ends = (ids == self.box_end).nonzero().flatten().tolist()
         for start in ((ids == self.box_start) & answer).nonzero().flatten().tolist():
             end = next((end for end in ends if end > start), None)
@@ -124,9 +141,15 @@ class RetrievalSupervision:
             return None
         text = model.config.text_config
         if not -text.num_hidden_layers <= train.retrieval_layer < text.num_hidden_layers:
-            raise ConfigError(f"train.retrieval_layer: {train.retrieval_layer} is outside the model's {text.num_hidden_layers} text layers")
+            raise ConfigError(
+                f"train.retrieval_layer: {train.retrieval_layer} is outside the model's {text.num_hidden_layers} text "
+                "layers"
+            )
         if train.retrieval_head >= text.num_attention_heads:
-            raise ConfigError(f"train.retrieval_head: {train.retrieval_head} is not below the model's {text.num_attention_heads} heads")
+            raise ConfigError(
+                f"train.retrieval_head: {train.retrieval_head} is not below the model's {text.num_attention_heads} "
+                "heads"
+            )
         previous = model.config._attn_implementation
         model.set_attn_implementation("eager")
         targets = RetrievalTargets.for_model(model, processor)

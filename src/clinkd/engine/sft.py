@@ -58,7 +58,10 @@ class TrainResult:
 def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
     """Freeze the requested parts, and what no part holds (Qwen3.5's MTP layer, kept but never run), and return the
     trainable parameter counts per part."""
-    parts = {part: [p for module in modules for p in module.parameters(recurse=False)] for part, modules in model_parts(model).items()}
+    parts = {
+        part: [p for module in modules for p in module.parameters(recurse=False)]
+        for part, modules in model_parts(model).items()
+    }
     parts["llm"] += list(model.lm_head.parameters())
     frozen = train_cfg.frozen_parts
     model.requires_grad_(False)  # from_pretrained leaves loaded weights trainable; only the parts are set below
@@ -66,7 +69,10 @@ def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
         for param in params:
             param.requires_grad_(not frozen[part])
     # lm_head is tied to the embeddings: count each tensor once.
-    return {part: sum(p.numel() for p in {id(p): p for p in params}.values() if p.requires_grad) for part, params in parts.items()}
+    return {
+        part: sum(p.numel() for p in {id(p): p for p in params}.values() if p.requires_grad)
+        for part, params in parts.items()
+    }
 
 
 CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")  # what the Trainer saves and resumes from
@@ -125,7 +131,11 @@ def training_arguments(settings: SftSettings, output_dir: Path) -> TrainingArgum
 
 def trainer_checkpoints(checkpoints: Path) -> list[Path]:
     """The Trainer's ``checkpoint-N`` folders under ``checkpoints``, newest first."""
-    steps = {int(match.group(1)): path for path in checkpoints.iterdir() if path.is_dir() and (match := CHECKPOINT_NAME.fullmatch(path.name))}
+    steps = {
+        int(match.group(1)): path
+        for path in checkpoints.iterdir()
+        if path.is_dir() and (match := CHECKPOINT_NAME.fullmatch(path.name))
+    }
     return [steps[step] for step in sorted(steps, reverse=True)]
 
 
@@ -142,7 +152,12 @@ def resume_point(checkpoints: Path, stage: str) -> str | None:
             console.print(f"{stage}: resuming from checkpoint {step} ({checkpoint})", markup=False, highlight=False)
             return str(checkpoint)
         aside = checkpoint.with_name(f"damaged-{checkpoint.name}")
-        console.print(f"{stage}: {damaged}; set aside as {aside}, falling back to the previous checkpoint", markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"{stage}: {damaged}; set aside as {aside}, falling back to the previous checkpoint",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         if is_main_process():
             shutil.rmtree(aside, ignore_errors=True)
             checkpoint.rename(aside)
@@ -165,11 +180,14 @@ class ClinKDTrainer(Trainer):
         self._terms: dict[str, list[float]] = defaultdict(list)  # loss terms noted since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The stage's answer loss (:meth:`answer_loss`), plus the retrieval loss when ``train.retrieval_loss`` is on."""
+        """The stage's answer loss (:meth:`answer_loss`), plus the retrieval loss when ``train.retrieval_loss`` is
+        on."""
         if self.retrieval is None:
             return self.answer_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs, retrieval = self.retrieval.watch(
-            self.accelerator.unwrap_model(model), inputs, lambda: self.answer_loss(model, inputs, True, num_items_in_batch)
+            self.accelerator.unwrap_model(model),
+            inputs,
+            lambda: self.answer_loss(model, inputs, True, num_items_in_batch),
         )
         self.note_term("retrieval_loss", retrieval.item())
         loss = loss + self.retrieval.weight * retrieval * self.micro_batch_share(num_items_in_batch)
@@ -184,7 +202,9 @@ class ClinKDTrainer(Trainer):
         accumulation steps only when it is not already normalised over the whole step."""
         scaled = self.loss_is_scaled_for_ga
         if scaled is None:
-            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
         return 1 / getattr(self, "current_gradient_accumulation_steps", 1) if scaled else 1.0
 
     def note_term(self, name: str, value: float) -> None:
@@ -210,7 +230,13 @@ class TrainerFactory(Protocol):
     subclass with its own arguments bound (``clinkd.distill.trainer.KDTrainer.factory``)."""
 
     def __call__(
-        self, *, model, args: TrainingArguments, train_dataset, data_collator, callbacks: list[TrainerCallback],
+        self,
+        *,
+        model,
+        args: TrainingArguments,
+        train_dataset,
+        data_collator,
+        callbacks: list[TrainerCallback],
         retrieval: RetrievalSupervision | None,
     ) -> ClinKDTrainer: ...
 
@@ -242,8 +268,13 @@ def run_sft(
     if lora is not None:
         train = settings.train
         model = apply_lora(
-            model, lora.target_modules, train.frozen_parts,
-            rank=lora.r, alpha=lora.alpha, dropout=lora.dropout, gradient_checkpointing=train.gradient_checkpointing,
+            model,
+            lora.target_modules,
+            train.frozen_parts,
+            rank=lora.r,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            gradient_checkpointing=train.gradient_checkpointing,
         )
         trainable = {"lora": trainable_parameters(model)}
     else:
@@ -274,8 +305,16 @@ def run_sft(
     # QLoRA adapters are merged offline into the 16-bit base (clinkd.model.lora.merge_adapter_checkpoint).
     merge = lora is None or (lora.merge and lora.quantize == "none")
     model_dir = stage_dir / "model" if merge else stage_dir / ADAPTER_DIR
-    save_trained(trainer, processor, stage_dir / "model", merge_lora=merge, adapter_path=stage_dir / ADAPTER_DIR if lora else None)
+    save_trained(
+        trainer,
+        processor,
+        stage_dir / "model",
+        merge_lora=merge,
+        adapter_path=stage_dir / ADAPTER_DIR if lora else None,
+    )
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if trainer.is_world_process_zero():
-        atomic_write_json(stage_dir / "train_log.json", {"trainable_parameters": trainable, "log_history": trainer.state.log_history})
+        atomic_write_json(
+            stage_dir / "train_log.json", {"trainable_parameters": trainable, "log_history": trainer.state.log_history}
+        )
     return TrainResult(model_dir, output.global_step, losses[-1] if losses else None, time.perf_counter() - started)

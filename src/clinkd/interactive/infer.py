@@ -54,7 +54,9 @@ from clinkd.synth.tasks import TEMPLATES
 
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: a 128-byte preamble, then "DICM"
 DEFAULT_MAX_NEW_TOKENS = PredictConfig().max_new_tokens  # the recipe's per-task budgets, not a second copy
-QUESTION_WORDS = frozenset("where what which who how why is are can could does do find locate give please show describe".split())
+QUESTION_WORDS = frozenset(
+    "where what which who how why is are can could does do find locate give please show describe".split()
+)
 DESCRIBE = re.compile(r"\b(describe|description|caption|say about|tell me about)\b", re.IGNORECASE)
 LOCATE = re.compile(r"\b(where|locate|find|bounding box|which region|position of)\b", re.IGNORECASE)
 MAX_TARGET_WORDS = 5
@@ -121,7 +123,9 @@ class InferResult:
             "answer_text": self.answer_text,
             "boxes": [item.to_json() for item in self.boxes],
             "query_boxes": [item.to_json() for item in self.query_boxes],
-            "candidates": [{"text": c.text, "score": c.score if math.isfinite(c.score) else None} for c in self.candidates],
+            "candidates": [
+                {"text": c.text, "score": c.score if math.isfinite(c.score) else None} for c in self.candidates
+            ],
             "selector": self.selector,
             "box_error": self.box_error,
         }
@@ -269,7 +273,9 @@ def complete_question(task: str, question: str) -> str:
     return tag_bare_boxes(question)
 
 
-def prepare_request(image: str | Path, question: str, task: str | None = None, max_image_pixels: int = PIL_PIXEL_LIMIT) -> InferRequest:
+def prepare_request(
+    image: str | Path, question: str, task: str | None = None, max_image_pixels: int = PIL_PIXEL_LIMIT
+) -> InferRequest:
     """Check the inputs (no model needed) and complete the task and question.
 
     Raises :class:`InferInputError` for a missing/unreadable image or one the model cannot take (see
@@ -293,7 +299,8 @@ def prepare_request(image: str | Path, question: str, task: str | None = None, m
 
 # ---- the model ---------------------------------------------------------------------------------
 def load_model(path: str | Path, dtype: str = "float32"):
-    """:func:`load_checkpoint`, with every way a directory can fail to be a checkpoint as one :class:`CheckpointError`."""
+    """:func:`load_checkpoint`, with every way a directory can fail to be a checkpoint as one
+    :class:`CheckpointError`."""
     try:
         return load_checkpoint(path, dtype)
     except CheckpointError:

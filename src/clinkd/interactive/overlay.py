@@ -50,7 +50,11 @@ class LabelledBox:
     role: BoxRole = BoxRole.PREDICTED
 
     def to_json(self) -> dict:
-        return {"label": self.label, "role": self.role.value, "box": [self.box.x1, self.box.y1, self.box.x2, self.box.y2]}
+        return {
+            "label": self.label,
+            "role": self.role.value,
+            "box": [self.box.x1, self.box.y1, self.box.x2, self.box.y2],
+        }
 
 
 def upscale_factor(width: int, height: int, min_side: int | None) -> int:
@@ -75,7 +79,9 @@ def line_width(width: int, height: int) -> int:
     return max(2, round(min(width, height) / 150))
 
 
-def draw_boxes(image: Image.Image, boxes: Sequence[LabelledBox], min_side: int | None = DEFAULT_MIN_SIDE) -> Image.Image:
+def draw_boxes(
+    image: Image.Image, boxes: Sequence[LabelledBox], min_side: int | None = DEFAULT_MIN_SIDE
+) -> Image.Image:
     """A new RGB image with every box outlined in its role's colour and labelled at its top-left corner.
 
     The label sits on a filled tab of the box's colour just above the box, or just inside it when
@@ -98,7 +104,9 @@ def draw_boxes(image: Image.Image, boxes: Sequence[LabelledBox], min_side: int |
     return canvas
 
 
-def _draw_label(draw: ImageDraw.ImageDraw, font, text: str, corner: tuple[int, int], colour, size: tuple[int, int]) -> None:
+def _draw_label(
+    draw: ImageDraw.ImageDraw, font, text: str, corner: tuple[int, int], colour, size: tuple[int, int]
+) -> None:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     pad = 2
     tab_width, tab_height = right - left + 2 * pad, bottom - top + 2 * pad

@@ -102,4 +102,7 @@ class KDLossConfig:
 
 
 # The named starting points of ``distill.preset``: the other ``distill:`` loss keys override the preset's values.
-KD_LOSS_PRESETS: dict[str, Callable[..., KDLossConfig]] = {"paper": KDLossConfig.paper, "clinkd-official": KDLossConfig.clinkd_official}
+KD_LOSS_PRESETS: dict[str, Callable[..., KDLossConfig]] = {
+    "paper": KDLossConfig.paper,
+    "clinkd-official": KDLossConfig.clinkd_official,
+}

@@ -334,7 +334,9 @@ class MeteorNLTK:
         if not candidates:
             return {"METEOR": 0.0}
         scores = [
-            meteor_score([ref.split() for ref in refs], candidate.split(), wordnet=self._wordnet, **METEOR_EN_PARAMETERS)
+            meteor_score(
+                [ref.split() for ref in refs], candidate.split(), wordnet=self._wordnet, **METEOR_EN_PARAMETERS
+            )
             for candidate, refs in zip(candidates, references)
         ]
         return {"METEOR": sum(scores) / len(scores)}

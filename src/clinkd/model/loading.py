@@ -92,7 +92,8 @@ def folder_damage(folder: str | Path) -> Damage | None:
 
 
 def check_files(folder: str | Path) -> None:
-    """:class:`CheckpointError` naming the first damaged file of a model or checkpoint folder (:func:`folder_damage`)."""
+    """:class:`CheckpointError` naming the first damaged file of a model or checkpoint folder
+    (:func:`folder_damage`)."""
     damaged = folder_damage(folder)
     if damaged is not None:
         raise CheckpointError(str(damaged))
@@ -107,7 +108,14 @@ def model_class_for(config):
 
 
 def build_tiny(
-    texts: Iterable[str], size: str, *, vocab: int, min_pixels: int, max_pixels: int, seed: int, rope: RopeStrategy = STOCK
+    texts: Iterable[str],
+    size: str,
+    *,
+    vocab: int,
+    min_pixels: int,
+    max_pixels: int,
+    seed: int,
+    rope: RopeStrategy = STOCK,
 ):
     """Train a tokenizer of ``vocab`` ids on ``texts`` and build a freshly initialised tiny model of ``size`` (seeded)
     using ``rope``, its processor resizing images into ``[min_pixels, max_pixels]``."""
@@ -197,7 +205,9 @@ def _grouped_names(names: Iterable[str]) -> str:
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(re.sub(r"\.\d+\.", ".*.", name), []).append(name)
-    return ", ".join(f"{pattern} ×{len(members)}" if len(members) > 1 else members[0] for pattern, members in sorted(groups.items()))
+    return ", ".join(
+        f"{pattern} ×{len(members)}" if len(members) > 1 else members[0] for pattern, members in sorted(groups.items())
+    )
 
 
 def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:

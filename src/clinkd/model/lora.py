@@ -7,7 +7,8 @@ plain model computes the same function with no adapter (up to floating-point rou
 
 Which layers get adapters: the ``nn.Linear`` modules whose last name component is in
 ``lora.target_modules`` and which lie in a part the ``train.freeze_*`` knobs leave trainable (vision
-tower, merger, LLM: :func:`model_parts`; the recipe's ``TrainConfig.frozen_parts``). The paper set-up freezes the vision tower and merger, so
+tower, merger, LLM: :func:`model_parts`; the recipe's ``TrainConfig.frozen_parts``). The paper set-up freezes the
+vision tower and merger, so
 the default targets the LLM's attention and MLP projections.
 
 QLoRA (``lora.quantize: 4bit|8bit``) loads the base through bitsandbytes (CUDA only) with
@@ -171,7 +172,9 @@ def load_lora(base_model, adapter_dir: str | Path, trainable: bool = False):
     return peft.PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable)
 
 
-def merge_adapter_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
+def merge_adapter_checkpoint(
+    base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16"
+) -> Path:
     """Offline export: load the 16-bit base checkpoint, attach the adapter, merge, save to ``out_dir``.
 
     The route for QLoRA adapters and for adapters trained under ZeRO-3/FSDP when only the adapter was kept.

@@ -38,7 +38,11 @@ def held_out_set(seed: int, count: int, image_size: int, max_objects: int, look:
         rng = scene_rng(seed, "heldout", index)
         scene = draw_scene(rng, image_size, int(rng.integers(1, max_objects + 1)), look)
         scenes.append(scene)
-        samples.append(Sample(f"heldout-{index}", png(scene.pixels), "", [make_turn("grounding", scene.objects, rng, look)], task="VG"))
+        samples.append(
+            Sample(
+                f"heldout-{index}", png(scene.pixels), "", [make_turn("grounding", scene.objects, rng, look)], task="VG"
+            )
+        )
     return HeldOut(scenes, samples)
 
 
@@ -53,11 +57,17 @@ def grounding_recall(
     responses = []
     for start in range(0, len(held_out.samples), batch_size):
         chunk = held_out.samples[start : start + batch_size]
-        responses += [clean_response(text) for text in generate_responses(model, processor, collator, chunk, max_new_tokens)]
+        responses += [
+            clean_response(text) for text in generate_responses(model, processor, collator, chunk, max_new_tokens)
+        ]
     asked = [sample.turns[0].answer for sample in held_out.samples]
     hits = np.array([_hit(truth, response) for truth, response in zip(asked, responses)], dtype=float)
     other = [
-        any(_hit(obj.box.to_text(BoxStyle.QWEN_VL), response) for obj in scene.objects if obj.box not in parse_boxes(truth))
+        any(
+            _hit(obj.box.to_text(BoxStyle.QWEN_VL), response)
+            for obj in scene.objects
+            if obj.box not in parse_boxes(truth)
+        )
         for scene, truth, response in zip(held_out.scenes, asked, responses)
     ]
     counts = np.array([len(scene.objects) for scene in held_out.scenes])

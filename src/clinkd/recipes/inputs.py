@@ -66,10 +66,13 @@ def load_dataset(cfg: RecipeConfig, with_train: bool = True, issues_file: Path |
     """
     issues = DataIssues()
     data = cfg.data
-    checker = ImageChecker(ImageCheck.VERIFY, data.max_image_pixels)  # one, so an image in train and test is checked once
+    # one checker, so an image in train and test is checked once
+    checker = ImageChecker(ImageCheck.VERIFY, data.max_image_pixels)
     train = []
     if with_train:
-        train = load_medgrit(data.dir / data.train_file, data.images_dir, on_error=data.on_error, issues=issues, check_images=checker)
+        train = load_medgrit(
+            data.dir / data.train_file, data.images_dir, on_error=data.on_error, issues=issues, check_images=checker
+        )
         if data.max_train_samples:
             train = train[: data.max_train_samples]
     tests = load_test_split(data.dir, data.images_dir, on_error=data.on_error, issues=issues, check_images=checker)
@@ -90,7 +93,9 @@ def prepared_dataset(cfg: RecipeConfig) -> Dataset:
 
 def tokenizer_corpus(samples: list[Sample], box_style: str) -> list[str]:
     """The texts a tiny model's tokenizer is trained on, in the markup the model will see."""
-    return [convert_markup(text, box_style) for s in samples for turn in s.turns for text in (turn.question, turn.answer)]
+    return [
+        convert_markup(text, box_style) for s in samples for turn in s.turns for text in (turn.question, turn.answer)
+    ]
 
 
 def initial_checkpoint(model: ModelConfig) -> Path | None:
@@ -109,7 +114,13 @@ def initial_checkpoint(model: ModelConfig) -> Path | None:
 def build_tiny_from(model: ModelConfig, texts: Iterable[str], seed: int, rope: RopeStrategy = STOCK):
     """A freshly initialised tiny ``(model, processor)`` of ``model.size``, its tokenizer trained on ``texts``."""
     return build_tiny(
-        texts, model.size, vocab=model.tokenizer_vocab, min_pixels=model.min_pixels, max_pixels=model.max_pixels, seed=seed, rope=rope
+        texts,
+        model.size,
+        vocab=model.tokenizer_vocab,
+        min_pixels=model.min_pixels,
+        max_pixels=model.max_pixels,
+        seed=seed,
+        rope=rope,
     )
 
 
@@ -127,10 +138,18 @@ def initial_model(cfg: RecipeConfig, train: list[Sample]):
     checkpoint = initial_checkpoint(model_cfg)
     if checkpoint is not None:
         return load_checkpoint(
-            checkpoint, model_cfg.dtype, model_cfg.min_pixels, model_cfg.max_pixels, cfg.rope, quantization, model_cfg.allow_partial
+            checkpoint,
+            model_cfg.dtype,
+            model_cfg.min_pixels,
+            model_cfg.max_pixels,
+            cfg.rope,
+            quantization,
+            model_cfg.allow_partial,
         )
     if quantization is not None:
-        raise ConfigError("train.lora.quantize: QLoRA quantises a checkpoint; set model.path (the tiny model is built in memory)")
+        raise ConfigError(
+            "train.lora.quantize: QLoRA quantises a checkpoint; set model.path (the tiny model is built in memory)"
+        )
     return build_tiny_from(model_cfg, tokenizer_corpus(train, cfg.data.box_style), cfg.seed, cfg.rope)
 
 

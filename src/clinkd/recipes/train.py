@@ -17,7 +17,13 @@ def run_train(cfg: RecipeConfig) -> TrainResult:
     """Train the initial model on the training records into ``<run>/sft`` (resumes from its checkpoints)."""
     dataset = prepared_dataset(cfg)
     model, processor = initial_model(cfg, dataset.train)
-    return run_sft(SftSettings.of(cfg), model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
+    return run_sft(
+        SftSettings.of(cfg),
+        model,
+        processor,
+        training_examples(dataset.train, cfg.data.train_turns),
+        cfg.run_dir / "sft",
+    )
 
 
 def sft_model(cfg: RecipeConfig, train: list[Sample], stage_dir: Path):

@@ -39,7 +39,9 @@ class Candidate:
 def decoding_kwargs(select_cfg: SelectConfig) -> dict:
     """``generate`` arguments for ``select.candidates`` (beam or sample), none left to the checkpoint's defaults."""
     if select_cfg.candidates == "beam":
-        return decoding(do_sample=False, num_beams=select_cfg.num_beams, num_return_sequences=select_cfg.num_return_sequences)
+        return decoding(
+            do_sample=False, num_beams=select_cfg.num_beams, num_return_sequences=select_cfg.num_return_sequences
+        )
     return decoding(
         do_sample=True,
         num_beams=1,
@@ -115,6 +117,9 @@ def generate_candidates(
     # Boxes back on the 0–1000 scale (Qwen2.5-VL pixels), so crops and the selected answer are relative.
     texts = [collator.relative(clean_generation(text), samples[row // per_input]) for row, text in enumerate(decoded)]
     return [
-        [Candidate(texts[row], logprobs[row], rank) for rank, row in enumerate(range(i * per_input, (i + 1) * per_input))]
+        [
+            Candidate(texts[row], logprobs[row], rank)
+            for rank, row in enumerate(range(i * per_input, (i + 1) * per_input))
+        ]
         for i in range(len(samples))
     ]

@@ -30,8 +30,13 @@ class BeamSelector:
     def __init__(self, num_beams: int):
         self.num_beams = num_beams
 
-    def __call__(self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int) -> list[Choice]:
-        return [Choice(response) for response in generate_responses(model, processor, collator, samples, max_new_tokens, self.num_beams)]
+    def __call__(
+        self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int
+    ) -> list[Choice]:
+        return [
+            Choice(response)
+            for response in generate_responses(model, processor, collator, samples, max_new_tokens, self.num_beams)
+        ]
 
 
 class SasgSelector:
@@ -47,19 +52,27 @@ class SasgSelector:
         self.crop_margin = crop_margin
         self.seed = seed
 
-    def __call__(self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int) -> list[Choice]:
+    def __call__(
+        self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int
+    ) -> list[Choice]:
         if task not in TASK_KINDS:
             raise ValueError(f"SASG scores answers to a task of {', '.join(TASK_KINDS)}, not {task!r}")
         selections = self.selections(model, processor, collator, task, samples, max_new_tokens)
-        return [Choice(selection.response, selection.row_extra(), tuple(selection.ranked())) for selection in selections]
+        return [
+            Choice(selection.response, selection.row_extra(), tuple(selection.ranked())) for selection in selections
+        ]
 
     def selections(
         self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int
     ) -> list[Selection]:
-        candidate_lists = generate_candidates(model, processor, collator, samples, max_new_tokens, self.select_cfg, self.seed)
+        candidate_lists = generate_candidates(
+            model, processor, collator, samples, max_new_tokens, self.select_cfg, self.seed
+        )
         scores = score_candidates(
             self.scorer,
-            [load_image(sample.image, max_pixels=VIEW_PIXELS) for sample in samples],  # not the model's budget: boxes are relative
+            [
+                load_image(sample.image, max_pixels=VIEW_PIXELS) for sample in samples
+            ],  # not the model's budget: boxes are relative
             [task] * len(samples),
             [sample.turns[0].question for sample in samples],
             [[candidate.text for candidate in candidates] for candidates in candidate_lists],
@@ -80,24 +93,34 @@ def scorer_dir(select: SelectConfig, run_dir: Path) -> Path:
     raise ScorerError(f"select.scorer={select.scorer} needs select.scorer_path")
 
 
-def sasg_selector(select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu") -> SasgSelector:
+def sasg_selector(
+    select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu"
+) -> SasgSelector:
     """SASG configured by ``select`` (whatever ``select.method`` says), its scorer loaded from :func:`scorer_dir`."""
     scorer = load_scorer(select.scorer, scorer_dir(select, run_dir), device)
     return SasgSelector(scorer, select, crop_margin, seed)
 
 
-def beam_selector(select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu") -> BeamSelector:
+def beam_selector(
+    select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu"
+) -> BeamSelector:
     """Beam search with ``select.num_beams``, best beam only."""
     return BeamSelector(select.num_beams)
 
 
-def greedy_selector(select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu") -> None:
+def greedy_selector(
+    select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu"
+) -> None:
     """None: plain decoding (with ``predict.num_beams``)."""
     return None
 
 
 # select.method → the selector it builds, from the recipe's select: block, clip.crop_margin, seed, run folder, device.
-SELECTORS: dict[str, Callable[..., Selector | None]] = {"greedy": greedy_selector, "beam": beam_selector, "sasg": sasg_selector}
+SELECTORS: dict[str, Callable[..., Selector | None]] = {
+    "greedy": greedy_selector,
+    "beam": beam_selector,
+    "sasg": sasg_selector,
+}
 
 
 def selector_for(
