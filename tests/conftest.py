@@ -109,6 +109,16 @@ def tiny_sasg(tmp_path_factory, tiny_processor):
 
 
 @pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """A synthetic Med-GRIT folder for the reflect tests: 8 training images, one test record per cell, 56 px."""
+    from clinkd.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, seed=0, images=8, test_per_cell=1, image_size=56)
+    return out
+
+
+@pytest.fixture(scope="session")
 def small_data(tmp_path_factory):
     """A synthetic Med-GRIT folder: 8 training images, one test record per task and modality, 48 px."""
     from clinkd.synth import generate
