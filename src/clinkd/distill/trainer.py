@@ -114,16 +114,10 @@ class KDTrainer(ClinKDTrainer):
                 teacher = {"teacher_logits": self.teacher(**model_inputs(inputs), position_ids=position_ids).logits}
         else:
             teacher = {"topk": self.teacher_rows(example_index, labels)}
-        parts = distillation_loss(
-            outputs.logits,
-            labels,
-            outputs.loss,
-            cfg,
-            **teacher,
-            step_tokens=int(num_items_in_batch) if global_mean else None,
-        )
+        step_tokens = int(num_items_in_batch) if global_mean else None  # None: the micro-batch's own answer tokens
+        parts = distillation_loss(outputs.logits, labels, outputs.loss, cfg, **teacher, step_tokens=step_tokens)
         n_tokens = parts["n_tokens"]
-        step_tokens = int(num_items_in_batch) if global_mean else n_tokens
+        step_tokens = n_tokens if step_tokens is None else step_tokens
         loss = parts["loss"]
         if global_mean and self.args.average_tokens_across_devices:
             # As Trainer.compute_loss: the count spans all processes, and DDP averages their gradients.
