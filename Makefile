@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES ?= default-jre-headless librhino-java wordnet-base wordnet-sense-index chromium chromium-driver
 SYSTEM_STAMP := $(VENV)/.system-packages
 
-.PHONY: setup system run quick test test-all clean
+.PHONY: setup system run quick test test-all lint clean
 
 $(SYSTEM_STAMP):
 	@mkdir -p $(VENV)
@@ -45,6 +45,11 @@ quick: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff (pyflakes, pycodestyle errors, import order, 120 columns) and vulture (dead code); both read pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/vulture
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,8 +1,10 @@
 """The paper's ablations on the embedded default, over seeds: mean ± std of each task headline, and the paired
 difference of each comparison (docs/benchmarks.md, "Ablations over three seeds").
 
-    python benchmarks/ablations.py --seeds 0 1 2 --out runs/ablations --threads 1    # runs what is missing, then the table
-    python benchmarks/ablations.py --seeds 0 1 2 --out runs/ablations --collect      # only the table, from finished runs
+    python benchmarks/ablations.py --seeds 0 1 2 --out runs/ablations --threads 1    # runs what is missing, then the
+    table
+    python benchmarks/ablations.py --seeds 0 1 2 --out runs/ablations --collect      # only the table, from finished
+    runs
 
 Three ``clinkd run`` folders per seed, on the same data (``data.synth.seed`` stays 0; ``seed`` moves the
 initialisation, the sampling of the teacher's and reflection's subsets, and the training order):
@@ -113,7 +115,15 @@ def run_folder(out: Path, run: str, seed: int, threads: int | None, config: str)
     """``clinkd run`` for one run and seed unless its ``metrics.json`` exists; returns the folder."""
     folder = out / f"{run}-s{seed}"
     if not (folder / "metrics.json").is_file():
-        command = [str(Path(sys.executable).with_name("clinkd")), "run", config, f"name={folder.name}", f"seed={seed}", f"output_dir={out}", *RUNS[run]]
+        command = [
+            str(Path(sys.executable).with_name("clinkd")),
+            "run",
+            config,
+            f"name={folder.name}",
+            f"seed={seed}",
+            f"output_dir={out}",
+            *RUNS[run],
+        ]
         if threads:
             command.append(f"train.threads={threads}")
         print("$", " ".join(command), flush=True)
@@ -132,7 +142,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     seeded = {}
     for seed in args.seeds:
-        folders = {run: (args.out / f"{run}-s{seed}") if args.collect else run_folder(args.out, run, seed, args.threads, args.config) for run in RUNS}
+        folders = {
+            run: (args.out / f"{run}-s{seed}")
+            if args.collect
+            else run_folder(args.out, run, seed, args.threads, args.config)
+            for run in RUNS
+        }
         seeded[seed] = {run: json.loads((folder / "metrics.json").read_text()) for run, folder in folders.items()}
     rows = seed_rows(seeded)
     print(f"seeds {args.seeds}, runs under {args.out}\n")

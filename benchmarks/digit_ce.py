@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from clinkd.batching import IGNORE_INDEX, ChatExample, TrainCollator
+from clinkd.batching import IGNORE_INDEX, ChatExample, InputFormat, TrainCollator
 from clinkd.data.medgrit import load_test_split
 from clinkd.metrics.digits import COORDINATES, PLACES, UNIFORM_DIGIT_CE, DigitCE
 from clinkd.model.box_convention import box_coordinates
@@ -45,14 +45,18 @@ GREY = (128, 128, 128)
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, action="append", default=[], help="a checkpoint folder (repeatable)")
-    parser.add_argument("--checkpoints", type=Path, help="a stage folder whose checkpoint-N subfolders are read in step order")
+    parser.add_argument(
+        "--checkpoints", type=Path, help="a stage folder whose checkpoint-N subfolders are read in step order"
+    )
     parser.add_argument("--processor", type=Path, help="the processor for --checkpoints (default STAGE_DIR/model)")
     parser.add_argument("--data", type=Path, required=True, help="a Med-GRIT folder with test_VG.json and images/")
     parser.add_argument("--limit", type=int, help="the first N VG test records (default: all)")
     parser.add_argument("--blind", action="store_true", help="also read every model on constant grey images")
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--box-style", default="qwen2-vl", choices=["qwen2-vl", "qwen-vl"], help="the models' training markup")
+    parser.add_argument(
+        "--box-style", default="qwen2-vl", choices=["qwen2-vl", "qwen-vl"], help="the models' training markup"
+    )
     parser.add_argument("--square-size", type=int, help="resample images to N×N, as model.square_size did in training")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cpu")
@@ -66,7 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def checkpoint_dirs(stage: Path) -> list[tuple[int, Path]]:
     """``(step, folder)`` of the Trainer checkpoints in ``stage/checkpoints`` (or ``stage``), in step order."""
     root = stage / "checkpoints" if (stage / "checkpoints").is_dir() else stage
-    found = [(int(m.group(1)), path) for path in root.iterdir() if (m := _CHECKPOINT.fullmatch(path.name)) and path.is_dir()]
+    found = [
+        (int(m.group(1)), path) for path in root.iterdir() if (m := _CHECKPOINT.fullmatch(path.name)) and path.is_dir()
+    ]
     if not found:
         raise FileNotFoundError(f"no checkpoint-N folders in {root}")
     return sorted(found)
@@ -82,11 +88,14 @@ def models_to_read(args: argparse.Namespace) -> list[tuple[str, Path, Path | Non
 
 
 def load(path: Path, processor_dir: Path | None, dtype: str):
-    """A full checkpoint through ``load_checkpoint``; a Trainer checkpoint (weights only) with ``processor_dir``'s processor."""
+    """A full checkpoint through ``load_checkpoint``; a Trainer checkpoint (weights only) with ``processor_dir``'s
+    processor."""
     if processor_dir is None:
         return load_checkpoint(path, dtype)
     # The Auto class resolves to clinkd's model class (registered by clinkd.model.loading); every weight must load.
-    return checked_from_pretrained(AutoModelForImageTextToText, path, dtype=DTYPES[dtype]), load_processor(processor_dir)
+    return checked_from_pretrained(AutoModelForImageTextToText, path, dtype=DTYPES[dtype]), load_processor(
+        processor_dir
+    )
 
 
 def blind_examples(examples: list[ChatExample], folder: Path) -> list[ChatExample]:
@@ -103,7 +112,8 @@ def blind_examples(examples: list[ChatExample], folder: Path) -> list[ChatExampl
 
 
 def token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """``ce[b, i] = -log p(input_ids[b, i] | earlier tokens)``; 0 at ``i = 0``, which nothing predicts (never an answer token)."""
+    """``ce[b, i] = -log p(input_ids[b, i] | earlier tokens)``; 0 at ``i = 0``, which nothing predicts (never an answer
+    token)."""
     ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none")
     return F.pad(ce, (1, 0))
 
@@ -111,10 +121,14 @@ def token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def read_digits(model, processor, examples: list[ChatExample], args: argparse.Namespace) -> DigitCE:
     """Teacher-forced per-digit CE of ``examples``' answers (labels exactly as training makes them)."""
-    collator = TrainCollator(processor, args.box_style, args.square_size, box_coordinates(model.config, processor))
+    collator = TrainCollator(
+        processor, InputFormat(args.box_style, args.square_size), box_coordinates(model.config, processor)
+    )
     digits = DigitCE()
     for start in range(0, len(examples), args.batch_size):
-        batch = {key: value.to(args.device) for key, value in collator(examples[start : start + args.batch_size]).items()}
+        batch = {
+            key: value.to(args.device) for key, value in collator(examples[start : start + args.batch_size]).items()
+        }
         labels = batch.pop("labels")
         ce = token_ce(model(**batch).logits, batch["input_ids"])
         for ids, row_labels, row_ce in zip(batch["input_ids"], labels, ce):
@@ -149,7 +163,10 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         means = [row["ce"][c][p - 1] for c in COORDINATES for p in PLACES] + [row["first_digit"]]
         lines.append(f"| {row['model']} | {row['records']} | " + " | ".join(_nats(m) for m in means) + " |")
-    lines.append(f"\nplaces counted from the left (1 = first digit); uniform over 10 digits = ln 10 = {UNIFORM_DIGIT_CE:.3f} nats")
+    lines.append(
+        f"\nplaces counted from the left (1 = first digit); uniform over 10 digits = ln 10 = {UNIFORM_DIGIT_CE:.3f} "
+        "nats"
+    )
     return "\n".join(lines)
 
 

@@ -36,10 +36,11 @@ from clinkd.batching import TrainCollator, training_examples
 from clinkd.boxes import convert_markup
 from clinkd.config import RecipeConfig
 from clinkd.data.medgrit import load_medgrit
-from clinkd.distill import TeacherCache, kd_loss_config, train_student, write_teacher_cache
+from clinkd.distill import TeacherCache, train_student, write_teacher_cache
 from clinkd.engine.sft import run_sft
-from clinkd.model.loading import build_tiny, load_checkpoint, save_checkpoint
+from clinkd.model.loading import load_checkpoint, save_checkpoint
 from clinkd.recipes.distill import cache_spec
+from clinkd.recipes.inputs import build_tiny_from
 
 VARIANTS = ("online", "cached", "sft")
 
@@ -59,7 +60,13 @@ def recipe(args: argparse.Namespace, size: str) -> RecipeConfig:
             "name": "bench",
             "output_dir": str(args.workdir / "runs"),
             "model": {"size": size, "tokenizer_vocab": args.vocab},
-            "train": {"epochs": 1, "batch_size": args.batch_size, "logging_steps": 10_000, "save_steps": 10_000, "threads": args.threads},
+            "train": {
+                "epochs": 1,
+                "batch_size": args.batch_size,
+                "logging_steps": 10_000,
+                "save_steps": 10_000,
+                "threads": args.threads,
+            },
             "predict": {"batch_size": args.batch_size},
             "distill": {"top_k": args.top_k},
         }
@@ -70,9 +77,11 @@ def load_inputs(args: argparse.Namespace, size: str):
     """(recipe, examples, freshly initialised model, processor): the same in parent and children."""
     data = args.workdir / "data"
     train = load_medgrit(data / "train.json", data / "images")
-    corpus = [convert_markup(text, "qwen2-vl") for s in train for turn in s.turns for text in (turn.question, turn.answer)]
+    corpus = [
+        convert_markup(text, "qwen2-vl") for s in train for turn in s.turns for text in (turn.question, turn.answer)
+    ]
     cfg = recipe(args, size)
-    model, processor = build_tiny(cfg.model, corpus, cfg.seed, cfg.rope)
+    model, processor = build_tiny_from(cfg.model, corpus, cfg.seed, cfg.rope)
     return cfg, training_examples(train, "split"), model, processor
 
 
@@ -80,13 +89,15 @@ def run_variant(args: argparse.Namespace) -> dict:
     """One student epoch with the online teacher, the cached teacher or no teacher (plain SFT), in this process."""
     torch.set_num_threads(args.threads)
     cfg, examples, student, processor = load_inputs(args, args.student_size)
-    kd = kd_loss_config(cfg.distill)
+    kd = cfg.distill.loss
     teacher_dir = args.workdir / "teacher"
     source = {}
     if args.variant == "online":
         source["teacher"], _ = load_checkpoint(teacher_dir)
     elif args.variant == "cached":
-        source["teacher_cache"] = TeacherCache(args.workdir / "cache", cache_spec(cfg, examples, student, processor, teacher_dir, kd))
+        source["teacher_cache"] = TeacherCache(
+            args.workdir / "cache", cache_spec(cfg, examples, student, processor, teacher_dir, kd)
+        )
     loaded_mb, cpu_start = peak_rss_mb(), cpu_seconds()
     stage = args.workdir / "runs" / f"{args.variant}-{args.repeat}"
     if args.variant == "sft":
@@ -96,7 +107,10 @@ def run_variant(args: argparse.Namespace) -> dict:
     history = json.loads((stage / "train_log.json").read_text())["log_history"]
     runtime = next(entry["train_runtime"] for entry in history if "train_runtime" in entry)
     return {
-        "time_s": runtime, "cpu_s": cpu_seconds() - cpu_start, "peak_rss_mb": peak_rss_mb(), "train_growth_mb": peak_rss_mb() - loaded_mb
+        "time_s": runtime,
+        "cpu_s": cpu_seconds() - cpu_start,
+        "peak_rss_mb": peak_rss_mb(),
+        "train_growth_mb": peak_rss_mb() - loaded_mb,
     }
 
 
@@ -107,17 +121,28 @@ def prepare(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     generate(args.workdir / "data", seed=0, images=args.images, test_per_cell=1)
     cfg, examples, student, processor = load_inputs(args, args.student_size)
-    teacher_cfg, _, teacher, _ = load_inputs(args, args.teacher_size)
+    _, _, teacher, _ = load_inputs(args, args.teacher_size)
     save_checkpoint(teacher, processor, args.workdir / "teacher")
-    kd = kd_loss_config(cfg.distill)
+    kd = cfg.distill.loss
     spec = cache_spec(cfg, examples, student, processor, args.workdir / "teacher", kd)
     started = time.perf_counter()
     manifest = write_teacher_cache(
-        teacher, TrainCollator(processor), examples, spec, args.workdir / "cache", kd,
-        batch_size=args.batch_size, shard_examples=1024,
+        teacher,
+        TrainCollator(processor),
+        examples,
+        spec,
+        args.workdir / "cache",
+        kd,
+        batch_size=args.batch_size,
+        shard_examples=1024,
     )
     cache_mb = sum(p.stat().st_size for p in (args.workdir / "cache").glob("shard-*.safetensors")) / 2**20
-    return {"examples": len(examples), "rows": manifest["n_rows"], "cache_s": time.perf_counter() - started, "cache_mb": cache_mb}
+    return {
+        "examples": len(examples),
+        "rows": manifest["n_rows"],
+        "cache_s": time.perf_counter() - started,
+        "cache_mb": cache_mb,
+    }
 
 
 def main() -> None:
@@ -145,13 +170,27 @@ def main() -> None:
     for repeat in range(args.repeats):
         for variant in VARIANTS:
             child = subprocess.run(
-                [sys.executable, __file__, *forwarded, "--workdir", str(args.workdir), "--variant", variant, "--repeat", str(repeat)],
-                capture_output=True, text=True,
+                [
+                    sys.executable,
+                    __file__,
+                    *forwarded,
+                    "--workdir",
+                    str(args.workdir),
+                    "--variant",
+                    variant,
+                    "--repeat",
+                    str(repeat),
+                ],
+                capture_output=True,
+                text=True,
             )
             if child.returncode != 0:
                 sys.exit(f"variant {variant} (repeat {repeat}) failed:\n{child.stderr[-3000:]}")
             runs[variant].append(json.loads(child.stdout.strip().splitlines()[-1]))
-    median = {variant: {key: statistics.median(r[key] for r in results) for key in results[0]} for variant, results in runs.items()}
+    median = {
+        variant: {key: statistics.median(r[key] for r in results) for key in results[0]}
+        for variant, results in runs.items()
+    }
     online, cached, sft = median["online"], median["cached"], median["sft"]
 
     print(
@@ -159,14 +198,21 @@ def main() -> None:
         f"({prepared['rows']} answer tokens), batch {args.batch_size}, top-k {args.top_k}, vocab {args.vocab}, "
         f"{args.threads} torch thread(s), median of {args.repeats} alternating runs"
     )
-    ratio = lambda a, b: f"{a / b:.2f}" if b > 0 else "n/a"
-    paired = lambda key, a, b: statistics.median(x[key] / y[key] for x, y in zip(runs[a], runs[b]) if y[key] > 0)
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if b > 0 else "n/a"
+
+    def paired(key, a, b):
+        return statistics.median(x[key] / y[key] for x, y in zip(runs[a], runs[b]) if y[key] > 0)
+
     header = f"{'':<26}{'online':>9}{'cached':>9}{'sft':>9}{'online/cached':>15}{'cached/sft':>12}"
     print(header)
     print("-" * len(header))
     rows = (
-        ("time_s", "epoch time s"), ("cpu_s", "epoch CPU time s"),
-        ("peak_rss_mb", "peak RSS MB"), ("train_growth_mb", "RSS growth in training MB"),
+        ("time_s", "epoch time s"),
+        ("cpu_s", "epoch CPU time s"),
+        ("peak_rss_mb", "peak RSS MB"),
+        ("train_growth_mb", "RSS growth in training MB"),
     )
     for key, label in rows:
         print(
@@ -180,7 +226,9 @@ def main() -> None:
         )
     print("per-run epoch times s: " + ", ".join(f"{v} {[round(r['time_s'], 1) for r in runs[v]]}" for v in VARIANTS))
     saved = online["time_s"] - cached["time_s"]
-    payback = f"pays for itself after {prepared['cache_s'] / saved:.2f} student epochs" if saved > 0 else "saves no time"
+    payback = (
+        f"pays for itself after {prepared['cache_s'] / saved:.2f} student epochs" if saved > 0 else "saves no time"
+    )
     print(f"cache: one teacher pass {prepared['cache_s']:.1f} s, {prepared['cache_mb']:.1f} MB on disk; it {payback}")
 
 

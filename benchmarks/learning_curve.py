@@ -7,7 +7,8 @@ how much do its first box digits know (docs/benchmarks.md, "Grounding").
 For every model (``--model``) or Trainer checkpoint of a stage (``--checkpoints``, read in step order with the
 stage's processor, as ``benchmarks/digit_ce.py`` reads them), on the first ``--limit`` VG test records of ``--data``:
 
-* ``names_asked``: the share of greedy answers that name the asked structure (:func:`clinkd.metrics.fidelity.names_asked`);
+* ``names_asked``: the share of greedy answers that name the asked structure
+(:func:`clinkd.metrics.fidelity.names_asked`);
 * ``recall``: BiRD's Recall@0.5 of the greedy answers (:func:`clinkd.metrics.rules.score_grounding`);
 * ``centre_in``: the share of answers whose first box has its centre inside the ground-truth box (the right object,
   coarsely, whatever the IoU);
@@ -32,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import digit_ce  # noqa: E402 (the sibling script: checkpoint reading and the per-digit CE)
 
-from clinkd.batching import ChatExample, PromptCollator, collator_for  # noqa: E402
+from clinkd.batching import ChatExample, InputFormat, PromptCollator, collator_for  # noqa: E402
 from clinkd.boxes import BoxError, parse_boxes  # noqa: E402
 from clinkd.data.medgrit import load_test_split  # noqa: E402
 from clinkd.data.records import Sample  # noqa: E402
@@ -44,7 +45,9 @@ from clinkd.metrics.rules import score_grounding  # noqa: E402
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, action="append", default=[], help="a checkpoint folder (repeatable)")
-    parser.add_argument("--checkpoints", type=Path, help="a stage folder whose checkpoint-N subfolders are read in step order")
+    parser.add_argument(
+        "--checkpoints", type=Path, help="a stage folder whose checkpoint-N subfolders are read in step order"
+    )
     parser.add_argument("--processor", type=Path, help="the processor for --checkpoints (default STAGE_DIR/model)")
     parser.add_argument("--data", type=Path, required=True, help="a Med-GRIT folder with test_VG.json and images/")
     parser.add_argument("--limit", type=int, help="the first N VG test records (default: all)")
@@ -52,7 +55,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--box-style", default="qwen2-vl", choices=["qwen2-vl", "qwen-vl"], help="the models' training markup")
+    parser.add_argument(
+        "--box-style", default="qwen2-vl", choices=["qwen2-vl", "qwen-vl"], help="the models' training markup"
+    )
     parser.add_argument("--square-size", type=int)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
@@ -64,7 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def answer_scores(samples: Sequence[Sample], answers: Sequence[str]) -> dict[str, float]:
-    """``names_asked``, ``recall`` and ``centre_in`` of greedy ``answers`` to one-turn VG ``samples`` (shares in 0–1)."""
+    """``names_asked``, ``recall`` and ``centre_in`` of greedy ``answers`` to one-turn VG ``samples`` (shares in
+    0–1)."""
     named = hits = centred = 0
     for sample, answer in zip(samples, answers):
         turn = sample.turns[0]
@@ -87,10 +93,12 @@ def _centre_inside(answer: str, truth) -> bool:
 
 
 def greedy_answers(model, processor, samples: Sequence[Sample], args: argparse.Namespace) -> list[str]:
-    collator = collator_for(PromptCollator, model, processor, args.box_style, args.square_size)
+    collator = collator_for(PromptCollator, model, processor, InputFormat(args.box_style, args.square_size))
     answers = []
     for start in range(0, len(samples), args.batch_size):
-        answers += generate_responses(model, processor, collator, samples[start : start + args.batch_size], args.max_new_tokens)
+        answers += generate_responses(
+            model, processor, collator, samples[start : start + args.batch_size], args.max_new_tokens
+        )
     return answers
 
 
@@ -115,11 +123,17 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     blind = any("first_digit_blind" in row for row in rows)
-    header = "| model | records | names asked % | Recall@0.5 % | centre in box % | 1st-digit CE |" + (" blind |" if blind else "")
+    header = "| model | records | names asked % | Recall@0.5 % | centre in box % | 1st-digit CE |" + (
+        " blind |" if blind else ""
+    )
     lines = [header, "|---|---:|---:|---:|---:|---:|" + ("---:|" if blind else "")]
     for row in rows:
-        cells = [row["model"], str(row["records"]), *(f"{100 * row[key]:.1f}" for key in ("names_asked", "recall", "centre_in")),
-                 digit_ce._nats(row["first_digit"])]
+        cells = [
+            row["model"],
+            str(row["records"]),
+            *(f"{100 * row[key]:.1f}" for key in ("names_asked", "recall", "centre_in")),
+            digit_ce._nats(row["first_digit"]),
+        ]
         if blind:
             cells.append(digit_ce._nats(row.get("first_digit_blind")))
         lines.append("| " + " | ".join(cells) + " |")

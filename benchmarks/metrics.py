@@ -145,9 +145,12 @@ def pycocoevalcap_pass(groups, with_meteor: bool) -> tuple[dict, dict, dict]:
     values, tokens = {}, {}
     times = dict.fromkeys(["tokenize", "Bleu", "ROUGE_L", "CIDEr"] + (["METEOR"] if with_meteor else []), 0.0)
     for key, (responses, truths) in groups.items():
-        gts, seconds = timed(lambda: PTBTokenizer().tokenize({i: [{"caption": a}] for i, a in enumerate(truths)}), "ref tokenize")
+        references = {i: [{"caption": a}] for i, a in enumerate(truths)}
+        gts, seconds = timed(lambda: PTBTokenizer().tokenize(references), "ref tokenize")
         times["tokenize"] += seconds
-        res, seconds = timed(lambda: PTBTokenizer().tokenize({i: [{"caption": r}] for i, r in enumerate(responses)}), "ref tokenize")
+        res, seconds = timed(
+            lambda: PTBTokenizer().tokenize({i: [{"caption": r}] for i, r in enumerate(responses)}), "ref tokenize"
+        )
         times["tokenize"] += seconds
         tokens[key] = (gts, res)
         with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its counts
@@ -200,7 +203,12 @@ def identical_on_reference_tokens(values: dict, tokens: dict) -> dict[str, bool]
         ids = sorted(gts)
         candidates = [res[i][0] for i in ids]
         references = [gts[i] for i in ids]
-        ours = dict(zip(METRICS, [*bleu(candidates, references), rouge_l(candidates, references), cider_d(candidates, references)]))
+        ours = dict(
+            zip(
+                METRICS,
+                [*bleu(candidates, references), rouge_l(candidates, references), cider_d(candidates, references)],
+            )
+        )
         for metric in METRICS:
             same[metric] &= ours[metric] == values[key][metric]
     return same
@@ -243,7 +251,10 @@ def main() -> None:
     agree = sum(a == b for pair_a, pair_b in zip(ours_tokens, java_tokens) for a, b in zip(pair_a, pair_b))
     print(f"\ntokenisation: {agree}/{2 * len(ours_tokens)} strings identical to the Java PTBTokenizer")
     same = identical_on_reference_tokens(reference, reference_tokens)
-    print("bit-identical on pycocoevalcap's tokens: " + ", ".join(f"{m} {'yes' if ok else 'NO'}" for m, ok in same.items()))
+    print(
+        "bit-identical on pycocoevalcap's tokens: "
+        + ", ".join(f"{m} {'yes' if ok else 'NO'}" for m, ok in same.items())
+    )
     mismatched = [
         f"{task}/{modality} {metric}"
         for (task, modality), values in reference.items()
@@ -271,7 +282,10 @@ def main() -> None:
     print("\nclinkd's steps are timed again one by one on fresh caches; its whole pass is one score_predictions call.")
     if args.meteor:
         rest = reference_total - reference_times["METEOR"]
-        print(f"Without METEOR on either side: pycocoevalcap {rest:.2f} s, clinkd components {sum(components.values()):.2f} s.")
+        print(
+            f"Without METEOR on either side: pycocoevalcap {rest:.2f} s, clinkd components "
+            f"{sum(components.values()):.2f} s."
+        )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,6 @@ from transformers import Qwen2VLConfig
 
 from clinkd.config import DistillConfig, SelectConfig
 from clinkd.distill.batches import batch_position_ids
-from clinkd.distill.settings import kd_loss_config
 from clinkd.doctor import device_description
 from clinkd.engine.generate import decoding
 from clinkd.losses import combine_losses, kd_divergence, sparse_kd_divergence, topk_logprobs
@@ -121,7 +120,10 @@ def synthetic_batch(config, args, batch_size: int, device, with_answer: bool = T
     grid = args.image_size // vision.patch_size
     image_tokens = (grid // vision.spatial_merge_size) ** 2
     answer = args.answer_tokens if with_answer else 0
-    column = lambda token_id, n: torch.full((batch_size, n), token_id)
+
+    def column(token_id, n):
+        return torch.full((batch_size, n), token_id)
+
     input_ids = torch.cat(
         [
             torch.randint(0, TEXT_IDS, (batch_size, args.prompt_tokens)),
@@ -243,7 +245,9 @@ def random_topk_cache(args, student_config, teacher_config, labels, cfg, device)
     return topk_logprobs(logits, labels, args.top_k, cfg, student_vocab_size=student_config.text_config.vocab_size)
 
 
-def kd_loss(student, teacher, cache, inputs: dict, labels: torch.Tensor, position_ids: torch.Tensor, cfg) -> torch.Tensor:
+def kd_loss(
+    student, teacher, cache, inputs: dict, labels: torch.Tensor, position_ids: torch.Tensor, cfg
+) -> torch.Tensor:
     """The loss of ``KDTrainer.compute_loss``: dense KD against ``teacher`` run now, or sparse KD against ``cache``.
 
     A function of its own so that, as in the trainer, the logits not needed by backward are freed before it.
@@ -262,13 +266,21 @@ def kd_variant_peak(args, variant: str, device: torch.device) -> float:
     """Peak memory (MiB) of ``KD_STEPS`` KD steps with an online teacher or a cached one, in this process."""
     start_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     student_config, teacher_config = model_config(args.shape), model_config(args.teacher_shape)
-    cfg = kd_loss_config(DistillConfig(top_k=args.top_k))
+    cfg = DistillConfig(top_k=args.top_k).loss
     inputs, labels = synthetic_batch(student_config, args, args.batch_size, device)
-    cache = random_topk_cache(args, student_config, teacher_config, labels, cfg, device) if variant == "cached" else None
+    cache = (
+        random_topk_cache(args, student_config, teacher_config, labels, cfg, device) if variant == "cached" else None
+    )
     student = build_model(student_config, device, args.torch_dtype).train()
     optimizer = make_optimizer(choose_optimizer(args, student, device), student)
-    teacher = build_model(teacher_config, device, args.torch_dtype).eval().requires_grad_(False) if variant == "online" else None
-    position_ids = batch_position_ids(inputs, rope_strategy_of(student.config), student.config.vision_config.spatial_merge_size)
+    teacher = (
+        build_model(teacher_config, device, args.torch_dtype).eval().requires_grad_(False)
+        if variant == "online"
+        else None
+    )
+    position_ids = batch_position_ids(
+        inputs, rope_strategy_of(student.config), student.config.vision_config.spatial_merge_size
+    )
     for _ in range(KD_STEPS):
         kd_loss(student, teacher, cache, inputs, labels, position_ids, cfg).backward()
         optimizer.step()
@@ -310,7 +322,12 @@ def timed(device: torch.device, work) -> tuple[float, object]:
 def generate_exactly(model, prompts: dict, new_tokens: int, **settings):
     """One ``generate`` call that produces exactly ``new_tokens`` tokens per row."""
     return model.generate(
-        **prompts, **settings, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=PAD_ID, eos_token_id=END_ID
+        **prompts,
+        **settings,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=PAD_ID,
+        eos_token_id=END_ID,
     )
 
 
@@ -420,13 +437,18 @@ def print_table(run: dict) -> None:
         f"batch {run['batch_size']} x {run['sequence_tokens']} tokens ({run['prompt_tokens']} prompt, "
         f"{run['image_tokens']} image + 2, {run['answer_tokens']} answer; {run['image_size']} px), "
         f"{run.get('parameters', '?')} parameters, optimiser {run.get('optimizer', '?')}, "
-        f"{run['steps']} timed steps after {run['warmup']}; generation {run['gen_batch']} prompts x {run['new_tokens']} tokens"
+        f"{run['steps']} timed steps after {run['warmup']}; generation {run['gen_batch']} prompts x "
+        f"{run['new_tokens']} tokens"
     )
     rows = (
         ("training tokens/s", "train_tokens_per_s", ",.1f"),
         ("training step s", "train_step_s", ".4f"),
         ("training model TFLOP/s", "train_tflops_per_s", ".3f"),
-        ("training MFU (dense bf16 peak TFLOP/s: " + shown(run.get("peak_bf16_tflops", "n/a"), ".0f") + ")", "train_mfu", ".1%"),
+        (
+            "training MFU (dense bf16 peak TFLOP/s: " + shown(run.get("peak_bf16_tflops", "n/a"), ".0f") + ")",
+            "train_mfu",
+            ".1%",
+        ),
         (f"KD peak memory MiB, online teacher ({run['kd_memory_metric']})", "kd_online_peak_mib", ",.1f"),
         (f"KD peak memory MiB, cached top-{run['top_k']}", "kd_cached_peak_mib", ",.1f"),
         ("SASG candidates s (beam 3, N = 3, logits)", "sasg_s", ".4f"),

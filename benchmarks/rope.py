@@ -68,32 +68,58 @@ def position_id_part(batch_size: int, repeats: int) -> None:
     from transformers import Qwen2VLConfig
 
     config = Qwen2VLConfig(
-        text_config=dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, bos_token_id=0, eos_token_id=1, pad_token_id=0,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}),
+        text_config=dict(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+        ),
         vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, spatial_merge_size=MERGE),
-        image_token_id=120, video_token_id=121, vision_start_token_id=122, vision_end_token_id=123,
+        image_token_id=120,
+        video_token_id=121,
+        vision_start_token_id=122,
+        vision_end_token_id=123,
     )
     stock_model = Qwen2VLModel(config)
     batch = medgrit_like_batch(batch_size, config.image_token_id)
 
     def transformers_ids():
-        return stock_model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"],
-                                          attention_mask=batch["attention_mask"])
+        return stock_model.get_rope_index(
+            batch["input_ids"],
+            batch["mm_token_type_ids"],
+            batch["image_grid_thw"],
+            attention_mask=batch["attention_mask"],
+        )
 
     def ours(strategy):
-        return lambda: build_position_ids(batch["mm_token_type_ids"], batch["image_grid_thw"], batch["attention_mask"],
-                                          spatial_merge_size=MERGE, strategy=strategy)
+        return lambda: build_position_ids(
+            batch["mm_token_type_ids"],
+            batch["image_grid_thw"],
+            batch["attention_mask"],
+            spatial_merge_size=MERGE,
+            strategy=strategy,
+        )
 
     expected, expected_deltas = transformers_ids()
     got, got_deltas = ours(STOCK)()
     valid = batch["attention_mask"].bool()
-    assert torch.equal(got[:, valid], expected[:, valid]) and torch.equal(got_deltas, expected_deltas), "stock ids differ"
+    assert torch.equal(got[:, valid], expected[:, valid]) and torch.equal(got_deltas, expected_deltas), (
+        "stock ids differ"
+    )
 
     reference = median_seconds(transformers_ids, repeats)
     stock = median_seconds(ours(STOCK), repeats)
     mcg = median_seconds(ours(PAPER), repeats)
-    print(f"## Position ids: batch {batch_size}, length {batch['input_ids'].shape[1]} (one image per sample), median of {repeats}")
+    print(
+        f"## Position ids: batch {batch_size}, length {batch['input_ids'].shape[1]} (one image per sample), median of "
+        f"{repeats}"
+    )
     print("| builder | median ms | speed-up vs transformers |")
     print("|---|---:|---:|")
     print(f"| transformers `get_rope_index` | {reference * 1e3:.2f} | 1.00× |")
@@ -102,22 +128,24 @@ def position_id_part(batch_size: int, repeats: int) -> None:
 
 
 def training_step_part(steps: int) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from clinkd.batching import TrainCollator
-    from clinkd.data.records import Turn
-    from clinkd.batching import ChatExample
-    from clinkd.config import ModelConfig
-    from clinkd.model.loading import build_tiny
-    from clinkd.model.rope import load_model_class, set_rope_strategy
     import tempfile
     from pathlib import Path
 
-    turns = [Turn("Where is the liver?", "<ref>liver</ref><box>(112,305),(498,702)</box>"),
-             Turn("What is the object in <box>(540,410),(640,560)</box>?", "right kidney")]
+    import numpy as np
+    from PIL import Image
+
+    from clinkd.batching import ChatExample, TrainCollator
+    from clinkd.config import ModelConfig
+    from clinkd.data.records import Turn
+    from clinkd.model.rope import load_model_class, set_rope_strategy
+    from clinkd.recipes.inputs import build_tiny_from
+
+    turns = [
+        Turn("Where is the liver?", "<ref>liver</ref><box>(112,305),(498,702)</box>"),
+        Turn("What is the object in <box>(540,410),(640,560)</box>?", "right kidney"),
+    ]
     corpus = [text for turn in turns for text in (turn.question, turn.answer)] * 50
-    model_stock, processor = build_tiny(ModelConfig(size="s"), corpus, seed=0, rope=STOCK)
+    model_stock, processor = build_tiny_from(ModelConfig(size="s"), corpus, seed=0, rope=STOCK)
     config = model_stock.config.__class__.from_dict(model_stock.config.to_dict())
     set_rope_strategy(config, PAPER)
     model_mcg = load_model_class(config)(config)
@@ -151,7 +179,10 @@ def training_step_part(steps: int) -> None:
             step()
             times.append(time.perf_counter() - started)
     stock, mcg = statistics.median(stock_times), statistics.median(mcg_times)
-    print(f"\n## Training step: tiny `s`, 112 px, batch 16, {torch.get_num_threads()} threads, median of {steps} interleaved steps")
+    print(
+        f"\n## Training step: tiny `s`, 112 px, batch 16, {torch.get_num_threads()} threads, median of {steps} "
+        "interleaved steps"
+    )
     print("| strategy | median ms | vs qwen2vl |")
     print("|---|---:|---:|")
     print(f"| qwen2vl | {stock * 1e3:.1f} | 1.000× |")

@@ -30,7 +30,8 @@ from clinkd.batching import PromptCollator
 from clinkd.config import ClipTrainConfig, ModelConfig, PredictConfig, SelectConfig
 from clinkd.data.medgrit import load_test_split
 from clinkd.engine.generate import generate_responses
-from clinkd.model.loading import build_tiny, load_checkpoint
+from clinkd.model.loading import load_checkpoint
+from clinkd.recipes.inputs import build_tiny_from
 from clinkd.sasg import SasgSelector, load_scorer, sample_pairs, train_clip
 from clinkd.synth import generate
 
@@ -45,12 +46,23 @@ def prepare(args: argparse.Namespace, scratch: Path):
     if args.model is not None:
         model, processor = load_checkpoint(args.model)
     else:
-        corpus = [text for samples in tests.values() for s in samples for turn in s.turns for text in (turn.question, turn.answer)]
-        model, processor = build_tiny(ModelConfig(size=args.size, tokenizer_vocab=512), corpus * 4, seed=0)
+        corpus = [
+            text
+            for samples in tests.values()
+            for s in samples
+            for turn in s.turns
+            for text in (turn.question, turn.answer)
+        ]
+        model, processor = build_tiny_from(ModelConfig(size=args.size, tokenizer_vocab=512), corpus * 4, seed=0)
     clip = args.clip
     if clip is None:
         clip = scratch / "clip"
-        train_clip(sample_pairs([s for samples in tests.values() for s in samples]), processor.tokenizer, ClipTrainConfig(steps=1), clip)
+        train_clip(
+            sample_pairs([s for samples in tests.values() for s in samples]),
+            processor.tokenizer,
+            ClipTrainConfig(steps=1),
+            clip,
+        )
     return model.eval(), processor, tests, clip
 
 
@@ -83,7 +95,9 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=32, help="test samples per task")
     parser.add_argument("--batch-size", type=int, default=PredictConfig().batch_size)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is reported")
-    parser.add_argument("--threads", type=int, default=1, help="1 keeps CPU time honest: idle OpenMP threads spin, and count")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="1 keeps CPU time honest: idle OpenMP threads spin, and count"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     max_new = PredictConfig().max_new_tokens
@@ -106,7 +120,7 @@ def main() -> None:
 
         def sasg():
             for task, chunk in batches(tests, args.batch_size):
-                selector.selections(model, processor, collator, [task] * len(chunk), chunk, max_new[task])
+                selector.selections(model, processor, collator, task, chunk, max_new[task])
 
         methods = {"greedy": greedy, "beam-3 top-1": beam3, "SASG (beam 3, N=3, CLIP)": sasg}
         cpu = {name: [] for name in methods}
@@ -127,7 +141,8 @@ def main() -> None:
     median_wall = {name: statistics.median(values) for name, values in wall.items()}
     print(
         f"SASG cost: {samples} test samples ({args.per_task} per task), batch {args.batch_size}, "
-        f"{'model ' + str(args.model) if args.model else 'random tiny-' + args.size}, torch threads {torch.get_num_threads()}, "
+        f"{'model ' + str(args.model) if args.model else 'random tiny-' + args.size}, torch threads "
+        f"{torch.get_num_threads()}, "
         f"median of {args.repeats} interleaved rounds"
     )
     header = f"{'method':<28}{'CPU s':>8}{'CPU ms/sample':>15}{'× greedy':>10}{'× beam-3':>10}{'wall s':>9}"
@@ -140,7 +155,10 @@ def main() -> None:
         )
     sasg_seconds = median["SASG (beam 3, N=3, CLIP)"]
     clip_median = statistics.median(clip_seconds)
-    print(f"SASG split: CLIP embedding {clip_median:.2f} CPU s ({clip_median / sasg_seconds:.0%}); candidates, crops and choice the rest")
+    print(
+        f"SASG split: CLIP embedding {clip_median:.2f} CPU s ({clip_median / sasg_seconds:.0%}); candidates, crops and "
+        "choice the rest"
+    )
     ratio = sasg_seconds / median["beam-3 top-1"]
     print(f"goal SASG ≤ 1.25 × beam-3 top-1 (CPU time): {ratio:.2f} × → {'met' if ratio <= 1.25 else 'NOT met'}")
 

@@ -92,16 +92,30 @@ def tiny_sasg(tmp_path_factory, tiny_processor):
     """clinkd.sasg's selector (3 beams, 3 candidates) with a CLIP trained for 5 steps on an 8-image synthetic set."""
     from clinkd.config import ClipTrainConfig, RecipeConfig
     from clinkd.data.medgrit import load_medgrit
-    from clinkd.interactive.infer import named_selector
-    from clinkd.sasg import sample_pairs, train_clip
+    from clinkd.sasg import sample_pairs, selector_for, train_clip
     from clinkd.synth import generate
 
     root = tmp_path_factory.mktemp("sasg")
     generate(root / "data", seed=0, images=8, test_per_cell=1, image_size=48)
     clip_cfg = ClipTrainConfig(hidden=32, layers=1, heads=2, steps=5, batch_size=8, image_size=32)
-    train_clip(sample_pairs(load_medgrit(root / "data" / "train.json", root / "data" / "images")), tiny_processor.tokenizer, clip_cfg, root / "clip")
+    train_clip(
+        sample_pairs(load_medgrit(root / "data" / "train.json", root / "data" / "images")),
+        tiny_processor.tokenizer,
+        clip_cfg,
+        root / "clip",
+    )
     cfg = RecipeConfig(clip=clip_cfg, select={"method": "sasg", "scorer_path": root / "clip"})
-    return named_selector("sasg", cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
+    return selector_for(cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """A synthetic Med-GRIT folder for the reflect tests: 8 training images, one test record per cell, 56 px."""
+    from clinkd.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, seed=0, images=8, test_per_cell=1, image_size=56)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -143,11 +157,17 @@ HUB_CHECKPOINTS = {
     "qwen2_vl": dict(reference_dir=QWEN2_VL),
     "qwen2_vl_sharded": dict(reference_dir=QWEN2_VL, shards=2),
     "qwen2_5_vl": dict(reference_dir=QWEN2_5_VL),
-    "qwen2_vl_teacher": dict(reference_dir=QWEN2_VL, seed=1,
-                             text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 6}),
+    "qwen2_vl_teacher": dict(
+        reference_dir=QWEN2_VL,
+        seed=1,
+        text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 6},
+    ),
     "qwen3_vl": dict(reference_dir=QWEN3_VL),
-    "qwen3_vl_teacher": dict(reference_dir=QWEN3_VL, seed=1,
-                             text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 4, "num_attention_heads": 6}),
+    "qwen3_vl_teacher": dict(
+        reference_dir=QWEN3_VL,
+        seed=1,
+        text={"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 4, "num_attention_heads": 6},
+    ),
     "qwen3_5": dict(reference_dir=QWEN3_5, stand_ins=QWEN3_VL),
 }
 
@@ -177,7 +197,184 @@ def load_benchmark(name: str):
     """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ---- tiny configs of every family and padded multimodal batches (tests/model/test_positions.py, test_rope_model.py,
+# test_lora.py) ----
+IMAGE, VIDEO, VISION_START, VISION_END = 90, 91, 92, 93
+MERGE = 2
+
+
+def tiny_qwen2vl_config(**top_level):
+    """A 2-layer Qwen2-VL with 2×2-pixel patches (patch vectors of 3·2·2·2 = 24 values)."""
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=512,
+            use_sliding_window=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            depth=1,
+            embed_dim=16,
+            hidden_size=32,
+            num_heads=2,
+            mlp_ratio=2,
+            in_channels=3,
+            patch_size=2,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=2,
+        ),
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        **top_level,
+    )
+
+
+def tiny_qwen3vl_config(**top_level):
+    """A 2-layer Qwen3-VL (head_dim 16: 8 rotation pairs interleaved as [4, 2, 2]) with 2×2-pixel patches, a 4×4
+    learned position grid and one DeepStack feature (vision block 0 into LLM layer 0)."""
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=512,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            in_channels=3,
+            patch_size=2,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=2,
+            out_hidden_size=32,
+            num_position_embeddings=16,
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        tie_word_embeddings=True,
+        **top_level,
+    )
+
+
+def tiny_qwen3_5_config(**top_level):
+    """A 2-layer Qwen3.5 (a Gated DeltaNet layer, then full attention: head_dim 32 · partial_rotary_factor 0.25 =
+    4 rotation pairs interleaved as [2, 1, 1]) with one MTP layer and 2×2-pixel patches."""
+    from transformers import Qwen3_5Config
+
+    return Qwen3_5Config(
+        text_config=dict(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            max_position_embeddings=512,
+            layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2,
+            linear_num_value_heads=2,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 1, 1],
+                "mrope_interleaved": True,
+                "partial_rotary_factor": 0.25,
+            },
+            mtp_num_hidden_layers=1,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            in_channels=3,
+            patch_size=2,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=2,
+            out_hidden_size=32,
+            num_position_embeddings=16,
+        ),
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        tie_word_embeddings=True,
+        **top_level,
+    )
+
+
+def make_batch(specs: list[list], padding_side: str = "left", seed: int = 0) -> dict:
+    """A padded batch from per-sample layouts: an int is that many text tokens, ``(h, w)`` an image of
+    h×w patches (``h·w/4`` LLM tokens). Returns input_ids, attention_mask, mm_token_type_ids, image_grid_thw."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    rows, grids = [], []
+    for spec in specs:
+        tokens = []
+        for part in spec:
+            if isinstance(part, int):
+                tokens += torch.randint(2, 80, (part,), generator=generator).tolist()
+            else:
+                tokens += [IMAGE] * (part[0] * part[1] // MERGE**2)
+                grids.append([1, *part])
+        rows.append(tokens)
+    length = max(len(tokens) for tokens in rows)
+    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for b, tokens in enumerate(rows):
+        columns = slice(length - len(tokens), length) if padding_side == "left" else slice(0, len(tokens))
+        input_ids[b, columns] = torch.tensor(tokens, dtype=torch.long)
+        attention_mask[b, columns] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "mm_token_type_ids": (input_ids == IMAGE).int(),
+        "image_grid_thw": torch.tensor(grids, dtype=torch.long) if grids else None,
+    }

@@ -55,7 +55,10 @@ def test_messages_put_the_image_in_the_first_turn_only():
 
 
 def test_prompt_collator_left_pads_and_ends_with_assistant_header(tmp_path, tiny_processor):
-    samples = [_sample(tmp_path, "ct_a", [("Where is the liver in this image?", "x")]), _sample(tmp_path, "ct_b", [("Why?", "y")])]
+    samples = [
+        _sample(tmp_path, "ct_a", [("Where is the liver in this image?", "x")]),
+        _sample(tmp_path, "ct_b", [("Why?", "y")]),
+    ]
     batch = PromptCollator(tiny_processor)(samples)
     assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][:, -1].all()
     tail = tiny_processor.tokenizer.decode(batch["input_ids"][0])

@@ -28,13 +28,17 @@ def test_text_forms():
     assert box.to_text("qwen3-vl") == '{"bbox_2d": [112, 305, 498, 702]}'
 
 
-QWEN3_VL_ANSWER = '```json\n[\n\t{"bbox_2d": [112, 305, 498, 702], "label": "left \\"kidney\\""},\n\t{"point_2d": [40, 60]}\n]\n```'
+QWEN3_VL_ANSWER = (
+    '```json\n[\n\t{"bbox_2d": [112, 305, 498, 702], "label": "left \\"kidney\\""},\n\t{"point_2d": [40, 60]}\n]\n```'
+)
 
 
 def test_qwen3_vl_json_boxes_and_points_parse_into_the_canonical_box():
     expected = [Box(112, 305, 498, 702), Box(40, 60, 40, 60)]  # a point is the zero-size box at it
     assert json_boxes(QWEN3_VL_ANSWER) == parse_boxes(QWEN3_VL_ANSWER) == expected
-    assert parse_boxes('{"bbox_2d": [1, 2, 3, 4], "label": "a"} <box>(5,6),(7,8)</box>') == [Box(5, 6, 7, 8)]  # tags first
+    assert parse_boxes('{"bbox_2d": [1, 2, 3, 4], "label": "a"} <box>(5,6),(7,8)</box>') == [
+        Box(5, 6, 7, 8)
+    ]  # tags first
     assert parse_boxes('{"bbox_2d": [1, 2, 3') == []  # truncated: no box, no crash
     with pytest.raises(BoxError, match="outside the 0–1000"):
         json_boxes('{"bbox_2d": [1, 2, 3, 1001]}')
@@ -47,8 +51,13 @@ def test_med_grit_markup_becomes_qwen3_vl_json_and_back():
     as_json = convert_markup(answer, "qwen3-vl")
     assert as_json == '{"bbox_2d": [112, 305, 498, 702], "label": "liver"}'
     assert json_to_markup(as_json) == answer
-    assert json_to_markup(QWEN3_VL_ANSWER) == '<ref>left "kidney"</ref><box>(112,305),(498,702)</box><box>(40,60),(40,60)</box>'
-    assert json_to_markup('It is {"bbox_2d": [1, 2, 3, 4]}.', "qwen2-vl") == "It is <|box_start|>(1,2),(3,4)<|box_end|>."
+    assert (
+        json_to_markup(QWEN3_VL_ANSWER)
+        == '<ref>left "kidney"</ref><box>(112,305),(498,702)</box><box>(40,60),(40,60)</box>'
+    )
+    assert (
+        json_to_markup('It is {"bbox_2d": [1, 2, 3, 4]}.', "qwen2-vl") == "It is <|box_start|>(1,2),(3,4)<|box_end|>."
+    )
     for broken in ('{"bbox_2d": [9, 9, 1, 1]}', '{"bbox_2d": [1, 2, 3, 4], "label": "a\\q"}'):  # a bad box or label
         assert json_to_markup(broken) == broken  # is left as written
 

@@ -3,7 +3,16 @@ from pathlib import Path
 
 import pytest
 
-from clinkd.config import ConfigError, RecipeConfig, apply_overrides, dump_config, load_config, parse_override, preset_names
+from clinkd.config import (
+    ConfigError,
+    RecipeConfig,
+    apply_overrides,
+    dump_config,
+    flat_key,
+    load_config,
+    parse_override,
+    preset_names,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_FOLDERS = ("accelerate", "deepspeed")  # launcher configs, not recipes
@@ -26,7 +35,10 @@ def test_launcher_configs_parse():
 
     for path in ROOT.glob("configs/accelerate/*.yaml"):
         assert yaml.safe_load(path.read_text())["distributed_type"], path
-    stages = {path.name: json.loads(path.read_text())["zero_optimization"]["stage"] for path in ROOT.glob("configs/deepspeed/*.json")}
+    stages = {
+        path.name: json.loads(path.read_text())["zero_optimization"]["stage"]
+        for path in ROOT.glob("configs/deepspeed/*.json")
+    }
     assert stages == {"zero2.json": 2, "zero3.json": 3, "zero3_offload.json": 3}
 
 
@@ -51,7 +63,12 @@ def test_override_wins_over_preset_and_file():
 
 @pytest.mark.parametrize(
     "override, key",
-    [("train.lr=abc", "train.lr"), ("train.bogus=1", "train.bogus"), ("model.size=xxl", "model.size"), ("predict.max_new_tokens.XX=3", "predict.max_new_tokens")],
+    [
+        ("train.lr=abc", "train.lr"),
+        ("train.bogus=1", "train.bogus"),
+        ("model.size=xxl", "model.size"),
+        ("predict.max_new_tokens.XX=3", "predict.max_new_tokens"),
+    ],
 )
 def test_errors_name_the_offending_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -106,7 +123,9 @@ def test_presets_are_built_in_and_a_recipe_can_add_its_own(tmp_path):
 
 def _readme_rows() -> list[tuple[list[str], list[str]]]:
     """(keys, defaults) of every row of the README's configuration table, brace groups expanded."""
-    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    section = (
+        (ROOT / "README.md").read_text(encoding="utf-8").split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    )
     rows = []
     for line in section.splitlines():
         if line.startswith("| `"):
@@ -136,7 +155,10 @@ def test_the_readme_configuration_table_matches_the_code_defaults():
 
 
 # Numeric keys whose range depends on the model: checked against it when the model is built.
-MODEL_BOUNDED = {"train.retrieval_layer": "negative counts from the top; RetrievalSupervision checks it against the text layers"}
+MODEL_BOUNDED = {
+    "train.retrieval_layer": "negative counts from the top; RetrievalSupervision checks it against the text layers",
+    "distill.ignore_index": "a label no token id takes: any negative number",
+}
 
 
 def _numeric_leaves(model_class, prefix: str = ""):
@@ -146,14 +168,16 @@ def _numeric_leaves(model_class, prefix: str = ""):
     import typing
 
     from pydantic import BaseModel
+    from pydantic.dataclasses import is_pydantic_dataclass
 
-    for name, field in model_class.model_fields.items():
-        key = f"{prefix}{name}"
+    fields = model_class.model_fields if issubclass(model_class, BaseModel) else model_class.__pydantic_fields__
+    for name, field in fields.items():
+        key = flat_key(f"{prefix}{name}")
         kind = field.annotation
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: X
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            yield from _numeric_leaves(kind, key + ".")
+        if isinstance(kind, type) and (issubclass(kind, BaseModel) or is_pydantic_dataclass(kind)):
+            yield from _numeric_leaves(kind, f"{prefix}{name}.")
         elif kind in (int, float):
             yield key, field.metadata, kind
         elif typing.get_origin(kind) is dict:
@@ -175,7 +199,20 @@ NUMERIC_KEYS = sorted(_numeric_leaves(RecipeConfig), key=lambda leaf: leaf[0])
 
 def test_the_walk_finds_every_kind_of_numeric_key():
     keys = {key for key, _, _ in NUMERIC_KEYS}
-    assert {"seed", "train.epochs", "predict.max_new_tokens", "pretrain.tasks", "data.synth.turns", "data.max_image_pixels"} <= keys
+    assert {
+        "seed",
+        "train.epochs",
+        "predict.max_new_tokens",
+        "pretrain.tasks",
+        "data.synth.turns",
+        "data.max_image_pixels",
+    } <= keys
+    assert {
+        "distill.alpha",
+        "distill.temperature",
+        "distill.jsd_beta",
+        "distill.chunk_size",
+    } <= keys  # DistillConfig.loss, flat
 
 
 @pytest.mark.parametrize("key, metadata, kind", NUMERIC_KEYS, ids=[leaf[0] for leaf in NUMERIC_KEYS])
@@ -197,8 +234,12 @@ def test_every_numeric_key_has_bounds_and_refuses_values_outside_them(key, metad
 
 @pytest.mark.parametrize(
     "overrides, key",
-    [(["predict.max_new_tokens.VG=0"], "predict.max_new_tokens.VG"), (["train.epochs=.inf"], "train.epochs"),
-     (["rope.name=mcg", "rope.alpha=[.inf, 2]"], "rope: .*alpha"), (["seed=-1"], "seed")],
+    [
+        (["predict.max_new_tokens.VG=0"], "predict.max_new_tokens.VG"),
+        (["train.epochs=.inf"], "train.epochs"),
+        (["rope.name=mcg", "rope.alpha=[.inf, 2]"], "rope: .*alpha"),
+        (["seed=-1"], "seed"),
+    ],
 )
 def test_values_that_used_to_fail_late_are_refused_when_the_recipe_loads(overrides, key):
     with pytest.raises(ConfigError, match=key):

@@ -22,7 +22,9 @@ def test_the_aspect_ratio_limit_is_the_processors():
     assert "aspect ratio" in unusable_reason((PATCH_SIZE * MAX_ASPECT_RATIO + 1, PATCH_SIZE))
 
 
-@pytest.mark.parametrize("size, expected", [((2400, 1600), (300, 200)), ((224, 224), (224, 224)), ((400, 300), (400, 300))])
+@pytest.mark.parametrize(
+    "size, expected", [((2400, 1600), (300, 200)), ((224, 224), (224, 224)), ((400, 300), (400, 300))]
+)
 def test_only_a_file_well_above_the_budget_is_decoded_reduced(size, expected):
     assert decoded_size(size, BUDGET) == expected
     assert decoded_size(size, None) == size
@@ -47,7 +49,11 @@ def test_a_huge_jpeg_is_decoded_at_a_reduced_dct_scale(tmp_path, monkeypatch):
     Image.new("L", (3200, 3200), 128).save(path)
     drafted = []
     draft = JpegImagePlugin.JpegImageFile.draft
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda self, mode, size: drafted.append(draft(self, mode, size)) or drafted[-1])
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile,
+        "draft",
+        lambda self, mode, size: drafted.append(draft(self, mode, size)) or drafted[-1],
+    )
     _reduced.cache_clear()
     assert read_rgb(path, BUDGET).size == decoded_size((3200, 3200), BUDGET)
     assert drafted and drafted[0] is not None  # PIL decoded it at 1/2, 1/4 or 1/8 scale

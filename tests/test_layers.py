@@ -20,16 +20,44 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("recipes",),  # the stages, each with its loop in plain sight
     ("interactive",),  # clinkd infer and the demo
     ("distill", "reflect", "sasg", "pretrain"),  # the ClinKD parts, and the tiny base's pre-training
-    ("engine", "endpoint", "retrieval", "model", "data", "batching", "config", "synth", "doctor", "testing"),  # engines, models, data
-    ("boxes", "chat", "losses", "metrics", "markdown", "io", "images", "progress", "model.positions", "data.records"),  # pure maths, plain types
+    (
+        "engine",
+        "endpoint",
+        "model",
+        "data",
+        "batching",
+        "config",
+        "synth",
+        "doctor",
+        "testing",
+    ),  # engines, models, data
+    (
+        "boxes",
+        "chat",
+        "losses",
+        "metrics",
+        "markdown",
+        "io",
+        "images",
+        "progress",
+        "model.positions",
+        "data.records",
+    ),  # pure maths, plain types
 )
 SIDE_BY_SIDE = frozenset(LAYERS[3])
+# Entries of one layer that must not import one another, though the layers allow it: ``model`` takes plain values,
+# never the recipe (``config`` imports ``model.bases`` and ``model.positions``, so the two would import each other).
+NEVER_IMPORTS: dict[str, frozenset[str]] = {"model": frozenset({"config"})}
 
 
 def layer_of(module: str) -> tuple[int, str]:
     """``(layer index, table entry)`` of a dotted module name below ``clinkd``."""
-    found = [(len(entry), index, entry) for index, layer in enumerate(LAYERS) for entry in layer
-             if module == entry or module.startswith(entry + ".")]
+    found = [
+        (len(entry), index, entry)
+        for index, layer in enumerate(LAYERS)
+        for entry in layer
+        if module == entry or module.startswith(entry + ".")
+    ]
     if not found:
         raise LookupError(f"clinkd.{module} is in no layer: add it to LAYERS and docs/architecture.md")
     _, index, entry = max(found)
@@ -75,11 +103,21 @@ def test_no_import_runs_up_the_layers(module):
         theirs, their_entry = layer_of(target)
         assert theirs >= mine, f"clinkd.{module} (layer {mine}) imports clinkd.{target} from layer {theirs} above it"
         side_by_side = {my_entry.split(".")[0], their_entry.split(".")[0]} <= SIDE_BY_SIDE
-        assert not side_by_side or my_entry == their_entry, f"clinkd.{module} imports clinkd.{target}: the ClinKD parts stand apart"
+        assert not side_by_side or my_entry == their_entry, (
+            f"clinkd.{module} imports clinkd.{target}: the ClinKD parts stand apart"
+        )
+        forbidden = NEVER_IMPORTS.get(module.split(".")[0], frozenset())
+        assert target.split(".")[0] not in forbidden, (
+            f"clinkd.{module} imports clinkd.{target}: model takes plain values, never the recipe"
+        )
 
 
 def test_only_the_command_line_imports_the_recipes():
-    importers = {module for module in MODULES if any(layer_of(target)[1] == "recipes" for target in clinkd_imports(module, MODULES[module]))}
+    importers = {
+        module
+        for module in MODULES
+        if any(layer_of(target)[1] == "recipes" for target in clinkd_imports(module, MODULES[module]))
+    }
     assert {module.split(".")[0] for module in importers} <= {"cli", "recipes"}
 
 
@@ -88,6 +126,7 @@ def test_the_rule_sees_the_imports_it_forbids():
     assert layer_of("model.positions") == (5, "model.positions") and layer_of("model.rope") == (4, "model")
     with pytest.raises(LookupError):
         layer_of("somewhere_new")
+    assert "config" in clinkd_imports("engine.sft", MODULES["engine.sft"])  # what model.* may not do
 
 
 def test_architecture_page_names_every_entry_of_the_table():

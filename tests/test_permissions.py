@@ -35,7 +35,12 @@ def test_atomic_writes_get_the_umask_mode(tmp_path, umask):
 def test_teacher_cache_shards_get_the_umask_mode(tmp_path, umask):
     from clinkd.distill.teacher_cache import save_shard
 
-    save_shard(tmp_path / "shard-00000.safetensors", torch.zeros(2, 1, dtype=torch.int32), torch.zeros(2, 1), torch.tensor([0, 2]))
+    save_shard(
+        tmp_path / "shard-00000.safetensors",
+        torch.zeros(2, 1, dtype=torch.int32),
+        torch.zeros(2, 1),
+        torch.tensor([0, 2]),
+    )
     assert stat.S_IMODE((tmp_path / "shard-00000.safetensors").stat().st_mode) == 0o640
 
 
@@ -46,7 +51,13 @@ def test_trainer_checkpoints_get_the_umask_mode(tmp_path, tiny_model, tiny_proce
     from clinkd.engine.sft import SftSettings, run_sft
 
     cfg = RecipeConfig(output_dir=tmp_path, train={"max_steps": 1, "save_steps": 1, "batch_size": 1, "threads": 1})
-    run_sft(SftSettings.of(cfg), tiny_model, tiny_processor, [ChatExample(overfit_image, (Turn("Where?", "Here."),))], tmp_path / "sft")
+    run_sft(
+        SftSettings.of(cfg),
+        tiny_model,
+        tiny_processor,
+        [ChatExample(overfit_image, (Turn("Where?", "Here."),))],
+        tmp_path / "sft",
+    )
     found = modes(tmp_path / "sft" / "checkpoints")
     assert "checkpoint-1/model.safetensors" in found
     assert set(found.values()) <= {0o640, 0o750}, found

@@ -11,17 +11,44 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
 
 from clinkd.boxes import convert_markup
 from clinkd.chat import TURN_END
 from clinkd.data.records import Sample, Turn
-from clinkd.model.box_convention import BoxCoordinates, RelativeBoxes, box_coordinates, image_size
+from clinkd.model.box_convention import BoxCoordinates, RelativeBoxes, Size, box_coordinates, image_size
 from clinkd.model.processor import load_image, pixel_budget
+
+if TYPE_CHECKING:
+    from clinkd.config import RecipeConfig
 
 IGNORE_INDEX = -100
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """How a sample is shown to a model: the box markup of its texts (``data.box_style``) and the image's resize:
+    ``square_size``×``square_size`` (``model.square_size``), else the pixel budget of the model's processor
+    (``model.min_pixels``/``max_pixels``, set when the model is loaded or built)."""
+
+    box_style: str = "qwen2-vl"
+    square_size: int | None = None
+
+    @classmethod
+    def of(cls, cfg: RecipeConfig) -> InputFormat:
+        return cls(cfg.data.box_style, cfg.model.square_size)
+
+    def image(self, path: str | Path, processor) -> Image.Image:
+        """The image as ``processor`` is given it (decoded reduced when the file is far above its budget)."""
+        return load_image(path, self.square_size, pixel_budget(processor))
+
+    def image_size(self, path: str | Path, processor) -> Size:
+        """The ``(width, height)`` of :meth:`image`, read from the file's header."""
+        return image_size(path, self.square_size, pixel_budget(processor))
 
 
 @dataclass(frozen=True)
@@ -65,20 +92,21 @@ def build_messages(
 class TrainCollator:
     """Collates :class:`ChatExample` into right-padded processor outputs with assistant-only labels."""
 
-    def __init__(self, processor, box_style: str = "qwen2-vl", square_size: int | None = None, boxes: BoxCoordinates = RelativeBoxes()):
+    def __init__(self, processor, input_format: InputFormat = InputFormat(), boxes: BoxCoordinates = RelativeBoxes()):
         self.processor = processor
-        self.box_style = box_style
-        self.square_size = square_size
+        self.input_format = input_format
         self.boxes = boxes
         tokenizer = processor.tokenizer
         self.header_ids = tokenizer(ASSISTANT_HEADER, add_special_tokens=False)["input_ids"]
         self.end_id = tokenizer.convert_tokens_to_ids(TURN_END)
 
     def __call__(self, examples: Sequence[ChatExample]) -> dict[str, torch.Tensor]:
-        images = [load_image(ex.image, self.square_size, pixel_budget(self.processor)) for ex in examples]
+        images = [self.input_format.image(ex.image, self.processor) for ex in examples]
+        box_style = self.input_format.box_style
         texts = [
             self.processor.apply_chat_template(
-                build_messages(ex.turns, self.box_style, True, partial(self.boxes.to_model, image_size=image.size)), tokenize=False
+                build_messages(ex.turns, box_style, True, partial(self.boxes.to_model, image_size=image.size)),
+                tokenize=False,
             )
             for ex, image in zip(examples, images)
         ]
@@ -114,17 +142,17 @@ class PromptCollator:
     """Left-padded generation prompts (the question turn and the assistant header); :meth:`relative` maps
     a generated answer back from the model's box convention to the 0–1000 scale."""
 
-    def __init__(self, processor, box_style: str = "qwen2-vl", square_size: int | None = None, boxes: BoxCoordinates = RelativeBoxes()):
+    def __init__(self, processor, input_format: InputFormat = InputFormat(), boxes: BoxCoordinates = RelativeBoxes()):
         self.processor = processor
-        self.box_style = box_style
-        self.square_size = square_size
+        self.input_format = input_format
         self.boxes = boxes
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
-        images = [load_image(sample.image, self.square_size, pixel_budget(self.processor)) for sample in samples]
+        images = [self.input_format.image(sample.image, self.processor) for sample in samples]
+        box_style = self.input_format.box_style
         texts = [
             self.processor.apply_chat_template(
-                build_messages(sample.turns[:1], self.box_style, False, partial(self.boxes.to_model, image_size=image.size)),
+                build_messages(sample.turns[:1], box_style, False, partial(self.boxes.to_model, image_size=image.size)),
                 tokenize=False,
                 add_generation_prompt=True,
             )
@@ -134,9 +162,10 @@ class PromptCollator:
 
     def relative(self, answer: str, sample: Sample) -> str:
         """``answer`` with its boxes on the 0–1000 scale (Qwen2.5-VL: from pixels of the resized image)."""
-        return self.boxes.from_model(answer, image_size(sample.image, self.square_size, pixel_budget(self.processor)))
+        return self.boxes.from_model(answer, self.input_format.image_size(sample.image, self.processor))
 
 
-def collator_for(collator_class: type, model, processor, box_style: str = "qwen2-vl", square_size: int | None = None):
-    """``collator_class`` (train, prompt or indexed) in ``model``'s box convention (Qwen2.5-VL reads pixel boxes)."""
-    return collator_class(processor, box_style, square_size, box_coordinates(model.config, processor))
+def collator_for(collator_class: type, model, processor, input_format: InputFormat = InputFormat()):
+    """``collator_class`` (train, prompt or indexed) showing samples in ``input_format``, in ``model``'s box convention
+    (Qwen2.5-VL reads pixel boxes)."""
+    return collator_class(processor, input_format, box_coordinates(model.config, processor))

@@ -46,7 +46,8 @@ ModelBoxStyle = Literal["qwen2-vl", "qwen-vl", "qwen3-vl"]
 
 
 def _pair_pattern(signed: bool = True) -> str:
-    """Regex text of a bare ``(x1,y1),(x2,y2)`` with the four numbers as groups; ``signed=False`` takes no minus sign."""
+    """Regex text of a bare ``(x1,y1),(x2,y2)`` with the four numbers as groups; ``signed=False`` takes no minus
+    sign."""
     number = rf"\s*({'-?' if signed else ''}\d+(?:\.\d+)?)\s*"
     return rf"\({number},{number}\)\s*,\s*\({number},{number}\)"
 
@@ -64,10 +65,16 @@ JSON_POINT = re.compile(rf'"point_2d"\s*:\s*\[{_NUMBER},{_NUMBER}\]')
 JSON_OBJECT = re.compile(r'\{[^{}]*"(?:bbox|point)_2d"[^{}]*\}')
 JSON_LABEL = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
 # (opening, closing) markup of each style's boxes and referring phrases (PLAIN has none).
-BOX_TAGS = {BoxStyle.QWEN_VL: ("<box>", "</box>"), BoxStyle.QWEN2_VL: ("<|box_start|>", "<|box_end|>"), BoxStyle.PLAIN: ("", "")}
+BOX_TAGS = {
+    BoxStyle.QWEN_VL: ("<box>", "</box>"),
+    BoxStyle.QWEN2_VL: ("<|box_start|>", "<|box_end|>"),
+    BoxStyle.PLAIN: ("", ""),
+}
 REF_TAGS = {
-    BoxStyle.QWEN_VL: ("<ref>", "</ref>"), BoxStyle.QWEN2_VL: ("<|object_ref_start|>", "<|object_ref_end|>"),
-    BoxStyle.QWEN3_VL: ("", ""), BoxStyle.PLAIN: ("", ""),
+    BoxStyle.QWEN_VL: ("<ref>", "</ref>"),
+    BoxStyle.QWEN2_VL: ("<|object_ref_start|>", "<|object_ref_end|>"),
+    BoxStyle.QWEN3_VL: ("", ""),
+    BoxStyle.PLAIN: ("", ""),
 }
 # Any tagged box, in either tag style, with whatever is inside (validated separately).
 ANY_TAGGED_BOX = re.compile(r"<box>(.*?)</box>|<\|box_start\|>(.*?)<\|box_end\|>", re.DOTALL)
@@ -78,7 +85,8 @@ UNSIGNED_TAGGED_BOX = re.compile(rf"(<box>|<\|box_start\|>)\s*{UNSIGNED_PAIR.pat
 ANY_REF = re.compile(r"<ref>(.*?)</ref>|<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
 # A referring phrase directly followed by its box (groups: the phrase in either tag style, then the whole box).
 REF_THEN_BOX = re.compile(
-    r"(?:<ref>([^<]*)</ref>|<\|object_ref_start\|>([^<]*)<\|object_ref_end\|>)\s*(<box>.*?</box>|<\|box_start\|>.*?<\|box_end\|>)", re.DOTALL
+    r"(?:<ref>([^<]*)</ref>|<\|object_ref_start\|>([^<]*)<\|object_ref_end\|>)\s*(<box>.*?</box>|<\|box_start\|>.*?<\|box_end\|>)",
+    re.DOTALL,
 )
 
 
@@ -178,7 +186,11 @@ def parse_boxes(text: str, style: BoxStyle | str | None = None) -> list[Box]:
     """
     if style is not None:
         style = BoxStyle(style)
-        return json_boxes(text) if style is BoxStyle.QWEN3_VL else [_box_from_match(m) for m in BOX_PATTERNS[style].finditer(text)]
+        return (
+            json_boxes(text)
+            if style is BoxStyle.QWEN3_VL
+            else [_box_from_match(m) for m in BOX_PATTERNS[style].finditer(text)]
+        )
     tagged = list(ANY_TAGGED_BOX.finditer(text))
     if not tagged:
         return json_boxes(text) or [_box_from_match(m) for m in BOX_PATTERNS[BoxStyle.PLAIN].finditer(text)]
@@ -252,7 +264,8 @@ def convert_markup(text: str, style: BoxStyle | str) -> str:
 
 
 def convert_markup_leniently(text: str, style: BoxStyle | str) -> str:
-    """:func:`convert_markup`, or ``text`` as it is when a box in it is broken (text to show or send, never to parse)."""
+    """:func:`convert_markup`, or ``text`` as it is when a box in it is broken (text to show or send, never to
+    parse)."""
     try:
         return convert_markup(text, style)
     except BoxError:

@@ -14,15 +14,23 @@ from clinkd.boxes import ModelBoxStyle
 from clinkd.config import SynthConfig
 from clinkd.data.sharegpt import ImagePaths
 from clinkd.data.validation import OnError
-
 from clinkd.progress import console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="ClinKD: train, distil, run and score Qwen2-VL on refer-and-ground medical VQA.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="ClinKD: train, distil, run and score Qwen2-VL on refer-and-ground medical VQA.",
+)
 
 SYNTH_DEFAULTS = SynthConfig()  # clinkd synth makes what a run's data.synth makes by default
-ConfigArg = typer.Argument(None, help="recipe YAML (default: the built-in ClinKD recipe, which configs/default.yaml spells out)")
+ConfigArg = typer.Argument(
+    None, help="recipe YAML (default: the built-in ClinKD recipe, which configs/default.yaml spells out)"
+)
 OverridesArg = typer.Argument(None, help="dotted overrides, e.g. train.lr=1e-3 model.size=xs")
-PresetOpt = typer.Option(None, "--preset", help="a named override set: built in (quick) or from the recipe's presets: block")
+PresetOpt = typer.Option(
+    None, "--preset", help="a named override set: built in (quick) or from the recipe's presets: block"
+)
 
 
 def _fail_cleanly(command):
@@ -37,12 +45,25 @@ def _fail_cleanly(command):
         from clinkd.interactive.infer import InferInputError
         from clinkd.io import FolderInUse, JsonlError
         from clinkd.model.loading import CheckpointError
+        from clinkd.sasg.scorer import ScorerError
 
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataError, CheckpointError, BoxError, FileNotFoundError, InferInputError, JsonlError, EndpointError,
-                FolderInUse) as error:
-            console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # one line; escaped: `clinkd[demo]` is not markup
+        except (
+            ConfigError,
+            DataError,
+            CheckpointError,
+            BoxError,
+            FileNotFoundError,
+            InferInputError,
+            JsonlError,
+            EndpointError,
+            FolderInUse,
+            ScorerError,
+        ) as error:
+            console.print(
+                f"[red]error:[/red] {escape(str(error))}", soft_wrap=True
+            )  # one line; escaped: `clinkd[demo]` is not markup
             raise typer.Exit(2) from None
 
     return wrapper
@@ -60,7 +81,11 @@ def _writing(folder: Path):
         return
     with folder_lock(folder) as left:
         if left is not None:
-            console.print(f"[yellow]{escape(str(folder))}: taking over the lock left by {escape(left)}, which ended without releasing it (killed?)", soft_wrap=True)
+            console.print(
+                f"[yellow]{escape(str(folder))}: taking over the lock left by {escape(left)}, which ended without "
+                "releasing it (killed?)",
+                soft_wrap=True,
+            )
         yield
 
 
@@ -75,9 +100,24 @@ def _load(config: Optional[Path], overrides: Optional[list[str]], preset: Option
     return load_config(config, overrides, preset)
 
 
+def _selecting(overrides: Optional[list[str]], select: Optional[str]) -> list[str]:
+    """The overrides with ``--select NAME`` as ``select.method=NAME`` (validated with the recipe)."""
+    return [*(overrides or []), *([f"select.method={select}"] if select else [])]
+
+
+def _selector(cfg):
+    """``select.method``'s selector (``clinkd.sasg.pipeline.SELECTORS``; None: plain decoding), for a model on the CPU,
+    where ``load_model`` leaves it."""
+    from clinkd.sasg.pipeline import selector_for
+
+    return selector_for(cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
+
+
 @app.command()
 @_fail_cleanly
-def run(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
+def run(
+    config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt
+):
     """The main job: synthesise (if needed) → distil → reflect → clip-train → predict (SASG) → evaluate."""
     from clinkd.recipes.run import run as run_recipe
 
@@ -91,7 +131,9 @@ def run(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = Ove
 
 @app.command()
 @_fail_cleanly
-def train(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
+def train(
+    config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt
+):
     """Supervised fine-tuning only; the model goes to <run>/sft/model."""
     from clinkd.recipes.train import run_train
 
@@ -108,7 +150,9 @@ def pretrain(
     overrides: Optional[list[str]] = OverridesArg,
     preset: Optional[str] = PresetOpt,
     ship_to: Optional[Path] = typer.Option(
-        None, "--ship-to", help="then copy the base there as a shipped base (bf16, model card, sha256), e.g. src/clinkd/assets/bases/s"
+        None,
+        "--ship-to",
+        help="then copy the base there as a shipped base (bf16, model card, sha256), e.g. src/clinkd/assets/bases/s",
     ),
 ):
     """Pre-train the tiny base (model.size) on a generic synthetic grounding corpus (pretrain.*; docs/pretrain.md).
@@ -121,8 +165,10 @@ def pretrain(
     with _writing(pretrain_dir(cfg)):
         result = run_pretrain(cfg)
     steps, heldout = result.record["steps"], result.record["heldout"]
-    console.print(f"[green]pretrained {steps['dense']} dense + {steps['language']} language steps → {result.model_dir}; "
-                  f"held-out grounding Recall@0.5 {heldout['recall']:.1%} on {heldout['scenes']} scenes")
+    console.print(
+        f"[green]pretrained {steps['dense']} dense + {steps['language']} language steps → {result.model_dir}; "
+        f"held-out grounding Recall@0.5 {heldout['recall']:.1%} on {heldout['scenes']} scenes"
+    )
     if ship_to is not None:
         from clinkd.pretrain.ship import ship_base
 
@@ -142,15 +188,13 @@ def reflect(
 
     Writes <run>/reflect/ (resumable: a rerun picks up where it stopped); the final model is the last round's model/.
     """
-    from clinkd.data.validation import ISSUES_FILE
     from clinkd.model.loading import load_checkpoint
-    from clinkd.recipes.inputs import ensure_synth, load_dataset
+    from clinkd.recipes.inputs import prepared_dataset
     from clinkd.recipes.reflect import run_reflect
 
     cfg = _load(config, overrides, preset)
     with _writing(cfg.run_dir):
-        ensure_synth(cfg)
-        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)  # data problems before the slow load
+        dataset = prepared_dataset(cfg)  # data problems before the slow load
         loaded, processor = load_checkpoint(model, cfg.model.dtype)
         result = run_reflect(cfg, loaded, processor, dataset.train, cfg.run_dir / "reflect")
     console.print(result.markdown(), markup=False)
@@ -159,22 +203,24 @@ def reflect(
 
 @app.command()
 @_fail_cleanly
-def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
+def distill(
+    config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt
+):
     """Pseudo-Augmented Medical Distillation (distill.*): teacher on a subset → pseudo labels → KD student.
 
     Writes <run>/distill/ (resumable: finished sub-stages are skipped); the student goes to <run>/distill/student/model.
     """
-    from clinkd.data.validation import ISSUES_FILE
     from clinkd.distill.teacher_cache import CacheMismatchError
     from clinkd.recipes.distill import run_distill
-    from clinkd.recipes.inputs import ensure_synth, initial_model, load_dataset
+    from clinkd.recipes.inputs import initial_model, prepared_dataset
 
     cfg = _load(config, overrides, preset)
     with _writing(cfg.run_dir):
-        ensure_synth(cfg)
-        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+        dataset = prepared_dataset(cfg)
         try:
-            _, _, info = run_distill(cfg, dataset.train, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train))
+            _, _, info = run_distill(
+                cfg, dataset.train, cfg.run_dir, lambda recipe: initial_model(recipe, dataset.train)
+            )
         except CacheMismatchError as error:
             console.print(f"[red]error:[/red] {escape(str(error))}")
             raise typer.Exit(2) from None
@@ -185,35 +231,55 @@ def distill(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] =
 @_fail_cleanly
 def predict(
     out: Path = typer.Option(..., "--out", help="folder for <TASK>.jsonl (existing rows are kept: resumable)"),
-    model: Optional[Path] = typer.Option(None, "--model", help="a trained clinkd or Qwen2-VL checkpoint directory (or --endpoint)"),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="a trained clinkd or Qwen2-VL checkpoint directory (or --endpoint)"
+    ),
     select: Optional[str] = typer.Option(
-        None, "--select", help="greedy|beam|sasg (default: select.method); sasg scores with select.scorer_path or <run>/clip"
+        None,
+        "--select",
+        help="greedy|beam|sasg (default: select.method); sasg scores with select.scorer_path or <run>/clip",
     ),
     endpoint: Optional[str] = typer.Option(
-        None, "--endpoint", help="score a served model instead: an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (predict.endpoint.base_url)"
+        None,
+        "--endpoint",
+        help="score a served model instead: an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 "
+             "(predict.endpoint.base_url)",
     ),
-    served_model: Optional[str] = typer.Option(None, "--served-model", help="the served model's name (predict.endpoint.model)"),
+    served_model: Optional[str] = typer.Option(
+        None, "--served-model", help="the served model's name (predict.endpoint.model)"
+    ),
     boxes: Optional[str] = typer.Option(
-        None, "--boxes", help="how the served model writes boxes: medgrit|qwen2.5-vl|qwen3-vl|auto (predict.endpoint.boxes; docs/served.md)"
+        None,
+        "--boxes",
+        help="how the served model writes boxes: medgrit|qwen2.5-vl|qwen3-vl|auto (predict.endpoint.boxes; "
+             "docs/served.md)",
     ),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="requests in flight at once (predict.endpoint.concurrency)"),
+    concurrency: Optional[int] = typer.Option(
+        None, "--concurrency", help="requests in flight at once (predict.endpoint.concurrency)"
+    ),
     config: Optional[Path] = ConfigArg,
     overrides: Optional[list[str]] = OverridesArg,
     preset: Optional[str] = PresetOpt,
 ):
-    """Batched generation on the test files of data.dir, to resumable JSONL; with --endpoint, a served model's answers."""
+    """Batched generation on the test files of data.dir, to resumable JSONL; with --endpoint, a served model's
+    answers."""
     import json
 
     from clinkd.config import ConfigError
 
     flags = {"base_url": endpoint, "model": served_model, "boxes": boxes, "concurrency": concurrency}
-    overrides = [*(overrides or []), *([f"select.method={select}"] if select else []),
-                 *(f"predict.endpoint.{key}={json.dumps(value)}" for key, value in flags.items() if value is not None)]
+    overrides = [
+        *_selecting(overrides, select),
+        *(f"predict.endpoint.{key}={json.dumps(value)}" for key, value in flags.items() if value is not None),
+    ]
     cfg = _load(config, overrides, preset)
     served = cfg.predict.endpoint.base_url is not None
     if served == (model is not None):
-        raise ConfigError("give --model DIR (a local model) or --endpoint URL (a served model), not both" if served
-                          else "give --model DIR (a local model) or --endpoint URL (a served model)")
+        raise ConfigError(
+            "give --model DIR (a local model) or --endpoint URL (a served model), not both"
+            if served
+            else "give --model DIR (a local model) or --endpoint URL (a served model)"
+        )
     if served and select:
         raise ConfigError("--select chooses among a local model's candidates; a served model answers greedily")
     if served:
@@ -222,11 +288,17 @@ def predict(
         with _writing(out):
             paths, record = run_predict_served(cfg, out)
         last, rows = record["invocations"][-1], record["rows"]
-        console.print(f"{last['answers']} answers, {last['requests']} requests in {last['seconds']:.1f} s "
-                      f"({last['requests_per_s'] or 0:.2f} requests/s), {last['prompt_tokens']} + {last['completion_tokens']} tokens")
+        console.print(
+            f"{last['answers']} answers, {last['requests']} requests in {last['seconds']:.1f} s "
+            f"({last['requests_per_s'] or 0:.2f} requests/s), {last['prompt_tokens']} + {last['completion_tokens']} "
+            "tokens"
+        )
         if rows["multi_line"]:
-            console.print(f"[yellow]{rows['multi_line']} of {rows['answers']} answers span several lines: BiRD's clean-up scores only the "
-                          "text between the first two newlines; ask for one line (predict.endpoint.instructions, docs/served.md)")
+            console.print(
+                f"[yellow]{rows['multi_line']} of {rows['answers']} answers span several lines: BiRD's clean-up scores "
+                "only the "
+                "text between the first two newlines; ask for one line (predict.endpoint.instructions, docs/served.md)"
+            )
     else:
         from clinkd.recipes.predict import run_predict
 
@@ -240,28 +312,37 @@ def predict(
 @_fail_cleanly
 def clip_train(
     tokenizer: Optional[Path] = typer.Option(
-        None, "--tokenizer", help="checkpoint dir whose tokenizer the CLIP reuses (default: <run>/sft/model if present, else a BPE trained on the data)"
+        None,
+        "--tokenizer",
+        help="checkpoint dir whose tokenizer the CLIP reuses (default: <run>/sft/model if present, else a BPE trained "
+             "on the data)",
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="output dir (default: select.scorer_path or <run>/clip)"),
     config: Optional[Path] = ConfigArg,
     overrides: Optional[list[str]] = OverridesArg,
     preset: Optional[str] = PresetOpt,
 ):
-    """Train SASG's embedded Med-CLIP (clip.*) on the train split's image–text pairs; report its held-out matching rate."""
-    from clinkd.data.validation import ISSUES_FILE
+    """Train SASG's embedded Med-CLIP (clip.*) on the train split's image–text pairs; report its held-out matching
+    rate."""
     from clinkd.recipes.clip_train import run_clip_train, text_tokenizer
-    from clinkd.recipes.inputs import all_tests, ensure_synth, load_dataset
+    from clinkd.recipes.inputs import all_tests, prepared_dataset
     from clinkd.sasg import scorer_dir
 
     cfg = _load(config, overrides, preset)
     with _writing(cfg.run_dir):
-        ensure_synth(cfg)
-        dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+        dataset = prepared_dataset(cfg)
         clip_tokenizer = text_tokenizer(cfg, dataset.train, tokenizer)
-        result, rates = run_clip_train(cfg, dataset.train, clip_tokenizer, out or scorer_dir(cfg.select, cfg.run_dir), all_tests(dataset))
-    console.print(f"[green]clip: {result.steps} steps on {result.pairs} pairs in {result.seconds:.0f} s → {result.model_dir}")
+        result, rates = run_clip_train(
+            cfg, dataset.train, clip_tokenizer, out or scorer_dir(cfg.select, cfg.run_dir), all_tests(dataset)
+        )
+    console.print(
+        f"[green]clip: {result.steps} steps on {result.pairs} pairs in {result.seconds:.0f} s → {result.model_dir}"
+    )
     if rates:
-        console.print("held-out matching rate (true text above a mismatched one): " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
+        console.print(
+            "held-out matching rate (true text above a mismatched one): "
+            + ", ".join(f"{k} {v:.1%}" for k, v in rates.items())
+        )
 
 
 @app.command()
@@ -270,33 +351,68 @@ def evaluate(
     pred: list[Path] = typer.Option(..., "--pred", help="prediction JSONL file(s)"),
     out: Path = typer.Option(..., "--out", help="folder for metrics.json and report.md"),
     data: Optional[Path] = typer.Option(
-        None, "--data",
-        help="data dir with test_*.json: every row must answer one test record of its task; adds the trivial baselines (fitted on its train.json)",
+        None,
+        "--data",
+        help="data dir with test_*.json: every row must answer one test record of its task; adds the trivial baselines "
+             "(fitted on its train.json)",
     ),
     partial: bool = typer.Option(
-        False, "--partial", help="with --data: score the rows there are when test records have none (counted in the report)"
+        False,
+        "--partial",
+        help="with --data: score the rows there are when test records have none (counted in the report)",
     ),
     on_error: OnError = typer.Option("skip", "--on-error", help="for bad test records"),
-    meteor: str = typer.Option("auto", "--meteor", help="auto|java|nltk|off (auto: METEOR 1.5 jar, else meteor-nltk)"),
-    spice: str = typer.Option("auto", "--spice", help="auto|official|approx|off (auto: real SPICE if its jars are found, else SPICE-approx)"),
-    spice_jars: Optional[Path] = typer.Option(None, "--spice-jars", help="folder with stanford-corenlp-3.6.0{,-models}.jar for real SPICE"),
-    bird_exact: bool = typer.Option(False, "--bird-exact", help="score exactly as BiRD's scripts"),
-    figures: bool = typer.Option(True, "--figures/--no-figures", help="write the PNG figures"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run folder with train_log.json files for the loss figure (default: --out)"),
-    as_json: bool = typer.Option(False, "--json", help="print metrics.json instead of report.md (both are written to --out)"),
+    meteor: Optional[str] = typer.Option(None, "--meteor", help="evaluate.meteor: auto|java|nltk|off"),
+    spice: Optional[str] = typer.Option(None, "--spice", help="evaluate.spice: auto|official|approx|off"),
+    spice_jars: Optional[Path] = typer.Option(
+        None, "--spice-jars", help="evaluate.corenlp_dir: the CoreNLP 3.6.0 jars for real SPICE"
+    ),
+    bird_exact: Optional[bool] = typer.Option(
+        None, "--bird-exact", help="evaluate.bird_exact: score exactly as BiRD's scripts"
+    ),
+    figures: Optional[bool] = typer.Option(
+        None, "--figures/--no-figures", help="evaluate.figures: write the PNG figures"
+    ),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", help="run folder with train_log.json files for the loss figure (default: --out)"
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="print metrics.json instead of report.md (both are written to --out)"
+    ),
+    config: Optional[Path] = ConfigArg,
+    overrides: Optional[list[str]] = OverridesArg,
+    preset: Optional[str] = PresetOpt,
 ):
     """Score predictions per modality and task (BiRD semantics) and write the report, tables and figures.
 
-    A second row for one task and id is an error; with --data so is a row that answers no test record of its task,
-    and (unless --partial) a test record of a task the rows cover that has no row. The report (or with --json the
-    metrics) goes to stdout; progress and messages to stderr.
+    The scoring backends and options are the recipe's evaluate: block; each flag overrides its key. A second row for
+    one task and id is an error; with --data so is a row that answers no test record of its task, and (unless
+    --partial) a test record of a task the rows cover that has no row. The report (or with --json the metrics) goes to
+    stdout; progress and messages to stderr.
     """
     import json
+
     from clinkd.data.medgrit import load_medgrit, load_test_split
     from clinkd.data.validation import ISSUES_FILE, DataIssues
-    from clinkd.metrics.backends import BackendChoice, caption_scorers
     from clinkd.metrics.meteor import BackendUnavailable
-    from clinkd.recipes.evaluate import run_evaluate
+    from clinkd.recipes.evaluate import evaluation_scorers, run_evaluate
+
+    flags = {
+        "meteor": meteor,
+        "spice": spice,
+        "corenlp_dir": spice_jars and str(spice_jars),
+        "bird_exact": bird_exact,
+        "figures": figures,
+    }
+    cfg = _load(
+        config,
+        [
+            *(overrides or []),
+            *(f"evaluate.{key}={json.dumps(value)}" for key, value in flags.items() if value is not None),
+        ],
+        preset,
+    )
+    evaluation = cfg.evaluate
 
     tests, train = None, []
     if data is not None:
@@ -307,14 +423,26 @@ def evaluate(
         console.print(issues.record(out / ISSUES_FILE))
         issues.raise_for_unusable_files()
     try:
-        scorers = caption_scorers(BackendChoice(meteor=meteor, spice=spice, corenlp_dir=spice_jars))
+        scorers = evaluation_scorers(evaluation)
     except (ValueError, BackendUnavailable) as error:
         console.print(f"[red]error:[/red] {escape(str(error))} (clinkd env lists what is available)")
         raise typer.Exit(2) from None
     document = run_evaluate(
-        pred, out, tests=tests, train=train, scorers=scorers, bird_exact=bird_exact, figures=figures, run_dir=run_dir, partial=partial
+        pred,
+        out,
+        tests=tests,
+        train=train,
+        scorers=scorers,
+        bird_exact=evaluation.bird_exact,
+        figures=evaluation.figures,
+        run_dir=run_dir,
+        partial=partial,
     )
-    typer.echo(json.dumps(document, indent=2, ensure_ascii=False) if as_json else (out / "report.md").read_text(encoding="utf-8"))
+    typer.echo(
+        json.dumps(document, indent=2, ensure_ascii=False)
+        if as_json
+        else (out / "report.md").read_text(encoding="utf-8")
+    )
 
 
 @app.command()
@@ -322,7 +450,9 @@ def evaluate(
 def compare(
     runs: list[Path] = typer.Argument(..., help="run folders (or metrics.json files); the first is the reference row"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write comparison.md and CSV tables here"),
-    label: Optional[list[str]] = typer.Option(None, "--label", help="a row name per run, in order (default: folder names)"),
+    label: Optional[list[str]] = typer.Option(
+        None, "--label", help="a row name per run, in order (default: folder names)"
+    ),
 ):
     """Side-by-side tables of evaluated runs, laid out like the paper's Table 2 (ablations)."""
     from clinkd.recipes.compare import run_compare
@@ -366,11 +496,17 @@ def _turn_mix(text: str) -> dict[str, int]:
 def synth(
     out: Path = typer.Option(..., "--out", help="output dataset folder"),
     seed: int = typer.Option(SYNTH_DEFAULTS.seed, "--seed"),
-    images: int = typer.Option(SYNTH_DEFAULTS.images, "--images", help="training images (spread over the 8 modalities)"),
-    test_per_cell: int = typer.Option(SYNTH_DEFAULTS.test_per_cell, "--test-per-cell", help="test records per task and modality"),
+    images: int = typer.Option(
+        SYNTH_DEFAULTS.images, "--images", help="training images (spread over the 8 modalities)"
+    ),
+    test_per_cell: int = typer.Option(
+        SYNTH_DEFAULTS.test_per_cell, "--test-per-cell", help="test records per task and modality"
+    ),
     image_size: int = typer.Option(SYNTH_DEFAULTS.image_size, "--image-size"),
     turns: str = typer.Option(
-        ",".join(f"{task}={count}" for task, count in SYNTH_DEFAULTS.turns.items()), "--turns", help="training turns per image and task"
+        ",".join(f"{task}={count}" for task, count in SYNTH_DEFAULTS.turns.items()),
+        "--turns",
+        help="training turns per image and task",
     ),
 ):
     """Generate the Med-GRIT-style synthetic benchmark (deterministic per seed)."""
@@ -380,7 +516,11 @@ def synth(
     with make_progress() as progress:
         bar = progress.add_task("synth", total=None, info=str(out))
         summary = generate(
-            out, seed=seed, images=images, test_per_cell=test_per_cell, image_size=image_size,
+            out,
+            seed=seed,
+            images=images,
+            test_per_cell=test_per_cell,
+            image_size=image_size,
             progress=lambda done, total: progress.update(bar, completed=done, total=total),
             turns_per_task=_turn_mix(turns),
         )
@@ -394,9 +534,19 @@ def convert(
     images: Path = typer.Option(..., "--images", help="image folder"),
     out: Path = typer.Option(..., "--out", help="output folder for <name>.json and dataset_info.json"),
     name: str = typer.Option("clinkd_medgrit", "--name", help="dataset name in dataset_info.json"),
-    box_style: ModelBoxStyle = typer.Option("qwen2-vl", "--box-style", help="markup written: qwen2-vl <|box_start|> tokens, Qwen-VL <box> tags or qwen3-vl JSON (Qwen3-VL, Qwen3.5)"),
-    image_paths: ImagePaths = typer.Option("absolute", "--image-paths", help="relative: to --out (LLaMA-Factory's default media_dir), so the folder can move"),
-    on_error: OnError = typer.Option("skip", "--on-error", help="skip: skip and count bad records; stop: fail on the first"),
+    box_style: ModelBoxStyle = typer.Option(
+        "qwen2-vl",
+        "--box-style",
+        help="markup written: qwen2-vl <|box_start|> tokens, Qwen-VL <box> tags or qwen3-vl JSON (Qwen3-VL, Qwen3.5)",
+    ),
+    image_paths: ImagePaths = typer.Option(
+        "absolute",
+        "--image-paths",
+        help="relative: to --out (LLaMA-Factory's default media_dir), so the folder can move",
+    ),
+    on_error: OnError = typer.Option(
+        "skip", "--on-error", help="skip: skip and count bad records; stop: fail on the first"
+    ),
 ):
     """Convert to LLaMA-Factory ShareGPT (messages + images) with a dataset_info.json entry.
 
@@ -406,7 +556,9 @@ def convert(
     from clinkd.data.validation import ISSUES_FILE, DataIssues
 
     issues = DataIssues()
-    summary = convert_file(input, images, out, name=name, box_style=box_style, on_error=on_error, issues=issues, image_paths=image_paths)
+    summary = convert_file(
+        input, images, out, name=name, box_style=box_style, on_error=on_error, issues=issues, image_paths=image_paths
+    )
     console.print(issues.record(out / ISSUES_FILE))
     console.print(str(summary), markup=False, highlight=False, soft_wrap=True)
 
@@ -415,12 +567,24 @@ def convert(
 @_fail_cleanly
 def infer(
     model: Path = typer.Option(..., "--model", help="a trained clinkd or Qwen2-VL checkpoint directory"),
-    image: Path = typer.Option(..., "--image", help="PNG/JPEG/… (grayscale and 16-bit are converted) or DICOM (needs pydicom)"),
-    question: str = typer.Option("", "--question", help="a question, or only its target: a name (VG) or a box (x1,y1),(x2,y2) (ROC/RC)"),
+    image: Path = typer.Option(
+        ..., "--image", help="PNG/JPEG/… (grayscale and 16-bit are converted) or DICOM (needs pydicom)"
+    ),
+    question: str = typer.Option(
+        "", "--question", help="a question, or only its target: a name (VG) or a box (x1,y1),(x2,y2) (ROC/RC)"
+    ),
     task: Optional[str] = typer.Option(None, "--task", help="vg|roc|rc|mia (default: guessed from the question)"),
-    select: Optional[str] = typer.Option(None, "--select", help="sasg: answer with the best-scored candidate (the recipe's select: block)"),
-    gt: Optional[str] = typer.Option(None, "--gt", help='ground-truth box "(x1,y1),(x2,y2)" on the 0–1000 scale, drawn in green'),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG with the boxes drawn (default: ./<image stem>.clinkd.png)"),
+    select: Optional[str] = typer.Option(
+        None,
+        "--select",
+        help="greedy|beam|sasg: answer through that selector (select.method; the recipe's select: block)",
+    ),
+    gt: Optional[str] = typer.Option(
+        None, "--gt", help='ground-truth box "(x1,y1),(x2,y2)" on the 0–1000 scale, drawn in green'
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="PNG with the boxes drawn (default: ./<image stem>.clinkd.png)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of text"),
     config: Optional[Path] = ConfigArg,
     overrides: Optional[list[str]] = OverridesArg,
@@ -429,29 +593,54 @@ def infer(
     """Answer one question about one image; write the image with the answer's boxes drawn on it."""
     import json
 
-    from clinkd.interactive.infer import load_model, named_selector, parse_ground_truth, prepare_request, render_overlay, run_request, without_markup
+    from clinkd.batching import InputFormat
+    from clinkd.interactive.infer import (
+        load_model,
+        parse_ground_truth,
+        prepare_request,
+        render_overlay,
+        run_request,
+        without_markup,
+    )
 
-    cfg = _load(config, overrides, preset)
-    request = prepare_request(image, question, task, cfg.data.max_image_pixels)  # every input check before the (slow) model load
+    cfg = _load(config, _selecting(overrides, select), preset)
+    request = prepare_request(
+        image, question, task, cfg.data.max_image_pixels
+    )  # every input check before the (slow) model load
     truth = parse_ground_truth(gt)
-    selector = named_selector(select, cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
+    selector = _selector(cfg) if select else None  # a missing scorer before the slow model load
     loaded, processor = load_model(model, cfg.model.dtype)
     result = run_request(
-        loaded, processor, request, selector,
-        box_style=cfg.data.box_style, square_size=cfg.model.square_size,
-        max_new_tokens=cfg.predict.max_new_tokens[request.task], num_beams=cfg.predict.num_beams,
+        loaded,
+        processor,
+        request,
+        selector,
+        input_format=InputFormat.of(cfg),
+        max_new_tokens=cfg.predict.max_new_tokens[request.task],
+        num_beams=cfg.predict.num_beams,
     )
     out = out or Path(f"{request.image.stem}.clinkd.png")
     render_overlay(result, truth).save(out)
     if as_json:
-        typer.echo(json.dumps({**result.to_json(), "ground_truth": truth and [truth.x1, truth.y1, truth.x2, truth.y2], "overlay": str(out)}))
+        typer.echo(
+            json.dumps(
+                {
+                    **result.to_json(),
+                    "ground_truth": truth and [truth.x1, truth.y1, truth.x2, truth.y2],
+                    "overlay": str(out),
+                }
+            )
+        )
         return
     console.print(f"[bold]{result.task}[/bold] {escape(result.question)}")
     console.print(escape(result.answer_text) or "[dim](empty answer)[/dim]")
     for item in result.boxes:
         console.print(f"  box {escape(item.label)}: {item.box.to_text('plain')}")
     for rank, candidate in enumerate(result.candidates, 1):
-        console.print(f"  {result.selector} candidate {rank}, score {candidate.score:.4g}: {escape(without_markup(candidate.text))}")
+        console.print(
+            f"  {result.selector} candidate {rank}, score {candidate.score:.4g}: "
+            f"{escape(without_markup(candidate.text))}"
+        )
     if result.box_error:
         console.print(f"[yellow]the answer's box markup does not parse:[/yellow] {escape(result.box_error)}")
     console.print(f"[green]boxes drawn:[/green] {out}")
@@ -461,10 +650,17 @@ def infer(
 @_fail_cleanly
 def demo(
     model: Path = typer.Option(..., "--model", help="a trained clinkd or Qwen2-VL checkpoint directory"),
-    data: Optional[Path] = typer.Option(None, "--data", help="a dataset folder (test_*.json + images/) to pick examples from (default: the recipe's data.dir when it exists)"),
+    data: Optional[Path] = typer.Option(
+        None,
+        "--data",
+        help="a dataset folder (test_*.json + images/) to pick examples from (default: the recipe's data.dir when it "
+             "exists)",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind (127.0.0.1: this machine only)"),
     port: int = typer.Option(7860, "--port"),
-    select: Optional[str] = typer.Option(None, "--select", help="sasg: offer SASG selection, with its candidates and scores"),
+    select: Optional[str] = typer.Option(
+        None, "--select", help="greedy|beam|sasg: offer that selector (select.method), with its candidates and scores"
+    ),
     config: Optional[Path] = ConfigArg,
     overrides: Optional[list[str]] = OverridesArg,
     preset: Optional[str] = PresetOpt,
@@ -476,11 +672,11 @@ def demo(
         console.print("[red]error:[/red] clinkd demo needs gradio: pip install 'clinkd\\[demo]'")
         raise typer.Exit(2)
     from clinkd.interactive.demo import DemoSettings, build_demo, launch_demo
-    from clinkd.interactive.infer import load_model, named_selector
+    from clinkd.interactive.infer import load_model
 
-    cfg = _load(config, overrides, preset)
+    cfg = _load(config, _selecting(overrides, select), preset)
     data = data if data is not None else (cfg.data.dir if (cfg.data.dir / "images").is_dir() else None)
-    selector = named_selector(select, cfg.select, cfg.clip.crop_margin, cfg.seed, cfg.run_dir)
+    selector = _selector(cfg) if select else None
     loaded, processor = load_model(model, cfg.model.dtype)
     app_ = build_demo(loaded, processor, data_dir=data, selector=selector, settings=DemoSettings.from_config(cfg))
     console.print(f"[green]clinkd demo[/green] on http://{host}:{port} (Ctrl+C stops it)")
@@ -512,13 +708,22 @@ def export(
     from clinkd.model.export import export_model
 
     exported = export_model(run_or_model, out)
-    how = "AutoModelForImageTextToText.from_pretrained(DIR, trust_remote_code=True)" if exported.remote_code else "stock transformers (plain Qwen2-VL checkpoint)"
-    console.print(f"[green]exported[/green] {exported.source} → {exported.out}: positions {exported.strategy['name']}; load with {how}")
+    how = (
+        "AutoModelForImageTextToText.from_pretrained(DIR, trust_remote_code=True)"
+        if exported.remote_code
+        else "stock transformers (plain Qwen2-VL checkpoint)"
+    )
+    console.print(
+        f"[green]exported[/green] {exported.source} → {exported.out}: positions {exported.strategy['name']}; load with "
+        f"{how}"
+    )
 
 
 @app.command("config")
 @_fail_cleanly
-def show_config(config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt):
+def show_config(
+    config: Optional[Path] = ConfigArg, overrides: Optional[list[str]] = OverridesArg, preset: Optional[str] = PresetOpt
+):
     """Validate a recipe and print it fully resolved."""
     from clinkd.config import dump_config
 

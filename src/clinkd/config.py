@@ -11,24 +11,28 @@ to (or replaces one of) the built-in :data:`PRESETS` (``clinkd run --preset quic
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from clinkd.boxes import ModelBoxStyle
 from clinkd.data.records import TASKS
 from clinkd.images import PIL_PIXEL_LIMIT
 from clinkd.io import unreachable_reason
-from clinkd.model.bases import base_dir, shipped_sizes
+from clinkd.losses.config import KD_LOSS_PRESETS, KDLossConfig
+from clinkd.model.bases import shipped_sizes
 from clinkd.model.positions import PAPER, RopeStrategy
-
 
 _EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 # numpy seeds must stay below 2**32, and stages add small offsets to the recipe's seed.
 MAX_SEED = 2**31 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+KD_LOSS_KEYS = tuple(field.name for field in fields(KDLossConfig))  # distill:'s loss keys (DistillConfig.loss, flat)
+# A section whose keys a recipe writes one level up: distill.alpha is DistillConfig.loss.alpha.
+FLAT_SECTIONS: tuple[str, ...] = ("distill.loss",)
 
 
 class ConfigError(ValueError):
@@ -75,7 +79,8 @@ class DataConfig(_Section):
     synth: SynthConfig = SynthConfig()
     on_error: Literal["skip", "stop"] = "skip"
     box_style: ModelBoxStyle = Field(
-        "qwen2-vl", description="box/ref markup the model is trained to read and write; Qwen3-VL and Qwen3.5 always use their JSON"
+        "qwen2-vl",
+        description="box/ref markup the model is trained to read and write; Qwen3-VL and Qwen3.5 always use their JSON",
     )
     train_turns: Literal["split", "multi"] = Field(
         "split", description="split: one sample per QA turn (matches the one-turn test files); multi: one per image"
@@ -83,7 +88,10 @@ class DataConfig(_Section):
     max_train_samples: int | None = Field(None, gt=0)
     max_test_per_task: int | None = Field(None, gt=0)
     max_image_pixels: int = Field(
-        PIL_PIXEL_LIMIT, gt=0, le=PIL_PIXEL_LIMIT, description="an image with more pixels is a data issue (never decoded)"
+        PIL_PIXEL_LIMIT,
+        gt=0,
+        le=PIL_PIXEL_LIMIT,
+        description="an image with more pixels is a data issue (never decoded)",
     )
 
     @property
@@ -94,7 +102,9 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     path: Path | None = Field(None, description="local checkpoint dir (Qwen2-VL, Qwen2.5-VL or clinkd); null = tiny")
     init: Literal["scratch", "base"] = Field(
-        "scratch", description="the tiny model (path null): base = the shipped pretrained base of model.size, scratch = built from a config"
+        "scratch",
+        description="the tiny model (path null): base = the shipped pretrained base of model.size, scratch = built "
+                    "from a config",
     )
     size: Literal["xs", "s", "m"] = "s"
     tokenizer_vocab: int = Field(1024, ge=300)
@@ -104,27 +114,19 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     allow_partial: list[str] = Field(
         default_factory=list,
-        description="regexes of weight names that may be missing or unexpected when model.path loads (a new head); default: none",
+        description="regexes of weight names that may be missing or unexpected when model.path loads (a new head); "
+                    "default: none",
     )
 
     @model_validator(mode="after")
     def _base_is_shipped(self) -> ModelConfig:
         if self.path is None and self.init == "base" and self.size not in shipped_sizes():
-            raise ValueError(f"model.init: no shipped base for model.size {self.size!r} (shipped: {', '.join(shipped_sizes()) or 'none'}); "
-                             "use model.init=scratch or build one with clinkd pretrain (docs/pretrain.md)")
+            raise ValueError(
+                f"model.init: no shipped base for model.size {self.size!r} (shipped: "
+                f"{', '.join(shipped_sizes()) or 'none'}); "
+                "use model.init=scratch or build one with clinkd pretrain (docs/pretrain.md)"
+            )
         return self
-
-    @property
-    def checkpoint(self) -> Path | None:
-        """The checkpoint the model starts from: ``path``, the shipped base (``init: base``), or None (scratch)."""
-        if self.path is not None:
-            return self.path
-        if self.init == "scratch":
-            return None
-        try:
-            return base_dir(self.size)
-        except (FileNotFoundError, ValueError) as error:
-            raise ConfigError(f"model.init: {error}") from error
 
 
 class LoraConfig(_Section):
@@ -138,12 +140,18 @@ class LoraConfig(_Section):
         min_length=1,
         description="linear-layer names (last path component); only layers inside parts whose train.freeze_* is false",
     )
-    quantize: Literal["none", "4bit", "8bit"] = Field("none", description="QLoRA: load the base in 4/8 bit (bitsandbytes, CUDA)")
-    merge: bool = Field(True, description="<stage>/model = base with the adapters merged in (the adapter is kept in <stage>/adapter)")
+    quantize: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="QLoRA: load the base in 4/8 bit (bitsandbytes, CUDA)"
+    )
+    merge: bool = Field(
+        True, description="<stage>/model = base with the adapters merged in (the adapter is kept in <stage>/adapter)"
+    )
 
 
 class TrainConfig(_Section):
-    epochs: float = Field(1.0, gt=0, description="the student's epochs (paper: 2 distillation epochs, then 2 reflective rounds)")
+    epochs: float = Field(
+        1.0, gt=0, description="the student's epochs (paper: 2 distillation epochs, then 2 reflective rounds)"
+    )
     max_steps: int = Field(-1, ge=-1, description="overrides epochs when > 0")
     batch_size: int = Field(16, gt=0)
     grad_accum: int = Field(1, gt=0)
@@ -161,25 +169,43 @@ class TrainConfig(_Section):
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default = all cores")
     lora: LoraConfig | None = Field(None, description="null = full fine-tuning of the unfrozen parts")
-    deepspeed: Path | None = Field(None, description="DeepSpeed JSON (configs/deepspeed/zero{2,3}.json); launch with torchrun/accelerate")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
-    retrieval_loss: float = Field(
-        0.0, ge=0, description="weight of the retrieval-attention loss on box answers (0: off; eager attention; docs/pretrain.md)"
+    deepspeed: Path | None = Field(
+        None, description="DeepSpeed JSON (configs/deepspeed/zero{2,3}.json); launch with torchrun/accelerate"
     )
-    retrieval_layer: int = Field(-2, description="text layer whose head the retrieval loss supervises (negative: from the top)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward: less memory, ~30% slower"
+    )
+    retrieval_loss: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the retrieval-attention loss on box answers (0: off; eager attention; docs/pretrain.md)",
+    )
+    retrieval_layer: int = Field(
+        -2, description="text layer whose head the retrieval loss supervises (negative: from the top)"
+    )
     retrieval_head: int = Field(0, ge=0, description="the supervised head of that layer")
+
+    @property
+    def frozen_parts(self) -> dict[str, bool]:
+        """Which parts of the model (``clinkd.model.lora.model_parts``) the ``freeze_*`` knobs freeze."""
+        return {"vision_tower": self.freeze_vision_tower, "merger": self.freeze_merger, "llm": self.freeze_llm}
 
 
 class EndpointConfig(_Section):
-    """An OpenAI-compatible chat-completions endpoint (``clinkd.endpoint``): a hosted API, vLLM, SGLang, llama.cpp server."""
+    """An OpenAI-compatible chat-completions endpoint (``clinkd.endpoint``): a hosted API, vLLM, SGLang, llama.cpp
+    server."""
 
     base_url: str | None = Field(None, description="the OpenAI client's base URL, e.g. http://127.0.0.1:8000/v1")
     model: str | None = Field(None, description="the served model's name in the requests")
-    api_key_env: str | None = Field(None, description="env variable holding the key (never written anywhere); null for a keyless local server")
+    api_key_env: str | None = Field(
+        None, description="env variable holding the key (never written anywhere); null for a keyless local server"
+    )
     concurrency: int = Field(4, gt=0, description="requests in flight at once")
     timeout: float = Field(60.0, gt=0, description="seconds per request")
     retries: int = Field(4, ge=0, description="extra attempts after a failed request")
-    backoff: float = Field(1.0, ge=0, description="seconds before the first retry; doubles at each retry (a Retry-After header wins)")
+    backoff: float = Field(
+        1.0, ge=0, description="seconds before the first retry; doubles at each retry (a Retry-After header wins)"
+    )
 
 
 # How a served model writes boxes (clinkd.model.box_convention.SERVED_SCALES): the scale its coordinates are on.
@@ -187,14 +213,18 @@ ServedBoxes = Literal["medgrit", "qwen2.5-vl", "qwen3-vl", "auto"]
 
 
 class ServedModelConfig(EndpointConfig):
-    """A model behind an OpenAI-compatible endpoint, scored like a local one (``clinkd predict --endpoint``, docs/served.md)."""
+    """A model behind an OpenAI-compatible endpoint, scored like a local one (``clinkd predict --endpoint``,
+    docs/served.md)."""
 
     concurrency: int = Field(8, gt=0, description="requests in flight at once")
     timeout: float = Field(120.0, gt=0, description="seconds per request")
     boxes: ServedBoxes = Field(
-        "medgrit", description="medgrit/qwen3-vl: 0–1000; qwen2.5-vl: pixels of the resized image; auto: decided per answer"
+        "medgrit",
+        description="medgrit/qwen3-vl: 0–1000; qwen2.5-vl: pixels of the resized image; auto: decided per answer",
     )
-    min_pixels: int | None = Field(None, gt=0, description="the served model's pixel budget (boxes qwen2.5-vl and auto)")
+    min_pixels: int | None = Field(
+        None, gt=0, description="the served model's pixel budget (boxes qwen2.5-vl and auto)"
+    )
     max_pixels: int | None = Field(None, gt=0)
     instructions: dict[str, str] = Field(
         default_factory=dict, description="text appended to each task's question on a new line, e.g. how to write a box"
@@ -208,16 +238,24 @@ class ServedModelConfig(EndpointConfig):
     @model_validator(mode="after")
     def _complete_when_used(self) -> ServedModelConfig:
         if self.base_url is not None and not self.model:
-            raise ValueError("base_url is set but model is not: name the served model (--served-model, e.g. Qwen/Qwen2.5-VL-7B-Instruct)")
+            raise ValueError(
+                "base_url is set but model is not: name the served model (--served-model, e.g. "
+                "Qwen/Qwen2.5-VL-7B-Instruct)"
+            )
         if self.boxes in ("qwen2.5-vl", "auto") and (self.min_pixels is None or self.max_pixels is None):
-            raise ValueError(f"boxes {self.boxes} reads pixels of the image the server resized: set min_pixels and max_pixels to the "
-                             "served model's budget (a stock Qwen2.5-VL: 3136 and 12845056)")
+            raise ValueError(
+                f"boxes {self.boxes} reads pixels of the image the server resized: set min_pixels and max_pixels to "
+                "the "
+                "served model's budget (a stock Qwen2.5-VL: 3136 and 12845056)"
+            )
         return self
 
 
 class PredictConfig(_Section):
     batch_size: int = Field(32, gt=0)
-    max_new_tokens: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: {"VG": 40, "ROC": 16, "RC": 40, "MIA": 48})
+    max_new_tokens: dict[str, Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: {"VG": 40, "ROC": 16, "RC": 40, "MIA": 48}
+    )
     num_beams: int = Field(1, gt=0)
     endpoint: ServedModelConfig = Field(
         ServedModelConfig(), description="predict through a served model instead of a local one (base_url set)"
@@ -238,7 +276,9 @@ class EvaluateConfig(_Section):
     spice: Literal["auto", "official", "approx", "off"] = Field(
         "auto", description="auto: real SPICE 1.0 when the CoreNLP 3.6.0 jars are found, else SPICE-approx"
     )
-    corenlp_dir: Path | None = Field(None, description="folder with stanford-corenlp-3.6.0{,-models}.jar for real SPICE")
+    corenlp_dir: Path | None = Field(
+        None, description="folder with stanford-corenlp-3.6.0{,-models}.jar for real SPICE"
+    )
     bird_exact: bool = Field(False, description="score exactly as BiRD's scripts (no end-of-turn pre-step, <box> only)")
     figures: bool = Field(True, description="write the PNG figures (per-modality bars, training loss curves)")
 
@@ -257,7 +297,9 @@ class OpenAICorrectorConfig(EndpointConfig):
 
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-4o"
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="env variable holding the key; null for a keyless local server")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="env variable holding the key; null for a keyless local server"
+    )
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(256, gt=0)
     cache_dir: Path | None = Field(None, description="reply cache shared by runs; default <output_dir>/cache/corrector")
@@ -269,11 +311,21 @@ class ReflectConfig(_Section):
     enabled: bool = True
     rounds: int = Field(2, ge=0)
     threshold: float = Field(0.8, ge=0, le=1, description="outputs whose similarity is below this are corrected")
-    iou_threshold: float = Field(0.5, ge=0, lt=1, description="a grounding answer also needs every box's IoU above this")
-    accept_threshold: float = Field(0.8, ge=0, le=1, description="a corrector reply must score at least this against the ground truth")
-    generate_samples: int | None = Field(512, gt=0, description="training turns generated on per round (fixed seeded subset); null = all")
-    budget: int | None = Field(256, gt=0, description="most corrections requested per round, worst first; null = no limit")
-    train_samples: int | None = Field(1600, gt=0, description="original training examples per round's epoch (seeded subset); null = all")
+    iou_threshold: float = Field(
+        0.5, ge=0, lt=1, description="a grounding answer also needs every box's IoU above this"
+    )
+    accept_threshold: float = Field(
+        0.8, ge=0, le=1, description="a corrector reply must score at least this against the ground truth"
+    )
+    generate_samples: int | None = Field(
+        512, gt=0, description="training turns generated on per round (fixed seeded subset); null = all"
+    )
+    budget: int | None = Field(
+        256, gt=0, description="most corrections requested per round, worst first; null = no limit"
+    )
+    train_samples: int | None = Field(
+        1600, gt=0, description="original training examples per round's epoch (seeded subset); null = all"
+    )
     epochs: float = Field(1.0, gt=0, description="epochs over the training mix per round")
     lr: float | None = Field(None, gt=0, description="learning rate of the rounds; null = train.lr")
     score_after: bool = Field(True, description="generate once more after the last round to score the final model")
@@ -287,15 +339,18 @@ class ReflectConfig(_Section):
 class DistillConfig(_Section):
     """Pseudo-Augmented Medical Distillation (``clinkd distill``, docs/distill.md): teacher → pseudo labels → student.
 
-    The loss fields left ``null`` take the value of ``preset`` (``paper`` or ``clinkd-official``, see
-    ``clinkd.losses.KDLossConfig``); a set field overrides the preset.
+    The KD loss is ``loss``, a :class:`~clinkd.losses.KDLossConfig`, written flat in a recipe: every field of it is a
+    key of ``distill:`` (``distill.alpha``, ``distill.temperature``, …) laid over ``preset``'s values; a key left out or
+    ``null`` keeps the preset's value. A resolved recipe writes them all.
     """
 
     enabled: bool = Field(True, description="clinkd run: teacher → pseudo labels → KD student (false: plain SFT)")
     teacher: Path | None = Field(None, description="an existing teacher checkpoint; null = fine-tune one on the subset")
     teacher_fraction: float = Field(0.111, gt=0, le=1, description="share of the train records the teacher is tuned on")
     teacher_init: Path | None = Field(
-        None, description="checkpoint the teacher is fine-tuned from (paper: Qwen2-VL-7B for a 2B student); null = model.path"
+        None,
+        description="checkpoint the teacher is fine-tuned from (paper: Qwen2-VL-7B for a 2B student); "
+        "null = model.path",
     )
     teacher_size: Literal["xs", "s", "m"] | None = Field(
         "s", description="tiny teacher size (model.path and teacher_init null); null = model.size"
@@ -309,13 +364,19 @@ class DistillConfig(_Section):
     )
     pseudo_max_new_tokens: int | None = Field(None, gt=0, description="null = the largest predict.max_new_tokens")
     pseudo_filter: bool = Field(
-        True, description="drop pseudo labels that name another structure than their turn, or lack a box where it needs one"
+        True,
+        description="drop pseudo labels that name another structure than their turn, or lack a box where it needs one",
     )
     min_margin: float = Field(
-        0.0, ge=0, le=1, description="drop pseudo labels whose mean top-1 − top-2 token probability is below this (0: keep all)"
+        0.0,
+        ge=0,
+        le=1,
+        description="drop pseudo labels whose mean top-1 − top-2 token probability is below this (0: keep all)",
     )
     curriculum: bool = Field(
-        False, description="order the student's examples so that the most confident pseudo labels come first (docs/distill.md)"
+        False,
+        description="order the student's examples so that the most confident pseudo labels come first "
+        "(docs/distill.md)",
     )
     mode: Literal["online", "cached"] = Field(
         "cached", description="online: teacher forward every step; cached: one pass to top-k log-probs on disk"
@@ -323,17 +384,36 @@ class DistillConfig(_Section):
     top_k: int = Field(64, gt=0, description="teacher log-probs kept per answer token in cached mode")
     cache_dir: Path | None = Field(None, description="cached-mode folder; null = <run>/distill/cache")
     cache_shard_examples: int = Field(1024, gt=0, description="examples per safetensors shard of the cache")
-    preset: Literal["paper", "clinkd-official"] = "paper"
-    alpha: float | None = Field(0.5, ge=0, description="weight of L_KD (both presets: 0.5); null = the preset's")
-    temperature: float | None = Field(None, gt=0)
-    t_squared: bool | None = None
-    divergence: Literal["forward", "reverse", "jsd"] | None = None
-    jsd_beta: float | None = Field(None, ge=0, le=1)
-    reduction: Literal["mean", "sum"] | None = None
-    shift_labels: bool | None = None
-    use_ce: bool | None = None
-    sparse_tail: Literal["renormalize", "residual"] | None = None
-    chunk_size: int | None = Field(None, gt=0, description="answer tokens per fp32 chunk of the KD loss")
+    preset: Literal[tuple(KD_LOSS_PRESETS)] = Field(
+        "paper", description="the KD loss the other distill: loss keys start from"
+    )
+    loss: KDLossConfig = Field(
+        default_factory=KD_LOSS_PRESETS["paper"], description="written flat: distill.alpha, distill.temperature, ..."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_keys_over_the_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "loss" in data:
+            raise ValueError("loss: write the KD loss keys flat, e.g. distill.alpha, not distill.loss.alpha")
+        data = dict(data)
+        given = {name: data.pop(name) for name in KD_LOSS_KEYS if name in data}
+        start = KD_LOSS_PRESETS.get(
+            data.get("preset", "paper")
+        )  # an unknown preset: its own error, from the preset key
+        data["loss"] = {
+            **(asdict(start()) if start else {}),
+            **{name: value for name, value in given.items() if value is not None},
+        }
+        return data
+
+    @model_serializer(mode="wrap")
+    def _loss_keys_flat(self, handler) -> dict:
+        tree = handler(self)
+        loss = tree.pop("loss")
+        return {**tree, **loss}
 
 
 class ClipTrainConfig(_Section):
@@ -347,13 +427,19 @@ class ClipTrainConfig(_Section):
     image_size: int = Field(64, ge=8, description="CLIP input side; crops and whole images are resized to it")
     patch_size: int = Field(16, gt=0, description="64 px / 16 = a 4×4 patch grid")
     context_length: int = Field(64, ge=8, description="text tokens, end token included")
-    steps: int = Field(300, gt=0, description="held-out matching rate 0.98 on the default synthetic data (docs/sasg.md)")
+    steps: int = Field(
+        300, gt=0, description="held-out matching rate 0.98 on the default synthetic data (docs/sasg.md)"
+    )
     batch_size: int = Field(64, ge=2, description="128 scored the same in SASG at twice the cost (docs/sasg.md)")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    crop_margin: float = Field(0.1, ge=0, description="context kept around a box, as a fraction of its side (train and select)")
-    jitter: float = Field(0.1, ge=0, description="random shift of each crop edge while training, as a fraction of the box side")
+    crop_margin: float = Field(
+        0.1, ge=0, description="context kept around a box, as a fraction of its side (train and select)"
+    )
+    jitter: float = Field(
+        0.1, ge=0, description="random shift of each crop edge while training, as a fraction of the box side"
+    )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default = all cores")
 
 
@@ -370,11 +456,13 @@ class SelectConfig(_Section):
     temperature: float = Field(0.7, gt=0, description="candidates: sample")
     top_p: float = Field(0.9, gt=0, le=1, description="candidates: sample")
     scorer: Literal["embedded", "hf", "open_clip"] = Field(
-        "embedded", description="embedded: the CLIP clinkd clip-train writes; hf: a CLIPModel dir; open_clip: e.g. BiomedCLIP"
+        "embedded",
+        description="embedded: the CLIP clinkd clip-train writes; hf: a CLIPModel dir; open_clip: e.g. BiomedCLIP",
     )
     scorer_path: Path | None = Field(None, description="scorer directory; null = <run>/clip (embedded only)")
     tie_break: Literal["logprob", "none"] = Field(
-        "logprob", description="among candidates within tie_margin of the best CLIP probability: highest log-prob, or beam order"
+        "logprob",
+        description="among candidates within tie_margin of the best CLIP probability: highest log-prob, or beam order",
     )
     tie_margin: float = Field(0.0, ge=0, le=1, description="in calibrated (softmax) probability; 0 = exact ties only")
 
@@ -382,7 +470,9 @@ class SelectConfig(_Section):
     @classmethod
     def _at_most_num_beams(cls, value: int, info) -> int:
         if info.data.get("candidates") == "beam" and value > info.data.get("num_beams", value):
-            raise ValueError(f"{value} exceeds num_beams={info.data['num_beams']}: beam search returns at most num_beams sequences")
+            raise ValueError(
+                f"{value} exceeds num_beams={info.data['num_beams']}: beam search returns at most num_beams sequences"
+            )
         return value
 
 
@@ -392,10 +482,14 @@ class ReportConfig(_Section):
     teacher: bool = Field(True, description="the distillation teacher (when distill.enabled)")
     student: bool = Field(True, description="the distilled student before reflective correction and selection")
     sft_baseline: bool = Field(
-        False, description="a plain-SFT model trained from the same initialisation for the KD student's optimiser steps (costs one training)"
+        False,
+        description="a plain-SFT model trained from the same initialisation for the KD student's optimiser steps "
+                    "(costs one training)",
     )
     greedy: bool = Field(
-        False, description="the final model decoded greedily (select.method sasg or beam): what the selection adds, on the same model"
+        False,
+        description="the final model decoded greedily (select.method sasg or beam): what the selection adds, on the "
+                    "same model",
     )
 
 
@@ -405,27 +499,42 @@ PRETRAIN_TASKS: tuple[str, ...] = ("grounding", "referring", "counting", "captio
 
 class PretrainConfig(_Section):
     """Generic grounding pre-training of the tiny base (``clinkd pretrain``, docs/pretrain.md): a dense vision stage,
-    then SFT on fresh scenes of a synthetic corpus that shares nothing with the benchmark. The size is ``model.size``."""
+    then SFT on fresh scenes of a synthetic corpus that shares nothing with the benchmark. The size is
+    ``model.size``."""
 
     seed: Seed = Field(0, description="seed of the scenes, the initialisation and the held-out set")
     steps: int = Field(3000, gt=0, description="language-stage optimiser steps, fresh scenes every step")
     dense_steps: int = Field(500, ge=0, description="dense vision steps before the language stage (0: none)")
     unfreeze_after: int | None = Field(
-        None, ge=0, description="language step from which the vision tower and merger train too; null: frozen throughout"
+        None,
+        ge=0,
+        description="language step from which the vision tower and merger train too; null: frozen throughout",
     )
     look: Literal["colour", "tissue", "scan"] = Field(
-        "colour", description="colour: bright coloured shapes on a dim ground; tissue: grey-level and texture classes in textured tissue, "
-        "many smaller than a token cell; scan: such classes on the benchmark's eight kinds of canvas, with a medical tokenizer vocabulary"
+        "colour",
+        description="colour: bright coloured shapes on a dim ground; tissue: grey-level and texture classes in "
+                    "textured tissue, "
+        "many smaller than a token cell; scan: such classes on the benchmark's eight kinds of canvas, with a medical "
+        "tokenizer vocabulary",
     )
     max_objects: int = Field(3, ge=1, le=6, description="most objects per scene")
     curriculum_steps: int = Field(
-        1000, ge=0, description="language steps over which the objects per scene grow from 1 to max_objects (0: max_objects from the start)"
+        1000,
+        ge=0,
+        description="language steps over which the objects per scene grow from 1 to max_objects (0: max_objects from "
+                    "the start)",
     )
-    image_size: int = Field(112, ge=56, description="scene side in pixels (model.min_pixels/max_pixels still set the model's input)")
+    image_size: int = Field(
+        112, ge=56, description="scene side in pixels (model.min_pixels/max_pixels still set the model's input)"
+    )
     batch_size: int = Field(16, gt=0, description="scenes per step, in both stages")
     lr: float = Field(1e-3, gt=0, description="peak learning rate of both stages (AdamW, cosine)")
-    save_steps: int = Field(500, gt=0, description="language-stage checkpoint interval (train.save_total_limit are kept)")
-    eval_steps: int | None = Field(None, gt=0, description="held-out grounding recall every N language steps; null: at the end only")
+    save_steps: int = Field(
+        500, gt=0, description="language-stage checkpoint interval (train.save_total_limit are kept)"
+    )
+    eval_steps: int | None = Field(
+        None, gt=0, description="held-out grounding recall every N language steps; null: at the end only"
+    )
     eval_scenes: int = Field(100, gt=0, description="held-out scenes (a fixed seeded set) for the recall")
     tasks: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"grounding": 0.5, "referring": 0.2, "counting": 0.15, "captioning": 0.15},
@@ -560,8 +669,16 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def flat_key(key: str) -> str:
+    """A validated key as a recipe writes it: ``distill.loss.alpha`` → ``distill.alpha`` (:data:`FLAT_SECTIONS`)."""
+    for section in FLAT_SECTIONS:
+        if key.startswith(section + "."):
+            return section.rsplit(".", 1)[0] + key[len(section) :]
+    return key
+
+
 def _describe(item: dict) -> str:
-    key = ".".join(str(part) for part in item["loc"]) or "(root)"
+    key = flat_key(".".join(str(part) for part in item["loc"])) or "(root)"
     if item["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     return f"{key}: {item['msg']}"

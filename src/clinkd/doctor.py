@@ -52,7 +52,11 @@ def environment_report(corenlp_dir: Path | str | None = None) -> dict:
     )
     java_gaps = meteor_java_missing()
     spice_gaps = spice_missing(corenlp_dir)
-    meteor_auto = "meteor-1.5 (java)" if not java_gaps else ("meteor-nltk" if not nltk_missing else "none (METEOR and mBMR not reported)")
+    meteor_auto = (
+        "meteor-1.5 (java)"
+        if not java_gaps
+        else ("meteor-nltk" if not nltk_missing else "none (METEOR and mBMR not reported)")
+    )
     return {
         "python": platform.python_version(),
         "packages": {name: package_version(name) for name in PACKAGES},
@@ -65,9 +69,13 @@ def environment_report(corenlp_dir: Path | str | None = None) -> dict:
                 "jar": str(meteor_jar()) if meteor_jar() else None,
             },
             "SPICE": {
-                "auto": "SPICE (spice-1.0, java)" if not spice_gaps else "SPICE-approx (reported as SPICE-approx, never as SPICE)",
+                "auto": "SPICE (spice-1.0, java)"
+                if not spice_gaps
+                else "SPICE-approx (reported as SPICE-approx, never as SPICE)",
                 "missing": {"official": spice_gaps, "approx": []},
-                "notes": [f"SPICE-approx matches exact lemmas only without WordNet: {'; '.join(nltk_missing)}"] if nltk_missing else [],
+                "notes": [f"SPICE-approx matches exact lemmas only without WordNet: {'; '.join(nltk_missing)}"]
+                if nltk_missing
+                else [],
                 "corenlp_jars": [str(jar) for jar in find_corenlp(corenlp_dir) or ()],
                 "corenlp_search": [str(folder) for folder in corenlp_dirs(corenlp_dir)],
             },
@@ -79,7 +87,9 @@ def render_environment(report: dict) -> str:
     """The report as plain text, one fact per line, with the exact fix for every missing piece."""
     lines = [f"python {report['python']}"]
     lines += [f"{name} {version or 'not installed'}" for name, version in report["packages"].items()]
-    lines.append(f"java: {report['java'] or 'not found (apt-get install -y --no-install-recommends default-jre-headless)'}")
+    lines.append(
+        f"java: {report['java'] or 'not found (apt-get install -y --no-install-recommends default-jre-headless)'}"
+    )
     lines.append("")
     lines.append("metric backends (evaluate.meteor / evaluate.spice = auto picks):")
     for metric, info in report["backends"].items():

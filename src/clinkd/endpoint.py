@@ -28,7 +28,8 @@ class EndpointError(RuntimeError):
 
 
 class EndpointFault(Exception):
-    """One failed attempt; ``retryable`` faults are tried again, after ``retry_after`` seconds when the server said so."""
+    """One failed attempt; ``retryable`` faults are tried again, after ``retry_after`` seconds when the server said
+    so."""
 
     def __init__(self, message: str, retryable: bool = True, retry_after: float | None = None):
         super().__init__(message)
@@ -72,11 +73,14 @@ def parse_reply(raw: str, allow_empty: bool = False) -> tuple[str, dict]:
     if not isinstance(content, str) or not (content.strip() or allow_empty):
         raise EndpointFault("empty reply")
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    return content.strip(), {key: usage[key] for key in ("prompt_tokens", "completion_tokens") if isinstance(usage.get(key), int)}
+    return content.strip(), {
+        key: usage[key] for key in ("prompt_tokens", "completion_tokens") if isinstance(usage.get(key), int)
+    }
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header in seconds (fractions accepted); None when absent or a date (then the backoff applies)."""
+    """A ``Retry-After`` header in seconds (fractions accepted); None when absent or a date (then the backoff
+    applies)."""
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
@@ -95,7 +99,8 @@ def api_key_from_env(variable: str | None, where: str) -> str | None:
 
 
 class ChatEndpoint:
-    """Chat completions from one endpoint with timeouts and retries (module docstring); safe to share between threads."""
+    """Chat completions from one endpoint with timeouts and retries (module docstring); safe to share between
+    threads."""
 
     def __init__(
         self,
@@ -121,10 +126,18 @@ class ChatEndpoint:
 
     @classmethod
     def from_config(cls, cfg: EndpointConfig, where: str, allow_empty: bool = False) -> "ChatEndpoint":
-        """The endpoint of the recipe section ``where`` (e.g. ``predict.endpoint``), its key read from ``cfg.api_key_env``."""
+        """The endpoint of the recipe section ``where`` (e.g. ``predict.endpoint``), its key read from
+        ``cfg.api_key_env``."""
         api_key = api_key_from_env(cfg.api_key_env, f"{where}.api_key_env")
-        return cls(cfg.base_url, api_key, timeout=cfg.timeout, retries=cfg.retries, backoff=cfg.backoff,
-                   connections=cfg.concurrency, allow_empty=allow_empty)
+        return cls(
+            cfg.base_url,
+            api_key,
+            timeout=cfg.timeout,
+            retries=cfg.retries,
+            backoff=cfg.backoff,
+            connections=cfg.concurrency,
+            allow_empty=allow_empty,
+        )
 
     def complete(self, payload: dict) -> ChatReply:
         """Up to ``1 + retries`` attempts at one request body."""
@@ -144,7 +157,8 @@ class ChatEndpoint:
         return ChatReply(None, raw, error, attempts)
 
     def wait_before_retry(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds before the retry that follows failed attempt ``attempt``: the server's Retry-After, else the backoff."""
+        """Seconds before the retry that follows failed attempt ``attempt``: the server's Retry-After, else the
+        backoff."""
         return min(retry_after if retry_after is not None else self.backoff * 2 ** (attempt - 1), MAX_BACKOFF_S)
 
     def _send(self, payload: dict) -> str:

@@ -44,7 +44,8 @@ def unusable_reason(size: tuple[int, int], max_pixels: int = PIL_PIXEL_LIMIT) ->
     if min(width, height) < PATCH_SIZE:
         return f"{width}×{height} px: a side is below one {PATCH_SIZE}-px patch"
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        return f"{width}×{height} px: aspect ratio {max(width, height) / min(width, height):.0f}, above the processor's {MAX_ASPECT_RATIO}"
+        ratio = max(width, height) / min(width, height)
+        return f"{width}×{height} px: aspect ratio {ratio:.0f}, above the processor's {MAX_ASPECT_RATIO}"
     if width * height > max_pixels:
         return f"{width}×{height} px: {width * height} pixels, above data.max_image_pixels={max_pixels}"
     return None
@@ -52,7 +53,8 @@ def unusable_reason(size: tuple[int, int], max_pixels: int = PIL_PIXEL_LIMIT) ->
 
 def decoded_size(size: tuple[int, int], max_pixels: int | None) -> tuple[int, int]:
     """The size an image of ``size`` is decoded at for a reader of ``max_pixels``: its own, or divided by the largest
-    integer factor that keeps at least ``REDUCE_ABOVE × max_pixels`` pixels (the processor still makes the final resize)."""
+    integer factor that keeps at least ``REDUCE_ABOVE × max_pixels`` pixels (the processor still makes the final
+    resize)."""
     width, height = size
     factor = math.isqrt(width * height // (REDUCE_ABOVE * max_pixels)) if max_pixels else 1
     return size if factor < 2 else (math.ceil(width / factor), math.ceil(height / factor))
@@ -73,7 +75,8 @@ def read_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None) -> Im
 
 @lru_cache(maxsize=REDUCED_CACHE)
 def _reduced(path: Path, mtime_ns: int, file_size: int, size: tuple[int, int]) -> Image.Image:
-    """``path`` decoded reduced to ``size``; the file's mtime and size are in the key, so an edited file is read again."""
+    """``path`` decoded reduced to ``size``; the file's mtime and size are in the key, so an edited file is read
+    again."""
     with Image.open(path) as image:
         return _reduce(image, size)
 
@@ -84,7 +87,8 @@ def _reduce(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def eight_bit_file(path: Path, folder: Path) -> Path:
-    """``path`` when it is already an 8-bit image; else ``folder/<stem>.png``, written as clinkd reads it (:func:`to_rgb`)."""
+    """``path`` when it is already an 8-bit image; else ``folder/<stem>.png``, written as clinkd reads it
+    (:func:`to_rgb`)."""
     if not path.is_file():  # unchecked and absent (check_images none): referenced as it is
         return path
     with Image.open(path) as image:

@@ -40,13 +40,17 @@ def folder_lock(folder: str | Path) -> Iterator[str | None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = path.read_text(encoding="utf-8").strip() or "another process"
-            raise FolderInUse(f"{folder} is in use by {holder}; wait for it to end, or give this run another name (lock: {path})") from None
+            raise FolderInUse(
+                f"{folder} is in use by {holder}; wait for it to end, or give this run another name (lock: {path})"
+            ) from None
         handle.seek(0)
         left = handle.read().strip() or None
         handle.seek(0)
         handle.truncate()
         command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-        handle.write(f"process {os.getpid()} ({command}) on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.write(
+            f"process {os.getpid()} ({command}) on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
         handle.flush()
         try:
             yield left

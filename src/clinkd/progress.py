@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-T = TypeVar("T")
 console = Console(stderr=True)
 
 
@@ -26,14 +22,6 @@ def make_progress() -> Progress:
     )
 
 
-def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    with make_progress() as progress:
-        task = progress.add_task(description, total=total, info="")
-        for item in items:
-            yield item
-            progress.advance(task)
-
-
 class RichProgressCallback(TrainerCallback):
     """Replaces the Trainer's tqdm bar with a rich one showing the latest loss and learning rate."""
 
@@ -45,7 +33,9 @@ class RichProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.progress = make_progress()
         self.progress.start()
-        self.task = self.progress.add_task(self.description, total=state.max_steps, info="", completed=state.global_step)
+        self.task = self.progress.add_task(
+            self.description, total=state.max_steps, info="", completed=state.global_step
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         self.progress.update(self.task, completed=state.global_step)

@@ -62,7 +62,10 @@ def _conversation_pairs(record: Any, first_only: bool) -> list[tuple[str, str]]:
     if not medgrit_id(record):
         raise RecordProblem(IssueKind.BAD_RECORD, f"'id' must be a non-empty string, got {record.get('id')!r}")
     if any(part in record["id"] for part in ("/", "\\", "..")):  # the id names the image file <images>/<id>.png
-        raise RecordProblem(IssueKind.BAD_RECORD, f"'id' {record['id']!r} holds a path separator or '..'; it must name a file in the image folder")
+        raise RecordProblem(
+            IssueKind.BAD_RECORD,
+            f"'id' {record['id']!r} holds a path separator or '..'; it must name a file in the image folder",
+        )
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         raise RecordProblem(
@@ -121,15 +124,19 @@ def load_medgrit(
     path = Path(path)
     collector = DataIssues() if issues is None else issues
     records = read_json_records(path, check_on_error(on_error), collector)
-    samples = [] if records is None else medgrit_samples(
-        records,
-        path,
-        Path(images_dir),
-        checker=ImageChecker.of(check_images),
-        task=None if task is None else canonical_task(task),
-        first_conversation_only=first_conversation_only,
-        on_error=on_error,
-        issues=collector,
+    samples = (
+        []
+        if records is None
+        else medgrit_samples(
+            records,
+            path,
+            Path(images_dir),
+            checker=ImageChecker.of(check_images),
+            task=None if task is None else canonical_task(task),
+            first_conversation_only=first_conversation_only,
+            on_error=on_error,
+            issues=collector,
+        )
     )
     warn_if_unobserved(collector, issues)
     return samples
@@ -188,15 +195,19 @@ def load_test_split(
     split = {}
     for task in wanted:
         records = read_json_records(files[task], check_on_error(on_error), collector)
-        split[task] = [] if records is None else medgrit_samples(
-            records,
-            files[task],
-            images_dir,
-            checker=checker,
-            task=task,
-            first_conversation_only=True,
-            on_error=on_error,
-            issues=collector,
+        split[task] = (
+            []
+            if records is None
+            else medgrit_samples(
+                records,
+                files[task],
+                images_dir,
+                checker=checker,
+                task=task,
+                first_conversation_only=True,
+                on_error=on_error,
+                issues=collector,
+            )
         )
     warn_if_unobserved(collector, issues)
     return split

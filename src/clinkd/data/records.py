@@ -24,14 +24,8 @@ MODALITY_NAMES: dict[str, str] = {
 }
 MODALITIES: tuple[str, ...] = tuple(MODALITY_NAMES)
 
-# The paper's task names, and BiRD's file tags for the same tasks.
+# The paper's tasks, and BiRD's file tags for the same tasks.
 TASKS: tuple[str, ...] = ("VG", "ROC", "RC", "MIA")
-TASK_NAMES: dict[str, str] = {
-    "VG": "Visual grounding",
-    "ROC": "Referring object classification",
-    "RC": "Referring captioning",
-    "MIA": "Medical image analysis",
-}
 BIRD_TASK_TAGS: dict[str, str] = {"VG": "VG", "RO": "ROC", "GC": "RC", "MII": "MIA"}
 
 

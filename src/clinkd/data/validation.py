@@ -8,7 +8,8 @@ a :class:`DataIssues` collector, then handled by the ``on_error`` policy:
 * ``"stop"`` — the first problem raises :class:`DataError`, whose message names the file and record.
 
 A record is checked in this order and the first failing check is its one reported issue:
-shape → modality prefix → non-empty texts → box/ref markup → image (the costly check last) → id not seen before in the file.
+shape → modality prefix → non-empty texts → box/ref markup → image (the costly check last) → id not seen before in the
+file.
 """
 
 from __future__ import annotations
@@ -153,7 +154,9 @@ class DataIssues:
         surface as a torch error, or as an empty task, after hours of training."""
         for file, tally in self.files.items():
             if tally.records_kept == 0:
-                raise DataError(f"{file}: no usable record ({self._why_empty(file, tally)}); nothing was trained or predicted")
+                raise DataError(
+                    f"{file}: no usable record ({self._why_empty(file, tally)}); nothing was trained or predicted"
+                )
 
     def _why_empty(self, file: str, tally: FileTally) -> str:
         problems = [issue for issue in self.issues if issue.file == file]
@@ -165,7 +168,8 @@ class DataIssues:
         return f"{len(problems)} of {tally.records_read} records skipped, e.g. record {first.index}: {first.message}"
 
     def record(self, path: Path) -> str:
-        """Write every issue to ``path`` (``data_issues.txt``); returns the console summary, pointing there when cut short."""
+        """Write every issue to ``path`` (``data_issues.txt``); returns the console summary, pointing there when cut
+        short."""
         atomic_write_text(path, self.summary(examples=None) + "\n")
         summary = self.summary()
         return summary + f"\n(every problem: {path})" if self.total > CONSOLE_EXAMPLES else summary
@@ -221,7 +225,10 @@ def collect_samples(
 def check_first_with_id(record_id: str, index: int, first_with: dict[str, int]) -> None:
     """Raise ``DUPLICATE_ID`` when ``first_with`` (id → record index, filled here) already has ``record_id``."""
     if record_id in first_with:
-        raise RecordProblem(IssueKind.DUPLICATE_ID, f"id {record_id!r} is already record {first_with[record_id]}'s; only the first is kept")
+        raise RecordProblem(
+            IssueKind.DUPLICATE_ID,
+            f"id {record_id!r} is already record {first_with[record_id]}'s; only the first is kept",
+        )
     first_with[record_id] = index
 
 
@@ -281,7 +288,8 @@ class ImageCheck(str, Enum):
 
     NONE = "none"  # nothing; for reading annotations where images are absent
     EXISTS = "exists"  # the file exists
-    VERIFY = "verify"  # exists, PIL identifies it, verify() passes, the model can take its size; non-PNG files are also decoded
+    # exists, PIL identifies it, verify() passes, the model can take its size; non-PNG files are also decoded
+    VERIFY = "verify"
 
 
 class ImageChecker:
@@ -319,14 +327,20 @@ class ImageChecker:
             with Image.open(path) as image:
                 unusable = unusable_reason(image.size, self.max_pixels)
                 if unusable is not None:  # before any decode: a huge image is refused from its header
-                    return RecordProblem(IssueKind.UNUSABLE_IMAGE, f"image {path} cannot be fed to the model: {unusable}")
+                    return RecordProblem(
+                        IssueKind.UNUSABLE_IMAGE, f"image {path} cannot be fed to the model: {unusable}"
+                    )
                 image_format = image.format
                 image.verify()  # PNG: reads every chunk to IEND and checks its CRC, so truncation fails here
             if image_format != "PNG":
                 with Image.open(path) as image:
-                    image.draft(image.mode, (image.width // 8, image.height // 8))  # JPEG: decodes every block, at 1/8 scale
+                    image.draft(
+                        image.mode, (image.width // 8, image.height // 8)
+                    )  # JPEG: decodes every block, at 1/8 scale
                     image.load()  # other formats' verify() skips pixel data; decode to catch truncation
-        except Image.DecompressionBombError as error:  # above PIL's own limit, which data.max_image_pixels never exceeds
+        except (
+            Image.DecompressionBombError
+        ) as error:  # above PIL's own limit, which data.max_image_pixels never exceeds
             return RecordProblem(IssueKind.UNUSABLE_IMAGE, f"image {path} cannot be fed to the model: {error}")
         except Exception as error:  # PIL reports damage as OSError, SyntaxError, ValueError, struct.error…
             reason = f"{type(error).__name__}: {error}"

@@ -15,7 +15,6 @@ from clinkd.distill.pseudo import (
     read_pseudo_labels,
     turn_samples,
 )
-from clinkd.distill.settings import kd_loss_config
 from clinkd.distill.subset import PSEUDO_SEED_OFFSET, curriculum_order, seeded_subset
 from clinkd.distill.teacher_cache import (
     CacheMismatchError,
@@ -48,7 +47,6 @@ __all__ = [
     "distillation_examples",
     "generate_pseudo_labels",
     "indexed",
-    "kd_loss_config",
     "pseudo_problem",
     "read_pseudo_labels",
     "seeded_subset",

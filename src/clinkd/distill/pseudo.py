@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from clinkd.batching import ChatExample, training_examples
+from clinkd.batching import ChatExample, InputFormat, training_examples
 from clinkd.boxes import BoxError, convert_markup
 from clinkd.config import PredictConfig
 from clinkd.data.records import Sample, Turn, infer_task
-from clinkd.engine.generate import generate_with_margins, predictions_complete, write_predictions
+from clinkd.engine.generate import Choice, generate_with_margins, predictions_complete, write_predictions
 from clinkd.io import read_jsonl
 from clinkd.metrics.fidelity import has_parseable_box, named_classes, names_asked
 
@@ -68,8 +68,7 @@ def generate_pseudo_labels(
     records: Sequence[Sample],
     out_dir: Path,
     predict_cfg: PredictConfig,
-    box_style: str = "qwen2-vl",
-    square_size: int | None = None,
+    input_format: InputFormat = InputFormat(),
     max_new_tokens: int | None = None,
 ) -> Path:
     """Write the teacher's answer to every turn of ``records`` to ``out_dir/train.jsonl`` (rows already there are kept).
@@ -80,16 +79,25 @@ def generate_pseudo_labels(
     budget = max_new_tokens or max(predict_cfg.max_new_tokens.values())
     # model_copy(update=) skips validation: "train" is not one of the four test tasks.
     pseudo_cfg = predict_cfg.model_copy(update={"max_new_tokens": {PSEUDO_TASK: budget}})
-    selector = margin_selector if predict_cfg.num_beams == 1 else None  # a beam's margin is not one next-token choice
+    selector = MarginSelector() if predict_cfg.num_beams == 1 else None  # a beam's margin is not one next-token choice
     paths = write_predictions(
-        teacher, processor, {PSEUDO_TASK: turn_samples(records)}, out_dir, pseudo_cfg, box_style, square_size, selector
+        teacher, processor, {PSEUDO_TASK: turn_samples(records)}, out_dir, pseudo_cfg, input_format, selector
     )
     return paths[PSEUDO_TASK]
 
 
-def margin_selector(model, processor, collator, task: str, samples: Sequence[Sample], max_new_tokens: int) -> list[tuple[str, dict]]:
-    """Greedy answers with their confidence margins (a :class:`~clinkd.engine.generate.Selector`)."""
-    return generate_with_margins(model, processor, collator, samples, max_new_tokens)
+class MarginSelector:
+    """Greedy answers, each row with its confidence ``margin`` (a :class:`~clinkd.engine.generate.Selector`)."""
+
+    name = "greedy with margins"
+
+    def __call__(
+        self, model, processor, collator, task: str, samples: Sequence[Sample], max_new_tokens: int
+    ) -> list[Choice]:
+        return [
+            Choice(text, row)
+            for text, row in generate_with_margins(model, processor, collator, samples, max_new_tokens)
+        ]
 
 
 def read_pseudo_labels(out_dir: Path, records: Sequence[Sample]) -> list[PseudoLabel]:
@@ -144,7 +152,9 @@ def pseudo_problem(turn: Turn, label: PseudoLabel, modality: str, box_style: str
     return None
 
 
-def aligned_pseudo_labels(train: Sequence[Sample], chosen: Sequence[int], answers: Sequence[PseudoLabel]) -> list[PseudoLabel | None]:
+def aligned_pseudo_labels(
+    train: Sequence[Sample], chosen: Sequence[int], answers: Sequence[PseudoLabel]
+) -> list[PseudoLabel | None]:
     """One entry per turn of ``train`` (record then turn order): the teacher's answer for the turns of the
     ``chosen`` records (``answers`` in their turn order, as :func:`read_pseudo_labels` returns them), else None."""
     answer_of = iter(answers)
@@ -185,7 +195,12 @@ def distillation_examples(
     :data:`DROP_REASONS`, ``pseudo_equal_gt`` and ``pseudo_used`` (a teacher answer that differs from the ground truth).
     """
     gt_examples = training_examples(train, turns_mode)
-    counts = {"pseudo_labelled": 0, **{f"pseudo_dropped_{reason}": 0 for reason in DROP_REASONS}, "pseudo_equal_gt": 0, "pseudo_used": 0}
+    counts = {
+        "pseudo_labelled": 0,
+        **{f"pseudo_dropped_{reason}": 0 for reason in DROP_REASONS},
+        "pseudo_equal_gt": 0,
+        "pseudo_used": 0,
+    }
     if targets == "ground_truth":
         return StudentTargets(gt_examples, [None] * len(gt_examples), {"examples": len(gt_examples), **counts})
     if targets not in ("pseudo", "both"):
@@ -199,15 +214,19 @@ def distillation_examples(
         turns, margins = [], []
         for turn in sample.turns:
             label = next(labels)
-            answer = None if label is None else _teaching_answer(turn, label, sample.modality, box_style, checks, counts)
+            answer = (
+                None if label is None else _teaching_answer(turn, label, sample.modality, box_style, checks, counts)
+            )
             turns.append(turn if answer is None else Turn(turn.question, answer))
             margins.append(None if answer is None else label.margin)
         relabelled.append(replace(sample, turns=turns))
         turn_margins.append(margins)
     pseudo_examples = training_examples(relabelled, turns_mode)
-    example_margins = [margin for margins in turn_margins for margin in margins] if turns_mode == "split" else [
-        _mean_margin(margins) for margins in turn_margins
-    ]
+    example_margins = (
+        [margin for margins in turn_margins for margin in margins]
+        if turns_mode == "split"
+        else [_mean_margin(margins) for margins in turn_margins]
+    )
     if targets == "both":
         kept = [index for index, (example, twin) in enumerate(zip(pseudo_examples, gt_examples)) if example != twin]
         pseudo_examples = gt_examples + [pseudo_examples[index] for index in kept]
@@ -215,8 +234,11 @@ def distillation_examples(
     return StudentTargets(pseudo_examples, example_margins, {"examples": len(pseudo_examples), **counts})
 
 
-def _teaching_answer(turn: Turn, label: PseudoLabel, modality: str, box_style: str, checks: PseudoChecks, counts: dict) -> str | None:
-    """The teacher's answer when it passes its checks and differs from the ground truth (counted either way), else None."""
+def _teaching_answer(
+    turn: Turn, label: PseudoLabel, modality: str, box_style: str, checks: PseudoChecks, counts: dict
+) -> str | None:
+    """The teacher's answer when it passes its checks and differs from the ground truth (counted either way), else
+    None."""
     counts["pseudo_labelled"] += 1
     problem = pseudo_problem(turn, label, modality, box_style, checks)
     if problem is not None:

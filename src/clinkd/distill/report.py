@@ -17,15 +17,33 @@ DROP_TEXT = {
 def render_distill(info: dict) -> str:
     """Markdown of ``distill/info.json``: the pseudo labels' question fidelity and what became of them."""
     targets, pseudo = info.get("targets", {}), info.get("pseudo", {})
-    parts = ["## Distillation", f"Student targets: `{targets.get('kind', '?')}`, {targets.get('examples', '?')} examples."]
+    parts = [
+        "## Distillation",
+        f"Student targets: `{targets.get('kind', '?')}`, {targets.get('examples', '?')} examples.",
+    ]
     if not targets.get("pseudo_labelled"):
         return "\n\n".join(parts)
     fidelity = pseudo.get("fidelity", {})
-    rows = [[text, "–" if fidelity.get(name, {}).get("value") is None else f"{100 * fidelity[name]['value']:.1f} ({fidelity[name]['n']})"]
-            for name, text in FIDELITY_LABELS.items()]
-    parts += ["### The teacher's pseudo labels", "Question fidelity, % of the labels each applies to (n):", table(["share", "%"], rows, "lr")]
-    fate = [[f"dropped: {DROP_TEXT[reason]}", str(targets.get(f"pseudo_dropped_{reason}", 0))] for reason in DROP_REASONS]
-    fate += [["equal to the ground truth (not added twice)", str(targets.get("pseudo_equal_gt", 0))],
-             ["used as extra targets", str(targets.get("pseudo_used", 0))]]
+    rows = [
+        [
+            text,
+            "–"
+            if fidelity.get(name, {}).get("value") is None
+            else f"{100 * fidelity[name]['value']:.1f} ({fidelity[name]['n']})",
+        ]
+        for name, text in FIDELITY_LABELS.items()
+    ]
+    parts += [
+        "### The teacher's pseudo labels",
+        "Question fidelity, % of the labels each applies to (n):",
+        table(["share", "%"], rows, "lr"),
+    ]
+    fate = [
+        [f"dropped: {DROP_TEXT[reason]}", str(targets.get(f"pseudo_dropped_{reason}", 0))] for reason in DROP_REASONS
+    ]
+    fate += [
+        ["equal to the ground truth (not added twice)", str(targets.get("pseudo_equal_gt", 0))],
+        ["used as extra targets", str(targets.get("pseudo_used", 0))],
+    ]
     parts += [f"Of {targets['pseudo_labelled']} pseudo-labelled turns:", table(["", "turns"], fate, "lr")]
     return "\n\n".join(parts)

@@ -35,7 +35,9 @@ def curriculum_order(margins: list[float | None], seed: int) -> list[int]:
     """
     rng = np.random.default_rng(seed)
     keys = rng.random(len(margins))
-    pseudo = sorted((index for index, margin in enumerate(margins) if margin is not None), key=lambda index: -margins[index])
+    pseudo = sorted(
+        (index for index, margin in enumerate(margins) if margin is not None), key=lambda index: -margins[index]
+    )
     for rank, index in enumerate(pseudo):
         release = rank / len(pseudo)
         keys[index] = release + (1 - release) * keys[index]

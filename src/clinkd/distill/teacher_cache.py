@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from clinkd.batching import ChatExample, TrainCollator
+from clinkd.batching import ChatExample, InputFormat, TrainCollator
 from clinkd.distill.batches import batch_position_ids, model_inputs
 from clinkd.io import atomic_write_json, match_umask
 from clinkd.losses import KDLossConfig, answer_mask, topk_logprobs
@@ -71,7 +71,7 @@ def sha256_text(text: str) -> str:
 
 
 def dataset_fingerprint(
-    examples: Sequence[ChatExample], box_style: str, square_size: int | None, image_size: dict, boxes: BoxCoordinates
+    examples: Sequence[ChatExample], input_format: InputFormat, image_size: dict, boxes: BoxCoordinates
 ) -> str:
     """sha256 of what fixes the teacher's inputs and targets.
 
@@ -83,7 +83,12 @@ def dataset_fingerprint(
         [example.image.name, example.image.stat().st_size, [[turn.question, turn.answer] for turn in example.turns]]
         for example in examples
     ]
-    settings = {"box_style": box_style, "square_size": square_size, "image_size": dict(image_size), "boxes": repr(boxes)}
+    settings = {
+        "box_style": input_format.box_style,
+        "square_size": input_format.square_size,
+        "image_size": dict(image_size),
+        "boxes": repr(boxes),
+    }
     return sha256_text(json.dumps([rows, settings], ensure_ascii=False))
 
 
@@ -113,7 +118,11 @@ def teacher_fingerprint(model_dir: str | Path) -> str:
 def spec_differences(cached: dict, expected: dict) -> list[str]:
     """``"key: cache X, run Y"`` for every spec key whose values differ (missing keys included)."""
     keys = sorted(set(cached) | set(expected))
-    return [f"{key}: cache {cached.get(key)!r}, run {expected.get(key)!r}" for key in keys if cached.get(key) != expected.get(key)]
+    return [
+        f"{key}: cache {cached.get(key)!r}, run {expected.get(key)!r}"
+        for key in keys
+        if cached.get(key) != expected.get(key)
+    ]
 
 
 def read_manifest(cache_dir: str | Path, spec: CacheSpec) -> dict | None:
@@ -125,7 +134,9 @@ def read_manifest(cache_dir: str | Path, spec: CacheSpec) -> dict | None:
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    differences = [] if manifest.get("format") == FORMAT else [f"format: cache {manifest.get('format')!r}, run {FORMAT}"]
+    differences = (
+        [] if manifest.get("format") == FORMAT else [f"format: cache {manifest.get('format')!r}, run {FORMAT}"]
+    )
     differences += spec_differences(manifest.get("spec", {}), asdict(spec))
     if differences:
         raise CacheMismatchError(
@@ -173,7 +184,9 @@ def teacher_topk_rows(
         batch = {key: value.to(teacher.device) for key, value in collator(examples[start : start + batch_size]).items()}
         position_ids = batch_position_ids(batch, strategy, merge_size)
         logits = teacher(**model_inputs(batch), position_ids=position_ids).logits
-        indices, logprobs = topk_logprobs(logits, batch["labels"], spec.top_k, kd_config, student_vocab_size=spec.vocab_size)
+        indices, logprobs = topk_logprobs(
+            logits, batch["labels"], spec.top_k, kd_config, student_vocab_size=spec.vocab_size
+        )
         all_indices.append(indices.to("cpu", torch.int32))
         all_logprobs.append(logprobs.cpu())
         all_counts.append(answer_mask(batch["labels"], kd_config).sum(dim=1).cpu())
@@ -197,7 +210,11 @@ def write_teacher_cache(
     recorded in a matching manifest are kept (with the shard size it started with); a manifest for another
     spec raises :class:`CacheMismatchError`.
     """
-    expected = {"temperature": kd_config.temperature, "shift_labels": kd_config.shift_labels, "ignore_index": kd_config.ignore_index}
+    expected = {
+        "temperature": kd_config.temperature,
+        "shift_labels": kd_config.shift_labels,
+        "ignore_index": kd_config.ignore_index,
+    }
     if any(getattr(spec, key) != value for key, value in expected.items()):
         raise ValueError(f"write_teacher_cache: kd_config {expected} disagrees with the cache spec {asdict(spec)}")
     if len(examples) != spec.n_examples:
@@ -205,7 +222,11 @@ def write_teacher_cache(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(cache_dir, spec) or {
-        "format": FORMAT, "spec": asdict(spec), "complete": False, "shard_examples": shard_examples, "shards": []
+        "format": FORMAT,
+        "spec": asdict(spec),
+        "complete": False,
+        "shard_examples": shard_examples,
+        "shards": [],
     }
     if manifest["complete"]:
         return manifest
@@ -252,7 +273,9 @@ class TeacherCache:
     def _shard(self, example: int) -> tuple[object, torch.Tensor, int]:
         """(open shard, its row offsets, the example's position in it) for a global example index."""
         if not 0 <= example < self.spec.n_examples:
-            raise IndexError(f"teacher cache {self.cache_dir}: example {example} is outside [0, {self.spec.n_examples})")
+            raise IndexError(
+                f"teacher cache {self.cache_dir}: example {example} is outside [0, {self.spec.n_examples})"
+            )
         number = example // self.shard_examples
         if number not in self._handles:
             handle = safe_open(str(self.cache_dir / self.shards[number]["file"]), framework="pt")

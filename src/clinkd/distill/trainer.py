@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,8 @@ from clinkd.batching import ChatExample, collator_for
 from clinkd.distill.batches import EXAMPLE_INDEX, IndexedCollator, batch_position_ids, indexed, model_inputs
 from clinkd.distill.teacher_cache import TeacherCache
 from clinkd.engine.distributed import prepare_teacher
-from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
-from clinkd.losses import KDLossConfig, answer_mask, combine_losses, kd_divergence, sparse_kd_divergence
+from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainerFactory, TrainResult, run_sft
+from clinkd.losses import KDLossConfig, answer_mask, distillation_loss
 from clinkd.model.rope import rope_strategy_of
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,22 @@ class KDTrainer(ClinKDTrainer):
     Trainer averages micro-batches, as the official snippet would under HF's Trainer.
     """
 
-    def __init__(self, *args, kd_config: KDLossConfig, teacher=None, teacher_cache: TeacherCache | None = None, **kwargs):
+    def __init__(
+        self, *args, kd_config: KDLossConfig, teacher=None, teacher_cache: TeacherCache | None = None, **kwargs
+    ):
         if (teacher is None) == (teacher_cache is None):
             raise ValueError("KDTrainer needs exactly one of teacher and teacher_cache")
         super().__init__(*args, **kwargs)
         self.kd_config = kd_config
         self.teacher_cache = teacher_cache
         self.teacher = None if teacher is None else prepare_teacher(teacher, self.accelerator)
+
+    @classmethod
+    def factory(
+        cls, kd_config: KDLossConfig, *, teacher=None, teacher_cache: TeacherCache | None = None
+    ) -> TrainerFactory:
+        """What :func:`~clinkd.engine.sft.run_sft` builds its trainer with: KD trainers of this loss and teacher."""
+        return partial(cls, kd_config=kd_config, teacher=teacher, teacher_cache=teacher_cache)
 
     def teacher_rows(self, example_index: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached rows of the batch's examples, after checking each example's row count against its labels."""
@@ -101,12 +111,13 @@ class KDTrainer(ClinKDTrainer):
         outputs = model(**model_inputs(inputs), labels=labels, position_ids=position_ids, **ce_kwargs)
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(**model_inputs(inputs), position_ids=position_ids).logits
-            kd_total, n_tokens = kd_divergence(outputs.logits, teacher_logits, labels, cfg)
+                teacher = {"teacher_logits": self.teacher(**model_inputs(inputs), position_ids=position_ids).logits}
         else:
-            kd_total, n_tokens = sparse_kd_divergence(outputs.logits, labels, *self.teacher_rows(example_index, labels), cfg)
-        step_tokens = int(num_items_in_batch) if global_mean else n_tokens
-        parts = combine_losses(kd_total, step_tokens, outputs.loss, cfg)
+            teacher = {"topk": self.teacher_rows(example_index, labels)}
+        step_tokens = int(num_items_in_batch) if global_mean else None  # None: the micro-batch's own answer tokens
+        parts = distillation_loss(outputs.logits, labels, outputs.loss, cfg, **teacher, step_tokens=step_tokens)
+        n_tokens = parts["n_tokens"]
+        step_tokens = n_tokens if step_tokens is None else step_tokens
         loss = parts["loss"]
         if global_mean and self.args.average_tokens_across_devices:
             # As Trainer.compute_loss: the count spans all processes, and DDP averages their gradients.
@@ -141,8 +152,7 @@ def train_student(
         processor,
         examples,
         stage_dir,
-        trainer_class=KDTrainer,
-        trainer_kwargs={"kd_config": kd_config, "teacher": teacher, "teacher_cache": teacher_cache},
-        collator=collator_for(IndexedCollator, model, processor, settings.box_style, settings.square_size),
+        make_trainer=KDTrainer.factory(kd_config, teacher=teacher, teacher_cache=teacher_cache),
+        collator=collator_for(IndexedCollator, model, processor, settings.input_format),
         train_dataset=indexed(examples),
     )

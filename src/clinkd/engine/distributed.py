@@ -26,6 +26,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from clinkd.batching import InputFormat
 from clinkd.engine.generate import predictions_complete, write_predictions
 from clinkd.io import atomic_write_jsonl, read_jsonl
 
@@ -148,7 +149,8 @@ def merge_shards(out_dir: Path, task: str, total: int, shards: int) -> Path:
     missing = sorted(set(range(total)) - set(rows))
     extra = sorted(set(rows) - set(range(total)))
     if missing or extra:
-        problems = ([f"missing indices {missing[:10]}"] if missing else []) + ([f"unexpected indices {extra[:10]}"] if extra else [])
+        problems = [f"missing indices {missing[:10]}"] if missing else []
+        problems += [f"unexpected indices {extra[:10]}"] if extra else []
         raise ValueError(f"{task}: merging {shards} shards under {out_dir / 'shards'}: {', '.join(problems)}")
     merged = out_dir / f"{task}.jsonl"
     atomic_write_jsonl(merged, (rows[index] for index in range(total)))
@@ -156,8 +158,13 @@ def merge_shards(out_dir: Path, task: str, total: int, shards: int) -> Path:
 
 
 def write_predictions_sharded(
-    model, processor, tests: dict[str, list], out_dir: Path, predict_cfg, box_style: str = "qwen2-vl",
-    square_size: int | None = None, selector=None,
+    model,
+    processor,
+    tests: dict[str, list],
+    out_dir: Path,
+    predict_cfg,
+    input_format: InputFormat = InputFormat(),
+    selector=None,
 ) -> dict[str, Path]:
     """:func:`clinkd.engine.generate.write_predictions` over all ranks: each predicts its :func:`shard` of every task
     (resumable, in its own folder), then rank 0 writes ``<out_dir>/<TASK>.jsonl`` with all rows in index order.
@@ -167,11 +174,22 @@ def write_predictions_sharded(
     """
     shards, me = world_size(), rank()
     if shards == 1:
-        return write_predictions(model, processor, tests, out_dir, predict_cfg, box_style, square_size, selector)
+        return write_predictions(model, processor, tests, out_dir, predict_cfg, input_format, selector)
     model.to(local_device())
-    pending = {task: samples for task, samples in tests.items() if not predictions_complete(out_dir / f"{task}.jsonl", len(samples), exact=True)}
-    write_predictions(model, processor, {task: shard(samples, me, shards) for task, samples in pending.items()},
-                      shard_dir(out_dir, me, shards), predict_cfg, box_style, square_size, selector)
+    pending = {
+        task: samples
+        for task, samples in tests.items()
+        if not predictions_complete(out_dir / f"{task}.jsonl", len(samples), exact=True)
+    }
+    write_predictions(
+        model,
+        processor,
+        {task: shard(samples, me, shards) for task, samples in pending.items()},
+        shard_dir(out_dir, me, shards),
+        predict_cfg,
+        input_format,
+        selector,
+    )
     barrier()
     if me == 0:
         for task, samples in pending.items():
@@ -198,8 +216,8 @@ def save_trained(trainer, processor, path: Path, merge_lora: bool = True, adapte
     and loaded into a copy of the model built on the meta device, so no rank ever holds two copies.
     A peft model writes its adapter to ``adapter_path`` and, with ``merge_lora``, the merged model to ``path``.
     """
-    from clinkd.model.lora import export_lora, is_lora
     from clinkd.model.loading import save_checkpoint
+    from clinkd.model.lora import export_lora, is_lora
 
     accelerator = trainer.accelerator
     state_dict = accelerator.get_state_dict(trainer.model_wrapped) if is_sharded(accelerator) else None

@@ -8,19 +8,20 @@ predicted once and the others are not redone. A written row that matches no inpu
 removed, or its question or answer changed) stops the rerun with a DataError naming the file and line:
 delete the file, or predict into another folder. When positions moved, the finished file is rewritten in
 input order with fresh ``index`` values.
-A :class:`Selector` (e.g. SASG, ``clinkd.sasg``) may replace plain decoding; the keys it returns per
-sample (SASG: every candidate with its scores) are added to that sample's row.
+A :class:`Selector` (beam search or SASG, ``clinkd.sasg.pipeline.SELECTORS``) may replace plain decoding; the keys its
+:class:`Choice` holds per sample (SASG: every candidate with its scores) are added to that sample's row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from clinkd.batching import PromptCollator, collator_for
+from clinkd.batching import InputFormat, PromptCollator, collator_for
 from clinkd.chat import TURN_END
 from clinkd.config import PredictConfig
 from clinkd.data.records import Prediction, Sample
@@ -63,7 +64,8 @@ def _row_key(row) -> tuple:
 
 
 def written_rows(path: Path, samples: Sequence[Sample]) -> dict[int, dict]:
-    """The rows already in ``path``, by the position of the sample each answers; a row answering none raises DataError."""
+    """The rows already in ``path``, by the position of the sample each answers; a row answering none raises
+    DataError."""
     waiting: dict[tuple, list[int]] = {}
     for index, sample in enumerate(samples):
         waiting.setdefault(_sample_key(sample), []).append(index)
@@ -118,23 +120,40 @@ def _texts(processor, collator: PromptCollator, continuations: torch.Tensor, sam
 
 
 @torch.inference_mode()
-def generate_responses(model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int, num_beams: int = 1) -> list[str]:
+def generate_responses(
+    model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int, num_beams: int = 1
+) -> list[str]:
     """Greedy (or beam) answers for one batch of one-turn samples, boxes on the 0–1000 scale."""
-    output, prompt = _generate(model, processor, collator, samples, max_new_tokens, do_sample=False, num_beams=num_beams)
+    output, prompt = _generate(
+        model, processor, collator, samples, max_new_tokens, do_sample=False, num_beams=num_beams
+    )
     return _texts(processor, collator, output[:, prompt:], samples)
 
 
 @torch.inference_mode()
-def generate_with_margins(model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int) -> list[tuple[str, dict]]:
+def generate_with_margins(
+    model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int
+) -> list[tuple[str, dict]]:
     """Greedy answers, each with ``{"margin": m}``: the mean over its generated tokens (up to and including the end
     of turn) of the top-1 minus the top-2 next-token probability, the model's confidence in its own answer."""
     output, prompt = _generate(
-        model, processor, collator, samples, max_new_tokens,
-        do_sample=False, num_beams=1, output_logits=True, return_dict_in_generate=True,
+        model,
+        processor,
+        collator,
+        samples,
+        max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
     continuations = output.sequences[:, prompt:]
-    margins = answer_margins(torch.stack(output.logits, dim=1), continuations, processor.tokenizer.convert_tokens_to_ids(TURN_END))
-    return [(text, {"margin": margin}) for text, margin in zip(_texts(processor, collator, continuations, samples), margins)]
+    margins = answer_margins(
+        torch.stack(output.logits, dim=1), continuations, processor.tokenizer.convert_tokens_to_ids(TURN_END)
+    )
+    return [
+        (text, {"margin": margin}) for text, margin in zip(_texts(processor, collator, continuations, samples), margins)
+    ]
 
 
 def answer_margins(logits: torch.Tensor, tokens: torch.Tensor, end_id: int) -> list[float]:
@@ -147,12 +166,26 @@ def answer_margins(logits: torch.Tensor, tokens: torch.Tensor, end_id: int) -> l
     return ((margin * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)).tolist()
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A selector's answer to one sample: the ``response``, the keys it adds to the sample's prediction ``row``, and
+    the candidates it chose among, ``ranked`` best first (each with ``text: str`` and ``score: float``, ``-inf`` for
+    an invalid one; empty when it ranks none)."""
+
+    response: str
+    row: dict = field(default_factory=dict)
+    ranked: tuple[Any, ...] = ()
+
+
 class Selector(Protocol):
-    """Chooses each sample's response for one batch; each dict's keys are added to that sample's JSONL row."""
+    """Chooses each sample's response for one batch of ``task`` in place of plain decoding: the one interface of
+    ``clinkd predict``, ``clinkd infer`` and the demo (``clinkd.sasg.pipeline.SELECTORS`` names them)."""
+
+    name: str
 
     def __call__(
         self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int
-    ) -> list[tuple[str, dict]]: ...
+    ) -> list[Choice]: ...
 
 
 def write_predictions(
@@ -161,14 +194,14 @@ def write_predictions(
     tests: dict[str, list[Sample]],
     out_dir: Path,
     predict_cfg: PredictConfig,
-    box_style: str = "qwen2-vl",
-    square_size: int | None = None,
+    input_format: InputFormat = InputFormat(),
     selector: Selector | None = None,
 ) -> dict[str, Path]:
-    """Predict every task's test samples (plain decoding, or through ``selector``); returns the JSONL path per task."""
+    """Predict every task's test samples, shown in ``input_format`` (plain decoding, or through ``selector``); returns
+    the JSONL path per task."""
     model.eval()
     # Qwen2.5-VL: pixel boxes in; every decoder returns 0–1000 boxes (PromptCollator.relative).
-    collator = collator_for(PromptCollator, model, processor, box_style, square_size)
+    collator = collator_for(PromptCollator, model, processor, input_format)
     paths = {}
     with make_progress() as progress:
         for task, samples in tests.items():
@@ -181,12 +214,25 @@ def write_predictions(
                 chunk_samples = [s for _, s in chunk]
                 if selector is None:
                     responses = generate_responses(
-                        model, processor, collator, chunk_samples, predict_cfg.max_new_tokens[task], predict_cfg.num_beams
+                        model,
+                        processor,
+                        collator,
+                        chunk_samples,
+                        predict_cfg.max_new_tokens[task],
+                        predict_cfg.num_beams,
                     )
-                    outputs = [(response, {}) for response in responses]
+                    choices = [Choice(response) for response in responses]
                 else:
-                    outputs = selector(model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task])
-                append_jsonl(path, (prediction_row(task, index, sample, *output) for (index, sample), output in zip(chunk, outputs)))
+                    choices = selector(
+                        model, processor, collator, task, chunk_samples, predict_cfg.max_new_tokens[task]
+                    )
+                append_jsonl(
+                    path,
+                    (
+                        prediction_row(task, index, sample, choice.response, choice.row)
+                        for (index, sample), choice in zip(chunk, choices)
+                    ),
+                )
                 progress.advance(bar, len(chunk))
             renumber(path, samples)
     return paths

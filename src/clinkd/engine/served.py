@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from clinkd.batching import build_messages
+from clinkd.batching import InputFormat, build_messages
 from clinkd.config import ServedModelConfig
 from clinkd.data.records import Sample
 from clinkd.endpoint import ChatEndpoint, ChatReply, EndpointError
@@ -51,38 +51,58 @@ def image_data_url(path: Path, square_size: int | None = None) -> str:
 class ServedModel:
     """A served model's side of prediction: the request for a test record, and the prediction row of its reply."""
 
-    def __init__(self, endpoint: ChatEndpoint, cfg: ServedModelConfig, max_new_tokens: dict[str, int], box_style: str,
-                 square_size: int | None = None):
+    def __init__(
+        self, endpoint: ChatEndpoint, cfg: ServedModelConfig, max_new_tokens: dict[str, int], input_format: InputFormat
+    ):
         self.endpoint = endpoint
         self.cfg = cfg
         self.max_new_tokens = max_new_tokens
-        self.box_style = box_style
-        self.square_size = square_size
+        self.input_format = input_format  # its square_size only: the served model's own budget resizes what it is sent
         # Qwen2.5-VL's resize (factor 28 = patch 14 × merge 2) with the served model's budget.
-        self.pixels = PixelBoxes(PATCH_SIZE * MERGE_SIZE, cfg.min_pixels, cfg.max_pixels) if cfg.min_pixels and cfg.max_pixels else None
+        self.pixels = (
+            PixelBoxes(PATCH_SIZE * MERGE_SIZE, cfg.min_pixels, cfg.max_pixels)
+            if cfg.min_pixels and cfg.max_pixels
+            else None
+        )
 
     def payload(self, task: str, sample: Sample) -> dict:
         """The chat-completions body for one test record (module docstring)."""
-        size = image_size(sample.image, self.square_size)
+        size = image_size(sample.image, self.input_format.square_size)
         to_model = partial(self.pixels.to_model, image_size=size) if self.cfg.boxes == "qwen2.5-vl" else None
-        [message] = build_messages(sample.turns[:1], self.box_style, False, to_model)
+        [message] = build_messages(sample.turns[:1], self.input_format.box_style, False, to_model)
         question = message["content"][-1]["text"]
         instruction = self.cfg.instructions.get(task)
         content = [
-            {"type": "image_url", "image_url": {"url": image_data_url(sample.image, self.square_size)}},
+            {"type": "image_url", "image_url": {"url": image_data_url(sample.image, self.input_format.square_size)}},
             {"type": "text", "text": f"{question}\n{instruction}" if instruction else question},
         ]
-        return {"model": self.cfg.model, "messages": [{"role": "user", "content": content}], "temperature": 0,
-                "max_tokens": self.max_new_tokens[task]}
+        return {
+            "model": self.cfg.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0,
+            "max_tokens": self.max_new_tokens[task],
+        }
 
     def answer(self, task: str, index: int, sample: Sample) -> tuple[dict | None, ChatReply]:
         """The reply to the record at position ``index`` of ``task``, and its prediction row (None when it failed)."""
         reply = self.endpoint.complete(self.payload(task, sample))
         if reply.text is None:
             return None, reply
-        read = read_served_answer(reply.text, self.cfg.boxes, self.box_style, image_size(sample.image, self.square_size), self.pixels)
-        extra = {"raw_response": reply.text, "box_format": read.box_format, "box_scale": read.box_scale,
-                 "box_ambiguous": read.ambiguous, "usage": reply.usage, "attempts": reply.attempts}
+        read = read_served_answer(
+            reply.text,
+            self.cfg.boxes,
+            self.input_format.box_style,
+            image_size(sample.image, self.input_format.square_size),
+            self.pixels,
+        )
+        extra = {
+            "raw_response": reply.text,
+            "box_format": read.box_format,
+            "box_scale": read.box_scale,
+            "box_ambiguous": read.ambiguous,
+            "usage": reply.usage,
+            "attempts": reply.attempts,
+        }
         return prediction_row(task, index, sample, read.response, extra), reply
 
 
@@ -104,12 +124,16 @@ class ServedStats:
         self.completion_tokens += reply.usage.get("completion_tokens", 0)
 
     def to_json(self) -> dict:
-        per_second = {name: round(count / self.seconds, 3) if self.seconds else None
-                      for name, count in (("requests_per_s", self.requests), ("answers_per_s", self.answers))}
+        per_second = {
+            name: round(count / self.seconds, 3) if self.seconds else None
+            for name, count in (("requests_per_s", self.requests), ("answers_per_s", self.answers))
+        }
         return {**asdict(self), "seconds": round(self.seconds, 3), **per_second}
 
 
-def write_served_predictions(served: ServedModel, tests: dict[str, list[Sample]], out_dir: Path) -> tuple[dict[str, Path], dict]:
+def write_served_predictions(
+    served: ServedModel, tests: dict[str, list[Sample]], out_dir: Path
+) -> tuple[dict[str, Path], dict]:
     """Every task's missing rows from ``served`` (module docstring); returns the JSONL path per task and the run record.
     Raises EndpointError, after writing what arrived and the run record, when a request failed after its retries."""
     paths = {task: out_dir / f"{task}.jsonl" for task in tests}
@@ -125,7 +149,9 @@ def write_served_predictions(served: ServedModel, tests: dict[str, list[Sample]]
     return paths, record
 
 
-def _ask_missing(served: ServedModel, tests: dict[str, list[Sample]], paths: dict[str, Path], stats: ServedStats, out_dir: Path) -> str | None:
+def _ask_missing(
+    served: ServedModel, tests: dict[str, list[Sample]], paths: dict[str, Path], stats: ServedStats, out_dir: Path
+) -> str | None:
     """Ask every record without a row, ``concurrency`` at a time, appending each answer as it arrives; the first
     failure cancels the requests not yet sent and is returned."""
     todo = {task: pending_samples(paths[task], samples) for task, samples in tests.items()}
@@ -133,9 +159,17 @@ def _ask_missing(served: ServedModel, tests: dict[str, list[Sample]], paths: dic
     pool = ThreadPoolExecutor(max_workers=served.cfg.concurrency, thread_name_prefix="served")
     try:
         with make_progress() as progress:
-            bars = {task: progress.add_task(f"ask {task}", total=len(tests[task]), completed=len(tests[task]) - len(todo[task]), info="")
-                    for task in tests}
-            futures = {pool.submit(served.answer, task, index, sample): (task, sample) for task, pending in todo.items() for index, sample in pending}
+            bars = {
+                task: progress.add_task(
+                    f"ask {task}", total=len(tests[task]), completed=len(tests[task]) - len(todo[task]), info=""
+                )
+                for task in tests
+            }
+            futures = {
+                pool.submit(served.answer, task, index, sample): (task, sample)
+                for task, pending in todo.items()
+                for index, sample in pending
+            }
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
@@ -147,16 +181,21 @@ def _ask_missing(served: ServedModel, tests: dict[str, list[Sample]], paths: dic
                     continue
                 append_jsonl(paths[task], [row])
                 stats.add(reply)
-                progress.update(bars[task], advance=1, info=f"{stats.answers / (time.monotonic() - clock):.1f} answers/s")
+                progress.update(
+                    bars[task], advance=1, info=f"{stats.answers / (time.monotonic() - clock):.1f} answers/s"
+                )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # an interrupt drops the queued requests
     return failure
 
 
 def _failure_message(served: ServedModel, task: str, sample: Sample, reply: ChatReply, out_dir: Path) -> str:
-    return (f"{task} record {sample.id} ({sample.source or sample.image.name}): {served.endpoint.url} failed {reply.attempts} "
-            f"time(s), last with {reply.error}; the answers received are saved in {out_dir}: rerun the same command to ask "
-            "only the records still missing")
+    return (
+        f"{task} record {sample.id} ({sample.source or sample.image.name}): {served.endpoint.url} failed "
+        f"{reply.attempts} "
+        f"time(s), last with {reply.error}; the answers received are saved in {out_dir}: rerun the same command to ask "
+        "only the records still missing"
+    )
 
 
 def record_run(out_dir: Path, cfg: ServedModelConfig, url: str, stats: ServedStats, paths: Sequence[Path]) -> dict:
@@ -179,8 +218,15 @@ def served_row_totals(rows: Sequence[dict]) -> dict:
     usage = Counter()
     for row in rows:
         usage.update(row.get("usage") or {})
-    readings = Counter(f"{row['box_format']} on {row['box_scale']}" if row.get("box_format") else "no box" for row in rows)
-    return {"answers": len(rows), "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-            "box_readings": dict(sorted(readings.items())), "ambiguous": sum(bool(row.get("box_ambiguous")) for row in rows),
-            # BiRD's clean-up keeps only the text between an answer's first two newlines (clinkd.metrics.cleanup).
-            "multi_line": sum("\n" in row.get("response", "") for row in rows)}
+    readings = Counter(
+        f"{row['box_format']} on {row['box_scale']}" if row.get("box_format") else "no box" for row in rows
+    )
+    return {
+        "answers": len(rows),
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "box_readings": dict(sorted(readings.items())),
+        "ambiguous": sum(bool(row.get("box_ambiguous")) for row in rows),
+        # BiRD's clean-up keeps only the text between an answer's first two newlines (clinkd.metrics.cleanup).
+        "multi_line": sum("\n" in row.get("response", "") for row in rows),
+    }

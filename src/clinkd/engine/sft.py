@@ -12,6 +12,7 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -19,32 +20,31 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from clinkd.batching import ChatExample, TrainCollator, collator_for
+from clinkd.batching import ChatExample, InputFormat, TrainCollator, collator_for
 from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.engine.distributed import deepspeed_cpu_state, is_main_process, save_trained
+from clinkd.engine.retrieval_supervision import RetrievalSupervision
 from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.loading import checked_from_pretrained, folder_damage
-from clinkd.model.lora import ADAPTER_DIR, apply_lora, frozen_parts, is_lora, model_parts, trainable_parameters
+from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, model_parts, trainable_parameters
 from clinkd.progress import RichProgressCallback, console
-from clinkd.retrieval import RetrievalSupervision
 
 
 @dataclass(frozen=True)
 class SftSettings:
-    """What the SFT engine reads from a recipe: the training knobs, the seed, the model's dtype and box
-    convention, and where the TensorBoard logs go."""
+    """What the SFT engine reads from a recipe: the training knobs, the seed, the model's dtype, how samples are
+    shown to it, and where the TensorBoard logs go."""
 
     train: TrainConfig
     seed: int
     dtype: str
-    box_style: str
-    square_size: int | None
+    input_format: InputFormat
     logs_dir: Path
     in_order: bool = False  # read the examples in the order given (a curriculum), not shuffled
 
     @classmethod
     def of(cls, cfg: RecipeConfig) -> SftSettings:
-        return cls(cfg.train, cfg.seed, cfg.model.dtype, cfg.data.box_style, cfg.model.square_size, cfg.run_dir / "logs")
+        return cls(cfg.train, cfg.seed, cfg.model.dtype, InputFormat.of(cfg), cfg.run_dir / "logs")
 
 
 @dataclass
@@ -58,15 +58,21 @@ class TrainResult:
 def apply_freeze(model, train_cfg: TrainConfig) -> dict[str, int]:
     """Freeze the requested parts, and what no part holds (Qwen3.5's MTP layer, kept but never run), and return the
     trainable parameter counts per part."""
-    parts = {part: [p for module in modules for p in module.parameters(recurse=False)] for part, modules in model_parts(model).items()}
+    parts = {
+        part: [p for module in modules for p in module.parameters(recurse=False)]
+        for part, modules in model_parts(model).items()
+    }
     parts["llm"] += list(model.lm_head.parameters())
-    frozen = frozen_parts(train_cfg)
+    frozen = train_cfg.frozen_parts
     model.requires_grad_(False)  # from_pretrained leaves loaded weights trainable; only the parts are set below
     for part, params in parts.items():
         for param in params:
             param.requires_grad_(not frozen[part])
     # lm_head is tied to the embeddings: count each tensor once.
-    return {part: sum(p.numel() for p in {id(p): p for p in params}.values() if p.requires_grad) for part, params in parts.items()}
+    return {
+        part: sum(p.numel() for p in {id(p): p for p in params}.values() if p.requires_grad)
+        for part, params in parts.items()
+    }
 
 
 CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")  # what the Trainer saves and resumes from
@@ -88,6 +94,9 @@ def training_arguments(settings: SftSettings, output_dir: Path) -> TrainingArgum
     if deepspeed_on_cpu:
         deepspeed_cpu_state()
     checkpointing = {"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": False}}
+    # transformers 5 has no warmup_ratio: TrainingArguments.get_warmup_steps reads a warmup_steps below 1 as the share
+    # ceil(share × total steps), and train.warmup_ratio is below 1 (TrainConfig bounds it).
+    warmup_share_of_steps = train.warmup_ratio
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=train.batch_size,
@@ -97,7 +106,7 @@ def training_arguments(settings: SftSettings, output_dir: Path) -> TrainingArgum
         learning_rate=train.lr,
         weight_decay=train.weight_decay,
         lr_scheduler_type=train.scheduler,
-        warmup_steps=train.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        warmup_steps=warmup_share_of_steps,
         max_grad_norm=train.max_grad_norm,
         logging_steps=train.logging_steps,
         save_steps=train.save_steps,
@@ -122,7 +131,11 @@ def training_arguments(settings: SftSettings, output_dir: Path) -> TrainingArgum
 
 def trainer_checkpoints(checkpoints: Path) -> list[Path]:
     """The Trainer's ``checkpoint-N`` folders under ``checkpoints``, newest first."""
-    steps = {int(match.group(1)): path for path in checkpoints.iterdir() if path.is_dir() and (match := CHECKPOINT_NAME.fullmatch(path.name))}
+    steps = {
+        int(match.group(1)): path
+        for path in checkpoints.iterdir()
+        if path.is_dir() and (match := CHECKPOINT_NAME.fullmatch(path.name))
+    }
     return [steps[step] for step in sorted(steps, reverse=True)]
 
 
@@ -139,7 +152,12 @@ def resume_point(checkpoints: Path, stage: str) -> str | None:
             console.print(f"{stage}: resuming from checkpoint {step} ({checkpoint})", markup=False, highlight=False)
             return str(checkpoint)
         aside = checkpoint.with_name(f"damaged-{checkpoint.name}")
-        console.print(f"{stage}: {damaged}; set aside as {aside}, falling back to the previous checkpoint", markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"{stage}: {damaged}; set aside as {aside}, falling back to the previous checkpoint",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         if is_main_process():
             shutil.rmtree(aside, ignore_errors=True)
             checkpoint.rename(aside)
@@ -162,11 +180,14 @@ class ClinKDTrainer(Trainer):
         self._terms: dict[str, list[float]] = defaultdict(list)  # loss terms noted since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The stage's answer loss (:meth:`answer_loss`), plus the retrieval loss when ``train.retrieval_loss`` is on."""
+        """The stage's answer loss (:meth:`answer_loss`), plus the retrieval loss when ``train.retrieval_loss`` is
+        on."""
         if self.retrieval is None:
             return self.answer_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs, retrieval = self.retrieval.watch(
-            self.accelerator.unwrap_model(model), inputs, lambda: self.answer_loss(model, inputs, True, num_items_in_batch)
+            self.accelerator.unwrap_model(model),
+            inputs,
+            lambda: self.answer_loss(model, inputs, True, num_items_in_batch),
         )
         self.note_term("retrieval_loss", retrieval.item())
         loss = loss + self.retrieval.weight * retrieval * self.micro_batch_share(num_items_in_batch)
@@ -181,7 +202,9 @@ class ClinKDTrainer(Trainer):
         accumulation steps only when it is not already normalised over the whole step."""
         scaled = self.loss_is_scaled_for_ga
         if scaled is None:
-            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
         return 1 / getattr(self, "current_gradient_accumulation_steps", 1) if scaled else 1.0
 
     def note_term(self, name: str, value: float) -> None:
@@ -202,6 +225,22 @@ class ClinKDTrainer(Trainer):
         model.load_state_dict(loaded.state_dict())
 
 
+class TrainerFactory(Protocol):
+    """Builds a stage's trainer from what :func:`run_sft` prepares: :class:`ClinKDTrainer` itself, or a stage's own
+    subclass with its own arguments bound (``clinkd.distill.trainer.KDTrainer.factory``)."""
+
+    def __call__(
+        self,
+        *,
+        model,
+        args: TrainingArguments,
+        train_dataset,
+        data_collator,
+        callbacks: list[TrainerCallback],
+        retrieval: RetrievalSupervision | None,
+    ) -> ClinKDTrainer: ...
+
+
 def run_sft(
     settings: SftSettings,
     model,
@@ -209,15 +248,14 @@ def run_sft(
     examples: list[ChatExample],
     stage_dir: Path,
     *,
-    trainer_class: type[Trainer] = ClinKDTrainer,
-    trainer_kwargs: dict | None = None,
+    make_trainer: TrainerFactory = ClinKDTrainer,
     collator=None,
     train_dataset=None,
 ) -> TrainResult:
     """Train ``model`` on ``examples``; the final model goes to ``stage_dir/model``.
 
-    Stages with their own loss (distillation) pass ``trainer_class``/``trainer_kwargs``, and their own
-    ``collator`` and ``train_dataset`` (default: ``TrainCollator`` over ``examples``); everything else
+    Stages with their own loss (distillation) pass their ``make_trainer`` (e.g. ``KDTrainer.factory(...)``), and
+    their own ``collator`` and ``train_dataset`` (default: ``TrainCollator`` over ``examples``); everything else
     (arguments, LoRA or freezing, resume, saving, logs) is shared.
     """
     import time
@@ -228,7 +266,16 @@ def run_sft(
         torch.set_num_threads(settings.train.threads)
     lora = settings.train.lora
     if lora is not None:
-        model = apply_lora(model, lora, settings.train)
+        train = settings.train
+        model = apply_lora(
+            model,
+            lora.target_modules,
+            train.frozen_parts,
+            rank=lora.r,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            gradient_checkpointing=train.gradient_checkpointing,
+        )
         trainable = {"lora": trainable_parameters(model)}
     else:
         trainable = apply_freeze(model, settings.train)
@@ -236,9 +283,9 @@ def run_sft(
         raise ValueError("train.freeze_*: every part of the model is frozen; nothing would train")
     checkpoints = stage_dir / "checkpoints"
     if collator is None:
-        collator = collator_for(TrainCollator, model, processor, settings.box_style, settings.square_size)
+        collator = collator_for(TrainCollator, model, processor, settings.input_format)
     retrieval = RetrievalSupervision.from_settings(settings.train, model, processor)
-    trainer = trainer_class(
+    trainer = make_trainer(
         model=model,
         args=training_arguments(settings, checkpoints),
         train_dataset=examples if train_dataset is None else train_dataset,
@@ -249,7 +296,6 @@ def run_sft(
             UmaskCheckpoints(),
         ],
         retrieval=retrieval,
-        **(trainer_kwargs or {}),
     )
     try:
         output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))
@@ -259,8 +305,16 @@ def run_sft(
     # QLoRA adapters are merged offline into the 16-bit base (clinkd.model.lora.merge_adapter_checkpoint).
     merge = lora is None or (lora.merge and lora.quantize == "none")
     model_dir = stage_dir / "model" if merge else stage_dir / ADAPTER_DIR
-    save_trained(trainer, processor, stage_dir / "model", merge_lora=merge, adapter_path=stage_dir / ADAPTER_DIR if lora else None)
+    save_trained(
+        trainer,
+        processor,
+        stage_dir / "model",
+        merge_lora=merge,
+        adapter_path=stage_dir / ADAPTER_DIR if lora else None,
+    )
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if trainer.is_world_process_zero():
-        atomic_write_json(stage_dir / "train_log.json", {"trainable_parameters": trainable, "log_history": trainer.state.log_history})
+        atomic_write_json(
+            stage_dir / "train_log.json", {"trainable_parameters": trainable, "log_history": trainer.state.log_history}
+        )
     return TrainResult(model_dir, output.global_step, losses[-1] if losses else None, time.perf_counter() - started)

@@ -6,8 +6,8 @@ answer, the image with the boxes drawn (:mod:`clinkd.interactive.overlay` colour
 blue asked region, green ground truth) and, when a selector is given and ticked, its candidates
 with their scores, best first.
 
-A selector is any object with the duck-typed interface :class:`clinkd.interactive.infer.CandidateRanker`
-(``name`` and ``rank(model, processor, collator, samples, max_new_tokens)``), e.g. SASG's.
+A selector is any :class:`clinkd.engine.generate.Selector` (``clinkd.sasg.pipeline.SELECTORS``: beam or SASG); its
+ranked candidates, when it gives them, are listed.
 
 The server binds 127.0.0.1 unless told otherwise; gradio's analytics are off.
 """
@@ -22,11 +22,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from clinkd.batching import InputFormat
 from clinkd.boxes import Box, BoxError
+from clinkd.engine.generate import Selector
 from clinkd.images import PIL_PIXEL_LIMIT
 from clinkd.interactive.infer import (
     DEFAULT_MAX_NEW_TOKENS,
-    CandidateRanker,
     InferInputError,
     InferResult,
     parse_ground_truth,
@@ -47,21 +48,21 @@ EXAMPLES_PER_CELL = 2
 class DemoSettings:
     """Generation settings; take them from the recipe the model was trained with (:meth:`from_config`)."""
 
-    box_style: str = "qwen2-vl"
-    square_size: int | None = None
+    input_format: InputFormat = InputFormat()
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
     num_beams: int = 1
     max_image_pixels: int = PIL_PIXEL_LIMIT
 
     @classmethod
     def from_config(cls, cfg) -> "DemoSettings":
-        return cls(cfg.data.box_style, cfg.model.square_size, dict(cfg.predict.max_new_tokens), cfg.predict.num_beams, cfg.data.max_image_pixels)
+        return cls(
+            InputFormat.of(cfg), dict(cfg.predict.max_new_tokens), cfg.predict.num_beams, cfg.data.max_image_pixels
+        )
 
     def run_options(self, task: str) -> dict:
         """Keyword arguments of :func:`run_request` for ``task``."""
         return {
-            "box_style": self.box_style,
-            "square_size": self.square_size,
+            "input_format": self.input_format,
             "max_new_tokens": self.max_new_tokens.get(task, DEFAULT_MAX_NEW_TOKENS[task]),
             "num_beams": self.num_beams,
         }
@@ -113,7 +114,7 @@ def answer_question(
     question: str,
     task: str = "auto",
     ground_truth: str = "",
-    selector: CandidateRanker | None = None,
+    selector: Selector | None = None,
     settings: DemoSettings = DemoSettings(),
 ) -> DemoAnswer:
     """One click of *Ask*: bad input becomes an ``error:`` status instead of an exception."""
@@ -125,7 +126,10 @@ def answer_question(
         result = run_request(model, processor, request, selector, **settings.run_options(request.task))
     except (InferInputError, BoxError) as error:
         return DemoAnswer("", None, [], f"**error:** {error}")
-    rows = [[rank, without_markup(c.text), round(c.score, 4) if math.isfinite(c.score) else "invalid"] for rank, c in enumerate(result.candidates, 1)]
+    rows = [
+        [rank, without_markup(c.text), round(c.score, 4) if math.isfinite(c.score) else "invalid"]
+        for rank, c in enumerate(result.candidates, 1)
+    ]
     return DemoAnswer(result.answer_text, render_overlay(result, truth), rows, _status(result))
 
 
@@ -143,7 +147,7 @@ def build_demo(
     model,
     processor,
     data_dir: str | Path | None = None,
-    selector: CandidateRanker | None = None,
+    selector: Selector | None = None,
     settings: DemoSettings = DemoSettings(),
 ):
     """The ``gradio.Blocks`` app (not launched). ``data_dir`` adds the test-record picker."""
@@ -151,28 +155,46 @@ def build_demo(
 
     examples = {example.label: example for example in load_examples(data_dir)} if data_dir else {}
     with gr.Blocks(title="ClinKD demo", analytics_enabled=False) as blocks:
-        gr.Markdown("## ClinKD: ask about a medical image\nRed: the answer's boxes · blue: the asked region · green: ground truth")
+        gr.Markdown(
+            "## ClinKD: ask about a medical image\nRed: the answer's boxes · blue: the asked region · green: ground "
+            "truth"
+        )
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", sources=["upload"], label="Image", elem_id="image-input")
                 picker = gr.Dropdown(
-                    choices=list(examples), value=None, label="…or pick a test record", visible=bool(examples), elem_id="picker"
+                    choices=list(examples),
+                    value=None,
+                    label="…or pick a test record",
+                    visible=bool(examples),
+                    elem_id="picker",
                 )
                 task = gr.Radio(list(TASK_CHOICES), value="auto", label="Task", elem_id="task")
                 question = gr.Textbox(
-                    label="Question", placeholder="Where is the <ref>liver</ref>?  ·  liver  ·  (120,300),(480,700)", elem_id="question"
+                    label="Question",
+                    placeholder="Where is the <ref>liver</ref>?  ·  liver  ·  (120,300),(480,700)",
+                    elem_id="question",
                 )
-                truth = gr.Textbox(label="Ground-truth box (optional)", placeholder="(x1,y1),(x2,y2) on 0–1000", elem_id="ground-truth")
+                truth = gr.Textbox(
+                    label="Ground-truth box (optional)", placeholder="(x1,y1),(x2,y2) on 0–1000", elem_id="ground-truth"
+                )
                 use_selector = gr.Checkbox(
-                    value=selector is not None, label=f"{getattr(selector, 'name', 'SASG')} selection", visible=selector is not None
+                    value=selector is not None,
+                    label=f"{getattr(selector, 'name', 'SASG')} selection",
+                    visible=selector is not None,
                 )
                 ask = gr.Button("Ask", variant="primary", elem_id="ask")
             with gr.Column():
                 answer = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
-                reference = gr.Textbox(label="Reference answer", interactive=False, visible=bool(examples), elem_id="reference")
+                reference = gr.Textbox(
+                    label="Reference answer", interactive=False, visible=bool(examples), elem_id="reference"
+                )
                 overlay = gr.Image(type="pil", label="Answer with boxes", interactive=False, elem_id="overlay")
                 candidates = gr.Dataframe(
-                    headers=CANDIDATE_HEADERS, label="Candidates (best first)", visible=selector is not None, elem_id="candidates"
+                    headers=CANDIDATE_HEADERS,
+                    label="Candidates (best first)",
+                    visible=selector is not None,
+                    elem_id="candidates",
                 )
                 status = gr.Markdown(elem_id="status")
 
@@ -185,17 +207,34 @@ def build_demo(
 
         def ask_click(image_path, question_text, task_choice, truth_text, selecting):
             shown = answer_question(
-                model, processor, image_path, question_text, task_choice, truth_text, selector if selecting else None, settings
+                model,
+                processor,
+                image_path,
+                question_text,
+                task_choice,
+                truth_text,
+                selector if selecting else None,
+                settings,
             )
             return shown.answer, shown.overlay, shown.candidates, shown.status
 
         picker.change(pick, inputs=picker, outputs=[image, task, question, truth, reference])
-        ask.click(ask_click, inputs=[image, question, task, truth, use_selector], outputs=[answer, overlay, candidates, status])
-        question.submit(ask_click, inputs=[image, question, task, truth, use_selector], outputs=[answer, overlay, candidates, status])
+        ask.click(
+            ask_click,
+            inputs=[image, question, task, truth, use_selector],
+            outputs=[answer, overlay, candidates, status],
+        )
+        question.submit(
+            ask_click,
+            inputs=[image, question, task, truth, use_selector],
+            outputs=[answer, overlay, candidates, status],
+        )
     return blocks
 
 
-def launch_demo(blocks, host: str = "127.0.0.1", port: int | None = None, data_dir: str | Path | None = None, block: bool = False) -> str:
+def launch_demo(
+    blocks, host: str = "127.0.0.1", port: int | None = None, data_dir: str | Path | None = None, block: bool = False
+) -> str:
     """Serve ``blocks`` on ``host:port`` and return its URL; ``block=False`` returns at once (tests).
 
     Of ``data_dir`` only the example images are served (the picker loads them), not its annotations or other images;

@@ -24,13 +24,12 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
+from clinkd.batching import InputFormat, PromptCollator, collator_for
 from clinkd.boxes import (
     ANY_REF,
     BOX_PATTERNS,
@@ -43,8 +42,9 @@ from clinkd.boxes import (
     format_ref,
     parse_boxes,
 )
-from clinkd.config import PredictConfig, SelectConfig
+from clinkd.config import PredictConfig
 from clinkd.data.records import MODALITY_NAMES, Sample, Turn, UnknownTaskError, canonical_task
+from clinkd.engine.generate import Selector, generate_responses
 from clinkd.images import PIL_PIXEL_LIMIT, VIEW_PIXELS, unusable_reason
 from clinkd.interactive.overlay import BoxRole, LabelledBox, draw_boxes
 from clinkd.io import unreachable_reason
@@ -54,7 +54,9 @@ from clinkd.synth.tasks import TEMPLATES
 
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: a 128-byte preamble, then "DICM"
 DEFAULT_MAX_NEW_TOKENS = PredictConfig().max_new_tokens  # the recipe's per-task budgets, not a second copy
-QUESTION_WORDS = frozenset("where what which who how why is are can could does do find locate give please show describe".split())
+QUESTION_WORDS = frozenset(
+    "where what which who how why is are can could does do find locate give please show describe".split()
+)
 DESCRIBE = re.compile(r"\b(describe|description|caption|say about|tell me about)\b", re.IGNORECASE)
 LOCATE = re.compile(r"\b(where|locate|find|bounding box|which region|position of)\b", re.IGNORECASE)
 MAX_TARGET_WORDS = 5
@@ -71,20 +73,6 @@ class RankedCandidate:
 
     text: str
     score: float
-
-
-class CandidateRanker(Protocol):
-    """What :func:`infer` and the demo need from a candidate selector such as SASG (duck-typed).
-
-    ``rank`` answers one batch, like :func:`clinkd.engine.generate.generate_responses`: for every
-    sample, its candidate responses **best first** (the first becomes the answer). A candidate is
-    any object with ``text: str`` and ``score: float`` (e.g. :class:`RankedCandidate`); invalid ones
-    (say, an unparseable VG box) may be listed with a score of ``-inf``.
-    """
-
-    name: str
-
-    def rank(self, model, processor, collator, samples: Sequence[Sample], max_new_tokens: int) -> list[Sequence[RankedCandidate]]: ...
 
 
 @dataclass(frozen=True)
@@ -135,7 +123,9 @@ class InferResult:
             "answer_text": self.answer_text,
             "boxes": [item.to_json() for item in self.boxes],
             "query_boxes": [item.to_json() for item in self.query_boxes],
-            "candidates": [{"text": c.text, "score": c.score if math.isfinite(c.score) else None} for c in self.candidates],
+            "candidates": [
+                {"text": c.text, "score": c.score if math.isfinite(c.score) else None} for c in self.candidates
+            ],
             "selector": self.selector,
             "box_error": self.box_error,
         }
@@ -283,7 +273,9 @@ def complete_question(task: str, question: str) -> str:
     return tag_bare_boxes(question)
 
 
-def prepare_request(image: str | Path, question: str, task: str | None = None, max_image_pixels: int = PIL_PIXEL_LIMIT) -> InferRequest:
+def prepare_request(
+    image: str | Path, question: str, task: str | None = None, max_image_pixels: int = PIL_PIXEL_LIMIT
+) -> InferRequest:
     """Check the inputs (no model needed) and complete the task and question.
 
     Raises :class:`InferInputError` for a missing/unreadable image or one the model cannot take (see
@@ -306,23 +298,9 @@ def prepare_request(image: str | Path, question: str, task: str | None = None, m
 
 
 # ---- the model ---------------------------------------------------------------------------------
-def named_selector(name: str | None, select: SelectConfig, crop_margin: float, seed: int, run_dir: Path) -> CandidateRanker | None:
-    """``None`` (plain decoding) for no name; ``sasg``: :func:`clinkd.sasg.sasg_selector`, configured by the
-    recipe's ``select:`` block (candidates, scorer and its path)."""
-    if not name:
-        return None
-    if name.lower() != "sasg":
-        raise InferInputError(f"--select {name!r}: the only selector is sasg")
-    from clinkd.sasg import ScorerError, sasg_selector
-
-    try:
-        return sasg_selector(select, crop_margin, seed, run_dir)
-    except ScorerError as error:  # no trained CLIP yet, a wrong scorer_path, a missing extra
-        raise InferInputError(f"--select sasg: {error}") from None
-
-
 def load_model(path: str | Path, dtype: str = "float32"):
-    """:func:`load_checkpoint`, with every way a directory can fail to be a checkpoint as one :class:`CheckpointError`."""
+    """:func:`load_checkpoint`, with every way a directory can fail to be a checkpoint as one
+    :class:`CheckpointError`."""
     try:
         return load_checkpoint(path, dtype)
     except CheckpointError:
@@ -354,19 +332,15 @@ def run_request(
     model,
     processor,
     request: InferRequest,
-    select: CandidateRanker | None = None,
+    select: Selector | None = None,
     *,
-    box_style: str = "qwen2-vl",
-    square_size: int | None = None,
+    input_format: InputFormat = InputFormat(),
     max_new_tokens: int | None = None,
     num_beams: int = 1,
 ) -> InferResult:
-    """Generate the answer to a checked request (greedy/beam, or the selector's best candidate)."""
-    from clinkd.batching import PromptCollator, collator_for
-    from clinkd.engine.generate import generate_responses
-
+    """Generate the answer to a checked request (greedy/beam with ``num_beams``, or ``select``'s choice)."""
     model.eval()
-    collator = collator_for(PromptCollator, model, processor, box_style, square_size)
+    collator = collator_for(PromptCollator, model, processor, input_format)
     tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[request.task]
     image = request.image
     with tempfile.TemporaryDirectory(prefix="clinkd-infer-") as scratch:
@@ -377,9 +351,9 @@ def run_request(
             answer = generate_responses(model, processor, collator, [sample], tokens, num_beams)[0]
             candidates: tuple[RankedCandidate, ...] = ()
         else:
-            ranked = select.rank(model, processor, collator, [sample], tokens)[0]
-            candidates = tuple(RankedCandidate(c.text, float(c.score)) for c in ranked)
-            answer = candidates[0].text if candidates else ""
+            choice = select(model, processor, collator, request.task, [sample], tokens)[0]
+            candidates = tuple(RankedCandidate(c.text, float(c.score)) for c in choice.ranked)
+            answer = choice.response
     boxes, box_error = labelled_answer_boxes(answer)
     short_answer = without_markup(answer)
     # A ROC answer is the region's class name: the asked box is the place to show it.
@@ -405,7 +379,7 @@ def infer(
     image_path: str | Path,
     question: str,
     task: str | None = None,
-    select: CandidateRanker | None = None,
+    select: Selector | None = None,
     **options,
 ) -> InferResult:
     """Check the inputs, complete the question, answer it; ``options`` go to :func:`run_request`."""

@@ -50,7 +50,11 @@ class LabelledBox:
     role: BoxRole = BoxRole.PREDICTED
 
     def to_json(self) -> dict:
-        return {"label": self.label, "role": self.role.value, "box": [self.box.x1, self.box.y1, self.box.x2, self.box.y2]}
+        return {
+            "label": self.label,
+            "role": self.role.value,
+            "box": [self.box.x1, self.box.y1, self.box.x2, self.box.y2],
+        }
 
 
 def upscale_factor(width: int, height: int, min_side: int | None) -> int:
@@ -63,9 +67,11 @@ def upscale_factor(width: int, height: int, min_side: int | None) -> int:
 def pixel_rect(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
     """Integer pixel corners of ``box`` on a ``width × height`` image, clamped inside it."""
     x1, y1, x2, y2 = box.to_pixels(width, height)
-    clamp_x = lambda value: min(max(round(value), 0), width - 1)
-    clamp_y = lambda value: min(max(round(value), 0), height - 1)
-    return clamp_x(x1), clamp_y(y1), clamp_x(x2), clamp_y(y2)
+
+    def clamp(value: float, side: int) -> int:
+        return min(max(round(value), 0), side - 1)
+
+    return clamp(x1, width), clamp(y1, height), clamp(x2, width), clamp(y2, height)
 
 
 def line_width(width: int, height: int) -> int:
@@ -73,7 +79,9 @@ def line_width(width: int, height: int) -> int:
     return max(2, round(min(width, height) / 150))
 
 
-def draw_boxes(image: Image.Image, boxes: Sequence[LabelledBox], min_side: int | None = DEFAULT_MIN_SIDE) -> Image.Image:
+def draw_boxes(
+    image: Image.Image, boxes: Sequence[LabelledBox], min_side: int | None = DEFAULT_MIN_SIDE
+) -> Image.Image:
     """A new RGB image with every box outlined in its role's colour and labelled at its top-left corner.
 
     The label sits on a filled tab of the box's colour just above the box, or just inside it when
@@ -96,7 +104,9 @@ def draw_boxes(image: Image.Image, boxes: Sequence[LabelledBox], min_side: int |
     return canvas
 
 
-def _draw_label(draw: ImageDraw.ImageDraw, font, text: str, corner: tuple[int, int], colour, size: tuple[int, int]) -> None:
+def _draw_label(
+    draw: ImageDraw.ImageDraw, font, text: str, corner: tuple[int, int], colour, size: tuple[int, int]
+) -> None:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     pad = 2
     tab_width, tab_height = right - left + 2 * pad, bottom - top + 2 * pad

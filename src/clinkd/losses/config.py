@@ -1,16 +1,24 @@
-"""The KD loss configuration: one frozen dataclass plus the two presets (paper, official snippet)."""
+"""The KD loss configuration: one frozen dataclass plus its presets (paper, official snippet).
+
+It is also the recipe's KD loss: every field is a key of ``distill:`` (``distill.alpha``, ``distill.temperature``, …,
+``clinkd.config.DistillConfig``), validated by pydantic from the annotations below, so a new setting is one field here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 Divergence = Literal["forward", "reverse", "jsd"]
 Reduction = Literal["mean", "sum"]
 SparseTail = Literal["renormalize", "residual"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class KDLossConfig:
     """How the distillation loss is computed (see ``docs/kd-loss.md`` for the formulas).
 
@@ -40,37 +48,20 @@ class KDLossConfig:
         use_ce: mix in the caller's CE loss; False = pure KD (the official ``if_use_entropy=False``).
         sparse_tail: how a cached top-k teacher's missing mass is handled ("renormalize" or
             "residual"; see ``clinkd.losses.sparse``).
-        ignore_index: the label value of positions that are not answer tokens.
+        ignore_index: the label value of positions that are not answer tokens (negative: no token id).
     """
 
-    alpha: float = 0.5
-    temperature: float = 2.0
+    alpha: Annotated[float, Field(ge=0)] = 0.5
+    temperature: Annotated[float, Field(gt=0)] = 2.0
     t_squared: bool = True
     divergence: Divergence = "forward"
-    jsd_beta: float = 0.5
+    jsd_beta: Annotated[float, Field(ge=0, le=1)] = 0.5
     reduction: Reduction = "mean"
     shift_labels: bool = True
-    chunk_size: int | None = None
+    chunk_size: Annotated[int | None, Field(ge=1)] = None
     use_ce: bool = True
     sparse_tail: SparseTail = "residual"
-    ignore_index: int = -100
-
-    def __post_init__(self) -> None:
-        if not self.alpha >= 0:
-            raise ValueError(f"KDLossConfig.alpha must be >= 0, got {self.alpha}")
-        if not self.temperature > 0:
-            raise ValueError(f"KDLossConfig.temperature must be > 0, got {self.temperature}")
-        if not 0 <= self.jsd_beta <= 1:
-            raise ValueError(f"KDLossConfig.jsd_beta must be in [0, 1], got {self.jsd_beta}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"KDLossConfig.chunk_size must be None or >= 1, got {self.chunk_size}")
-        for name, allowed in (
-            ("divergence", get_args(Divergence)),
-            ("reduction", get_args(Reduction)),
-            ("sparse_tail", get_args(SparseTail)),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"KDLossConfig.{name}: unknown {getattr(self, name)!r}; expected one of {allowed}")
+    ignore_index: Annotated[int, Field(lt=0)] = -100
 
     @property
     def kd_scale(self) -> float:
@@ -108,3 +99,10 @@ class KDLossConfig:
             ),
             **overrides,
         )
+
+
+# The named starting points of ``distill.preset``: the other ``distill:`` loss keys override the preset's values.
+KD_LOSS_PRESETS: dict[str, Callable[..., KDLossConfig]] = {
+    "paper": KDLossConfig.paper,
+    "clinkd-official": KDLossConfig.clinkd_official,
+}

@@ -71,13 +71,16 @@ def distillation_loss(
     *,
     teacher_logits: torch.Tensor | None = None,
     topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    step_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The training loss from an online teacher (``teacher_logits``) or a cached top-k one (``topk``).
 
     Exactly one of ``teacher_logits`` ([B, L, V_t], V_t ≥ V) and ``topk`` ((indices, logprobs) from
-    ``topk_logprobs`` for the same labels and config) must be given. Returns
-    ``{"loss", "kd", "ce", "n_tokens", "teacher_vocab_sliced"}``; ``teacher_vocab_sliced`` is a bool
-    for an online teacher and None for a cached one (the cache was sliced when it was written).
+    ``topk_logprobs`` for the same labels and config) must be given. ``step_tokens`` is the answer-token count a
+    ``"mean"`` reduction divides by when the batch is one micro-batch of an optimiser step counted as a whole (the
+    Trainer's ``num_items_in_batch``); None: this batch's own. Returns ``{"loss", "kd", "ce", "n_tokens",
+    "teacher_vocab_sliced"}``: ``n_tokens`` is this batch's answer tokens, ``teacher_vocab_sliced`` a bool for an
+    online teacher and None for a cached one (the cache was sliced when it was written).
     """
     if (teacher_logits is None) == (topk is None):
         raise ValueError("distillation_loss needs exactly one of teacher_logits and topk")
@@ -87,4 +90,5 @@ def distillation_loss(
     else:
         kd_total, n_tokens = sparse_kd_divergence(student_logits, labels, *topk, cfg)
         sliced = None
-    return combine_losses(kd_total, n_tokens, ce_loss, cfg) | {"teacher_vocab_sliced": sliced}
+    parts = combine_losses(kd_total, n_tokens if step_tokens is None else step_tokens, ce_loss, cfg)
+    return parts | {"n_tokens": n_tokens, "teacher_vocab_sliced": sliced}

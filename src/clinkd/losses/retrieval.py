@@ -45,5 +45,7 @@ def attention_target_loss(attention_rows: torch.Tensor, targets: torch.Tensor, e
     """
     if attention_rows.shape[0] == 0:
         return attention_rows.sum() * 0.0
-    rows = torch.special.xlogy(targets, targets) - torch.special.xlogy(targets, attention_rows.float() + eps)  # xlogy: 0·log 0 = 0
+    rows = torch.special.xlogy(targets, targets) - torch.special.xlogy(
+        targets, attention_rows.float() + eps
+    )  # xlogy: 0·log 0 = 0
     return rows.sum(dim=-1).mean()

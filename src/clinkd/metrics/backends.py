@@ -57,7 +57,11 @@ def meteor_scorer(choice: str) -> CaptionScorer | None:
             raise
         from clinkd.progress import console
 
-        console.print(f"METEOR not run here (no Java; {missing}): MIA is scored with mBR, mBMR without METEOR", markup=False, soft_wrap=True)
+        console.print(
+            f"METEOR not run here (no Java; {missing}): MIA is scored with mBR, mBMR without METEOR",
+            markup=False,
+            soft_wrap=True,
+        )
         return None
 
 

@@ -34,9 +34,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
-from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -95,7 +95,9 @@ def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int 
     check_corpus(candidates, references)
     if not candidates:
         return [0.0] * n
-    correct, guess, test_length, reference_length = bleu_statistics(corpus_table(candidates, references, n), candidates, references, n)
+    correct, guess, test_length, reference_length = bleu_statistics(
+        corpus_table(candidates, references, n), candidates, references, n
+    )
     scores, product = [], 1.0
     for k in range(n):
         product *= float(correct[k] + BLEU_TINY) / (guess[k] + BLEU_SMALL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from clinkd.chat import END_OF_TURN_TOKENS
+
 _BETWEEN_NEWLINES = re.compile(r"\n(.*?)\n", re.DOTALL)
 
 

@@ -45,7 +45,8 @@ _TAGGED_BOXES = (BOX_PATTERNS[BoxStyle.QWEN2_VL], BOX_PATTERNS[BoxStyle.QWEN_VL]
 
 @dataclass(frozen=True)
 class CoordinateDigit:
-    """One digit of a box: ``box`` (0-based, in text order), ``coordinate`` (x1…y2), ``place`` (1–3), ``token`` index."""
+    """One digit of a box: ``box`` (0-based, in text order), ``coordinate`` (x1…y2), ``place`` (1–3), ``token``
+    index."""
 
     box: int
     coordinate: str
@@ -77,7 +78,8 @@ def _checked_start(match: re.Match, group: int, tokens: Sequence[str], owner: li
         token = tokens[owner[start + offset]]
         if token != digit:
             raise ValueError(
-                f"digit {digit!r} of {match.group(0)!r} is inside token {token!r}: per-digit CE needs one digit per token"
+                f"digit {digit!r} of {match.group(0)!r} is inside token {token!r}: per-digit CE needs one digit per "
+                "token"
             )
     return start
 

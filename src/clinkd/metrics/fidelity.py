@@ -71,7 +71,9 @@ def named_classes(text: str, classes: set[str]) -> set[str]:
 
 def question_fidelity(predictions: Iterable[Prediction], classes: Mapping[str, set[str]]) -> dict[str, dict]:
     """``{share name: {"value": share or None, "n": answers it applies to}}`` for the three shares above."""
-    return answer_fidelity(((canonical_task(row.task), row.modality, row.question, row.response) for row in predictions), classes)
+    return answer_fidelity(
+        ((canonical_task(row.task), row.modality, row.question, row.response) for row in predictions), classes
+    )
 
 
 def answer_fidelity(answers: Iterable[tuple[str, str, str, str]], classes: Mapping[str, set[str]]) -> dict[str, dict]:

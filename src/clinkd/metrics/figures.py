@@ -59,7 +59,9 @@ def modality_figure(named: dict[str, dict], path: Path) -> Path:
         {f"{task} ({first['tasks'][task]['headline']['metric']})": per for task, per in scores.items()},
         f"{label}: task headline per modality",
     )
-    _grouped_bars(right, {name: modality_averages(metrics) for name, metrics in named.items()}, "Mean over tasks per modality")
+    _grouped_bars(
+        right, {name: modality_averages(metrics) for name, metrics in named.items()}, "Mean over tasks per modality"
+    )
     figure.tight_layout()
     return _save(figure, path)
 
@@ -121,7 +123,9 @@ def loss_figure(run_dir: Path, path: Path) -> Path | None:
     axes = figure.subplots()
     for stage, series in logs.items():
         for key, (steps, values) in series.items():
-            style = {"loss": {"linestyle": "-"}, "eval_loss": {"linestyle": "--", "marker": "o"}}.get(key, {"linestyle": ":"})
+            style = {"loss": {"linestyle": "-"}, "eval_loss": {"linestyle": "--", "marker": "o"}}.get(
+                key, {"linestyle": ":"}
+            )
             axes.plot(steps, values, label=f"{stage}: {key}", **style)
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss")

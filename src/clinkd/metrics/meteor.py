@@ -32,8 +32,8 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from functools import lru_cache
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from clinkd.metrics.captions import check_corpus
@@ -334,7 +334,9 @@ class MeteorNLTK:
         if not candidates:
             return {"METEOR": 0.0}
         scores = [
-            meteor_score([ref.split() for ref in refs], candidate.split(), wordnet=self._wordnet, **METEOR_EN_PARAMETERS)
+            meteor_score(
+                [ref.split() for ref in refs], candidate.split(), wordnet=self._wordnet, **METEOR_EN_PARAMETERS
+            )
             for candidate, refs in zip(candidates, references)
         ]
         return {"METEOR": sum(scores) / len(scores)}

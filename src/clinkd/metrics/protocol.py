@@ -95,7 +95,9 @@ def score_predictions(
     return {
         "protocol": {
             "bird_exact": bird_exact,
-            "cleanup": "extract_information (BiRD)" if bird_exact else "cut at end-of-turn token, then extract_information",
+            "cleanup": "extract_information (BiRD)"
+            if bird_exact
+            else "cut at end-of-turn token, then extract_information",
             "modalities": list(MODALITIES),
             **PROTOCOL_NOTES,
             "caption_decimals": CAPTION_DECIMALS,
@@ -116,7 +118,9 @@ def group_predictions(predictions: Iterable[Prediction]) -> dict[str, dict[str, 
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
         if prediction.modality not in MODALITIES:
-            raise ValueError(f"{where}: unknown modality {prediction.modality!r}; expected one of {', '.join(MODALITIES)}")
+            raise ValueError(
+                f"{where}: unknown modality {prediction.modality!r}; expected one of {', '.join(MODALITIES)}"
+            )
         grouped.setdefault(task, {}).setdefault(prediction.modality, []).append(prediction)
     return grouped
 
@@ -165,7 +169,9 @@ def _score_classification_task(groups: TaskGroups, bird_exact: bool) -> dict:
             counts["samples"][modality] += 1
             counts["empty_responses"][modality] += response == ""
             counts["correct"][modality] += classification_correct(row.annotation, response)
-        per_modality[modality] = {ROC_METRIC: counts["correct"][modality] / (counts["samples"][modality] + RATIO_EPSILON)}
+        per_modality[modality] = {
+            ROC_METRIC: counts["correct"][modality] / (counts["samples"][modality] + RATIO_EPSILON)
+        }
     empty = [modality for modality in MODALITIES if counts["samples"][modality] == 0]
     return _task_result("ROC", [ROC_METRIC], per_modality, counts, empty)
 

@@ -89,7 +89,10 @@ def _summary_table(tasks: dict, overall: dict | None) -> str:
 
 
 def _headline_rows(tasks: dict) -> list[tuple[str, str | None]]:
-    return [(task, tasks[task]["headline"]["metric"] if task in tasks and tasks[task]["headline"] else None) for task in TASKS]
+    return [
+        (task, tasks[task]["headline"]["metric"] if task in tasks and tasks[task]["headline"] else None)
+        for task in TASKS
+    ]
 
 
 def _all_metric_rows(tasks: dict) -> list[tuple[str, str | None]]:

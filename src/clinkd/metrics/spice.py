@@ -158,11 +158,16 @@ class SpiceJava:
             return {"SPICE": 0.0}
         with tempfile.TemporaryDirectory(prefix="clinkd-spice-") as folder:
             input_path, output_path = Path(folder) / "input.json", Path(folder) / "output.json"
-            rows = [{"image_id": i, "test": c, "refs": list(refs)} for i, (c, refs) in enumerate(zip(candidates, references))]
+            pairs = enumerate(zip(candidates, references))
+            rows = [{"image_id": i, "test": c, "refs": list(refs)} for i, (c, refs) in pairs]
             input_path.write_text(json.dumps(rows))
-            result = subprocess.run(self.command(input_path, output_path), cwd=self.folder, capture_output=True, text=True)
+            result = subprocess.run(
+                self.command(input_path, output_path), cwd=self.folder, capture_output=True, text=True
+            )
             if result.returncode != 0 or not output_path.is_file():
-                raise RuntimeError(f"{SPICE_JAVA_BACKEND} failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}")
+                raise RuntimeError(
+                    f"{SPICE_JAVA_BACKEND} failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}"
+                )
             items = json.loads(output_path.read_text())
         return {"SPICE": spice_mean(items)}
 
@@ -190,7 +195,9 @@ PREPOSITIONS = frozenset(
     "against beyond throughout upon adjacent alongside".split()
 )
 CONJUNCTIONS = frozenset("and or but nor".split())
-COPULAS = frozenset("is are was were be been being appears appear appeared seems seem seemed looks look remains".split())
+COPULAS = frozenset(
+    "is are was were be been being appears appear appeared seems seem seemed looks look remains".split()
+)
 VERBS = frozenset(
     "show shows showing shown demonstrate demonstrates demonstrating reveal reveals revealing indicate indicates "
     "indicating contain contains containing has have having suggest suggests suggesting involve involves "
@@ -237,7 +244,8 @@ class WordNetLexicon:
 
 
 def load_wordnet_lexicon() -> WordNetLexicon | None:
-    """WordNet through NLTK (:func:`clinkd.metrics.meteor.wordnet_reader`), or None where nltk or the data is missing."""
+    """WordNet through NLTK (:func:`clinkd.metrics.meteor.wordnet_reader`), or None where nltk or the data is
+    missing."""
     from clinkd.metrics.meteor import wordnet_reader
 
     try:

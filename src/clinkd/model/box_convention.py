@@ -4,9 +4,11 @@ One answer format per family (what training answers are rewritten to, and what r
 
 | family | coordinates | answer format | convention |
 |---|---|---|---|
-| Qwen2-VL | 0–1000 of the image | ``data.box_style`` markup, e.g. ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` | :class:`RelativeBoxes` |
+| Qwen2-VL | 0–1000 of the image | ``data.box_style`` markup, e.g. ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` |
+:class:`RelativeBoxes` |
 | Qwen2.5-VL | pixels of the resized image | ``data.box_style`` markup, pixel numbers | :class:`PixelBoxes` |
-| Qwen3-VL, Qwen3.5 | 0–1000 of the image, integers | JSON, ``{"bbox_2d": [x1, y1, x2, y2], "label": "liver"}`` | :class:`JsonBoxes` |
+| Qwen3-VL, Qwen3.5 | 0–1000 of the image, integers | JSON, ``{"bbox_2d": [x1, y1, x2, y2], "label": "liver"}`` |
+:class:`JsonBoxes` |
 
 * Qwen2-VL: ``(x1,y1),(x2,y2)`` on the 0–1000 scale of the image (clinkd's canonical form), so
   :class:`RelativeBoxes` leaves text unchanged.
@@ -49,7 +51,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from clinkd.boxes import BOX_TAGS, SCALE, UNSIGNED_PAIR, UNSIGNED_TAGGED_BOX, BoxStyle, convert_markup, format_ref, json_to_markup
+from clinkd.boxes import (
+    BOX_TAGS,
+    SCALE,
+    UNSIGNED_PAIR,
+    UNSIGNED_TAGGED_BOX,
+    BoxStyle,
+    convert_markup,
+    format_ref,
+    json_to_markup,
+)
 from clinkd.images import decoded_size
 
 Size = tuple[int, int]  # (width, height) in pixels
@@ -189,12 +200,19 @@ def parse_json_grounding(text: str) -> list[JsonGrounding]:
 
 
 def _numbers(value, count: int) -> tuple[float, ...] | None:
-    ok = isinstance(value, list) and len(value) == count and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ok = (
+        isinstance(value, list)
+        and len(value) == count
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
     return tuple(float(v) for v in value) if ok else None
 
 
-def json_as_markup(items: Sequence[JsonGrounding], style: str, point: Callable[[float, float], tuple[float, float]]) -> str:
-    """The objects in Med-GRIT markup of ``style``, their corners through ``point``: ``<ref>label</ref><box>(x1,y1),(x2,y2)</box>``
+def json_as_markup(
+    items: Sequence[JsonGrounding], style: str, point: Callable[[float, float], tuple[float, float]]
+) -> str:
+    """The objects in Med-GRIT markup of ``style``, their corners through ``point``:
+    ``<ref>label</ref><box>(x1,y1),(x2,y2)</box>``
     (a point is written ``(x,y)``, no box), separated by spaces."""
     open_tag, close_tag = BOX_TAGS[style]
     parts = []
@@ -217,7 +235,9 @@ class ServedAnswer:
     ambiguous: bool = False
 
 
-def read_served_answer(text: str, boxes: str, style: str, image_size: Size, pixels: PixelBoxes | None = None) -> ServedAnswer:
+def read_served_answer(
+    text: str, boxes: str, style: str, image_size: Size, pixels: PixelBoxes | None = None
+) -> ServedAnswer:
     """``text`` read under the convention ``boxes`` (:data:`SERVED_SCALES`; ``pixels`` is the served model's budget,
     needed for ``qwen2.5-vl`` and ``auto``). JSON objects become the whole response in markup of ``style`` (their
     fences and any prose dropped); markup keeps its text, pixel coordinates rewritten to 0–1000."""
@@ -247,5 +267,7 @@ def auto_scale(points: Sequence[Point], resized: Size) -> tuple[str, bool]:
 
 def _markup_points(text: str) -> list[Point]:
     """Both corners of every box :func:`_rewrite` rewrites: the tagged boxes, else the bare pairs."""
-    numbers = [m.groups()[1:5] for m in UNSIGNED_TAGGED_BOX.finditer(text)] or [m.groups() for m in UNSIGNED_PAIR.finditer(text)]
+    numbers = [m.groups()[1:5] for m in UNSIGNED_TAGGED_BOX.finditer(text)] or [
+        m.groups() for m in UNSIGNED_PAIR.finditer(text)
+    ]
     return [(float(x), float(y)) for x1, y1, x2, y2 in numbers for x, y in ((x1, y1), (x2, y2))]

@@ -57,7 +57,9 @@ def final_model_dir(run_or_model: Path) -> Path:
     for candidate in candidates:
         if is_checkpoint(candidate):
             return candidate
-    raise CheckpointError(f"{run_or_model}: neither a checkpoint (no config.json) nor a clinkd run folder with a final model")
+    raise CheckpointError(
+        f"{run_or_model}: neither a checkpoint (no config.json) nor a clinkd run folder with a final model"
+    )
 
 
 def export_model(run_or_model: str | Path, out: str | Path) -> Export:

@@ -17,7 +17,6 @@ from typing import NamedTuple
 import torch
 from transformers import AutoModelForImageTextToText
 
-from clinkd.config import ModelConfig
 from clinkd.io import match_umask, unreachable_reason
 from clinkd.model.positions import STOCK, RopeStrategy
 from clinkd.model.processor import build_processor, load_processor, save_processor
@@ -93,7 +92,8 @@ def folder_damage(folder: str | Path) -> Damage | None:
 
 
 def check_files(folder: str | Path) -> None:
-    """:class:`CheckpointError` naming the first damaged file of a model or checkpoint folder (:func:`folder_damage`)."""
+    """:class:`CheckpointError` naming the first damaged file of a model or checkpoint folder
+    (:func:`folder_damage`)."""
     damaged = folder_damage(folder)
     if damaged is not None:
         raise CheckpointError(str(damaged))
@@ -107,11 +107,21 @@ def model_class_for(config):
         raise CheckpointError(str(error)) from None
 
 
-def build_tiny(model_cfg: ModelConfig, texts: Iterable[str], seed: int, rope: RopeStrategy = STOCK):
-    """Train a tokenizer on ``texts`` and build a freshly initialised tiny model (seeded) using ``rope``."""
-    tokenizer = train_tokenizer(texts, vocab_size=model_cfg.tokenizer_vocab)
-    processor = build_processor(tokenizer, model_cfg.min_pixels, model_cfg.max_pixels)
-    config = tiny_config(tokenizer, model_cfg.size)
+def build_tiny(
+    texts: Iterable[str],
+    size: str,
+    *,
+    vocab: int,
+    min_pixels: int,
+    max_pixels: int,
+    seed: int,
+    rope: RopeStrategy = STOCK,
+):
+    """Train a tokenizer of ``vocab`` ids on ``texts`` and build a freshly initialised tiny model of ``size`` (seeded)
+    using ``rope``, its processor resizing images into ``[min_pixels, max_pixels]``."""
+    tokenizer = train_tokenizer(texts, vocab_size=vocab)
+    processor = build_processor(tokenizer, min_pixels, max_pixels)
+    config = tiny_config(tokenizer, size)
     set_rope_strategy(config, rope)
     torch.manual_seed(seed)
     model = model_class_for(config)(config)
@@ -195,7 +205,9 @@ def _grouped_names(names: Iterable[str]) -> str:
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(re.sub(r"\.\d+\.", ".*.", name), []).append(name)
-    return ", ".join(f"{pattern} ×{len(members)}" if len(members) > 1 else members[0] for pattern, members in sorted(groups.items()))
+    return ", ".join(
+        f"{pattern} ×{len(members)}" if len(members) > 1 else members[0] for pattern, members in sorted(groups.items())
+    )
 
 
 def set_pixel_budget(processor, min_pixels: int, max_pixels: int) -> None:

@@ -7,7 +7,8 @@ plain model computes the same function with no adapter (up to floating-point rou
 
 Which layers get adapters: the ``nn.Linear`` modules whose last name component is in
 ``lora.target_modules`` and which lie in a part the ``train.freeze_*`` knobs leave trainable (vision
-tower, merger, LLM; ``apply_freeze``'s parts). The paper set-up freezes the vision tower and merger, so
+tower, merger, LLM: :func:`model_parts`; the recipe's ``TrainConfig.frozen_parts``). The paper set-up freezes the
+vision tower and merger, so
 the default targets the LLM's attention and MLP projections.
 
 QLoRA (``lora.quantize: 4bit|8bit``) loads the base through bitsandbytes (CUDA only) with
@@ -18,13 +19,11 @@ QLoRA (``lora.quantize: 4bit|8bit``) loads the base through bitsandbytes (CUDA o
 from __future__ import annotations
 
 import json
-
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
-
-from clinkd.config import ConfigError, LoraConfig, TrainConfig
 
 ADAPTER_DIR = "adapter"
 # The positions an adapter was trained with: a hub base has none recorded, and merging must not fall back to stock.
@@ -61,20 +60,15 @@ def model_parts(model) -> dict[str, list[nn.Module]]:
     }
 
 
-def frozen_parts(train_cfg: TrainConfig) -> dict[str, bool]:
-    """Which of :func:`model_parts` the ``train.freeze_*`` knobs freeze."""
-    return {"vision_tower": train_cfg.freeze_vision_tower, "merger": train_cfg.freeze_merger, "llm": train_cfg.freeze_llm}
-
-
-def lora_targets(model, lora_cfg: LoraConfig, train_cfg: TrainConfig) -> list[str]:
-    """Full module names of the ``nn.Linear`` layers that get adapters (see the module docstring).
+def lora_targets(model, target_modules: Sequence[str], frozen: Mapping[str, bool]) -> list[str]:
+    """Full module names of the ``nn.Linear`` layers named in ``target_modules`` that lie in a part of
+    :func:`model_parts` that ``frozen`` leaves trainable (see the module docstring).
 
     Raises ``ValueError`` when no layer qualifies, naming the targets and the frozen parts.
     """
-    frozen = frozen_parts(train_cfg)
     parts = {part: ({id(module) for module in modules}, frozen[part]) for part, modules in model_parts(model).items()}
     allowed = set().union(*(ids for ids, frozen in parts.values() if not frozen))
-    wanted = set(lora_cfg.target_modules)
+    wanted = set(target_modules)
     targets = [
         name
         for name, module in model.named_modules()
@@ -89,21 +83,31 @@ def lora_targets(model, lora_cfg: LoraConfig, train_cfg: TrainConfig) -> list[st
     return targets
 
 
-def apply_lora(model, lora_cfg: LoraConfig, train_cfg: TrainConfig):
-    """Wrap ``model`` in a peft ``PeftModel`` with adapters on :func:`lora_targets`; only the adapters train.
+def apply_lora(
+    model,
+    target_modules: Sequence[str],
+    frozen: Mapping[str, bool],
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    gradient_checkpointing: bool = False,
+):
+    """Wrap ``model`` in a peft ``PeftModel`` with adapters of ``rank`` (scale ``alpha / rank``, ``dropout``) on
+    :func:`lora_targets`; only the adapters train.
 
     The base model is modified in place (its target layers become LoRA layers), so a caller holding
     ``model`` sees the adapters too. A bitsandbytes-quantised base is first prepared for k-bit
-    training (layer norms in fp32, input gradients on).
+    training (layer norms in fp32, input gradients on, ``gradient_checkpointing`` as training uses it).
     """
     peft = _require_peft()
     if getattr(model, "is_quantized", False):
-        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_cfg.gradient_checkpointing)
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = peft.LoraConfig(
-        r=lora_cfg.r,
-        lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout,
-        target_modules=lora_targets(model, lora_cfg, train_cfg),
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_targets(model, target_modules, frozen),
         bias="none",
     )
     return peft.get_peft_model(model, config)
@@ -113,20 +117,21 @@ def trainable_parameters(model) -> int:
     return sum(param.numel() for param in model.parameters() if param.requires_grad)
 
 
-def quantization_config(lora_cfg: LoraConfig, compute_dtype: torch.dtype = torch.bfloat16):
-    """The ``BitsAndBytesConfig`` for QLoRA (pass as ``quantization_config=`` to ``from_pretrained``); None without.
+def quantization_config(quantize: str, compute_dtype: torch.dtype = torch.bfloat16):
+    """The ``BitsAndBytesConfig`` for QLoRA's ``quantize`` (``none``, ``4bit``, ``8bit``; pass it as
+    ``quantization_config=`` to ``from_pretrained``); None for ``none``. ValueError without a CUDA GPU.
 
     4 bit is QLoRA's recipe: NF4 with double quantisation, compute in ``compute_dtype``. The vision
     tower (``visual``) and ``lm_head`` stay in 16 bit.
     """
-    if lora_cfg.quantize == "none":
+    if quantize == "none":
         return None
     if not torch.cuda.is_available():
-        raise ConfigError(f"train.lora.quantize={lora_cfg.quantize}: bitsandbytes quantisation needs a CUDA GPU")
+        raise ValueError(f"{quantize} quantisation (bitsandbytes) needs a CUDA GPU")
     from transformers import BitsAndBytesConfig
 
     skip = ["visual", "lm_head"]
-    if lora_cfg.quantize == "8bit":
+    if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -148,9 +153,8 @@ def export_lora(model, processor, path: Path, adapter_path: Path | None = None, 
 
     Merging modifies ``model``'s base layers in place (no second copy of the weights).
     """
-    from clinkd.model.loading import save_checkpoint
-
     from clinkd.io import atomic_write_json
+    from clinkd.model.loading import save_checkpoint
     from clinkd.model.processor import save_processor
     from clinkd.model.rope import rope_strategy_of
 
@@ -168,7 +172,9 @@ def load_lora(base_model, adapter_dir: str | Path, trainable: bool = False):
     return peft.PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable)
 
 
-def merge_adapter_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
+def merge_adapter_checkpoint(
+    base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16"
+) -> Path:
     """Offline export: load the 16-bit base checkpoint, attach the adapter, merge, save to ``out_dir``.
 
     The route for QLoRA adapters and for adapters trained under ZeRO-3/FSDP when only the adapter was kept.

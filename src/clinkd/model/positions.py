@@ -70,7 +70,11 @@ class RopeStrategy:
     rounding: Literal["none", "floor"] = "none"
 
     def __post_init__(self):
-        for field, value, allowed in (("name", self.name, NAMES), ("frequency", self.frequency, FREQUENCIES), ("rounding", self.rounding, ROUNDINGS)):
+        for field, value, allowed in (
+            ("name", self.name, NAMES),
+            ("frequency", self.frequency, FREQUENCIES),
+            ("rounding", self.rounding, ROUNDINGS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{field}: {value!r} is not one of {', '.join(allowed)}")
         alpha = tuple(float(a) for a in self.alpha)
@@ -142,7 +146,9 @@ class ImageLayout:
         self.patch = torch.stack([local // (height * width), (local // width) % height, local % width])
 
 
-def _image_placement(strategy: RopeStrategy, layout: ImageLayout) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def _image_placement(
+    strategy: RopeStrategy, layout: ImageLayout
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """``(origin[3, J], step[3, 1] | None, after[J])``: image token ``k`` of image ``j`` sits at
     ``s_j + origin[:, j] + step · patch[:, k]`` (``step=None``: 1), and ``after[j]`` is how far image ``j``
     moves the cursor beyond the ``size[j]`` sequence slots it occupies.

@@ -105,7 +105,9 @@ def pixel_budget(processor) -> int:
     return processor.image_processor.size["longest_edge"]
 
 
-def load_image(path: str | Path | BinaryIO, square_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
+def load_image(
+    path: str | Path | BinaryIO, square_size: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Open an image as RGB (grayscale and 16-bit inputs are converted), a huge one decoded reduced for a reader of
     ``max_pixels`` (:func:`clinkd.images.read_rgb`; ``None``: at full size).
 

@@ -84,7 +84,9 @@ def frequency_axes(sections, interleaved: bool) -> torch.Tensor:
     t, h, w = sections
     if not interleaved:
         return torch.tensor([0] * t + [1] * h + [2] * w)
-    return torch.tensor([1 if i % 3 == 1 and i < 3 * h else 2 if i % 3 == 2 and i < 3 * w else 0 for i in range(t + h + w)])
+    return torch.tensor(
+        [1 if i % 3 == 1 and i < 3 * h else 2 if i % 3 == 2 and i < 3 * w else 0 for i in range(t + h + w)]
+    )
 
 
 class _PaperFrequencies:
@@ -114,7 +116,9 @@ class _PaperFrequencies:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         rotated = int(head_dim * parameters.get("partial_rotary_factor", 1.0))
         if 2 * sum(sections) != rotated:
-            raise ValueError(f"rope_parameters.mrope_section {list(sections)} must sum to the rotated pairs, {rotated // 2}")
+            raise ValueError(
+                f"rope_parameters.mrope_section {list(sections)} must sum to the rotated pairs, {rotated // 2}"
+            )
         axes = frequency_axes(sections, cls.interleaved)
         inv_freq = torch.empty(rotated // 2)
         for axis, size in enumerate(sections):
@@ -208,7 +212,9 @@ class MultiTokenPredictionWeights(nn.Module):
         super().__init__()
         text_config = config.text_config
         if getattr(text_config, "mtp_use_dedicated_embeddings", False):
-            raise ValueError("text_config.mtp_use_dedicated_embeddings: an MTP layer with its own embeddings is not supported")
+            raise ValueError(
+                "text_config.mtp_use_dedicated_embeddings: an MTP layer with its own embeddings is not supported"
+            )
         hidden, eps = text_config.hidden_size, text_config.rms_norm_eps
         full_attention = text_config.layer_types.index("full_attention")  # the layer index only picks the layer type
         self.fc = nn.Linear(2 * hidden, hidden, bias=False)
@@ -219,11 +225,6 @@ class MultiTokenPredictionWeights(nn.Module):
         self.pre_fc_norm_hidden = Qwen3_5RMSNorm(hidden, eps=eps)
         self.pre_fc_norm_embedding = Qwen3_5RMSNorm(hidden, eps=eps)
         self.requires_grad_(False)
-
-
-def guard_rope_type(config) -> None:
-    """Make stock transformers refuse ``config`` (used by ``clinkd export`` for non-stock positions)."""
-    config.text_config.rope_parameters["rope_type"] = GUARDED_ROPE_TYPE
 
 
 def _build_generation_model(self: PreTrainedModel, config, model_class: type, **extra_modules) -> None:

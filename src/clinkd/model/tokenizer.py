@@ -30,7 +30,8 @@ QWEN2VL_SPECIAL_TOKENS: tuple[str, ...] = (
 
 # Qwen2's pre-tokenizer split: single digits, words with one optional leading space, punctuation runs.
 QWEN2_SPLIT_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+    r"""|\s+(?!\S)|\s+"""
 )
 
 # Qwen2-VL's chat markup without the default system turn (it would add ~10 tokens to every tiny sample).

@@ -26,7 +26,8 @@ Turns use the benchmark's markup (Qwen-VL ``<ref>``/``<box>`` on the 0–1000 sc
 * grounding  — ``Where is the <ref>red ring</ref>?`` → ``<ref>red ring</ref><box>(x1,y1),(x2,y2)</box>``
 * referring  — ``What is in <box>(x1,y1),(x2,y2)</box>?`` → ``red ring``
 * counting   — ``How many rings are there?`` → ``2``
-* captioning — ``Describe the picture.`` → ``A red ring in the upper left part and a striped square in the central part.``
+* captioning — ``Describe the picture.`` → ``A red ring in the upper left part and a striped square in the central
+part.``
 
 Determinism: scene ``index`` of a stream (:data:`STREAMS`) is drawn from ``SeedSequence([seed, stream, index])``
 alone, so a resumed run sees exactly the scenes it would have seen. Curriculum: a scene of training step ``t``
@@ -88,14 +89,26 @@ class CorpusLook:
 
 # the smallest colour object still covers most of a 28-px cell; tissue objects go down to 11 px, like small lesions
 COLOUR = CorpusLook("colour", APPEARANCES, (0.2, 0.4))
-TISSUE_LEVELS: dict[str, tuple[float, float]] = {"bright": (0.3, 0.45), "dark": (-0.25, -0.2), "pale": (0.12, 0.18), "dim": (-0.14, -0.1)}
+TISSUE_LEVELS: dict[str, tuple[float, float]] = {
+    "bright": (0.3, 0.45),
+    "dark": (-0.25, -0.2),
+    "pale": (0.12, 0.18),
+    "dim": (-0.14, -0.1),
+}
 TISSUE = CorpusLook("tissue", (*TISSUE_LEVELS, "striped", "spotted", "grainy"), (0.1, 0.4))
 # scan: the benchmark's eight kinds of canvas (clinkd.synth.modalities' painters), objects of its sizes and outlines
-SCAN = CorpusLook("scan", (*TISSUE_LEVELS, "mottled", "striped", "spotted", "ringed"), (0.12, 0.42), SCAN_SHAPES, MEDICAL_WORDS)
+SCAN = CorpusLook(
+    "scan", (*TISSUE_LEVELS, "mottled", "striped", "spotted", "ringed"), (0.12, 0.42), SCAN_SHAPES, MEDICAL_WORDS
+)
 LOOKS: dict[str, CorpusLook] = {look.name: look for look in (COLOUR, TISSUE, SCAN)}
 DARK_CANVAS = 0.25  # below this luminance a canvas has no room for dark or dim objects (PET's dim torso)
 MIN_CONTRAST = 0.08  # least luminance step between a solid scan object and the canvas under it
-TISSUE_TINTS: tuple[RGB, ...] = ((1.0, 1.0, 1.0), (1.0, 0.62, 0.45), (1.0, 0.72, 0.7), (1.0, 0.78, 0.4))  # grey, warm, rose, amber
+TISSUE_TINTS: tuple[RGB, ...] = (
+    (1.0, 1.0, 1.0),
+    (1.0, 0.62, 0.45),
+    (1.0, 0.72, 0.7),
+    (1.0, 0.78, 0.4),
+)  # grey, warm, rose, amber
 FIELDS: tuple[str, ...] = ("frame", "ellipse", "disc")
 OUTSIDE_LEVEL = 0.02  # the black around a field of view
 
@@ -110,7 +123,7 @@ GRAIN = 0.015  # std of the per-pixel noise added last, as in clinkd.synth.scene
 NAMES: tuple[str, ...] = COLOUR.names
 
 TASKS = PRETRAIN_TASKS  # the config validates pretrain.tasks against the same names
-TEMPLATES: dict[str, tuple[str, ...]] = {
+CORPUS_TEMPLATES: dict[str, tuple[str, ...]] = {
     "grounding": ("Where is the {ref}?", "Locate the {ref}.", "Find the {ref} in the picture.", "Point out the {ref}."),
     "referring": ("What is in {box}?", "Name the shape at {box}.", "Which object lies in {box}?"),
     "counting": ("How many {group} are there?", "Count the {group} in the picture."),
@@ -149,7 +162,8 @@ def scene_rng(seed: int, stream: str, index: int) -> np.random.Generator:
 
 
 def objects_allowed(step: int, max_objects: int, curriculum_steps: int) -> int:
-    """The most objects a scene of training ``step`` holds: 1 at step 0, ``max_objects`` from ``curriculum_steps`` on."""
+    """The most objects a scene of training ``step`` holds: 1 at step 0, ``max_objects`` from ``curriculum_steps``
+    on."""
     if curriculum_steps <= 0:
         return max_objects
     return 1 + min(max_objects - 1, (max_objects - 1) * step // curriculum_steps)
@@ -194,7 +208,9 @@ def pixel_extent(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
 
 
-def place(shape: str, size: int, blocked: np.ndarray, rng: np.random.Generator, extent_range: tuple[float, float]) -> np.ndarray | None:
+def place(
+    shape: str, size: int, blocked: np.ndarray, rng: np.random.Generator, extent_range: tuple[float, float]
+) -> np.ndarray | None:
     """The mask of ``shape`` at a size drawn from ``extent_range``, its bounding square put uniformly among
     the corners where it touches no ``blocked`` pixel; a size that fits nowhere is redrawn smaller. ``None``:
     no size fits."""
@@ -212,7 +228,11 @@ def place(shape: str, size: int, blocked: np.ndarray, rng: np.random.Generator, 
 
 
 def layout(
-    rng: np.random.Generator, size: int, count: int, look: CorpusLook = COLOUR, outside: np.ndarray | None = None,
+    rng: np.random.Generator,
+    size: int,
+    count: int,
+    look: CorpusLook = COLOUR,
+    outside: np.ndarray | None = None,
     names: tuple[str, ...] | None = None,
 ) -> tuple[CorpusObject, ...]:
     """``count`` objects with distinct names (of ``names``, default all of ``look``'s), their boxes at least ``GAP``
@@ -424,7 +444,9 @@ def _pick(objects: tuple[CorpusObject, ...], rng: np.random.Generator) -> Corpus
     return objects[int(rng.integers(len(objects)))]
 
 
-def count_group(objects: tuple[CorpusObject, ...], rng: np.random.Generator, look: CorpusLook = COLOUR) -> tuple[str, int]:
+def count_group(
+    objects: tuple[CorpusObject, ...], rng: np.random.Generator, look: CorpusLook = COLOUR
+) -> tuple[str, int]:
     """A group to count and its size: all shapes, one shape or one appearance. The shape or appearance is
     half the time that of an object present, so answers are not mostly 0."""
     kind = ("all", "shape", "appearance")[int(rng.integers(3))]
@@ -440,19 +462,25 @@ def count_group(objects: tuple[CorpusObject, ...], rng: np.random.Generator, loo
 def caption(objects: tuple[CorpusObject, ...]) -> str:
     """``A red ring in the upper left part and an orange cross in the central part.``: objects top to bottom."""
     ordered = sorted(objects, key=lambda obj: (obj.box.y1 + obj.box.y2, obj.box.x1 + obj.box.x2))
-    parts = [f"{'an' if obj.name[0] in 'aeiou' else 'a'} {obj.name} in the {location_word(obj.box)} part" for obj in ordered]
+    parts = [
+        f"{'an' if obj.name[0] in 'aeiou' else 'a'} {obj.name} in the {location_word(obj.box)} part" for obj in ordered
+    ]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text[0].upper() + text[1:] + "."
 
 
-def make_turn(task: str, objects: tuple[CorpusObject, ...], rng: np.random.Generator, look: CorpusLook = COLOUR) -> Turn:
+def make_turn(
+    task: str, objects: tuple[CorpusObject, ...], rng: np.random.Generator, look: CorpusLook = COLOUR
+) -> Turn:
     """One QA turn of ``task`` about a scene's ``objects`` (see the module docstring for the four tasks)."""
-    if task not in TEMPLATES:
+    if task not in CORPUS_TEMPLATES:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    template = TEMPLATES[task][int(rng.integers(len(TEMPLATES[task])))]
+    template = CORPUS_TEMPLATES[task][int(rng.integers(len(CORPUS_TEMPLATES[task])))]
     if task == "grounding":
         target = _pick(objects, rng)
-        return Turn(template.format(ref=format_ref(target.name)), format_ref(target.name) + target.box.to_text(BoxStyle.QWEN_VL))
+        return Turn(
+            template.format(ref=format_ref(target.name)), format_ref(target.name) + target.box.to_text(BoxStyle.QWEN_VL)
+        )
     if task == "referring":
         target = _pick(objects, rng)
         return Turn(template.format(box=target.box.to_text(BoxStyle.QWEN_VL)), target.name)
@@ -481,8 +509,15 @@ class LanguageStream(Dataset):
     ``i // batch_size`` (read in order, so its curriculum level is that of the step it is trained at)."""
 
     def __init__(
-        self, seed: int, steps: int, batch_size: int, image_size: int, max_objects: int, curriculum_steps: int,
-        tasks: Mapping[str, float], look: CorpusLook = COLOUR,
+        self,
+        seed: int,
+        steps: int,
+        batch_size: int,
+        image_size: int,
+        max_objects: int,
+        curriculum_steps: int,
+        tasks: Mapping[str, float],
+        look: CorpusLook = COLOUR,
     ):
         self.seed, self.steps, self.batch_size, self.image_size, self.look = seed, steps, batch_size, image_size, look
         self.max_objects, self.curriculum_steps = max_objects, curriculum_steps
@@ -503,7 +538,9 @@ class LanguageStream(Dataset):
         return ChatExample(png(scene.pixels), (make_turn(task, scene.objects, rng, self.look),))
 
 
-def tokenizer_texts(seed: int, image_size: int, max_objects: int, scenes: int = TOKENIZER_SCENES, look: CorpusLook = COLOUR) -> list[str]:
+def tokenizer_texts(
+    seed: int, image_size: int, max_objects: int, scenes: int = TOKENIZER_SCENES, look: CorpusLook = COLOUR
+) -> list[str]:
     """The texts the base's tokenizer learns from: a turn of every task on ``scenes`` laid-out scenes of ``look``
     (no pixels needed), every name, the generic English word list and the look's own ``vocabulary``
     (:mod:`clinkd.pretrain.words`; the scan look's medical words)."""

@@ -3,7 +3,8 @@
 The merger emits one token per cell of the image, in raster order (a 4×4 grid of 28-px cells at 112 px). Each
 token is taught, through linear heads that are thrown away afterwards:
 
-* ``name``: the name (``1 +`` its index among the look's names) of the object covering the largest share of the cell, when that share
+* ``name``: the name (``1 +`` its index among the look's names) of the object covering the largest share of the cell,
+when that share
   is at least :data:`MIN_COVER`; else 0, background;
 * ``row``, ``column``: the cell's own row and column;
 * ``box``: the covering object's 0–1000 box / 1000 (L1, object cells only).
@@ -63,11 +64,15 @@ def cell_labels(scene: CorpusScene, grid: tuple[int, int], names: Sequence[str] 
             boxes.append([obj.box.x1, obj.box.y1, obj.box.x2, obj.box.y2] if obj else [0.0] * 4)
             rows.append(row)
             columns.append(column)
-    return CellLabels(torch.tensor(labels), torch.tensor(rows), torch.tensor(columns), torch.tensor(boxes, dtype=torch.float32) / 1000)
+    return CellLabels(
+        torch.tensor(labels), torch.tensor(rows), torch.tensor(columns), torch.tensor(boxes, dtype=torch.float32) / 1000
+    )
 
 
 def stack_labels(labels: Sequence[CellLabels]) -> CellLabels:
-    return CellLabels(*(torch.cat([getattr(item, field) for item in labels]) for field in ("names", "rows", "columns", "boxes")))
+    return CellLabels(
+        *(torch.cat([getattr(item, field) for item in labels]) for field in ("names", "rows", "columns", "boxes"))
+    )
 
 
 class DenseHeads(nn.Module):
@@ -114,7 +119,9 @@ def cell_grid(processor, image_size: int) -> tuple[int, int]:
     return height // merge, width // merge
 
 
-def dense_batch(seed: int, step: int, batch_size: int, image_size: int, max_objects: int, look: CorpusLook) -> list[CorpusScene]:
+def dense_batch(
+    seed: int, step: int, batch_size: int, image_size: int, max_objects: int, look: CorpusLook
+) -> list[CorpusScene]:
     """Step ``step``'s fresh scenes of ``look``, 1 to ``max_objects`` objects each."""
     scenes = []
     for index in range(step * batch_size, (step + 1) * batch_size):
@@ -124,14 +131,25 @@ def dense_batch(seed: int, step: int, batch_size: int, image_size: int, max_obje
 
 
 def train_dense(
-    model, processor, *, seed: int, steps: int, batch_size: int, lr: float, image_size: int, max_objects: int, look: CorpusLook = COLOUR
+    model,
+    processor,
+    *,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    image_size: int,
+    max_objects: int,
+    look: CorpusLook = COLOUR,
 ) -> DenseHeads | None:
     """Train the vision tower + merger with fresh dense heads for ``steps`` steps; returns the heads (None: no step)."""
     if steps == 0:
         return None
     visual = model.model.visual
     torch.manual_seed(seed)
-    heads = DenseHeads(model.config.vision_config.hidden_size, cell_grid(processor, image_size), len(look.names)).to(model.device)
+    heads = DenseHeads(model.config.vision_config.hidden_size, cell_grid(processor, image_size), len(look.names)).to(
+        model.device
+    )
     parameters = [*visual.parameters(), *heads.parameters()]
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimiser, round(WARMUP * steps), steps)
@@ -140,7 +158,9 @@ def train_dense(
         for step in range(steps):
             scenes = dense_batch(seed, step, batch_size, image_size, max_objects, look)
             tokens, grid = visual_tokens(model, processor, scenes)
-            loss = dense_loss(heads(tokens), stack_labels([cell_labels(scene, grid, look.names) for scene in scenes]).to(model.device))
+            loss = dense_loss(
+                heads(tokens), stack_labels([cell_labels(scene, grid, look.names) for scene in scenes]).to(model.device)
+            )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -152,7 +172,12 @@ def train_dense(
 
 @torch.no_grad()
 def head_scores(
-    model, processor, heads: DenseHeads, scenes: Sequence[CorpusScene], names: Sequence[str] = COLOUR.names, batch_size: int = 32
+    model,
+    processor,
+    heads: DenseHeads,
+    scenes: Sequence[CorpusScene],
+    names: Sequence[str] = COLOUR.names,
+    batch_size: int = 32,
 ) -> dict[str, float]:
     """How well ``heads`` read the tower on ``scenes``: name accuracy on all cells and on object cells, row and
     column accuracy, and the mean box L1 on object cells in 0–1000 units."""

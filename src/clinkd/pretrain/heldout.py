@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clinkd.batching import PromptCollator, collator_for
+from clinkd.batching import InputFormat, PromptCollator, collator_for
 from clinkd.boxes import BoxStyle, parse_boxes
 from clinkd.data.records import Sample
 from clinkd.engine.generate import generate_responses
@@ -38,26 +38,36 @@ def held_out_set(seed: int, count: int, image_size: int, max_objects: int, look:
         rng = scene_rng(seed, "heldout", index)
         scene = draw_scene(rng, image_size, int(rng.integers(1, max_objects + 1)), look)
         scenes.append(scene)
-        samples.append(Sample(f"heldout-{index}", png(scene.pixels), "", [make_turn("grounding", scene.objects, rng, look)], task="VG"))
+        samples.append(
+            Sample(
+                f"heldout-{index}", png(scene.pixels), "", [make_turn("grounding", scene.objects, rng, look)], task="VG"
+            )
+        )
     return HeldOut(scenes, samples)
 
 
 def grounding_recall(
-    model, processor, held_out: HeldOut, *, batch_size: int, max_new_tokens: int, box_style: str, square_size: int | None
+    model, processor, held_out: HeldOut, *, batch_size: int, max_new_tokens: int, input_format: InputFormat
 ) -> dict:
     """Scores of greedy answers (the model is left in eval mode): ``recall`` (hits / scenes), ``by_objects``
     (recall per object count), ``other_object`` (share of answers whose box hits an object other than the one
     asked: localised, wrongly chosen) and ``centre_box`` (the recall of the fixed centre box, a floor)."""
     model.eval()
-    collator = collator_for(PromptCollator, model, processor, box_style, square_size)
+    collator = collator_for(PromptCollator, model, processor, input_format)
     responses = []
     for start in range(0, len(held_out.samples), batch_size):
         chunk = held_out.samples[start : start + batch_size]
-        responses += [clean_response(text) for text in generate_responses(model, processor, collator, chunk, max_new_tokens)]
+        responses += [
+            clean_response(text) for text in generate_responses(model, processor, collator, chunk, max_new_tokens)
+        ]
     asked = [sample.turns[0].answer for sample in held_out.samples]
     hits = np.array([_hit(truth, response) for truth, response in zip(asked, responses)], dtype=float)
     other = [
-        any(_hit(obj.box.to_text(BoxStyle.QWEN_VL), response) for obj in scene.objects if obj.box not in parse_boxes(truth))
+        any(
+            _hit(obj.box.to_text(BoxStyle.QWEN_VL), response)
+            for obj in scene.objects
+            if obj.box not in parse_boxes(truth)
+        )
         for scene, truth, response in zip(held_out.scenes, asked, responses)
     ]
     counts = np.array([len(scene.objects) for scene in held_out.scenes])

@@ -33,24 +33,48 @@ def ship_base(pretrain_out: Path, dest: Path) -> dict:
 def model_card(record: dict, dest: Path) -> str:
     """The base's model card: what it is, how it was made, what it scores, how to rebuild it."""
     settings, held_out, seconds = record["settings"], record["heldout"], record["seconds"]
-    by_objects = ", ".join(f"{count} object{'s' if count != '1' else ''} {recall:.1%}" for count, recall in held_out["by_objects"].items())
+    by_objects = ", ".join(
+        f"{count} object{'s' if count != '1' else ''} {recall:.1%}" for count, recall in held_out["by_objects"].items()
+    )
     curve = " → ".join(f"{row['recall']:.1%} ({row['step']})" for row in record["heldout_curve"])
     hardware = record.get("hardware") or {"note": "not recorded"}
     rows = [
-        ("model", f"tiny Qwen2-VL `{record['model']['size']}`, {record['model']['parameters']:,} parameters, positions `{record['model']['rope']['name']}`"),
+        (
+            "model",
+            f"tiny Qwen2-VL `{record['model']['size']}`, {record['model']['parameters']:,} parameters, positions "
+            f"`{record['model']['rope']['name']}`",
+        ),
         ("weights", f"`{WEIGHTS_FILE}`, bfloat16, sha256 `{record['sha256']}`"),
-        ("tokenizer", f"byte-level BPE of {record['model']['tokenizer_vocab']} tokens, trained on the corpus texts and a generic word list"),
-        ("corpus", f"clinkd's generic grounding scenes ({len(record['names'])} shape × appearance names; no benchmark image, modality or class name)"),
+        (
+            "tokenizer",
+            f"byte-level BPE of {record['model']['tokenizer_vocab']} tokens, trained on the corpus texts and a generic "
+            "word list",
+        ),
+        (
+            "corpus",
+            f"clinkd's generic grounding scenes ({len(record['names'])} shape × appearance names; no benchmark image, "
+            "modality or class name)",
+        ),
         ("seed", str(record["seed"])),
-        ("steps", f"dense vision {record['steps']['dense']}, language {record['steps']['language']} (batch {settings['batch_size']}, lr {settings['lr']})"),
+        (
+            "steps",
+            f"dense vision {record['steps']['dense']}, language {record['steps']['language']} (batch "
+            f"{settings['batch_size']}, lr {settings['lr']})",
+        ),
         ("settings", ", ".join(f"{key} {value}" for key, value in settings.items() if key not in ("out", "seed"))),
-        ("retrieval loss", ", ".join(f"{key} {value}" for key, value in record.get("retrieval_loss", {"loss": 0}).items())),
+        (
+            "retrieval loss",
+            ", ".join(f"{key} {value}" for key, value in record.get("retrieval_loss", {"loss": 0}).items()),
+        ),
         ("hardware", ", ".join(f"{key} {value}" for key, value in hardware.items())),
         ("time", ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items())),
-        ("held-out grounding", f"Recall@0.5 {held_out['recall']:.1%} on {held_out['scenes']} scenes ({by_objects}); curve {curve}"),
+        (
+            "held-out grounding",
+            f"Recall@0.5 {held_out['recall']:.1%} on {held_out['scenes']} scenes ({by_objects}); curve {curve}",
+        ),
     ]
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
-    return f"""# clinkd tiny base `{record['model']['size']}`
+    return f"""# clinkd tiny base `{record["model"]["size"]}`
 
 The embedded default's pretrained starting point (`model.init: base`), made by `clinkd pretrain` on a
 synthetic grounding corpus that shares nothing with the benchmark (docs/pretrain.md). Load it like any
@@ -63,6 +87,6 @@ clinkd checkpoint (`model.path=` this folder, or `model.init=base`); `base.json`
 ## Rebuild
 
 ```bash
-clinkd pretrain {dest}/{RECIPE_FILE} pretrain.out=runs/base-{record['model']['size']} --ship-to {dest}
+clinkd pretrain {dest}/{RECIPE_FILE} pretrain.out=runs/base-{record["model"]["size"]} --ship-to {dest}
 ```
 """

@@ -2,7 +2,7 @@
 
 The corpus itself uses a few dozen words; these give the byte-level BPE merges for ordinary English, so a later
 fine-tune's text (any text: every byte is in the alphabet) is not spelt letter by letter. No benchmark class or
-modality name is in it (``tests/test_pretrain.py``).
+modality name is in it (``tests/pretrain/test_pretrain.py``).
 """
 
 WORDS: tuple[str, ...] = tuple(

@@ -1,4 +1,5 @@
-"""Recipe: train SASG's embedded Med-CLIP on the run's own image–text pairs (``clinkd clip-train``, ``clip/`` in a run)."""
+"""Recipe: train SASG's embedded Med-CLIP on the run's own image–text pairs (``clinkd clip-train``, ``clip/`` in a
+run)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ HELDOUT_FILE = "heldout.json"
 
 
 def text_tokenizer(cfg: RecipeConfig, train: Sequence[Sample], source: Path | None = None):
-    """The tokenizer the CLIP reuses: ``source``'s, else ``<run>/sft/model``'s when there, else a BPE trained on ``train``."""
+    """The tokenizer the CLIP reuses: ``source``'s, else ``<run>/sft/model``'s when there, else a BPE trained on
+    ``train``."""
     from transformers import AutoTokenizer
 
     checkpoint = source or (cfg.run_dir / "sft" / "model")
@@ -40,7 +42,12 @@ def run_clip_train(
     with make_progress() as progress:
         bar = progress.add_task("clip-train", total=cfg.clip.steps, info=f"{len(pairs)} pairs")
         result = train_clip(
-            pairs, tokenizer, cfg.clip, out_dir, cfg.seed, lambda step, loss: progress.update(bar, completed=step, info=f"loss {loss:.3f}")
+            pairs,
+            tokenizer,
+            cfg.clip,
+            out_dir,
+            cfg.seed,
+            lambda step, loss: progress.update(bar, completed=step, info=f"loss {loss:.3f}"),
         )
     rates = {}
     if tests:
@@ -49,7 +56,9 @@ def run_clip_train(
     return result, rates
 
 
-def ensure_embedded_clip(cfg: RecipeConfig, train: Sequence[Sample], tokenizer, tests: Sequence[Sample] = ()) -> Path | None:
+def ensure_embedded_clip(
+    cfg: RecipeConfig, train: Sequence[Sample], tokenizer, tests: Sequence[Sample] = ()
+) -> Path | None:
     """:func:`run_clip_train` into ``<run>/clip`` when SASG will use the embedded scorer and no finished
     one is there; its directory, or ``None`` when SASG or the embedded scorer is not selected."""
     if cfg.select.method != "sasg" or cfg.select.scorer != "embedded":

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from clinkd.batching import ChatExample, TrainCollator, collator_for, training_examples
+from clinkd.batching import ChatExample, InputFormat, TrainCollator, collator_for, training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import Sample, infer_task
 from clinkd.distill.pseudo import (
@@ -38,7 +38,6 @@ from clinkd.distill.pseudo import (
     read_pseudo_labels,
     turn_samples,
 )
-from clinkd.distill.settings import kd_loss_config
 from clinkd.distill.subset import PSEUDO_SEED_OFFSET, curriculum_order, seeded_subset
 from clinkd.distill.teacher_cache import (
     CacheSpec,
@@ -59,6 +58,7 @@ from clinkd.model.loading import CheckpointError, is_checkpoint, load_checkpoint
 from clinkd.model.processor import load_processor
 from clinkd.model.rope import rope_strategy_of
 from clinkd.progress import console
+from clinkd.recipes.inputs import initial_checkpoint
 
 # (recipe) -> (model, processor): a freshly initialised model, e.g. clinkd.recipes.inputs.initial_model with the
 # training records bound. The student is built with the recipe, the teacher with teacher_recipe(recipe).
@@ -70,10 +70,13 @@ def teacher_recipe(cfg: RecipeConfig) -> RecipeConfig:
     ``model.path = distill.teacher_init`` (a larger checkpoint, as 7B → 2B in the paper) or, for a tiny model,
     ``model.size = distill.teacher_size``; everything else is the student's."""
     distill = cfg.distill
-    init = distill.teacher_init or cfg.model.checkpoint
+    init = distill.teacher_init or initial_checkpoint(cfg.model)
     if init is not None:
         if distill.teacher_size not in (None, cfg.model.size):
-            console.print(f"[yellow]distill: the teacher is fine-tuned from {init}; distill.teacher_size applies to tiny models only")
+            console.print(
+                f"[yellow]distill: the teacher is fine-tuned from {init}; distill.teacher_size applies to tiny models "
+                "only"
+            )
         model = cfg.model.model_copy(update={"path": init})
     else:
         model = cfg.model.model_copy(update={"size": distill.teacher_size or cfg.model.size})
@@ -87,7 +90,9 @@ def load_teacher(cfg: RecipeConfig, teacher_dir: Path):
     return teacher.to("cuda" if torch.cuda.is_available() else "cpu").eval(), processor
 
 
-def ensure_teacher(cfg: RecipeConfig, train: Sequence[Sample], stage_dir: Path, build_model: BuildModel) -> tuple[Path, dict]:
+def ensure_teacher(
+    cfg: RecipeConfig, train: Sequence[Sample], stage_dir: Path, build_model: BuildModel
+) -> tuple[Path, dict]:
     """The teacher's model directory: ``distill.teacher``, or a model fine-tuned on the seeded subset."""
     distill = cfg.distill
     if distill.teacher is not None:
@@ -97,50 +102,76 @@ def ensure_teacher(cfg: RecipeConfig, train: Sequence[Sample], stage_dir: Path, 
     subset = seeded_subset(len(train), distill.teacher_fraction, cfg.seed)
     model_dir = stage_dir / "model"
     tuned = teacher_recipe(cfg)
-    info = {"source": "fine-tuned", "init": str(tuned.model.checkpoint or f"tiny {tuned.model.size}"), "fraction": distill.teacher_fraction, "records": len(subset), "of_records": len(train)}
+    info = {
+        "source": "fine-tuned",
+        "init": str(tuned.model.path or f"tiny {tuned.model.size}"),
+        "fraction": distill.teacher_fraction,
+        "records": len(subset),
+        "of_records": len(train),
+    }
     if is_checkpoint(model_dir):
         return model_dir, info | {"reused": True}
-    atomic_write_json(stage_dir / "subset.json", {"fraction": distill.teacher_fraction, "seed": cfg.seed, "indices": subset})
+    atomic_write_json(
+        stage_dir / "subset.json", {"fraction": distill.teacher_fraction, "seed": cfg.seed, "indices": subset}
+    )
     teacher, processor = build_model(tuned)
     examples = training_examples([train[index] for index in subset], cfg.data.train_turns)
     result = run_sft(SftSettings.of(tuned), teacher, processor, examples, stage_dir)
     return model_dir, info | {
-        "size": tuned.model.size, "epochs": tuned.train.epochs, "examples": len(examples),
-        "steps": result.steps, "final_loss": result.final_loss,
+        "size": tuned.model.size,
+        "epochs": tuned.train.epochs,
+        "examples": len(examples),
+        "steps": result.steps,
+        "final_loss": result.final_loss,
     }
 
 
-def ensure_pseudo_labels(cfg: RecipeConfig, train: Sequence[Sample], teacher_dir: Path, out_dir: Path) -> tuple[list[PseudoLabel | None], dict]:
+def ensure_pseudo_labels(
+    cfg: RecipeConfig, train: Sequence[Sample], teacher_dir: Path, out_dir: Path
+) -> tuple[list[PseudoLabel | None], dict]:
     """One entry per training turn: the teacher's answer for the turns of the seeded ``distill.pseudo_fraction``
     of the records, None for the others. Missing rows are generated; a complete file is reused."""
-    chosen = seeded_subset(len(train), cfg.distill.pseudo_fraction, cfg.seed + PSEUDO_SEED_OFFSET, "distill.pseudo_fraction")
+    chosen = seeded_subset(
+        len(train), cfg.distill.pseudo_fraction, cfg.seed + PSEUDO_SEED_OFFSET, "distill.pseudo_fraction"
+    )
     records = [train[index] for index in chosen]
     reused = pseudo_labels_complete(out_dir, sum(len(sample.turns) for sample in records))
     if not reused:
         teacher, processor = load_teacher(cfg, teacher_dir)
         generate_pseudo_labels(
-            teacher, processor, records, out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size, cfg.distill.pseudo_max_new_tokens
+            teacher, processor, records, out_dir, cfg.predict, InputFormat.of(cfg), cfg.distill.pseudo_max_new_tokens
         )
     labels = read_pseudo_labels(out_dir, records)
-    info = {"file": str(out_dir / "train.jsonl"), "records": len(records), "turns": len(labels), "reused": reused,
-            "fidelity": pseudo_fidelity(records, labels, modality_classes(train))}
+    info = {
+        "file": str(out_dir / "train.jsonl"),
+        "records": len(records),
+        "turns": len(labels),
+        "reused": reused,
+        "fidelity": pseudo_fidelity(records, labels, modality_classes(train)),
+    }
     return aligned_pseudo_labels(train, chosen, labels), info
 
 
 def pseudo_fidelity(records: Sequence[Sample], labels: Sequence[PseudoLabel], classes: dict[str, set[str]]) -> dict:
-    """The question fidelity of the teacher's answers (:mod:`clinkd.metrics.fidelity`), each turn's task read off its ground truth."""
+    """The question fidelity of the teacher's answers (:mod:`clinkd.metrics.fidelity`), each turn's task read off its
+    ground truth."""
     turns = turn_samples(records)
     return answer_fidelity(
-        ((infer_task(sample.turns[0]), sample.modality, sample.turns[0].question, label.answer) for sample, label in zip(turns, labels)),
+        (
+            (infer_task(sample.turns[0]), sample.modality, sample.turns[0].question, label.answer)
+            for sample, label in zip(turns, labels)
+        ),
         classes,
     )
 
 
-def cache_spec(cfg: RecipeConfig, examples: Sequence[ChatExample], student, processor, teacher_dir: Path, kd: KDLossConfig) -> CacheSpec:
+def cache_spec(
+    cfg: RecipeConfig, examples: Sequence[ChatExample], student, processor, teacher_dir: Path, kd: KDLossConfig
+) -> CacheSpec:
     """The spec a cache must have to serve this student on these examples."""
     return CacheSpec(
         dataset_sha256=dataset_fingerprint(
-            examples, cfg.data.box_style, cfg.model.square_size, processor.image_processor.size, box_coordinates(student.config, processor)
+            examples, InputFormat.of(cfg), processor.image_processor.size, box_coordinates(student.config, processor)
         ),
         n_examples=len(examples),
         tokenizer_sha256=tokenizer_fingerprint(processor.tokenizer),
@@ -155,7 +186,13 @@ def cache_spec(cfg: RecipeConfig, examples: Sequence[ChatExample], student, proc
 
 
 def ensure_teacher_cache(
-    cfg: RecipeConfig, examples: list[ChatExample], student, processor, teacher_dir: Path, kd: KDLossConfig, cache_dir: Path
+    cfg: RecipeConfig,
+    examples: list[ChatExample],
+    student,
+    processor,
+    teacher_dir: Path,
+    kd: KDLossConfig,
+    cache_dir: Path,
 ) -> tuple[TeacherCache, dict]:
     """A complete cache for ``cache_spec(...)``: reused, finished, or written by one teacher pass."""
     started = time.perf_counter()
@@ -166,26 +203,45 @@ def ensure_teacher_cache(
         teacher, _ = load_teacher(cfg, teacher_dir)
         check_teacher_vocab(output_vocab_size(teacher), spec.vocab_size, len(processor.tokenizer))
         # Exactly the student's collation (train_student), box convention included.
-        collator = collator_for(TrainCollator, student, processor, cfg.data.box_style, cfg.model.square_size)
+        collator = collator_for(TrainCollator, student, processor, InputFormat.of(cfg))
         manifest = write_teacher_cache(
-            teacher, collator, examples, spec, cache_dir, kd,
-            batch_size=cfg.predict.batch_size, shard_examples=cfg.distill.cache_shard_examples,
+            teacher,
+            collator,
+            examples,
+            spec,
+            cache_dir,
+            kd,
+            batch_size=cfg.predict.batch_size,
+            shard_examples=cfg.distill.cache_shard_examples,
         )
         del teacher  # the student trains with no teacher in memory
     size = sum(path.stat().st_size for path in cache_dir.glob("shard-*.safetensors"))
-    info = {"dir": str(cache_dir), "reused": reused, "rows": manifest["n_rows"], "shards": len(manifest["shards"]),
-            "megabytes": round(size / 2**20, 2), "seconds": round(time.perf_counter() - started, 1)}
+    info = {
+        "dir": str(cache_dir),
+        "reused": reused,
+        "rows": manifest["n_rows"],
+        "shards": len(manifest["shards"]),
+        "megabytes": round(size / 2**20, 2),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     return TeacherCache(cache_dir, spec), info
 
 
 def check_same_tokenizer(student_processor, teacher_processor, teacher_dir: Path) -> None:
     """KD compares distributions id by id, so teacher and student must share one tokenizer (CheckpointError if not)."""
     if tokenizer_fingerprint(student_processor.tokenizer) != tokenizer_fingerprint(teacher_processor.tokenizer):
-        raise CheckpointError(f"the teacher's tokenizer ({teacher_dir}) differs from the student's; KD needs the same token ids")
+        raise CheckpointError(
+            f"the teacher's tokenizer ({teacher_dir}) differs from the student's; KD needs the same token ids"
+        )
 
 
 def ensure_student(
-    cfg: RecipeConfig, examples: list[ChatExample], stage_dir: Path, teacher_dir: Path, build_model: BuildModel, kd: KDLossConfig
+    cfg: RecipeConfig,
+    examples: list[ChatExample],
+    stage_dir: Path,
+    teacher_dir: Path,
+    build_model: BuildModel,
+    kd: KDLossConfig,
 ) -> tuple[Any, Any, dict]:
     """The distilled student (trained now, or reloaded from ``stage_dir/model``) and what its training did."""
     model_dir = stage_dir / "model"
@@ -203,7 +259,11 @@ def ensure_student(
         teacher, _ = load_teacher(cfg, teacher_dir)
         check_teacher_vocab(output_vocab_size(teacher), output_vocab_size(student), len(processor.tokenizer))
         result = train_student(student_settings(cfg), student, processor, examples, stage_dir, kd, teacher=teacher)
-    return student, processor, info | {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 1)}
+    return (
+        student,
+        processor,
+        info | {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 1)},
+    )
 
 
 def student_settings(cfg: RecipeConfig) -> SftSettings:
@@ -220,18 +280,22 @@ def merge_info(previous: dict, current: dict) -> dict:
     return {key: previous.get(key, {}) | value if isinstance(value, dict) else value for key, value in current.items()}
 
 
-def run_distill(cfg: RecipeConfig, train: Sequence[Sample], run_dir: Path, build_model: BuildModel) -> tuple[Any, Any, dict]:
+def run_distill(
+    cfg: RecipeConfig, train: Sequence[Sample], run_dir: Path, build_model: BuildModel
+) -> tuple[Any, Any, dict]:
     """Teacher → pseudo labels → student; returns ``(student, processor, info)`` and writes ``distill/info.json``.
 
     ``train`` holds the training records; ``build_model(recipe)``
     returns a freshly initialised ``(model, processor)``, the same initialisation plain SFT starts from.
     """
     root = Path(run_dir) / "distill"
-    kd = kd_loss_config(cfg.distill)
+    kd = cfg.distill.loss
 
     started = time.perf_counter()
     teacher_dir, teacher = ensure_teacher(cfg, train, root / "teacher", build_model)
-    teacher |= {"dir": str(teacher_dir)} | ({} if teacher.get("reused") else {"seconds": round(time.perf_counter() - started, 1)})
+    teacher |= {"dir": str(teacher_dir)} | (
+        {} if teacher.get("reused") else {"seconds": round(time.perf_counter() - started, 1)}
+    )
 
     started = time.perf_counter()
     pseudo_labels, pseudo = None, {}
@@ -239,7 +303,9 @@ def run_distill(cfg: RecipeConfig, train: Sequence[Sample], run_dir: Path, build
         pseudo_labels, pseudo = ensure_pseudo_labels(cfg, train, teacher_dir, root / "pseudo")
         pseudo |= {} if pseudo["reused"] else {"seconds": round(time.perf_counter() - started, 1)}
     checks = PseudoChecks(cfg.distill.pseudo_filter, modality_classes(train), cfg.distill.min_margin)
-    targets = distillation_examples(train, pseudo_labels, cfg.distill.targets, cfg.data.train_turns, cfg.data.box_style, checks)
+    targets = distillation_examples(
+        train, pseudo_labels, cfg.distill.targets, cfg.data.train_turns, cfg.data.box_style, checks
+    )
     examples, counts = targets.examples, targets.counts
     if cfg.distill.curriculum:  # the cache and the student read the examples in this order
         examples = [examples[index] for index in curriculum_order(targets.margins, cfg.seed)]
@@ -251,7 +317,13 @@ def run_distill(cfg: RecipeConfig, train: Sequence[Sample], run_dir: Path, build
 
     info_path = root / "info.json"
     previous = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    current = {"teacher": teacher, "pseudo": pseudo, "targets": {"kind": cfg.distill.targets} | counts, "student": student, "kd_loss": asdict(kd)}
+    current = {
+        "teacher": teacher,
+        "pseudo": pseudo,
+        "targets": {"kind": cfg.distill.targets} | counts,
+        "student": student,
+        "kd_loss": asdict(kd),
+    }
     info = merge_info(previous, current)
     atomic_write_json(info_path, info)
     console.print(f"[green]distill: student {student['dir']} (teacher {teacher_dir}, targets {cfg.distill.targets})")

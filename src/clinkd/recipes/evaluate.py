@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from clinkd.config import EvaluateConfig
 from clinkd.data.records import Prediction, Sample, canonical_task
 from clinkd.data.validation import DataError
 from clinkd.engine.served import served_row_totals
 from clinkd.io import atomic_write_json, atomic_write_text, numbered_jsonl
 from clinkd.markdown import table
+from clinkd.metrics.backends import BackendChoice, caption_scorers
 from clinkd.metrics.baselines import FITTED_ON, baseline_predictions
 from clinkd.metrics.captions import CaptionScorer
 from clinkd.metrics.fidelity import FIDELITY_LABELS, modality_classes, question_fidelity
@@ -30,7 +32,10 @@ def read_predictions(paths: Iterable[Path], bird_exact: bool = False) -> list[tu
     parse, a second row for one task and id, or a file without rows raises DataError naming file:line."""
     located = []
     for path in paths:
-        rows = [(f"{path}:{number}", prediction_of(row, f"{path}:{number}", bird_exact)) for number, row in numbered_jsonl(path, allow_torn_tail=False)]
+        rows = [
+            (f"{path}:{number}", prediction_of(row, f"{path}:{number}", bird_exact))
+            for number, row in numbered_jsonl(path, allow_torn_tail=False)
+        ]
         if not rows:
             raise DataError(f"{path}: no prediction rows")
         located += rows
@@ -38,7 +43,10 @@ def read_predictions(paths: Iterable[Path], bird_exact: bool = False) -> list[tu
     for where, prediction in located:
         key = (canonical_task(prediction.task), prediction.id)
         if key in first_row_of:  # a record scored twice weighs twice: 200 copies of one answer are not 200 answers
-            raise DataError(f"{where}: a second {key[0]} row for id {prediction.id!r} (the first is {first_row_of[key]}); each record is scored once")
+            raise DataError(
+                f"{where}: a second {key[0]} row for id {prediction.id!r} (the first is {first_row_of[key]}); each "
+                "record is scored once"
+            )
         first_row_of[key] = where
     return located
 
@@ -55,7 +63,9 @@ def prediction_of(row, where: str, bird_exact: bool = False) -> Prediction:
     return prediction
 
 
-def check_coverage(located: list[tuple[str, Prediction]], tests: dict[str, list[Sample]], partial: bool = False) -> dict[str, dict]:
+def check_coverage(
+    located: list[tuple[str, Prediction]], tests: dict[str, list[Sample]], partial: bool = False
+) -> dict[str, dict]:
     """``{task: {records, scored, missing}}`` for every task the rows cover, after checking that each row answers one
     test record of its task (DataError naming the first row that does not). A test record without a row is a DataError
     too, naming the first, unless ``partial`` (then it is counted as missing)."""
@@ -64,14 +74,18 @@ def check_coverage(located: list[tuple[str, Prediction]], tests: dict[str, list[
     for where, prediction in located:
         task = canonical_task(prediction.task)
         if prediction.id not in test_ids.get(task, ()):
-            raise DataError(f"{where}: id {prediction.id!r} is not a {task} test record ({_test_file(tests.get(task)) or f'no {task} test file'})")
+            raise DataError(
+                f"{where}: id {prediction.id!r} is not a {task} test record "
+                f"({_test_file(tests.get(task)) or f'no {task} test file'})"
+            )
         answered.setdefault(task, set()).add(prediction.id)
     coverage = {}
     for task, ids in answered.items():
         missing = [sample for sample in tests[task] if sample.id not in ids]
         if missing and not partial:
             raise DataError(
-                f"{len(missing)} of {len(tests[task])} {task} test records have no prediction row, the first id {missing[0].id!r} "
+                f"{len(missing)} of {len(tests[task])} {task} test records have no prediction row, the first id "
+                f"{missing[0].id!r} "
                 f"({missing[0].source}); --partial scores the rows there are and counts the missing ones"
             )
         coverage[task] = {"records": len(tests[task]), "scored": len(ids), "missing": len(missing)}
@@ -86,10 +100,15 @@ def _test_file(records: list[Sample] | None) -> str | None:
 def coverage_section(coverage: dict[str, dict]) -> str:
     """The report's note on the test records left unscored (``--partial``), task by task."""
     lines = [
-        f"- {task}: {counts['scored']} of {counts['records']} test records scored, {counts['missing']} without a prediction row"
-        for task, counts in coverage.items() if counts["missing"]
+        f"- {task}: {counts['scored']} of {counts['records']} test records scored, {counts['missing']} without a "
+        "prediction row"
+        for task, counts in coverage.items()
+        if counts["missing"]
     ]
-    return "## Coverage\n\nScored the rows there are (`--partial`); each task's metrics cover its scored records only.\n\n" + "\n".join(lines)
+    return (
+        "## Coverage\n\nScored the rows there are (`--partial`); each task's metrics cover its scored records only.\n\n"
+        + "\n".join(lines)
+    )
 
 
 def score_baselines(
@@ -111,8 +130,10 @@ def fidelity_section(fidelity: dict[str, dict]) -> str:
     """Per row: the shares of answers that address what was asked (:mod:`clinkd.metrics.fidelity`)."""
     header = ["", *(f"{text} (%)" for text in FIDELITY_LABELS.values())]
     rows = [[label, *(_share(shares[name]) for name in FIDELITY_LABELS)] for label, shares in fidelity.items()]
-    return ("## Question fidelity\n\nDoes the answer address what was asked? Shares of the answers each applies to "
-            "(n in brackets); ROC classes are the training split's.\n\n" + table(header, rows, "lr"))
+    return (
+        "## Question fidelity\n\nDoes the answer address what was asked? Shares of the answers each applies to "
+        "(n in brackets); ROC classes are the training split's.\n\n" + table(header, rows, "lr")
+    )
 
 
 def _share(share: dict) -> str:
@@ -123,6 +144,12 @@ def baselines_section(baselines: dict[str, dict]) -> str:
     """Where each scored baseline was fitted (none reads a test label)."""
     rows = [(name, FITTED_ON[name]) for name in baselines]
     return "### Trivial baselines\n\n" + table(["baseline", "fitted on"], rows, "l")
+
+
+def evaluation_scorers(evaluation: EvaluateConfig) -> list[CaptionScorer]:
+    """The caption backends the recipe's ``evaluate:`` block names (:func:`clinkd.metrics.backends.caption_scorers`:
+    ValueError or BackendUnavailable when one it asks for cannot run here)."""
+    return caption_scorers(BackendChoice(evaluation.meteor, evaluation.spice, evaluation.corenlp_dir))
 
 
 def run_evaluate(
@@ -159,8 +186,13 @@ def run_evaluate(
         coverage = check_coverage(located, tests, partial)
         for pairs in others_located.values():
             check_coverage(pairs, tests)
-    rows = {label: [row for _, row in located]} | {other: [row for _, row in pairs] for other, pairs in others_located.items()}
-    named = {row_label: score_predictions(predictions, scorers=scorers, bird_exact=bird_exact) for row_label, predictions in rows.items()}
+    rows = {label: [row for _, row in located]} | {
+        other: [row for _, row in pairs] for other, pairs in others_located.items()
+    }
+    named = {
+        row_label: score_predictions(predictions, scorers=scorers, bird_exact=bird_exact)
+        for row_label, predictions in rows.items()
+    }
     metrics, predictions = named[label], rows[label]
     classes = modality_classes(train)
     fidelity = {row_label: question_fidelity(row_predictions, classes) for row_label, row_predictions in rows.items()}
@@ -195,8 +227,9 @@ def _served_section(totals: dict) -> str:
     """How a served model's answers' boxes were read (docs/served.md), the ambiguous ones counted."""
     rows = [[reading, str(count)] for reading, count in totals["box_readings"].items()]
     return (
-        "## Served answers: how their boxes were read\n\n" + table(["written as, on the scale", "answers"], rows, "lr") +
-        f"\n\n{totals['ambiguous']} answer(s) fitted both 0–1000 and the pixels of the image the server resized "
+        "## Served answers: how their boxes were read\n\n"
+        + table(["written as, on the scale", "answers"], rows, "lr")
+        + f"\n\n{totals['ambiguous']} answer(s) fitted both 0–1000 and the pixels of the image the server resized "
         "(`--boxes auto`) and were read on 0–1000, without looking at the ground truth; name `--boxes` to settle them."
     )
 

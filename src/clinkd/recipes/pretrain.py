@@ -14,22 +14,26 @@ Rerunning continues: a finished dense stage is reused, the language stage resume
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from clinkd.batching import InputFormat
 from clinkd.boxes import convert_markup
 from clinkd.config import ConfigError, RecipeConfig, dump_config
 from clinkd.doctor import device_description
-from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainResult, run_sft
+from clinkd.engine.sft import ClinKDTrainer, SftSettings, TrainerFactory, TrainResult, run_sft
 from clinkd.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from clinkd.model.loading import build_tiny, is_checkpoint, load_checkpoint, save_checkpoint
+from clinkd.model.loading import is_checkpoint, load_checkpoint, save_checkpoint
 from clinkd.pretrain.corpus import LOOKS, LanguageStream, tokenizer_texts
 from clinkd.pretrain.dense import head_scores, train_dense
 from clinkd.pretrain.heldout import HeldOut, grounding_recall, held_out_set
 from clinkd.progress import console
+from clinkd.recipes.inputs import build_tiny_from
 from clinkd.recipes.stage_clock import STAGE_TIMES_FILE, StageClock
 
 CURVE_FILE = "heldout.jsonl"
@@ -56,7 +60,9 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     clock = StageClock(out / STAGE_TIMES_FILE)
-    held_out = held_out_set(settings.seed, settings.eval_scenes, settings.image_size, settings.max_objects, LOOKS[settings.look])
+    held_out = held_out_set(
+        settings.seed, settings.eval_scenes, settings.image_size, settings.max_objects, LOOKS[settings.look]
+    )
     model, processor, dense = clock.time("dense", lambda: dense_stage(cfg, out / "dense", held_out))
     language = clock.time("language", lambda: language_stage(cfg, model, processor, out, held_out))
     final = clock.time("evaluate", lambda: score_held_out(cfg, model, processor, held_out))
@@ -66,8 +72,12 @@ def run_pretrain(cfg: RecipeConfig) -> PretrainResult:
         "settings": settings.model_dump(mode="json"),
         "retrieval_loss": {key: getattr(cfg.train, f"retrieval_{key}") for key in ("loss", "layer", "head")},
         "seed": settings.seed,
-        "model": {"size": cfg.model.size, "tokenizer_vocab": cfg.model.tokenizer_vocab, "rope": cfg.model_dump(mode="json")["rope"],
-                  "parameters": sum(p.numel() for p in model.parameters())},
+        "model": {
+            "size": cfg.model.size,
+            "tokenizer_vocab": cfg.model.tokenizer_vocab,
+            "rope": cfg.model_dump(mode="json")["rope"],
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         "steps": {"dense": dense["steps"], "language": language.steps},
         "seconds": clock.seconds,
         "hardware": hardware(),
@@ -97,17 +107,32 @@ def dense_stage(cfg: RecipeConfig, stage_dir: Path, held_out: HeldOut):
     settings = cfg.pretrain
     look = LOOKS[settings.look]
     texts = tokenizer_texts(settings.seed, settings.image_size, settings.max_objects, look=look)
-    model, processor = build_tiny(cfg.model, [convert_markup(text, cfg.data.box_style) for text in texts], settings.seed, cfg.rope)
-    heads = train_dense(
-        model, processor, seed=settings.seed, steps=settings.dense_steps, batch_size=settings.batch_size,
-        lr=settings.lr, image_size=settings.image_size, max_objects=settings.max_objects, look=look,
+    model, processor = build_tiny_from(
+        cfg.model, [convert_markup(text, cfg.data.box_style) for text in texts], settings.seed, cfg.rope
     )
-    scores = {"steps": settings.dense_steps, **({} if heads is None else head_scores(model, processor, heads, held_out.scenes, look.names))}
+    heads = train_dense(
+        model,
+        processor,
+        seed=settings.seed,
+        steps=settings.dense_steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        image_size=settings.image_size,
+        max_objects=settings.max_objects,
+        look=look,
+    )
+    scores = {
+        "steps": settings.dense_steps,
+        **({} if heads is None else head_scores(model, processor, heads, held_out.scenes, look.names)),
+    }
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stage_dir / "dense.json", scores)
     save_checkpoint(model, processor, model_dir)  # last: the model folder marks the stage finished
     if heads is not None:
-        console.print("dense heads on the held-out scenes: " + ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if v is not None))
+        console.print(
+            "dense heads on the held-out scenes: "
+            + ", ".join(f"{k} {v:.3g}" for k, v in scores.items() if v is not None)
+        )
     return model, processor, scores
 
 
@@ -115,11 +140,20 @@ def language_recipe(cfg: RecipeConfig, out: Path) -> RecipeConfig:
     """The recipe :func:`run_sft` trains the language stage with: pretrain's steps, batch, lr and checkpoints,
     vision frozen (see :class:`UnfreezeVision`), one scene batch per step, logs under ``out/logs``."""
     settings = cfg.pretrain
-    train = cfg.train.model_copy(update={
-        "max_steps": settings.steps, "batch_size": settings.batch_size, "grad_accum": 1, "lr": settings.lr,
-        "save_steps": settings.save_steps, "freeze_vision_tower": True, "freeze_merger": True, "freeze_llm": False,
-        "lora": None, "deepspeed": None,
-    })
+    train = cfg.train.model_copy(
+        update={
+            "max_steps": settings.steps,
+            "batch_size": settings.batch_size,
+            "grad_accum": 1,
+            "lr": settings.lr,
+            "save_steps": settings.save_steps,
+            "freeze_vision_tower": True,
+            "freeze_merger": True,
+            "freeze_llm": False,
+            "lora": None,
+            "deepspeed": None,
+        }
+    )
     return cfg.model_copy(update={"seed": settings.seed, "train": train, "output_dir": out.parent, "name": out.name})
 
 
@@ -127,23 +161,41 @@ def language_stage(cfg: RecipeConfig, model, processor, out: Path, held_out: Hel
     """SFT of the whole model on the corpus turns (vision frozen until ``unfreeze_after``), resumable."""
     settings = cfg.pretrain
     stream = LanguageStream(
-        settings.seed, settings.steps, settings.batch_size, settings.image_size, settings.max_objects,
-        settings.curriculum_steps, settings.tasks, LOOKS[settings.look],
+        settings.seed,
+        settings.steps,
+        settings.batch_size,
+        settings.image_size,
+        settings.max_objects,
+        settings.curriculum_steps,
+        settings.tasks,
+        LOOKS[settings.look],
     )
-    # Every parameter is in the optimiser, so the vision tower can join at unfreeze_after (a frozen one gets no grad, no update).
+    # Every parameter is in the optimiser, so the vision tower can join at unfreeze_after (a frozen one gets no grad,
+    # no update).
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=cfg.train.weight_decay)
-    callbacks = [UnfreezeVision(settings.unfreeze_after), HeldOutCurve(settings.eval_steps, cfg, processor, held_out, out / CURVE_FILE)]
+    callbacks = [
+        UnfreezeVision(settings.unfreeze_after),
+        HeldOutCurve(settings.eval_steps, cfg, processor, held_out, out / CURVE_FILE),
+    ]
     return run_sft(
-        SftSettings.of(language_recipe(cfg, out)), model, processor, [], out / "language",
-        trainer_class=PretrainTrainer, trainer_kwargs={"optimizers": (optimiser, None), "extra_callbacks": callbacks},
+        SftSettings.of(language_recipe(cfg, out)),
+        model,
+        processor,
+        [],
+        out / "language",
+        make_trainer=PretrainTrainer.factory(optimiser, callbacks),
         train_dataset=stream,  # run_sft's default TrainCollator reads the turns
     )
 
 
 def score_held_out(cfg: RecipeConfig, model, processor, held_out: HeldOut) -> dict:
     return grounding_recall(
-        model, processor, held_out, batch_size=cfg.predict.batch_size, max_new_tokens=cfg.predict.max_new_tokens["VG"],
-        box_style=cfg.data.box_style, square_size=cfg.model.square_size,
+        model,
+        processor,
+        held_out,
+        batch_size=cfg.predict.batch_size,
+        max_new_tokens=cfg.predict.max_new_tokens["VG"],
+        input_format=InputFormat.of(cfg),
     )
 
 
@@ -161,6 +213,12 @@ class PretrainTrainer(ClinKDTrainer):
         super().__init__(*args, **kwargs)
         for callback in extra_callbacks:
             self.add_callback(callback)
+
+    @classmethod
+    def factory(cls, optimiser: torch.optim.Optimizer, callbacks: Sequence[TrainerCallback]) -> TrainerFactory:
+        """What :func:`run_sft` builds the language stage's trainer with: this optimiser (every parameter) and
+        callbacks."""
+        return partial(cls, optimizers=(optimiser, None), extra_callbacks=callbacks)
 
 
 class UnfreezeVision(TrainerCallback):
@@ -187,4 +245,8 @@ class HeldOutCurve(TrainerCallback):
         scores = score_held_out(self.cfg, model, self.processor, self.held_out)
         model.train()
         append_jsonl(self.path, [{"step": step, **scores}])
-        console.print(f"held-out grounding at step {step}: Recall@0.5 {scores['recall']:.1%} {scores['by_objects']}", markup=False, highlight=False)
+        console.print(
+            f"held-out grounding at step {step}: Recall@0.5 {scores['recall']:.1%} {scores['by_objects']}",
+            markup=False,
+            highlight=False,
+        )

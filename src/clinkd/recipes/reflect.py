@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clinkd.batching import ChatExample, training_examples
+from clinkd.batching import ChatExample, InputFormat, training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import Sample
 from clinkd.engine.generate import write_predictions
@@ -43,12 +43,18 @@ from clinkd.reflect.scoring import score_outputs, score_summary, select_weak
 from clinkd.reflect.similarity import Similarity, build_similarity
 
 
-def generate_outputs(model, processor, items: Sequence[ReflectItem], out_dir: Path, cfg: RecipeConfig) -> list[tuple[ReflectItem, str]]:
+def generate_outputs(
+    model, processor, items: Sequence[ReflectItem], out_dir: Path, cfg: RecipeConfig
+) -> list[tuple[ReflectItem, str]]:
     """``(item, output)`` for every item, generated batch by batch through :func:`write_predictions` (resumable)."""
     groups = by_task(items)
     paths = write_predictions(
-        model, processor, {task: [item.sample for item in group] for task, group in groups.items()},
-        out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size,
+        model,
+        processor,
+        {task: [item.sample for item in group] for task, group in groups.items()},
+        out_dir,
+        cfg.predict,
+        InputFormat.of(cfg),
     )
     pairs = []
     for task, group in groups.items():
@@ -127,11 +133,21 @@ def run_reflect(
     item_map = {item.key: item for item in items}
     probe = seeded_sample(items, reflect.generate_samples, cfg.seed)
     base_examples = training_examples(train, cfg.data.train_turns)
-    result = ReflectResult(None, model, processor, settings={
-        "rounds": reflect.rounds, "threshold": reflect.threshold, "iou_threshold": reflect.iou_threshold,
-        "accept_threshold": reflect.accept_threshold, "budget": reflect.budget, "generated_per_round": len(probe),
-        "similarity": similarity.name, "corrector": "none" if corrector is None else corrector.name,
-    })
+    result = ReflectResult(
+        None,
+        model,
+        processor,
+        settings={
+            "rounds": reflect.rounds,
+            "threshold": reflect.threshold,
+            "iou_threshold": reflect.iou_threshold,
+            "accept_threshold": reflect.accept_threshold,
+            "budget": reflect.budget,
+            "generated_per_round": len(probe),
+            "similarity": similarity.name,
+            "corrector": "none" if corrector is None else corrector.name,
+        },
+    )
     accepted: list[dict] = []
     on_disk_only = False  # the last finished round's model has not been loaded yet
     for round_index in range(1, reflect.rounds + 1):
@@ -146,9 +162,18 @@ def run_reflect(
             on_disk_only = False
         started = time.perf_counter()
         scores = scored_round(result.model, result.processor, probe, round_dir, similarity, cfg)
-        records = [] if corrector is None else correct_weak(
-            round_index, select_weak(scores, reflect.budget, round_index), item_map, corrector, similarity,
-            reflect.accept_threshold, round_dir / "corrections.jsonl",
+        records = (
+            []
+            if corrector is None
+            else correct_weak(
+                round_index,
+                select_weak(scores, reflect.budget, round_index),
+                item_map,
+                corrector,
+                similarity,
+                reflect.accept_threshold,
+                round_dir / "corrections.jsonl",
+            )
         )
         accepted += [row for row in records if row["status"] == "accepted"]
         corrections = correction_examples(accepted, item_map)
@@ -172,7 +197,9 @@ def run_reflect(
     if on_disk_only:
         result.model, result.processor = load_checkpoint(result.model_dir, cfg.model.dtype)
     if reflect.score_after and result.model_dir is not None:
-        result.after = score_summary(scored_round(result.model, result.processor, probe, stage_dir / "after", similarity, cfg))
+        result.after = score_summary(
+            scored_round(result.model, result.processor, probe, stage_dir / "after", similarity, cfg)
+        )
     atomic_write_json(stage_dir / "summary.json", result.to_json())
     atomic_write_text(stage_dir / "report.md", result.markdown() + "\n")
     return result
@@ -185,7 +212,10 @@ def _train_round(cfg: RecipeConfig, model, processor, mix: list[ChatExample], ro
     if not is_checkpoint(model_dir):
         run_sft(SftSettings.of(round_config(cfg)), model, processor, mix, round_dir)
         if not is_checkpoint(model_dir):
-            raise ValueError(f"{model_dir}: the round saved no full model (a QLoRA adapter?); reflect needs merged models between rounds")
+            raise ValueError(
+                f"{model_dir}: the round saved no full model (a QLoRA adapter?); reflect needs merged models between "
+                "rounds"
+            )
     log = round_dir / "train_log.json"
     history = _read_json(log)["log_history"] if log.is_file() else []
     losses = [entry["loss"] for entry in history if "loss" in entry]

@@ -28,17 +28,17 @@ from pathlib import Path
 
 import transformers
 
+from clinkd.batching import InputFormat
 from clinkd.config import ModelConfig, RecipeConfig, dump_config
 from clinkd.data.validation import ISSUES_FILE
 from clinkd.distill.report import render_distill
 from clinkd.engine.distributed import is_main_process, main_process_first, write_predictions_sharded
 from clinkd.io import atomic_write_text
 from clinkd.markdown import table
-from clinkd.metrics.backends import BackendChoice, caption_scorers
 from clinkd.model.loading import WEIGHT_SUFFIXES, CheckpointError, first_damaged, folder_damage, load_checkpoint
 from clinkd.recipes.clip_train import ensure_embedded_clip
 from clinkd.recipes.distill import run_distill
-from clinkd.recipes.evaluate import run_evaluate
+from clinkd.recipes.evaluate import evaluation_scorers, run_evaluate
 from clinkd.recipes.inputs import all_tests, ensure_synth, initial_model, load_dataset
 from clinkd.recipes.reflect import run_reflect
 from clinkd.recipes.stage_clock import STAGE_TIMES_FILE, StageClock
@@ -51,7 +51,9 @@ GREEDY_ROW = "ClinKD, greedy"  # the final model without selection (report.greed
 def model_description(model: ModelConfig) -> str:
     if model.path is not None:
         return f"`{model.path}`"
-    return f"tiny `{model.size}`, " + ("the shipped pretrained base (`model.init: base`)" if model.init == "base" else "built from a config")
+    return f"tiny `{model.size}`, " + (
+        "the shipped pretrained base (`model.init: base`)" if model.init == "base" else "built from a config"
+    )
 
 
 def recipe_section(cfg: RecipeConfig) -> str:
@@ -62,8 +64,21 @@ def recipe_section(cfg: RecipeConfig) -> str:
         ("model", model_description(cfg.model)),
         ("RoPE strategy", f"{rope_text}, frequencies `{rope.frequency}`"),
         ("training", "distillation (teacher → pseudo labels → student)" if cfg.distill.enabled else "plain SFT"),
-        ("reflective correction", f"{cfg.reflect.rounds} rounds, corrector `{cfg.reflect.corrector}`" if cfg.reflect.enabled and cfg.reflect.rounds else "off"),
-        ("selection", f"`{cfg.select.method}`" + (f" (N = {cfg.select.num_return_sequences}, {cfg.select.candidates}, scorer `{cfg.select.scorer}`)" if cfg.select.method == "sasg" else "")),
+        (
+            "reflective correction",
+            f"{cfg.reflect.rounds} rounds, corrector `{cfg.reflect.corrector}`"
+            if cfg.reflect.enabled and cfg.reflect.rounds
+            else "off",
+        ),
+        (
+            "selection",
+            f"`{cfg.select.method}`"
+            + (
+                f" (N = {cfg.select.num_return_sequences}, {cfg.select.candidates}, scorer `{cfg.select.scorer}`)"
+                if cfg.select.method == "sasg"
+                else ""
+            ),
+        ),
     ]
     return "## Recipe\n\n" + table(["part", "setting"], rows, "l")
 
@@ -73,13 +88,19 @@ def check_finished_outputs(cfg: RecipeConfig) -> None:
     falls back on its own, ``clinkd.engine.sft.resume_point``), or of a model the recipe names, is a
     :class:`CheckpointError` naming it, not a crash when that model is loaded hours later."""
     finished = (
-        path for path in sorted(cfg.run_dir.rglob("*"))
-        if path.suffix in WEIGHT_SUFFIXES and not any(part == "checkpoints" or part.startswith(".") for part in path.relative_to(cfg.run_dir).parts)
+        path
+        for path in sorted(cfg.run_dir.rglob("*"))
+        if path.suffix in WEIGHT_SUFFIXES
+        and not any(part == "checkpoints" or part.startswith(".") for part in path.relative_to(cfg.run_dir).parts)
     )
     damaged = first_damaged(finished)
     if damaged is not None:
         raise CheckpointError(f"{damaged}; delete {damaged.path.parent} to redo the stage that wrote it")
-    for key, folder in (("model.path", cfg.model.path), ("distill.teacher", cfg.distill.teacher), ("distill.teacher_init", cfg.distill.teacher_init)):
+    for key, folder in (
+        ("model.path", cfg.model.path),
+        ("distill.teacher", cfg.distill.teacher),
+        ("distill.teacher_init", cfg.distill.teacher_init),
+    ):
         damaged = folder_damage(folder) if folder is not None and Path(folder).is_dir() else None
         if damaged is not None:
             raise CheckpointError(f"{key}: {damaged}")
@@ -111,13 +132,19 @@ def run(cfg: RecipeConfig) -> dict | None:
         if cfg.report.student and cfg.reflect.enabled and cfg.reflect.rounds:
             comparisons["student (distilled)"] = lambda: load_checkpoint(info["student"]["dir"], cfg.model.dtype)
         if cfg.report.sft_baseline:  # equal optimiser steps: the student's turns include the pseudo labels
-            equal_steps = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": info["student"]["steps"]})})
-            comparisons["plain SFT"] = lambda: clock.time("sft baseline", lambda: sft_model(equal_steps, dataset.train, run_dir / "sft"))
+            equal_steps = cfg.model_copy(
+                update={"train": cfg.train.model_copy(update={"max_steps": info["student"]["steps"]})}
+            )
+            comparisons["plain SFT"] = lambda: clock.time(
+                "sft baseline", lambda: sft_model(equal_steps, dataset.train, run_dir / "sft")
+            )
     else:
         model, processor = clock.time("sft", lambda: sft_model(cfg, dataset.train, run_dir / "sft"))
 
     if cfg.reflect.enabled and cfg.reflect.rounds:
-        reflected = clock.time("reflect", lambda: run_reflect(cfg, model, processor, dataset.train, run_dir / "reflect"))
+        reflected = clock.time(
+            "reflect", lambda: run_reflect(cfg, model, processor, dataset.train, run_dir / "reflect")
+        )
         model, processor = reflected.model, reflected.processor
         sections.append(reflected.markdown())
     if cfg.report.greedy and cfg.select.method != "greedy":
@@ -125,17 +152,23 @@ def run(cfg: RecipeConfig) -> dict | None:
 
     clock.time("clip", lambda: ensure_embedded_clip(cfg, dataset.train, processor.tokenizer, all_tests(dataset)))
     selector = selector_for(cfg.select, cfg.clip.crop_margin, cfg.seed, run_dir, model.device)
-    paths = clock.time("predict", lambda: write_predictions_sharded(
-        model, processor, dataset.tests, run_dir / "predictions", cfg.predict, cfg.data.box_style, cfg.model.square_size, selector
-    ))
+    paths = clock.time(
+        "predict",
+        lambda: write_predictions_sharded(
+            model, processor, dataset.tests, run_dir / "predictions", cfg.predict, InputFormat.of(cfg), selector
+        ),
+    )
 
     others = {}
     for label, load in comparisons.items():
         other, other_processor = load()
         out_dir = run_dir / "comparisons" / slug(label)
-        others[label] = clock.time("predict", lambda: write_predictions_sharded(
-            other, other_processor, dataset.tests, out_dir, cfg.predict, cfg.data.box_style, cfg.model.square_size
-        )).values()
+        others[label] = clock.time(
+            "predict",
+            lambda: write_predictions_sharded(
+                other, other_processor, dataset.tests, out_dir, cfg.predict, InputFormat.of(cfg)
+            ),
+        ).values()
 
     if not is_main_process():
         return None
@@ -150,7 +183,7 @@ def run(cfg: RecipeConfig) -> dict | None:
         label=f"ClinKD ({cfg.model.path or 'tiny-' + cfg.model.size + ('-base' if cfg.model.init == 'base' else '')})",
         others=others,
         extra_sections=sections,
-        scorers=caption_scorers(BackendChoice(evaluation.meteor, evaluation.spice, evaluation.corenlp_dir)),
+        scorers=evaluation_scorers(evaluation),
         bird_exact=evaluation.bird_exact,
         figures=evaluation.figures,
         run_dir=run_dir,

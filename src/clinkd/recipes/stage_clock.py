@@ -62,7 +62,9 @@ class StageClock:
     def markdown(self) -> str:
         rows = [[stage, f"{seconds:.1f}"] for stage, seconds in self.seconds.items()]
         total = ["**total**", f"**{sum(self.seconds.values()):.1f}**"]
-        note = "Summed over every invocation on this run folder (`stage_times.json`); a reused stage adds almost nothing."
+        note = (
+            "Summed over every invocation on this run folder (`stage_times.json`); a reused stage adds almost nothing."
+        )
         return f"## Stage times\n\n{note}\n\n" + table(["stage", "seconds"], [*rows, total], "lr")
 
 
@@ -103,4 +105,3 @@ class _Ticker:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
-

@@ -7,19 +7,23 @@ from pathlib import Path
 from clinkd.batching import training_examples
 from clinkd.config import RecipeConfig
 from clinkd.data.records import Sample
-from clinkd.data.validation import ISSUES_FILE
 from clinkd.engine.sft import SftSettings, TrainResult, run_sft
 from clinkd.model.loading import is_checkpoint, load_checkpoint
 from clinkd.progress import console
-from clinkd.recipes.inputs import ensure_synth, initial_model, load_dataset
+from clinkd.recipes.inputs import initial_model, prepared_dataset
 
 
 def run_train(cfg: RecipeConfig) -> TrainResult:
     """Train the initial model on the training records into ``<run>/sft`` (resumes from its checkpoints)."""
-    ensure_synth(cfg)
-    dataset = load_dataset(cfg, issues_file=cfg.run_dir / ISSUES_FILE)
+    dataset = prepared_dataset(cfg)
     model, processor = initial_model(cfg, dataset.train)
-    return run_sft(SftSettings.of(cfg), model, processor, training_examples(dataset.train, cfg.data.train_turns), cfg.run_dir / "sft")
+    return run_sft(
+        SftSettings.of(cfg),
+        model,
+        processor,
+        training_examples(dataset.train, cfg.data.train_turns),
+        cfg.run_dir / "sft",
+    )
 
 
 def sft_model(cfg: RecipeConfig, train: list[Sample], stage_dir: Path):

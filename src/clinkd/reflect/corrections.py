@@ -38,17 +38,31 @@ def correct_weak(
     done = {row["key"] for row in read_records(path)}
     todo = [row for row in weak if row["key"] not in done]
     requests = [
-        CorrectionRequest(row["key"], round_index, row["task"], row["question"], row["ground_truth"], row["output"]) for row in todo
+        CorrectionRequest(row["key"], round_index, row["task"], row["question"], row["ground_truth"], row["output"])
+        for row in todo
     ]
     scored = {row["key"]: row for row in todo}
     if requests:
         with make_progress() as progress:
-            bar = progress.add_task(f"correct round {round_index}", total=len(weak), completed=len(weak) - len(todo), info=corrector.name)
+            bar = progress.add_task(
+                f"correct round {round_index}", total=len(weak), completed=len(weak) - len(todo), info=corrector.name
+            )
             # closing(): on an interrupt the corrector stops at once and its in-flight replies reach the cache.
             with closing(corrector.correct(requests)) as replies:
                 for request, reply in replies:
-                    verdict = None if reply.text is None else check_correction(reply.text, request.ground_truth, similarity, accept_threshold)
-                    append_jsonl(path, [correction_record(round_index, scored[request.key], items[request.key], corrector.name, reply, verdict)])
+                    verdict = (
+                        None
+                        if reply.text is None
+                        else check_correction(reply.text, request.ground_truth, similarity, accept_threshold)
+                    )
+                    append_jsonl(
+                        path,
+                        [
+                            correction_record(
+                                round_index, scored[request.key], items[request.key], corrector.name, reply, verdict
+                            )
+                        ],
+                    )
                     progress.advance(bar)
     return read_records(path)
 
@@ -88,7 +102,9 @@ def correction_examples(records: Iterable[dict], items: dict[str, ReflectItem]) 
         if row["status"] != "accepted":
             continue
         if row["key"] not in items:
-            raise ValueError(f"correction {row['key']!r} (round {row['round']}) names no training turn: the training data changed")
+            raise ValueError(
+                f"correction {row['key']!r} (round {row['round']}) names no training turn: the training data changed"
+            )
         item = items[row["key"]]
         examples.append(ChatExample(item.sample.image, (Turn(item.turn.question, row["correction"]),)))
     return examples
@@ -100,7 +116,11 @@ def correction_summary(records: Sequence[dict]) -> dict[str, dict]:
     def summarise(rows: list[dict]) -> dict:
         counts = Counter(row["status"] for row in rows)
         reasons = Counter(reason_kind(row["reason"]) for row in rows if row["status"] != "accepted")
-        return {"sent": len(rows), **{status: counts[status] for status in STATUSES}, "reasons": dict(sorted(reasons.items()))}
+        return {
+            "sent": len(rows),
+            **{status: counts[status] for status in STATUSES},
+            "reasons": dict(sorted(reasons.items())),
+        }
 
     return per_task(records, summarise)
 

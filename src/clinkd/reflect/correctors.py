@@ -2,7 +2,8 @@
 
 * :class:`TemplateCorrector` (offline default): the ground truth, verbatim, inside a task-specific framing
   sentence drawn per (item, round), so boxes survive by construction and labels gain varied phrasings.
-* :class:`OpenAICorrector`: any OpenAI-compatible chat-completions endpoint through :class:`clinkd.endpoint.ChatEndpoint`
+* :class:`OpenAICorrector`: any OpenAI-compatible chat-completions endpoint through
+:class:`clinkd.endpoint.ChatEndpoint`
   (per-request timeout; timeouts, connection errors, HTTP 408/409/429/5xx, malformed JSON and empty replies retried
   with backoff, other HTTP errors failing at once), with the prompt below (:data:`SYSTEM_PROMPT`,
   :data:`USER_PROMPT`), on a bounded thread pool. Every well-formed reply is stored in a :class:`ReplyCache` keyed
@@ -46,8 +47,18 @@ USER_PROMPT = "Question: {question}\nGround-truth answer: {ground_truth}\nModel 
 FRAMINGS: dict[str, tuple[str, ...]] = {
     "VG": ("It is {answer}.", "This is {answer}.", "{answer} is shown here.", "Here it is: {answer}"),
     "ROC": ("It is {answer}.", "This is {answer}.", "The object here is {answer}.", "This region shows {answer}."),
-    "RC": ("This region shows: {answer}", "Here is what is seen in this region: {answer}", "In this region: {answer}", "As seen here: {answer}"),
-    "MIA": ("This image shows: {answer}", "Here is what is seen in this image: {answer}", "In this image: {answer}", "As seen here: {answer}"),
+    "RC": (
+        "This region shows: {answer}",
+        "Here is what is seen in this region: {answer}",
+        "In this region: {answer}",
+        "As seen here: {answer}",
+    ),
+    "MIA": (
+        "This image shows: {answer}",
+        "Here is what is seen in this image: {answer}",
+        "In this image: {answer}",
+        "As seen here: {answer}",
+    ),
 }
 CONTROL_TOKENS = (TURN_START, *END_OF_TURN_TOKENS)
 
@@ -82,7 +93,9 @@ class CorrectorReply:
 class Corrector(Protocol):
     name: str
 
-    def correct(self, requests: Sequence[CorrectionRequest]) -> Generator[tuple[CorrectionRequest, CorrectorReply], None, None]:
+    def correct(
+        self, requests: Sequence[CorrectionRequest]
+    ) -> Generator[tuple[CorrectionRequest, CorrectorReply], None, None]:
         """One reply per request, yielded as each finishes (any order)."""
         ...
 
@@ -98,7 +111,8 @@ class Verdict:
 
 
 def tagged_boxes(text: str) -> list[Box]:
-    """Every ``<box>``/``<|box_start|>`` box of ``text`` (bare coordinate pairs do not count); BoxError if one is malformed."""
+    """Every ``<box>``/``<|box_start|>`` box of ``text`` (bare coordinate pairs do not count); BoxError if one is
+    malformed."""
     return parse_boxes(convert_markup(text, BoxStyle.QWEN_VL), BoxStyle.QWEN_VL)
 
 
@@ -146,7 +160,9 @@ class TemplateCorrector:
         framings = FRAMINGS[request.task]
         return frame(framings[_draw(request.key, request.round, len(framings))], request.ground_truth)
 
-    def correct(self, requests: Sequence[CorrectionRequest]) -> Generator[tuple[CorrectionRequest, CorrectorReply], None, None]:
+    def correct(
+        self, requests: Sequence[CorrectionRequest]
+    ) -> Generator[tuple[CorrectionRequest, CorrectorReply], None, None]:
         for request in requests:
             text = self.rewrite(request)
             yield request, CorrectorReply(text, text, None, 1)
@@ -163,7 +179,9 @@ def prompt_text(text: str) -> str:
 def render_messages(request: CorrectionRequest) -> list[dict]:
     """The chat messages sent for one request (docs/reflect.md shows them)."""
     user = USER_PROMPT.format(
-        question=prompt_text(request.question), ground_truth=prompt_text(request.ground_truth), output=prompt_text(request.output)
+        question=prompt_text(request.question),
+        ground_truth=prompt_text(request.ground_truth),
+        output=prompt_text(request.output),
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
@@ -196,7 +214,13 @@ class OpenAICorrector:
     name = "openai"
 
     def __init__(
-        self, endpoint: ChatEndpoint, *, model: str, cache_dir: str | Path, concurrency: int = 4, temperature: float = 0.7,
+        self,
+        endpoint: ChatEndpoint,
+        *,
+        model: str,
+        cache_dir: str | Path,
+        concurrency: int = 4,
+        temperature: float = 0.7,
         max_tokens: int = 256,
     ):
         self.endpoint = endpoint
@@ -216,18 +240,29 @@ class OpenAICorrector:
     def from_config(cls, cfg, default_cache_dir: Path) -> "OpenAICorrector":
         """From a :class:`clinkd.config.OpenAICorrectorConfig`; the key is read from ``cfg.api_key_env``."""
         return cls(
-            ChatEndpoint.from_config(cfg, "reflect.openai"), model=cfg.model, cache_dir=cfg.cache_dir or default_cache_dir,
-            concurrency=cfg.concurrency, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+            ChatEndpoint.from_config(cfg, "reflect.openai"),
+            model=cfg.model,
+            cache_dir=cfg.cache_dir or default_cache_dir,
+            concurrency=cfg.concurrency,
+            temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
         )
 
     def payload(self, request: CorrectionRequest) -> dict:
-        return {"model": self.model, "messages": render_messages(request), "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {
+            "model": self.model,
+            "messages": render_messages(request),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
 
     def cache_key(self, payload: dict) -> str:
         """SHA-256 of the endpoint and the exact request body."""
         return hashlib.sha256(json.dumps({"base_url": self.base_url, **payload}, sort_keys=True).encode()).hexdigest()
 
-    def correct(self, requests: Sequence[CorrectionRequest]) -> Generator[tuple[CorrectionRequest, CorrectorReply], None, None]:
+    def correct(
+        self, requests: Sequence[CorrectionRequest]
+    ) -> Generator[tuple[CorrectionRequest, CorrectorReply], None, None]:
         executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="corrector")
         try:
             futures = {executor.submit(self.complete, request): request for request in requests}

@@ -32,13 +32,21 @@ def reflect_items(train: Sequence[Sample]) -> list[ReflectItem]:
             seen[key] += 1
             if seen[key] > 1:
                 key = f"{key}@{seen[key]}"
-            one_turn = Sample(sample.id, sample.image, sample.modality, [turn], sample.task or infer_task(turn), f"{sample.source}#turn{index}")
+            one_turn = Sample(
+                sample.id,
+                sample.image,
+                sample.modality,
+                [turn],
+                sample.task or infer_task(turn),
+                f"{sample.source}#turn{index}",
+            )
             items.append(ReflectItem(key, one_turn))
     return items
 
 
 def seeded_sample(values: Sequence, n: int | None, seed: int) -> list:
-    """``n`` of ``values`` drawn without replacement by ``seed``, in their original order (all when n is None or ≥ len)."""
+    """``n`` of ``values`` drawn without replacement by ``seed``, in their original order (all when n is None or ≥
+    len)."""
     if n is None or n >= len(values):
         return list(values)
     chosen = np.sort(np.random.default_rng(seed).permutation(len(values))[:n])

@@ -18,10 +18,18 @@ def render_report(doc: dict) -> str:
     intro = (
         f"{len(rounds)} round(s); corrector `{settings.get('corrector')}`, similarity `{settings.get('similarity')}`; "
         f"weak = similarity < {settings.get('threshold')} or a box with IoU ≤ {settings.get('iou_threshold')}; "
-        f"{settings.get('generated_per_round')} training turns generated per round; at most {settings.get('budget') or 'all weak'} "
-        f"corrections per round; replies accepted at similarity ≥ {settings.get('accept_threshold')} with every box kept."
+        f"{settings.get('generated_per_round')} training turns generated per round; at most "
+        f"{settings.get('budget') or 'all weak'} "
+        f"corrections per round; replies accepted at similarity ≥ {settings.get('accept_threshold')} with every box "
+        "kept."
     )
-    parts = ["## Reflective correction", intro, _rounds_table(rounds), "### Corrections per round and task", _corrections_table(rounds)]
+    parts = [
+        "## Reflective correction",
+        intro,
+        _rounds_table(rounds),
+        "### Corrections per round and task",
+        _corrections_table(rounds),
+    ]
     columns = [(f"round {r['round']}" + (" (before)" if r["round"] == 1 else ""), r["scores"]) for r in rounds]
     if after is not None:
         columns.append(("after", after))
@@ -35,13 +43,38 @@ def render_report(doc: dict) -> str:
 
 
 def _rounds_table(rounds: list[dict]) -> str:
-    header = ["round", "mean similarity", "grounded %", "weak", "sent", "accepted", "rejected", "failed", "train examples", "steps", "s"]
+    header = [
+        "round",
+        "mean similarity",
+        "grounded %",
+        "weak",
+        "sent",
+        "accepted",
+        "rejected",
+        "failed",
+        "train examples",
+        "steps",
+        "s",
+    ]
     rows = []
     for r in rounds:
         s, c = r["scores"]["all"], r["corrections"]["all"]
         steps = "–" if r["steps"] is None else str(r["steps"])
-        rows.append([str(r["round"]), _fmt(s["similarity"]), _fmt(s["grounded"], True), str(r["weak"]), str(c["sent"]),
-                     str(c["accepted"]), str(c["rejected"]), str(c["failed"]), str(r["train_examples"]), steps, f"{r['seconds']:.0f}"])
+        rows.append(
+            [
+                str(r["round"]),
+                _fmt(s["similarity"]),
+                _fmt(s["grounded"], True),
+                str(r["weak"]),
+                str(c["sent"]),
+                str(c["accepted"]),
+                str(c["rejected"]),
+                str(c["failed"]),
+                str(r["train_examples"]),
+                steps,
+                f"{r['seconds']:.0f}",
+            ]
+        )
     return table(header, rows, "r")
 
 
@@ -62,6 +95,10 @@ def _scores_table(columns: list[tuple[str, dict]]) -> str:
         cells = []
         for _, scores in columns:
             s = scores.get(task)
-            cells.append("–" if s is None else _fmt(s["similarity"]) + (f" ({_fmt(s['grounded'], True)}%)" if s["grounded"] is not None else ""))
+            cells.append(
+                "–"
+                if s is None
+                else _fmt(s["similarity"]) + (f" ({_fmt(s['grounded'], True)}%)" if s["grounded"] is not None else "")
+            )
         rows.append([task, *cells])
     return table(["task", *(name for name, _ in columns)], rows, "lr")

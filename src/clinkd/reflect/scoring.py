@@ -15,8 +15,11 @@ from clinkd.reflect.similarity import Similarity, judge
 def score_outputs(
     pairs: Sequence[tuple[ReflectItem, str]], similarity: Similarity, threshold: float, iou_threshold: float
 ) -> list[dict]:
-    """One row per output: its item, similarity, grounding, quality and weak flag (``reflect.threshold``, ``iou_threshold``)."""
-    judgements = judge([output for _, output in pairs], [item.turn.answer for item, _ in pairs], similarity, iou_threshold)
+    """One row per output: its item, similarity, grounding, quality and weak flag (``reflect.threshold``,
+    ``iou_threshold``)."""
+    judgements = judge(
+        [output for _, output in pairs], [item.turn.answer for item, _ in pairs], similarity, iou_threshold
+    )
     return [
         {
             "key": item.key,
@@ -50,7 +53,10 @@ def select_weak(scores: Sequence[dict], budget: int | None, round_index: int) ->
 def per_task(rows: Sequence[dict], summarise: Callable[[list[dict]], dict]) -> dict[str, dict]:
     """``summarise`` of each task's rows (in :data:`TASKS` order, tasks without rows left out) and of ``all``."""
     tasks = [task for task in TASKS if any(row["task"] == task for row in rows)]
-    return {**{task: summarise([row for row in rows if row["task"] == task]) for task in tasks}, "all": summarise(list(rows))}
+    return {
+        **{task: summarise([row for row in rows if row["task"] == task]) for task in tasks},
+        "all": summarise(list(rows)),
+    }
 
 
 def score_summary(scores: Sequence[dict]) -> dict[str, dict]:

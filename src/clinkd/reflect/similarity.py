@@ -102,7 +102,9 @@ class EmbeddingSimilarity:
         """Load a local sentence-transformers checkpoint directory on the CPU (never the hub)."""
         path = Path(path)
         if not path.is_dir():
-            raise SimilarityError(f"reflect.similarity.path: {path} is not a sentence-transformers checkpoint directory")
+            raise SimilarityError(
+                f"reflect.similarity.path: {path} is not a sentence-transformers checkpoint directory"
+            )
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as error:
@@ -117,7 +119,9 @@ class EmbeddingSimilarity:
         if not outputs:
             return []
         texts = [answer_text(text) for text in (*outputs, *references)]
-        vectors = np.asarray(self.encoder.encode(texts, batch_size=self.batch_size, convert_to_numpy=True), dtype=np.float64)
+        vectors = np.asarray(
+            self.encoder.encode(texts, batch_size=self.batch_size, convert_to_numpy=True), dtype=np.float64
+        )
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         unit = vectors / np.where(norms > 0, norms, 1.0)  # an all-zero embedding scores 0 against anything
         n = len(outputs)
@@ -130,7 +134,9 @@ def build_similarity(kind: str, path: str | Path | None = None) -> Similarity:
         return LexicalSimilarity()
     if kind == "embedding":
         if path is None:
-            raise SimilarityError("reflect.similarity.path: kind=embedding needs a local sentence-transformers checkpoint dir")
+            raise SimilarityError(
+                "reflect.similarity.path: kind=embedding needs a local sentence-transformers checkpoint dir"
+            )
         return EmbeddingSimilarity.from_path(path)
     raise SimilarityError(f"reflect.similarity.kind: unknown kind {kind!r}; expected lexical or embedding")
 
@@ -149,7 +155,8 @@ class Judgement:
 
     @property
     def quality(self) -> float:
-        """``min(similarity, min IoU)`` for grounding answers, else the similarity: the corrector budget goes to the lowest."""
+        """``min(similarity, min IoU)`` for grounding answers, else the similarity: the corrector budget goes to the
+        lowest."""
         return self.similarity if self.min_iou is None else min(self.similarity, self.min_iou)
 
 
@@ -171,7 +178,9 @@ def grounding(output: str, reference: str, iou_threshold: float = 0.5) -> tuple[
     return min_iou > iou_threshold, min_iou
 
 
-def judge(outputs: Sequence[str], references: Sequence[str], similarity: Similarity, iou_threshold: float = 0.5) -> list[Judgement]:
+def judge(
+    outputs: Sequence[str], references: Sequence[str], similarity: Similarity, iou_threshold: float = 0.5
+) -> list[Judgement]:
     """Text similarity (one batched call) and box grounding of every output."""
     scores = similarity.scores(outputs, references)
     return [

@@ -2,12 +2,13 @@
 
 from clinkd.sasg.candidates import Candidate, generate_candidates, sequence_logprobs
 from clinkd.sasg.clip_train import ClipPair, matching_rate, sample_pairs, train_clip
-from clinkd.sasg.pipeline import BeamSelector, SasgSelector, sasg_selector, scorer_dir, selector_for
+from clinkd.sasg.pipeline import SELECTORS, BeamSelector, SasgSelector, sasg_selector, scorer_dir, selector_for
 from clinkd.sasg.scorer import HFClipScorer, ImagePrep, MedClipScorer, OpenClipScorer, ScorerError, load_scorer
 from clinkd.sasg.select import ScoredCandidate, Selection, calibrate, choose, score_candidates, select
 from clinkd.sasg.views import ClipView, answer_views, clip_text, crop
 
 __all__ = [
+    "SELECTORS",
     "BeamSelector",
     "Candidate",
     "ClipPair",

@@ -27,7 +27,6 @@ from clinkd.data.records import Sample
 from clinkd.engine.generate import clean_generation, decoding
 
 
-
 @dataclass(frozen=True)
 class Candidate:
     """One generated answer: cleaned text, sequence log-prob, and its rank in the generate output."""
@@ -40,7 +39,9 @@ class Candidate:
 def decoding_kwargs(select_cfg: SelectConfig) -> dict:
     """``generate`` arguments for ``select.candidates`` (beam or sample), none left to the checkpoint's defaults."""
     if select_cfg.candidates == "beam":
-        return decoding(do_sample=False, num_beams=select_cfg.num_beams, num_return_sequences=select_cfg.num_return_sequences)
+        return decoding(
+            do_sample=False, num_beams=select_cfg.num_beams, num_return_sequences=select_cfg.num_return_sequences
+        )
     return decoding(
         do_sample=True,
         num_beams=1,
@@ -116,6 +117,9 @@ def generate_candidates(
     # Boxes back on the 0–1000 scale (Qwen2.5-VL pixels), so crops and the selected answer are relative.
     texts = [collator.relative(clean_generation(text), samples[row // per_input]) for row, text in enumerate(decoded)]
     return [
-        [Candidate(texts[row], logprobs[row], rank) for rank, row in enumerate(range(i * per_input, (i + 1) * per_input))]
+        [
+            Candidate(texts[row], logprobs[row], rank)
+            for rank, row in enumerate(range(i * per_input, (i + 1) * per_input))
+        ]
         for i in range(len(samples))
     ]

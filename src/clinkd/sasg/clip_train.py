@@ -33,8 +33,8 @@ from clinkd.boxes import SCALE, Box
 from clinkd.chat import TURN_END
 from clinkd.config import ClipTrainConfig
 from clinkd.data.records import Sample
-from clinkd.io import atomic_write_json, match_umask
 from clinkd.images import VIEW_PIXELS
+from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.processor import load_image
 from clinkd.sasg.scorer import PREPROCESSOR_FILE, ImagePrep, MedClipScorer, encode_texts
 from clinkd.sasg.views import TASK_KINDS, answer_views, crop, turn_kind
@@ -84,7 +84,12 @@ def clip_model_config(tokenizer, cfg: ClipTrainConfig):
     end_id = tokenizer.convert_tokens_to_ids(TURN_END)
     if end_id is None or end_id == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer has no {TURN_END} token to end CLIP texts with")
-    tower = dict(hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads)
+    tower = dict(
+        hidden_size=cfg.hidden,
+        intermediate_size=4 * cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+    )
     return CLIPConfig(
         text_config=dict(
             tower,
@@ -99,7 +104,9 @@ def clip_model_config(tokenizer, cfg: ClipTrainConfig):
     )
 
 
-def multi_positive_clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, groups: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def multi_positive_clip_loss(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, groups: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """½(CE(S, Y) + CE(Sᵀ, Y)) with ``S = scale · I Tᵀ`` and ``Y_ij = [g_i = g_j] / Σ_k [g_i = g_k]``
     (``Y`` is symmetric); the embeddings must be unit-norm."""
     logits = scale * image_embeds @ text_embeds.T
@@ -171,10 +178,20 @@ def train_clip(
         batch = [pairs[i] for i in order[:batch_size]]
         del order[:batch_size]
         pixels = prep([crop(image(pair.image), jittered(pair.box, rng, cfg.jitter), cfg.crop_margin) for pair in batch])
-        texts = encode_texts(tokenizer, [pair.text for pair in batch], text_config.max_position_embeddings, text_config.eos_token_id, tokenizer.pad_token_id)
-        image_embeds = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        texts = encode_texts(
+            tokenizer,
+            [pair.text for pair in batch],
+            text_config.max_position_embeddings,
+            text_config.eos_token_id,
+            tokenizer.pad_token_id,
+        )
+        image_embeds = torch.nn.functional.normalize(
+            model.get_image_features(pixel_values=pixels).pooler_output, dim=-1
+        )
         text_embeds = torch.nn.functional.normalize(model.get_text_features(**texts).pooler_output, dim=-1)
-        loss = multi_positive_clip_loss(image_embeds, text_embeds, _group_ids([pair.text for pair in batch]), model.logit_scale.exp())
+        loss = multi_positive_clip_loss(
+            image_embeds, text_embeds, _group_ids([pair.text for pair in batch]), model.logit_scale.exp()
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -186,14 +203,20 @@ def train_clip(
         if on_step is not None:
             on_step(step, losses[-1])
     seconds = time.perf_counter() - started
-    _save(model.eval(), tokenizer, prep, out_dir, {
-        "config": cfg.model_dump(mode="json"),
-        "seed": seed,
-        "pairs": len(pairs),
-        "pairs_per_kind": {kind: sum(p.kind == kind for p in pairs) for kind in sorted({p.kind for p in pairs})},
-        "seconds": round(seconds, 2),
-        "losses": [round(value, 5) for value in losses],
-    })
+    _save(
+        model.eval(),
+        tokenizer,
+        prep,
+        out_dir,
+        {
+            "config": cfg.model_dump(mode="json"),
+            "seed": seed,
+            "pairs": len(pairs),
+            "pairs_per_kind": {kind: sum(p.kind == kind for p in pairs) for kind in sorted({p.kind for p in pairs})},
+            "seconds": round(seconds, 2),
+            "losses": [round(value, 5) for value in losses],
+        },
+    )
     return ClipTrainResult(out_dir, cfg.steps, len(pairs), losses[-1], seconds)
 
 

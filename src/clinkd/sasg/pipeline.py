@@ -1,8 +1,9 @@
-"""Selectors for :func:`clinkd.engine.generate.write_predictions`: ``select.method`` beam and sasg."""
+"""The selectors of ``clinkd predict``, ``clinkd infer`` and the demo, by name (:data:`SELECTORS`, ``select.method``):
+greedy (plain decoding), beam and sasg, each a :class:`~clinkd.engine.generate.Selector`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -10,12 +11,12 @@ import torch
 from clinkd.batching import PromptCollator
 from clinkd.config import SelectConfig
 from clinkd.data.records import Sample
+from clinkd.engine.generate import Choice, Selector, generate_responses
 from clinkd.images import VIEW_PIXELS
-from clinkd.engine.generate import Selector, generate_responses
 from clinkd.model.processor import load_image
 from clinkd.sasg.candidates import generate_candidates
 from clinkd.sasg.scorer import MedClipScorer, ScorerError, load_scorer
-from clinkd.sasg.select import ScoredCandidate, Selection, score_candidates, select
+from clinkd.sasg.select import Selection, score_candidates, select
 from clinkd.sasg.views import TASK_KINDS
 
 CLIP_DIR = "clip"  # the embedded scorer's folder inside a run
@@ -24,20 +25,24 @@ CLIP_DIR = "clip"  # the embedded scorer's folder inside a run
 class BeamSelector:
     """Beam search, best beam only (no extra row keys): the cost baseline of SASG."""
 
+    name = "beam"
+
     def __init__(self, num_beams: int):
         self.num_beams = num_beams
 
-    def __call__(self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int) -> list[tuple[str, dict]]:
-        return [(response, {}) for response in generate_responses(model, processor, collator, samples, max_new_tokens, self.num_beams)]
+    def __call__(
+        self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int
+    ) -> list[Choice]:
+        return [
+            Choice(response)
+            for response in generate_responses(model, processor, collator, samples, max_new_tokens, self.num_beams)
+        ]
 
 
 class SasgSelector:
     """Semantic-Aware Selective Generation: N candidates per sample in one ``generate`` call per batch, all
-    scored in one CLIP pass, the best calibrated score kept.
-
-    As a :class:`~clinkd.engine.generate.Selector` it adds ``selected`` and ``candidates`` to each row;
-    :meth:`rank` serves ``clinkd infer`` and the demo (candidates best first, tasks from ``sample.task``).
-    """
+    scored in one CLIP pass, the best calibrated score kept. Each choice's row gets ``selected`` and ``candidates``
+    (every candidate with its scores), and its candidates ranked best first."""
 
     name = "sasg"
 
@@ -47,25 +52,28 @@ class SasgSelector:
         self.crop_margin = crop_margin
         self.seed = seed
 
-    def __call__(self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int) -> list[tuple[str, dict]]:
-        selections = self.selections(model, processor, collator, [task] * len(samples), samples, max_new_tokens)
-        return [(selection.response, selection.row_extra()) for selection in selections]
-
-    def rank(self, model, processor, collator: PromptCollator, samples: Sequence[Sample], max_new_tokens: int) -> list[list[ScoredCandidate]]:
-        missing = [sample.id for sample in samples if sample.task not in TASK_KINDS]
-        if missing:
-            raise ValueError(f"SASG needs each sample's task (VG, ROC, RC or MIA); missing for {', '.join(missing)}")
-        selections = self.selections(model, processor, collator, [sample.task for sample in samples], samples, max_new_tokens)
-        return [selection.ranked() for selection in selections]
+    def __call__(
+        self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int
+    ) -> list[Choice]:
+        if task not in TASK_KINDS:
+            raise ValueError(f"SASG scores answers to a task of {', '.join(TASK_KINDS)}, not {task!r}")
+        selections = self.selections(model, processor, collator, task, samples, max_new_tokens)
+        return [
+            Choice(selection.response, selection.row_extra(), tuple(selection.ranked())) for selection in selections
+        ]
 
     def selections(
-        self, model, processor, collator: PromptCollator, tasks: Sequence[str], samples: Sequence[Sample], max_new_tokens: int
+        self, model, processor, collator: PromptCollator, task: str, samples: Sequence[Sample], max_new_tokens: int
     ) -> list[Selection]:
-        candidate_lists = generate_candidates(model, processor, collator, samples, max_new_tokens, self.select_cfg, self.seed)
+        candidate_lists = generate_candidates(
+            model, processor, collator, samples, max_new_tokens, self.select_cfg, self.seed
+        )
         scores = score_candidates(
             self.scorer,
-            [load_image(sample.image, max_pixels=VIEW_PIXELS) for sample in samples],  # not the model's budget: boxes are relative
-            tasks,
+            [
+                load_image(sample.image, max_pixels=VIEW_PIXELS) for sample in samples
+            ],  # not the model's budget: boxes are relative
+            [task] * len(samples),
             [sample.turns[0].question for sample in samples],
             [[candidate.text for candidate in candidates] for candidates in candidate_lists],
             self.crop_margin,
@@ -85,19 +93,38 @@ def scorer_dir(select: SelectConfig, run_dir: Path) -> Path:
     raise ScorerError(f"select.scorer={select.scorer} needs select.scorer_path")
 
 
-def sasg_selector(select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu") -> SasgSelector:
+def sasg_selector(
+    select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu"
+) -> SasgSelector:
     """SASG configured by ``select`` (whatever ``select.method`` says), its scorer loaded from :func:`scorer_dir`."""
     scorer = load_scorer(select.scorer, scorer_dir(select, run_dir), device)
     return SasgSelector(scorer, select, crop_margin, seed)
 
 
+def beam_selector(
+    select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu"
+) -> BeamSelector:
+    """Beam search with ``select.num_beams``, best beam only."""
+    return BeamSelector(select.num_beams)
+
+
+def greedy_selector(
+    select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu"
+) -> None:
+    """None: plain decoding (with ``predict.num_beams``)."""
+    return None
+
+
+# select.method → the selector it builds, from the recipe's select: block, clip.crop_margin, seed, run folder, device.
+SELECTORS: dict[str, Callable[..., Selector | None]] = {
+    "greedy": greedy_selector,
+    "beam": beam_selector,
+    "sasg": sasg_selector,
+}
+
+
 def selector_for(
     select: SelectConfig, crop_margin: float, seed: int, run_dir: Path, device: str | torch.device = "cpu"
 ) -> Selector | None:
-    """The :func:`~clinkd.engine.generate.write_predictions` selector of ``select.method``: ``None`` for greedy
-    (plain decoding with ``predict.num_beams``), best-beam for beam, :class:`SasgSelector` for sasg."""
-    if select.method == "greedy":
-        return None
-    if select.method == "beam":
-        return BeamSelector(select.num_beams)
-    return sasg_selector(select, crop_margin, seed, run_dir, device)
+    """The :data:`SELECTORS` entry of ``select.method``, built from ``select`` (None: plain decoding)."""
+    return SELECTORS[select.method](select, crop_margin, seed, run_dir, device)

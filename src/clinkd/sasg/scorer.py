@@ -63,7 +63,9 @@ class ImagePrep:
             return image.resize((self.size, self.size), Image.Resampling.BICUBIC)
         width, height = image.size
         scale = self.size / min(width, height)
-        resized = image.resize((max(self.size, round(width * scale)), max(self.size, round(height * scale))), Image.Resampling.BICUBIC)
+        resized = image.resize(
+            (max(self.size, round(width * scale)), max(self.size, round(height * scale))), Image.Resampling.BICUBIC
+        )
         left = (resized.width - self.size) // 2
         top = (resized.height - self.size) // 2
         return resized.crop((left, top, left + self.size, top + self.size))
@@ -141,10 +143,14 @@ class MedClipScorer(ABC):
         return self.logit_scale * (left * right).sum(dim=-1)
 
     def _batched(self, embed, items: list) -> torch.Tensor:
-        return torch.cat([embed(items[start : start + self.batch_size]) for start in range(0, len(items), self.batch_size)])
+        return torch.cat(
+            [embed(items[start : start + self.batch_size]) for start in range(0, len(items), self.batch_size)]
+        )
 
 
-def encode_texts(tokenizer, texts: Sequence[str], context_length: int, end_id: int, pad_id: int) -> dict[str, torch.Tensor]:
+def encode_texts(
+    tokenizer, texts: Sequence[str], context_length: int, end_id: int, pad_id: int
+) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask`` with every row ending in ``end_id``.
 
     HF CLIP pools the text at the first ``eos_token_id``, so the end token is appended when the
@@ -187,11 +193,19 @@ class HFClipScorer(MedClipScorer):
         path = Path(path)
         for name in ("config.json", PREPROCESSOR_FILE):
             if not (path / name).is_file():
-                raise ScorerError(f"{path} is not a CLIP checkpoint directory: no {name} (train one with `clinkd clip-train`)")
+                raise ScorerError(
+                    f"{path} is not a CLIP checkpoint directory: no {name} (train one with `clinkd clip-train`)"
+                )
         model = CLIPModel.from_pretrained(str(path), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         config = json.loads((path / PREPROCESSOR_FILE).read_text(encoding="utf-8"))
-        return cls(model, tokenizer, ImagePrep.from_preprocessor_config(config, str(path / PREPROCESSOR_FILE)), device, batch_size)
+        return cls(
+            model,
+            tokenizer,
+            ImagePrep.from_preprocessor_config(config, str(path / PREPROCESSOR_FILE)),
+            device,
+            batch_size,
+        )
 
     @property
     def logit_scale(self) -> float:

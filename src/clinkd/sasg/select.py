@@ -53,7 +53,13 @@ class ScoredCandidate:
         return self.clip_score if self.clip_score is not None else -math.inf
 
     def to_json(self) -> dict:
-        return {"text": self.text, "clip_score": self.clip_score, "prob": self.prob, "logprob": self.logprob, "valid": self.valid}
+        return {
+            "text": self.text,
+            "clip_score": self.clip_score,
+            "prob": self.prob,
+            "logprob": self.logprob,
+            "valid": self.valid,
+        }
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,13 @@ def calibrate(scores: Sequence[float | None]) -> list[float]:
     return [weight / total for weight in weights]
 
 
-def choose(probs: Sequence[float], logprobs: Sequence[float], valid: Sequence[bool], tie_break: str = "logprob", tie_margin: float = 0.0) -> int:
+def choose(
+    probs: Sequence[float],
+    logprobs: Sequence[float],
+    valid: Sequence[bool],
+    tie_break: str = "logprob",
+    tie_margin: float = 0.0,
+) -> int:
     """Index of the chosen candidate (see the module docstring)."""
     if tie_break not in ("logprob", "none"):
         raise ValueError(f"select.tie_break: unknown rule {tie_break!r}; expected logprob or none")
@@ -102,10 +114,17 @@ def choose(probs: Sequence[float], logprobs: Sequence[float], valid: Sequence[bo
     return max(pool, key=lambda i: (logprobs[i], -i))  # equal log-probs: the earlier candidate
 
 
-def select(candidates: Sequence[Candidate], clip_scores: Sequence[float | None], tie_break: str = "logprob", tie_margin: float = 0.0) -> Selection:
+def select(
+    candidates: Sequence[Candidate],
+    clip_scores: Sequence[float | None],
+    tie_break: str = "logprob",
+    tie_margin: float = 0.0,
+) -> Selection:
     """Calibrate ``clip_scores`` and choose among ``candidates``."""
     probs = calibrate(clip_scores)
-    scored = tuple(ScoredCandidate(c.text, c.logprob, s, p) for c, s, p in zip(candidates, clip_scores, probs, strict=True))
+    scored = tuple(
+        ScoredCandidate(c.text, c.logprob, s, p) for c, s, p in zip(candidates, clip_scores, probs, strict=True)
+    )
     chosen = choose(probs, [c.logprob for c in candidates], [c.valid for c in scored], tie_break, tie_margin)
     return Selection(candidates[chosen].text, chosen, scored)
 

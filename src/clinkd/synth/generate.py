@@ -98,7 +98,9 @@ def plan(images: int, test_per_cell: int) -> list[ImageJob]:
     return train + test
 
 
-def draw(job: ImageJob, seed: int, image_size: int, turns_per_task: dict[str, int] | None = None) -> tuple[Scene, list[Turn]]:
+def draw(
+    job: ImageJob, seed: int, image_size: int, turns_per_task: dict[str, int] | None = None
+) -> tuple[Scene, list[Turn]]:
     """The scene of ``job`` and its turns (``turns_per_task`` for train, the job's task for test)."""
     rng = image_rng(seed, job.split, job.index)
     scene = render_scene(job.modality, rng, image_size)
@@ -176,7 +178,9 @@ def validate_turn_mix(turns_per_task: dict[str, int] | None) -> dict[str, int]:
     return {task: counts.get(task, 0) for task in TASKS}
 
 
-def synth_parameters(seed: int, images: int, test_per_cell: int, image_size: int, turns_per_task: dict[str, int] | None) -> dict:
+def synth_parameters(
+    seed: int, images: int, test_per_cell: int, image_size: int, turns_per_task: dict[str, int] | None
+) -> dict:
     """What determines the generated files (kept in ``meta.json``, compared before reusing a folder)."""
     return {
         "version": SYNTH_VERSION,
@@ -212,7 +216,9 @@ def _remove_stale_images(image_dir: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def _meta(seed: int, images: int, test_per_cell: int, image_size: int, turns_per_task: dict[str, int], jobs: list[ImageJob]) -> dict:
+def _meta(
+    seed: int, images: int, test_per_cell: int, image_size: int, turns_per_task: dict[str, int], jobs: list[ImageJob]
+) -> dict:
     train_counts = Counter(job.modality for job in jobs if job.split == "train")
     return {
         "generator": GENERATOR,

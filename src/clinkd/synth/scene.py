@@ -25,10 +25,10 @@ from clinkd.boxes import Box
 from clinkd.synth.draw import Blob, BlobRaster, MaskCounter, band_below, paint, smooth_noise
 from clinkd.synth.modalities import (
     MODALITY_SPECS,
+    SIZES,
     Canvas,
     ClassSpec,
     Kind,
-    SIZES,
     ModalitySpec,
     ShapeWord,
     SizeWord,

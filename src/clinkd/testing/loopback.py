@@ -78,7 +78,11 @@ class LoopbackChatServer:
             handler.connection.close()
             return
         handler.send_response(reply.status)
-        for name, value in {"Content-Type": "application/json", **reply.headers, "Content-Length": str(len(reply.body))}.items():
+        for name, value in {
+            "Content-Type": "application/json",
+            **reply.headers,
+            "Content-Length": str(len(reply.body)),
+        }.items():
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(reply.body)

