@@ -35,7 +35,8 @@ def seed_documents(offset: float) -> dict[str, dict]:
             "teacher": flat(10),
         },
     )
-    return {"clinkd": clinkd, "stock": metrics(flat(38), {}), "unfiltered": metrics(flat(39), {"student (distilled)": flat(18)})}
+    unfiltered = metrics(flat(39), {"student (distilled)": flat(18)})
+    return {"clinkd": clinkd, "stock": metrics(flat(38), {}), "unfiltered": unfiltered}
 
 
 def test_rows_are_mean_and_sample_std_over_seeds_and_comparisons_pair_by_seed():
