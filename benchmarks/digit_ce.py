@@ -23,7 +23,7 @@ import argparse
 import json
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -174,15 +174,19 @@ def _nats(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    args = parse_args(argv)
+def run(args: argparse.Namespace, measure: Callable, render: Callable) -> list[dict]:
+    """The scripts' shared driver: ``measure(args)`` rows, printed as ``render(rows)``, also written to ``--json``."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = evaluate(args)
-    print(table(rows))
+    rows = measure(args)
+    print(render(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    return run(parse_args(argv), evaluate, table)
 
 
 if __name__ == "__main__":

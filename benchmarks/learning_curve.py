@@ -22,13 +22,10 @@ box convention, ``--max-new-tokens``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import digit_ce  # noqa: E402 (the sibling script: checkpoint reading and the per-digit CE)
@@ -141,14 +138,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = evaluate(args)
-    print(table(rows))
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-    return rows
+    return digit_ce.run(parse_args(argv), evaluate, table)
 
 
 if __name__ == "__main__":
