@@ -249,6 +249,33 @@ def tiny_qwen2vl_config(**top_level):
     )
 
 
+# the top-level keys Qwen3-VL and Qwen3.5 configs share: the special-token ids and a tied head
+QWEN3_TOP_LEVEL = dict(
+    image_token_id=IMAGE,
+    video_token_id=VIDEO,
+    vision_start_token_id=VISION_START,
+    vision_end_token_id=VISION_END,
+    tie_word_embeddings=True,
+)
+
+
+def tiny_qwen3_vision(**extra) -> dict:
+    """Qwen3-VL's vision tower at test size (2×2-pixel patches), which Qwen3.5 shares without DeepStack."""
+    return dict(
+        depth=1,
+        hidden_size=16,
+        intermediate_size=32,
+        num_heads=2,
+        in_channels=3,
+        patch_size=2,
+        spatial_merge_size=MERGE,
+        temporal_patch_size=2,
+        out_hidden_size=32,
+        num_position_embeddings=16,
+        **extra,
+    )
+
+
 def tiny_qwen3vl_config(**top_level):
     """A 2-layer Qwen3-VL (head_dim 16: 8 rotation pairs interleaved as [4, 2, 2]) with 2×2-pixel patches, a 4×4
     learned position grid and one DeepStack feature (vision block 0 into LLM layer 0)."""
@@ -274,24 +301,8 @@ def tiny_qwen3vl_config(**top_level):
             eos_token_id=1,
             pad_token_id=0,
         ),
-        vision_config=dict(
-            depth=1,
-            hidden_size=16,
-            intermediate_size=32,
-            num_heads=2,
-            in_channels=3,
-            patch_size=2,
-            spatial_merge_size=MERGE,
-            temporal_patch_size=2,
-            out_hidden_size=32,
-            num_position_embeddings=16,
-            deepstack_visual_indexes=[0],
-        ),
-        image_token_id=IMAGE,
-        video_token_id=VIDEO,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
-        tie_word_embeddings=True,
+        vision_config=tiny_qwen3_vision(deepstack_visual_indexes=[0]),
+        **QWEN3_TOP_LEVEL,
         **top_level,
     )
 
@@ -328,23 +339,8 @@ def tiny_qwen3_5_config(**top_level):
             eos_token_id=1,
             pad_token_id=0,
         ),
-        vision_config=dict(
-            depth=1,
-            hidden_size=16,
-            intermediate_size=32,
-            num_heads=2,
-            in_channels=3,
-            patch_size=2,
-            spatial_merge_size=MERGE,
-            temporal_patch_size=2,
-            out_hidden_size=32,
-            num_position_embeddings=16,
-        ),
-        image_token_id=IMAGE,
-        video_token_id=VIDEO,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
-        tie_word_embeddings=True,
+        vision_config=tiny_qwen3_vision(),
+        **QWEN3_TOP_LEVEL,
         **top_level,
     )
 
