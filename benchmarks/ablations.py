@@ -14,7 +14,9 @@ initialisation, the sampling of the teacher's and reflection's subsets, and the 
   from the same initialisation for the student's optimiser steps (greedy);
 * ``stock-s<seed>``: the default recipe with ``rope.name=qwen2vl`` (stock positions), no extra rows;
 * ``unfiltered-s<seed>``: the default recipe with ``distill.pseudo_filter=false`` (every usable pseudo label teaches),
-  with its distilled student's row.
+  stopped after the distilled student (``reflect.enabled=false select.method=greedy``: its answers are the
+  student's, greedy). Its teacher and pseudo labels are those of ``clinkd-s<seed>`` (the same seed and recipe
+  up to the filter, which acts after them), copied in before it runs so that they are not trained twice.
 
 Each comparison pairs two rows of the same seed:
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,7 +51,12 @@ COLUMNS = tuple(HEADLINES)  # the four task headlines, then their mean
 RUNS = {
     "clinkd": ["report.sft_baseline=true", "report.greedy=true"],
     "stock": ["rope.name=qwen2vl", "report.teacher=false", "report.student=false"],
-    "unfiltered": ["distill.pseudo_filter=false", "report.teacher=false"],
+    "unfiltered": [
+        "distill.pseudo_filter=false",
+        "reflect.enabled=false",
+        "select.method=greedy",
+        "report.teacher=false",
+    ],
 }
 # (comparison, (run, row) with the part, (run, row) without it); row "model" is the run's final answers.
 COMPARISONS = (
@@ -56,7 +64,7 @@ COMPARISONS = (
     ("KD student vs plain SFT", ("clinkd", "student (distilled)"), ("clinkd", "plain SFT")),
     ("reflective correction on vs off", ("clinkd", GREEDY_ROW), ("clinkd", "student (distilled)")),
     ("SASG vs greedy", ("clinkd", "model"), ("clinkd", GREEDY_ROW)),
-    ("pseudo-label filter on vs off", ("clinkd", "student (distilled)"), ("unfiltered", "student (distilled)")),
+    ("pseudo-label filter on vs off", ("clinkd", "student (distilled)"), ("unfiltered", "model")),
 )
 ROW_NAMES = {
     ("clinkd", "model"): "ClinKD (MCG-RoPE, KD, reflection, SASG)",
@@ -65,7 +73,7 @@ ROW_NAMES = {
     ("clinkd", "plain SFT"): "plain SFT, greedy",
     ("clinkd", "teacher"): "teacher (11.1 % of the data), greedy",
     ("stock", "model"): "ClinKD with stock positions",
-    ("unfiltered", "student (distilled)"): "KD student without the pseudo-label filter, greedy",
+    ("unfiltered", "model"): "KD student without the pseudo-label filter, greedy",
 }
 
 
@@ -111,10 +119,23 @@ def comparisons_table(rows: dict[tuple[str, str], dict[str, list[float]]]) -> st
     return table(["comparison (with − without, paired by seed)", *HEADLINES.values()], body, "lr")
 
 
+SHARED_STAGES = {"unfiltered": ("clinkd", ("distill/teacher", "distill/pseudo"))}  # run: (run it copies from, parts)
+
+
+def share_stages(out: Path, run: str, seed: int) -> None:
+    """Copy the finished stages ``run`` shares with another run of the same seed; ``clinkd run`` then reuses them."""
+    source_run, parts = SHARED_STAGES.get(run, (None, ()))
+    for part in parts:
+        source, target = out / f"{source_run}-s{seed}" / part, out / f"{run}-s{seed}" / part
+        if source.is_dir() and not target.exists():
+            shutil.copytree(source, target)
+
+
 def run_folder(out: Path, run: str, seed: int, threads: int | None, config: str) -> Path:
     """``clinkd run`` for one run and seed unless its ``metrics.json`` exists; returns the folder."""
     folder = out / f"{run}-s{seed}"
     if not (folder / "metrics.json").is_file():
+        share_stages(out, run, seed)
         command = [
             str(Path(sys.executable).with_name("clinkd")),
             "run",

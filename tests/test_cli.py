@@ -15,7 +15,7 @@ def test_config_command_prints_the_resolved_recipe():
 
 
 def test_a_leading_override_is_not_mistaken_for_a_config_file():
-    result = runner.invoke(app, ["config", "model.size=xs"])
+    result = runner.invoke(app, ["config", "model.size=xs", "model.init=scratch"])
     assert result.exit_code == 0, result.output
     assert "size: xs" in result.output
 

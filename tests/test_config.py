@@ -96,7 +96,7 @@ def test_unknown_preset_and_missing_file(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config(None, ["train.lr=0.01", "model.size=xs"])
+    cfg = load_config(None, ["train.lr=0.01", "model.init=scratch", "model.size=xs"])
     saved = tmp_path / "resolved.yaml"
     saved.write_text(dump_config(cfg))
     assert load_config(saved) == cfg
@@ -116,7 +116,7 @@ def test_presets_are_built_in_and_a_recipe_can_add_its_own(tmp_path):
     assert (quick.name, quick.model.size, quick.distill.enabled, quick.select.method) == ("quick", "xs", True, "sasg")
     assert quick == load_config(ROOT / "configs/default.yaml", preset="quick")
     path = tmp_path / "r.yaml"
-    path.write_text("presets:\n  tiny: {model: {size: xs}}\n", encoding="utf-8")
+    path.write_text("presets:\n  tiny: {model: {init: scratch, size: xs}}\n", encoding="utf-8")
     assert load_config(path, preset="tiny").model.size == "xs"
     assert preset_names(path) == ["quick", "tiny"]
 

@@ -161,7 +161,7 @@ def pretrain(
     """
     from clinkd.recipes.pretrain import pretrain_dir, run_pretrain
 
-    cfg = _load(config, overrides, preset)
+    cfg = _load(config, ["model.init=scratch", *(overrides or [])], preset)  # a base is built from a config, not loaded
     with _writing(pretrain_dir(cfg)):
         result = run_pretrain(cfg)
     steps, heldout = result.record["steps"], result.record["heldout"]

@@ -56,11 +56,11 @@ class SynthConfig(_Section):
 
     enabled: bool = True
     seed: Seed = 0
-    images: int = Field(1600, gt=0, description="training images, spread over the 8 modalities")
+    images: int = Field(1400, gt=0, description="training images, spread over the 8 modalities")
     test_per_cell: int = Field(25, gt=0, description="test records per (task, modality)")
     image_size: int = Field(112, ge=28)
     turns: dict[str, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: {"VG": 2, "ROC": 2, "RC": 2, "MIA": 1},
+        default_factory=lambda: {"VG": 3, "ROC": 3, "RC": 1, "MIA": 1},
         description="training turns per image and task (a referring task asks at most one per object)",
     )
 
@@ -102,14 +102,14 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     path: Path | None = Field(None, description="local checkpoint dir (Qwen2-VL, Qwen2.5-VL or clinkd); null = tiny")
     init: Literal["scratch", "base"] = Field(
-        "scratch",
+        "base",
         description="the tiny model (path null): base = the shipped pretrained base of model.size, scratch = built "
                     "from a config",
     )
     size: Literal["xs", "s", "m"] = "s"
     tokenizer_vocab: int = Field(1024, ge=300)
-    min_pixels: int = Field(112 * 112, gt=0)
-    max_pixels: int = Field(112 * 112, gt=0)
+    min_pixels: int = Field(224 * 224, gt=0, description="64 visual tokens per image at 224×224 (the shipped base's)")
+    max_pixels: int = Field(224 * 224, gt=0)
     square_size: int | None = Field(None, ge=28, description="resample every image to N×N (MCG-RoPE's w = h)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     allow_partial: list[str] = Field(
@@ -153,15 +153,15 @@ class TrainConfig(_Section):
         1.0, gt=0, description="the student's epochs (paper: 2 distillation epochs, then 2 reflective rounds)"
     )
     max_steps: int = Field(-1, ge=-1, description="overrides epochs when > 0")
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     scheduler: Literal["cosine", "linear", "constant", "cosine_with_min_lr"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
-    freeze_vision_tower: bool = False
-    freeze_merger: bool = False
+    freeze_vision_tower: bool = True  # LLaMA-Factory's default for Qwen2-VL; the shipped base's vision is pre-trained
+    freeze_merger: bool = True
     freeze_llm: bool = False
     logging_steps: int = Field(20, gt=0)
     save_steps: int = Field(200, gt=0)
@@ -176,9 +176,15 @@ class TrainConfig(_Section):
         False, description="recompute activations in backward: less memory, ~30% slower"
     )
     retrieval_loss: float = Field(
-        0.0,
+        1.0,
         ge=0,
         description="weight of the retrieval-attention loss on box answers (0: off; eager attention; docs/pretrain.md)",
+    )
+    vision_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="visual tokens kept per training stage while the vision tower and merger are frozen, so each "
+                    "image goes through them once (0: off; clinkd.engine.vision_cache)",
     )
     retrieval_layer: int = Field(
         -2, description="text layer whose head the retrieval loss supervises (negative: from the top)"
@@ -318,13 +324,13 @@ class ReflectConfig(_Section):
         0.8, ge=0, le=1, description="a corrector reply must score at least this against the ground truth"
     )
     generate_samples: int | None = Field(
-        512, gt=0, description="training turns generated on per round (fixed seeded subset); null = all"
+        256, gt=0, description="training turns generated on per round (fixed seeded subset); null = all"
     )
     budget: int | None = Field(
-        256, gt=0, description="most corrections requested per round, worst first; null = no limit"
+        128, gt=0, description="most corrections requested per round, worst first; null = no limit"
     )
     train_samples: int | None = Field(
-        1600, gt=0, description="original training examples per round's epoch (seeded subset); null = all"
+        800, gt=0, description="original training examples per round's epoch (seeded subset); null = all"
     )
     epochs: float = Field(1.0, gt=0, description="epochs over the training mix per round")
     lr: float | None = Field(None, gt=0, description="learning rate of the rounds; null = train.lr")
@@ -578,8 +584,16 @@ PRESETS: dict[str, dict] = {
     "quick": {  # CI-sized: a few minutes on 2 cores, exercises every stage
         "name": "quick",
         "data": {"dir": "data/synth-quick", "synth": {"images": 64, "test_per_cell": 2}},
-        "model": {"size": "xs", "tokenizer_vocab": 512},
-        "train": {"epochs": 1, "batch_size": 8, "logging_steps": 5, "save_steps": 20},
+        "model": {"init": "scratch", "size": "xs", "tokenizer_vocab": 512, "min_pixels": 12544, "max_pixels": 12544},
+        "train": {
+            "epochs": 1,
+            "batch_size": 8,
+            "logging_steps": 5,
+            "save_steps": 20,
+            "freeze_vision_tower": False,  # from scratch every part learns
+            "freeze_merger": False,
+            "retrieval_loss": 0.0,  # runs on every family (the Qwen3 ones have no box tokens to supervise)
+        },
         "distill": {"teacher_epochs": 1, "top_k": 16},
         "reflect": {"generate_samples": 32, "budget": 16, "train_samples": 64},
         "clip": {"steps": 20, "batch_size": 32},

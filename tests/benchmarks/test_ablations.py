@@ -35,7 +35,7 @@ def seed_documents(offset: float) -> dict[str, dict]:
             "teacher": flat(10),
         },
     )
-    unfiltered = metrics(flat(39), {"student (distilled)": flat(18)})
+    unfiltered = metrics(flat(18), {})  # stopped after the student: its answers are the run's own
     return {"clinkd": clinkd, "stock": metrics(flat(38), {}), "unfiltered": unfiltered}
 
 
@@ -58,3 +58,15 @@ def test_rows_are_mean_and_sample_std_over_seeds_and_comparisons_pair_by_seed():
 def test_one_seed_has_no_spread():
     assert ablations.mean_std([3.0]) == "3.00 ± –"
     assert ablations.mean_std([-1e-9, 1e-9, -2e-9]) == "0.00 ± 0.00"
+
+
+def test_the_unfiltered_run_starts_from_the_same_seeds_teacher_and_pseudo_labels(tmp_path):
+    for part in ("distill/teacher/model", "distill/pseudo"):
+        (tmp_path / "clinkd-s1" / part).mkdir(parents=True)
+        (tmp_path / "clinkd-s1" / part / "file").write_text(part)
+    ablations.share_stages(tmp_path, "unfiltered", 1)
+    assert (tmp_path / "unfiltered-s1/distill/teacher/model/file").read_text() == "distill/teacher/model"
+    assert (tmp_path / "unfiltered-s1/distill/pseudo/file").read_text() == "distill/pseudo"
+    assert not (tmp_path / "unfiltered-s1/distill/cache").exists()  # the student's targets differ: its cache too
+    ablations.share_stages(tmp_path, "stock", 1)  # stock positions train their own teacher
+    assert not (tmp_path / "stock-s1").exists()

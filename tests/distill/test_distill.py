@@ -168,7 +168,9 @@ def test_the_kd_loss_takes_the_preset_and_applies_set_fields():
 
 def test_teacher_recipe_changes_only_the_teacher_init_and_epochs(tmp_path):
     cfg = RecipeConfig(
-        model={"size": "xs"}, train={"epochs": 3, "lr": 5e-4}, distill={"teacher_size": "s", "teacher_epochs": 6}
+        model={"init": "scratch", "size": "xs"},
+        train={"epochs": 3, "lr": 5e-4},
+        distill={"teacher_size": "s", "teacher_epochs": 6},
     )
     tuned = teacher_recipe(cfg)
     assert (tuned.model.size, tuned.train.epochs, tuned.train.lr) == ("s", 6, 5e-4)
@@ -522,7 +524,7 @@ def test_the_stage_runs_end_to_end_and_a_rerun_skips_every_sub_stage(tmp_path, t
         {
             "name": "distil",
             "output_dir": str(tmp_path),
-            "model": {"size": "xs", "tokenizer_vocab": 400},
+            "model": {"init": "scratch", "size": "xs", "tokenizer_vocab": 400},
             "train": {"epochs": 1, "batch_size": 8, "logging_steps": 2, "save_steps": 1000, "threads": 1},
             "predict": {"batch_size": 16},
             "distill": {
@@ -584,7 +586,7 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, train_records, co
     save_checkpoint(tiny_model(other, "xs"), other, tmp_path / "teacher")
     cfg = RecipeConfig(
         output_dir=tmp_path,
-        model={"size": "xs", "tokenizer_vocab": 400},
+        model={"init": "scratch", "size": "xs", "tokenizer_vocab": 400},
         distill={"teacher": str(tmp_path / "teacher"), "targets": "ground_truth", "mode": "online"},
     )
 

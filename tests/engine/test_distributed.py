@@ -180,8 +180,9 @@ def _recipe(tmp_path: Path, data: Path) -> Path:
     path.write_text(
         f"output_dir: {tmp_path / 'runs'}\n"
         f"data: {{dir: {data}, synth: {{enabled: false}}}}\n"
-        "model: {size: xs, tokenizer_vocab: 400}\n"
-        f"train: {{max_steps: {STEPS}, logging_steps: 1, save_steps: 1000, lr: 1.0e-3, warmup_ratio: 0.0}}\n"
+        "model: {init: scratch, size: xs, tokenizer_vocab: 400}\n"
+        f"train: {{max_steps: {STEPS}, logging_steps: 1, save_steps: 1000, lr: 1.0e-3, warmup_ratio: 0.0, "
+        "retrieval_loss: 0}\n"
     )
     return path
 

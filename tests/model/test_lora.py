@@ -53,7 +53,7 @@ def test_default_targets_are_the_llm_projections(tiny_model):
 
 
 def test_targets_follow_the_freeze_knobs(tiny_model):
-    vision_only = TrainConfig(freeze_llm=True, freeze_merger=True)
+    vision_only = TrainConfig(freeze_vision_tower=False, freeze_llm=True, freeze_merger=True)
     targets = lora_targets(tiny_model, ["qkv", "fc1", "q_proj"], vision_only.frozen_parts)
     depth = tiny_model.config.vision_config.depth
     assert sorted(targets) == sorted(
@@ -74,13 +74,13 @@ def test_qwen3_vl_deepstack_mergers_belong_to_the_merger():
 
     model = model_class_for(tiny_qwen3vl_config())(tiny_qwen3vl_config())
     deepstack = list(model.model.visual.deepstack_merger_list.parameters())
-    counts = apply_freeze(model, TrainConfig(freeze_vision_tower=True))
+    counts = apply_freeze(model, TrainConfig(freeze_vision_tower=True, freeze_merger=False))
     assert all(param.requires_grad for param in deepstack) and counts["vision_tower"] == 0
     assert counts["merger"] == sum(p.numel() for p in [*model.model.visual.merger.parameters(), *deepstack])
-    apply_freeze(model, TrainConfig(freeze_merger=True))
+    apply_freeze(model, TrainConfig(freeze_vision_tower=False, freeze_merger=True))
     assert not any(param.requires_grad for param in deepstack)
     assert all(param.requires_grad for param in model.model.visual.blocks.parameters())
-    fc1 = lora_targets(model, ["linear_fc1"], TrainConfig(freeze_vision_tower=True).frozen_parts)
+    fc1 = lora_targets(model, ["linear_fc1"], TrainConfig(freeze_vision_tower=True, freeze_merger=False).frozen_parts)
     assert sorted(fc1) == ["model.visual.deepstack_merger_list.0.linear_fc1", "model.visual.merger.linear_fc1"]
 
 
@@ -207,7 +207,7 @@ def test_qlora_quantises_the_checkpoint_at_load(tiny_model, tiny_processor, tmp_
     initial_model(cfg, [])
     assert seen["config"] == ("nf4", "4bit", torch.bfloat16) and seen["kwargs"] == seen["config"]
     with pytest.raises(ConfigError, match="set model.path"):
-        initial_model(load_config(None, ["train.lora.quantize=4bit"]), [])
+        initial_model(load_config(None, ["model.init=scratch", "train.lora.quantize=4bit"]), [])
 
 
 def test_gathered_weights_rebuild_a_peft_model_that_merges_like_the_original(tiny_model, tiny_processor, synth_data):

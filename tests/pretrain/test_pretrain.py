@@ -415,7 +415,7 @@ def test_a_shipped_base_has_its_card_and_checksum_and_model_init_base_starts_fro
     assert all(tensor.dtype == torch.bfloat16 for tensor in load_file(shipped / "model.safetensors").values())
     card = (shipped / "README.md").read_text()
     assert record["sha256"] in card and f"clinkd pretrain {shipped}/pretrain.yaml" in card and "torch_threads 1" in card
-    assert "| retrieval loss | loss 0.0, layer -2, head 0 |" in card
+    assert "| retrieval loss | loss 1.0, layer -2, head 0 |" in card and "| visual tokens | 64 per image" in card
     assert "model:\n" in (shipped / "pretrain.yaml").read_text()
 
     monkeypatch.setattr(bases, "BASES_DIR", shipped.parent)
@@ -445,4 +445,6 @@ def test_the_shipped_base_matches_its_record_and_loads():
     model, processor = load_checkpoint(folder)
     assert sum(p.numel() for p in model.parameters()) == record["model"]["parameters"]
     assert len(processor.tokenizer) == record["model"]["tokenizer_vocab"] and record["heldout"]["scenes"] > 0
-    assert set(record["names"]) == set(NAMES)  # pre-trained on this corpus, whose names the corpus tests check
+    assert set(record["names"]) == set(LOOKS[record["settings"]["look"]].names)  # the corpus the corpus tests check
+    image_processor = processor.image_processor  # a run from the base keeps its 64 tokens by default (model.min_pixels)
+    assert image_processor.size["longest_edge"] == record["pixels"]["max"] == RecipeConfig().model.max_pixels

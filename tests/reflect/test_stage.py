@@ -23,6 +23,7 @@ def _stage_config(tmp_path, synth_dir, **reflect):
     overrides = [
         f"output_dir={tmp_path / 'runs'}",
         f"data.dir={synth_dir}",
+        "model.init=scratch",
         "model.size=xs",
         "model.tokenizer_vocab=400",
         "model.min_pixels=3136",

@@ -24,6 +24,7 @@ from clinkd.batching import ChatExample, InputFormat, TrainCollator, collator_fo
 from clinkd.config import RecipeConfig, TrainConfig
 from clinkd.engine.distributed import deepspeed_cpu_state, is_main_process, save_trained
 from clinkd.engine.retrieval_supervision import RetrievalSupervision
+from clinkd.engine.vision_cache import cached_vision
 from clinkd.io import atomic_write_json, match_umask
 from clinkd.model.loading import checked_from_pretrained, folder_damage
 from clinkd.model.lora import ADAPTER_DIR, apply_lora, is_lora, model_parts, trainable_parameters
@@ -297,8 +298,11 @@ def run_sft(
         ],
         retrieval=retrieval,
     )
+    train = settings.train
+    vision_fixed = train.freeze_vision_tower and train.freeze_merger  # else the cached tokens would go stale
     try:
-        output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))
+        with cached_vision(model, train.vision_cache_mb if vision_fixed else 0) as vision_cache:
+            output = trainer.train(resume_from_checkpoint=resume_point(checkpoints, stage_dir.name))
     finally:
         if retrieval is not None:
             retrieval.release(model)
@@ -315,6 +319,11 @@ def run_sft(
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if trainer.is_world_process_zero():
         atomic_write_json(
-            stage_dir / "train_log.json", {"trainable_parameters": trainable, "log_history": trainer.state.log_history}
+            stage_dir / "train_log.json",
+            {
+                "trainable_parameters": trainable,
+                "vision_cache": vision_cache and {"hits": vision_cache.hits, "misses": vision_cache.misses},
+                "log_history": trainer.state.log_history,
+            },
         )
     return TrainResult(model_dir, output.global_step, losses[-1] if losses else None, time.perf_counter() - started)

@@ -50,6 +50,7 @@ from clinkd.distill.teacher_cache import (
 )
 from clinkd.distill.trainer import check_teacher_vocab, output_vocab_size, train_student
 from clinkd.engine.sft import SftSettings, run_sft
+from clinkd.engine.vision_cache import cached_vision
 from clinkd.io import atomic_write_json
 from clinkd.losses import KDLossConfig
 from clinkd.metrics.fidelity import answer_fidelity, modality_classes
@@ -204,16 +205,17 @@ def ensure_teacher_cache(
         check_teacher_vocab(output_vocab_size(teacher), spec.vocab_size, len(processor.tokenizer))
         # Exactly the student's collation (train_student), box convention included.
         collator = collator_for(TrainCollator, student, processor, InputFormat.of(cfg))
-        manifest = write_teacher_cache(
-            teacher,
-            collator,
-            examples,
-            spec,
-            cache_dir,
-            kd,
-            batch_size=cfg.predict.batch_size,
-            shard_examples=cfg.distill.cache_shard_examples,
-        )
+        with cached_vision(teacher, cfg.train.vision_cache_mb):  # a forward-only pass: the tower does not change
+            manifest = write_teacher_cache(
+                teacher,
+                collator,
+                examples,
+                spec,
+                cache_dir,
+                kd,
+                batch_size=cfg.predict.batch_size,
+                shard_examples=cfg.distill.cache_shard_examples,
+            )
         del teacher  # the student trains with no teacher in memory
     size = sum(path.stat().st_size for path in cache_dir.glob("shard-*.safetensors"))
     info = {

@@ -150,6 +150,7 @@ def language_recipe(cfg: RecipeConfig, out: Path) -> RecipeConfig:
             "freeze_vision_tower": True,
             "freeze_merger": True,
             "freeze_llm": False,
+            "vision_cache_mb": 0,  # fresh scenes every step: no image comes back (and unfreeze_after trains the tower)
             "lora": None,
             "deepspeed": None,
         }
