@@ -52,30 +52,31 @@ class VisionTokenCache:
         """Each image's tokens, in order; ``compute(pixels, grid)`` runs the tower on the images not cached."""
         images = torch.split(pixel_values, grid_thw.prod(-1).tolist())
         keys = [image_key(patches) for patches in images]
-        found = {key: self.entries[key] for key in keys if key in self.entries}
-        first_of_missing = {key: index for index, key in reversed(list(enumerate(keys))) if key not in found}
-        if first_of_missing:  # an image twice in one batch goes through the tower once
-            indices = sorted(first_of_missing.values())
-            computed = compute(torch.cat([images[index] for index in indices]), grid_thw[indices])
-            for index, tokens in zip(indices, computed, strict=True):
+        first_index: dict[ImageKey, int] = {}
+        for index, key in enumerate(keys):
+            first_index.setdefault(key, index)  # an image twice in one batch goes through the tower once
+        found = {key: self.entries[key] for key in first_index if key in self.entries}
+        missing = [index for key, index in first_index.items() if key not in found]
+        if missing:
+            computed = compute(torch.cat([images[index] for index in missing]), grid_thw[missing])
+            for index, tokens in zip(missing, computed, strict=True):
                 found[keys[index]] = tokens.detach()
                 self.store(keys[index], found[keys[index]])
-        self.misses += len(first_of_missing)
-        self.hits += len(keys) - len(first_of_missing)
-        for key in keys:
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        for key in first_index:
             if key in self.entries:
                 self.entries.move_to_end(key)
         return [found[key] for key in keys]
 
     def store(self, key: ImageKey, tokens: torch.Tensor) -> None:
-        size = tokens.numel() * tokens.element_size()
-        if size > self.max_bytes or key in self.entries:
+        if tokens.nbytes > self.max_bytes or key in self.entries:
             return
         self.entries[key] = tokens
-        self.stored_bytes += size
+        self.stored_bytes += tokens.nbytes
         while self.stored_bytes > self.max_bytes:
             _, evicted = self.entries.popitem(last=False)
-            self.stored_bytes -= evicted.numel() * evicted.element_size()
+            self.stored_bytes -= evicted.nbytes
 
 
 @contextmanager
